@@ -1,0 +1,34 @@
+/* Shared helpers of the Lua binding files (lua/l*.c). */
+#ifndef LVTL_H
+#define LVTL_H
+#include <lua.h>
+#include <lauxlib.h>
+#include "core.h"
+
+#define LVTL_TENSOR_MT "vtl.Tensor"
+#define LVTL_GENERATOR_MT "vtl.Generator"
+
+/* The userdata box: one reference to a C tensor, NULL once released. */
+typedef struct { vtl_tensor *t; } lvtl_box;
+
+/* The tensor at idx; raises "<fn>: bad argument #idx (vtl.Tensor expected, got X)" or a
+   "tensor has been freed" error. */
+vtl_tensor *lvtl_checktensor(lua_State *L, int idx);
+/* The tensor at idx or NULL when the value is not a (live) tensor. */
+vtl_tensor *lvtl_totensor(lua_State *L, int idx);
+/* Pushes a new box owning t's reference. t == NULL raises the C core's current error. */
+void lvtl_pushtensor(lua_State *L, vtl_tensor *t);
+/* Raises the C core's current error message as a Lua error. */
+int lvtl_error(lua_State *L);
+/* Raises when st != VTL_OK. */
+void lvtl_check(lua_State *L, vtl_status st);
+/* Registers a table of functions into the table on top of the stack. */
+void lvtl_setfuncs(lua_State *L, const luaL_Reg *l);
+
+/* Module parts, each adds its functions to the table on top of the stack. */
+void lvtl_open_tensor(lua_State *L);
+void lvtl_open_io(lua_State *L);
+void lvtl_open_sys(lua_State *L);
+
+int luaopen_vtl_core(lua_State *L);
+#endif

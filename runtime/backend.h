@@ -1,0 +1,75 @@
+/*
+ * A backend is a table of kernels for one device type. The op layer (runtime/ops.c) checks
+ * shapes and dtypes, allocates outputs and calls these; an entry left NULL means the backend
+ * does not support that op and the op layer reports it. Kernels receive tensors whose shapes
+ * were already checked (inputs of elementwise ops broadcast to the output shape as views).
+ */
+#ifndef VTL_BACKEND_H
+#define VTL_BACKEND_H
+#include "core.h"
+
+typedef enum {
+  VTL_UN_COPY, VTL_UN_NEG, VTL_UN_ABS, VTL_UN_SIGN, VTL_UN_EXP, VTL_UN_LOG, VTL_UN_SQRT,
+  VTL_UN_RSQRT, VTL_UN_SIGMOID, VTL_UN_TANH, VTL_UN_RELU, VTL_UN_FLOOR, VTL_UN_CEIL,
+  VTL_UN_ROUND, VTL_UN_TRUNC, VTL_UN_SIN, VTL_UN_COS, VTL_UN_LOG1P, VTL_UN_EXPM1,
+  VTL_UN_RECIPROCAL, VTL_UN_SQUARE, VTL_UN_LOGICAL_NOT, VTL_UN_CLAMP, VTL_UN_ISNAN,
+  VTL_UN_ISINF, VTL_UN_LOG2, VTL_UN_ERF, VTL_UN_COUNT
+} vtl_unary_op;
+
+typedef enum {
+  VTL_BIN_ADD, VTL_BIN_SUB, VTL_BIN_MUL, VTL_BIN_DIV, VTL_BIN_POW, VTL_BIN_MAXIMUM,
+  VTL_BIN_MINIMUM, VTL_BIN_REMAINDER, VTL_BIN_FLOOR_DIVIDE, VTL_BIN_ATAN2,
+  VTL_BIN_EQ, VTL_BIN_NE, VTL_BIN_LT, VTL_BIN_LE, VTL_BIN_GT, VTL_BIN_GE,
+  VTL_BIN_LOGICAL_AND, VTL_BIN_LOGICAL_OR, VTL_BIN_LOGICAL_XOR, VTL_BIN_COUNT
+} vtl_binary_op;
+
+typedef enum {
+  VTL_RED_SUM, VTL_RED_PROD, VTL_RED_MAX, VTL_RED_MIN, VTL_RED_ARGMAX, VTL_RED_ARGMIN,
+  VTL_RED_MEAN, VTL_RED_VAR, VTL_RED_NORM, VTL_RED_LOGSUMEXP, VTL_RED_ANY, VTL_RED_ALL,
+  VTL_RED_COUNT
+} vtl_reduce_op;
+
+typedef struct vtl_backend {
+  const char *name;
+  void *(*alloc)(size_t nbytes, int device_index);
+  void (*free)(void *p, int device_index);
+  /* out = op(x); the kernel computes in `compute` dtype, converting on load and store. */
+  vtl_status (*unary)(vtl_unary_op op, vtl_tensor *out, const vtl_tensor *x, vtl_dtype compute,
+                      const double *params);
+  /* out = op(a, b); a and b already broadcast to out's shape. */
+  vtl_status (*binary)(vtl_binary_op op, vtl_tensor *out, const vtl_tensor *a, const vtl_tensor *b,
+                       vtl_dtype compute);
+  /* out = cond ? a : b (cond bool; a, b of the compute dtype or cast to it) */
+  vtl_status (*where)(vtl_tensor *out, const vtl_tensor *cond, const vtl_tensor *a,
+                      const vtl_tensor *b, vtl_dtype compute);
+  /* out = a + w * (b - a), float */
+  vtl_status (*lerp)(vtl_tensor *out, const vtl_tensor *a, const vtl_tensor *b, const vtl_tensor *w);
+  vtl_status (*fill)(vtl_tensor *out, double value);
+  /* x contiguous viewed as (A, R, B); out (A, B) contiguous of the result dtype; idx (A, B) i64
+     for argmax/argmin/max/min with indices (may be NULL). param: p of norm, correction of var. */
+  vtl_status (*reduce)(vtl_reduce_op op, vtl_tensor *out, vtl_tensor *idx, const vtl_tensor *x,
+                       int64_t A, int64_t R, int64_t B, double param);
+  vtl_status (*cumsum)(vtl_tensor *out, const vtl_tensor *x, int64_t A, int64_t R, int64_t B);
+  /* C(b) = op(A(b)) @ op(B(b)) over broadcast batches; see kernels/cpu/matmul.c */
+  vtl_status (*matmul)(vtl_tensor *out, const vtl_tensor *a, const vtl_tensor *b);
+  /* out = x gathered along dim by 0-based index (index shape == out shape). */
+  vtl_status (*gather)(vtl_tensor *out, const vtl_tensor *x, int dim, const vtl_tensor *index);
+  /* out[index along dim] (=|+=) src; accumulate selects scatter_add. */
+  vtl_status (*scatter)(vtl_tensor *out, int dim, const vtl_tensor *index, const vtl_tensor *src,
+                        bool accumulate);
+  /* rows of x (contiguous, (A, R)), sorted along R; indices 0-based. */
+  vtl_status (*sort)(vtl_tensor *values, vtl_tensor *indices, const vtl_tensor *x, int64_t A,
+                     int64_t R, bool descending);
+  /* random fills: kind 0 uniform [lo,hi), 1 normal(mean=lo, std=hi), 2 integers [lo,hi) */
+  vtl_status (*random)(vtl_tensor *out, int kind, double lo, double hi, uint64_t seed,
+                       uint64_t offset);
+  /* out (1-D i64, length = number of non-zeros) = positions of non-zero bytes of a
+     contiguous bool tensor */
+  vtl_status (*nonzero_flat)(vtl_tensor *out, const vtl_tensor *mask);
+} vtl_backend;
+
+const vtl_backend *vtl_backend_get(vtl_device dev);
+void vtl_backend_register(vtl_device_type type, const vtl_backend *be);
+extern const vtl_backend vtl_cpu_backend;
+
+#endif

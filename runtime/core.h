@@ -1,0 +1,128 @@
+/*
+ * vtl core types: status and errors, dtypes, devices, storage, tensors.
+ *
+ * Conventions of the C core:
+ *   - every fallible function returns a vtl_status (VTL_OK == 0) or NULL, and on failure
+ *     leaves a message in the calling thread's error buffer (vtl_error_message());
+ *   - messages begin with the name of the operation ("matmul: ...");
+ *   - dims and indices are 0-based here; the Lua binding converts from 1-based;
+ *   - a function that returns a new tensor returns an owned reference.
+ */
+#ifndef VTL_CORE_H
+#define VTL_CORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdbool.h>
+
+#define VTL_VERSION "0.1.0"
+#define VTL_MAX_DIMS 16
+
+typedef enum {
+  VTL_OK = 0,
+  VTL_ERR_ARG,    /* bad argument: shape, dtype, index, value */
+  VTL_ERR_OOM,    /* allocation failed */
+  VTL_ERR_IO,     /* file could not be read or written */
+  VTL_ERR_FORMAT, /* file contents malformed */
+  VTL_ERR_DEVICE, /* device not available or mixed devices */
+} vtl_status;
+
+/* Error buffer, one per thread. vtl_error_set returns its status for `return vtl_error_set(..)`. */
+vtl_status vtl_error_set(vtl_status st, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+const char *vtl_error_message(void);
+vtl_status vtl_error_status(void);
+
+/* ---- dtypes ---- */
+typedef enum {
+  VTL_F32 = 0, VTL_F64, VTL_F16, VTL_BF16, VTL_I64, VTL_I32, VTL_U8, VTL_BOOL, VTL_NDTYPES
+} vtl_dtype;
+
+size_t vtl_dtype_size(vtl_dtype dt);
+const char *vtl_dtype_name(vtl_dtype dt);           /* "f32", ... */
+int vtl_dtype_from_name(const char *name, vtl_dtype *out); /* accepts f32/float32/float, ... */
+bool vtl_dtype_is_float(vtl_dtype dt);
+bool vtl_dtype_is_int(vtl_dtype dt);  /* i64, i32, u8 (not bool) */
+/* Result dtype of a binary op between two tensors (PyTorch rules for same-category dims). */
+vtl_dtype vtl_dtype_promote(vtl_dtype a, vtl_dtype b);
+/* Result dtype of tensor op Lua number: a float number lifts an integer/bool tensor to f32. */
+vtl_dtype vtl_dtype_promote_scalar(vtl_dtype t, bool scalar_is_float);
+
+float vtl_f16_to_f32(uint16_t h);
+uint16_t vtl_f32_to_f16(float f);
+float vtl_bf16_to_f32(uint16_t h);
+uint16_t vtl_f32_to_bf16(float f);
+
+/* ---- devices ---- */
+typedef enum { VTL_CPU = 0, VTL_CUDA = 1 } vtl_device_type;
+typedef struct { vtl_device_type type; int index; } vtl_device;
+int vtl_device_parse(const char *s, vtl_device *out); /* "cpu", "cuda", "cuda:1" */
+void vtl_device_format(vtl_device d, char *buf, size_t n);
+bool vtl_device_eq(vtl_device a, vtl_device b);
+
+/* ---- storage: a refcounted byte buffer on one device ---- */
+typedef struct vtl_storage {
+  int refcount; /* atomic */
+  void *data;
+  size_t nbytes;
+  vtl_device device;
+} vtl_storage;
+
+vtl_storage *vtl_storage_new(size_t nbytes, vtl_device dev);
+void vtl_storage_retain(vtl_storage *s);
+void vtl_storage_release(vtl_storage *s);
+
+/* Bytes currently held by storages on the CPU, for GC pressure and statistics. */
+size_t vtl_alloc_bytes(void);
+/* Called (on the allocating thread only) when an allocation fails, before one retry;
+   the Lua binding uses it to run a full garbage collection. */
+typedef void (*vtl_oom_hook)(void *ud);
+void vtl_set_oom_hook(vtl_oom_hook fn, void *ud);
+
+/* ---- tensor: a strided view of a storage ---- */
+struct vtl_autograd_meta;
+
+typedef struct vtl_tensor {
+  int refcount; /* atomic */
+  vtl_dtype dtype;
+  int ndim;
+  int64_t shape[VTL_MAX_DIMS];
+  int64_t strides[VTL_MAX_DIMS]; /* in elements */
+  int64_t offset;                /* in elements */
+  vtl_storage *storage;
+  struct vtl_autograd_meta *ag;  /* autograd state, NULL when unused */
+} vtl_tensor;
+
+vtl_tensor *vtl_tensor_empty(const int64_t *shape, int ndim, vtl_dtype dt, vtl_device dev);
+vtl_tensor *vtl_tensor_zeros(const int64_t *shape, int ndim, vtl_dtype dt, vtl_device dev);
+vtl_tensor *vtl_tensor_empty_like(const vtl_tensor *t);
+/* A new tensor header over t's storage (shares data), retaining the storage. */
+vtl_tensor *vtl_tensor_view_of(const vtl_tensor *t, const int64_t *shape, const int64_t *strides,
+                               int ndim, int64_t offset);
+vtl_tensor *vtl_tensor_retain(vtl_tensor *t);
+void vtl_tensor_release(vtl_tensor *t);
+
+int64_t vtl_tensor_numel(const vtl_tensor *t);
+bool vtl_tensor_is_contiguous(const vtl_tensor *t);
+static inline void *vtl_tensor_data(const vtl_tensor *t) {
+  return (char *)t->storage->data + t->offset * (int64_t)vtl_dtype_size(t->dtype);
+}
+static inline vtl_device vtl_tensor_device(const vtl_tensor *t) { return t->storage->device; }
+/* Checks a shape (non-negative dims, numel * elemsize fits) and returns numel or -1. */
+int64_t vtl_shape_numel(const int64_t *shape, int ndim, size_t elemsize, const char *op);
+void vtl_contiguous_strides(const int64_t *shape, int ndim, int64_t *strides);
+/* "{2,3,4}" */
+void vtl_shape_format(const int64_t *shape, int ndim, char *buf, size_t n);
+
+/* Reads element i (in row-major logical order) as double / writes one; any dtype. */
+double vtl_tensor_get_flat(const vtl_tensor *t, int64_t i);
+double vtl_load_as_double(const void *p, vtl_dtype dt);
+void vtl_store_from_double(void *p, vtl_dtype dt, double v);
+int64_t vtl_load_as_int(const void *p, vtl_dtype dt);
+
+/* Threads: one OpenMP pool shared with the BLAS library. */
+void vtl_set_num_threads(int n);
+int vtl_get_num_threads(void);
+
+double vtl_clock(void);
+
+#endif

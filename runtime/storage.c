@@ -1,0 +1,57 @@
+/* Storage: refcounted buffers, byte accounting, and the OOM retry hook. */
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include "core.h"
+#include "backend.h"
+
+static size_t alloc_bytes; /* atomic */
+static _Thread_local vtl_oom_hook oom_hook;
+static _Thread_local void *oom_ud;
+
+size_t vtl_alloc_bytes(void) { return __atomic_load_n(&alloc_bytes, __ATOMIC_RELAXED); }
+
+void vtl_set_oom_hook(vtl_oom_hook fn, void *ud) { oom_hook = fn; oom_ud = ud; }
+
+static size_t physical_memory(void) {
+  long pages = sysconf(_SC_PHYS_PAGES), psize = sysconf(_SC_PAGESIZE);
+  return pages > 0 && psize > 0 ? (size_t)pages * (size_t)psize : SIZE_MAX;
+}
+
+vtl_storage *vtl_storage_new(size_t nbytes, vtl_device dev) {
+  const vtl_backend *be = vtl_backend_get(dev);
+  if (!be) return NULL;
+  if (dev.type == VTL_CPU && nbytes > physical_memory())
+    return vtl_error_set(VTL_ERR_OOM, "cannot allocate %zu bytes: more than the machine's %zu bytes of memory",
+                         nbytes, physical_memory()), NULL;
+  vtl_storage *s = malloc(sizeof *s);
+  if (!s) return vtl_error_set(VTL_ERR_OOM, "out of memory"), NULL;
+  size_t n = nbytes ? nbytes : 1;
+  void *p = be->alloc(n, dev.index);
+  if (!p && oom_hook) {
+    oom_hook(oom_ud);
+    p = be->alloc(n, dev.index);
+  }
+  if (!p) {
+    free(s);
+    return vtl_error_set(VTL_ERR_OOM, "cannot allocate %zu bytes on %s (%zu bytes held by tensors)",
+                         nbytes, be->name, vtl_alloc_bytes()), NULL;
+  }
+  s->refcount = 1;
+  s->data = p;
+  s->nbytes = nbytes;
+  s->device = dev;
+  if (dev.type == VTL_CPU) __atomic_add_fetch(&alloc_bytes, nbytes, __ATOMIC_RELAXED);
+  return s;
+}
+
+void vtl_storage_retain(vtl_storage *s) { __atomic_add_fetch(&s->refcount, 1, __ATOMIC_RELAXED); }
+
+void vtl_storage_release(vtl_storage *s) {
+  if (!s) return;
+  if (__atomic_sub_fetch(&s->refcount, 1, __ATOMIC_ACQ_REL) != 0) return;
+  const vtl_backend *be = vtl_backend_get(s->device);
+  if (be) be->free(s->data, s->device.index);
+  if (s->device.type == VTL_CPU) __atomic_sub_fetch(&alloc_bytes, s->nbytes, __ATOMIC_RELAXED);
+  free(s);
+}

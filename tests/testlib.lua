@@ -1,0 +1,53 @@
+-- A small test framework: test(name, fn) registers; the runner (tests/run.lua) reports.
+local M = {tests = {}}
+
+---@param name string
+---@param fn fun()
+function M.test(name, fn) M.tests[#M.tests + 1] = {name = name, fn = fn} end
+
+local function fail(msg, level) error(msg, (level or 1) + 2) end
+
+function M.eq(got, want, msg)
+  if got ~= want then fail(string.format("%sexpected %s, got %s", msg and msg .. ": " or "", tostring(want), tostring(got))) end
+end
+
+function M.truthy(v, msg) if not v then fail(msg or "expected a true value") end end
+
+-- Compares a tensor or number or nested table of numbers with a reference, elementwise.
+function M.close(got, want, tol, msg)
+  tol = tol or 1e-6
+  local vtl = require "vtl"
+  local g = vtl.is_tensor(got) and got:totable() or got
+  local w = vtl.is_tensor(want) and want:totable() or want
+  if vtl.is_tensor(got) and vtl.is_tensor(want) then
+    local gs, ws = table.concat(got.shape, ","), table.concat(want.shape, ",")
+    if gs ~= ws then fail(string.format("%sshape {%s} ~= {%s}", msg and msg .. ": " or "", gs, ws)) end
+  end
+  local bad, first = 0, nil
+  local function walk(a, b, path)
+    if type(a) == "table" or type(b) == "table" then
+      if type(a) ~= "table" or type(b) ~= "table" or #a ~= #b then
+        fail(string.format("%sstructure differs at %s", msg and msg .. ": " or "", path))
+      end
+      for i = 1, #a do walk(a[i], b[i], path .. "[" .. i .. "]") end
+      return
+    end
+    if type(a) == "boolean" then a = a and 1 or 0 end
+    if type(b) == "boolean" then b = b and 1 or 0 end
+    local ok = (a == b) or (a ~= a and b ~= b) or math.abs(a - b) <= tol * (1 + math.abs(b))
+    if not ok then bad = bad + 1; first = first or string.format("%s: got %.9g, want %.9g", path, a, b) end
+  end
+  walk(g, w, "")
+  if bad > 0 then fail(string.format("%s%d mismatches (tol %g), first %s", msg and msg .. ": " or "", bad, tol, first)) end
+end
+
+-- Expects fn to raise an error whose message contains `pattern` (plain text).
+function M.raises(fn, pattern)
+  local ok, err = pcall(fn)
+  if ok then fail("expected an error containing '" .. pattern .. "', got none") end
+  err = tostring(err)
+  if not err:find(pattern, 1, true) then fail("expected an error containing '" .. pattern .. "', got: " .. err) end
+  return err
+end
+
+return M

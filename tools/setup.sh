@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Installs what vtl needs on a Debian 12 machine (run as root): build dependencies, the
+# reference stack for tests (Debian's PyTorch, NumPy) and a Python venv for PyPI-only test
+# packages. Idempotent; fast when everything is present.
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+
+debs=(build-essential pkg-config liblua5.4-dev lua5.4 libstb-dev libopenblas-openmp-dev
+      libcjson-dev libreadline-dev python3-venv python3-torch python3-numpy)
+
+missing=()
+for p in "${debs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" != 0 ]; then
+    echo "setup: missing Debian packages (${missing[*]}); run 'make setup' as root" >&2
+    exit 1
+  fi
+  echo "setup: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# Python packages used by the reference generators, in a venv that also sees Debian's torch.
+venv="$here/.venv"
+pip_pkgs=(safetensors==0.4.5)
+if [ ! -x "$venv/bin/python" ]; then
+  /usr/bin/python3 -m venv --system-site-packages "$venv"
+fi
+stamp="$venv/.vtl-setup-$(printf '%s\n' "${pip_pkgs[@]}" | md5sum | cut -c1-12)"
+if [ ! -f "$stamp" ]; then
+  "$venv/bin/python" -m pip install -q --disable-pip-version-check "${pip_pkgs[@]}"
+  touch "$stamp"
+fi
+"$venv/bin/python" -c 'import torch, numpy, safetensors' || {
+  echo "setup: the reference Python stack does not import" >&2; exit 1; }
+echo "setup: ok"
