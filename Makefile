@@ -5,7 +5,7 @@
 PREFIX   ?= /usr/local
 CC       ?= gcc
 ARCH     ?= -march=native
-OPT      ?= -O2
+OPT      ?= -O3
 CUDA     ?= auto
 NVCC     ?= $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
 BUILD    ?= build
@@ -63,6 +63,14 @@ HOST_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(HOST_SRC))
 DEPS     := $(LIB_OBJ:.o=.d) $(HOST_OBJ:.o=.d)
 VTL_BIN  := $(if $(filter 1,$(SAN)),vtl-san,vtl)
 BUILD_DESC := $(strip $(OPT) $(ARCH) -fopenmp $(if $(filter 1,$(SAN)),asan+ubsan) $(if $(filter 1,$(CUDA_ON)),cuda))
+
+# objects are rebuilt when the flags change
+FLAGS_TXT := $(strip $(CC) $(CFLAGS) $(LDLIBS) $(BUILD_DESC))
+ifneq ($(file < $(BUILD)/.flags),$(FLAGS_TXT))
+  $(shell mkdir -p $(BUILD))
+  $(file > $(BUILD)/.flags,$(FLAGS_TXT))
+endif
+$(LIB_OBJ) $(HOST_OBJ): $(BUILD)/.flags
 
 .PHONY: all setup test test-asan test-ref bench demo install clean info-backend
 all: info-backend $(VTL_BIN) $(BUILD)/vtl/core.so

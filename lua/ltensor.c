@@ -17,16 +17,14 @@
 
 /* ---- boxes ---- */
 
-/* GC pressure: Lua cannot see tensor bytes, so a full collection runs whenever tensor memory
-   has doubled (and grown by at least 256 MiB) since the last one. */
-static _Thread_local size_t gc_mark;
-
-static void gc_pressure(lua_State *L) {
-  size_t now = vtl_alloc_bytes();
-  if (now > gc_mark + ((size_t)256 << 20) && now > 2 * gc_mark) {
-    lua_gc(L, LUA_GCCOLLECT);
-    gc_mark = vtl_alloc_bytes();
-  }
+/* GC pressure: Lua cannot see tensor bytes, so each new tensor that owns a fresh storage
+   of 64 KiB or more advances the incremental collector as if those bytes were Lua's own.
+   Garbage tensors are then freed at the pace they are made, and their memory is reused
+   while still in cache. */
+static void gc_pressure(lua_State *L, const vtl_tensor *t) {
+  size_t nb = t->storage->nbytes;
+  if (nb >= (64u << 10) && __atomic_load_n(&t->storage->refcount, __ATOMIC_RELAXED) == 1)
+    lua_gc(L, LUA_GCSTEP, (int)(nb >> 10 < (1u << 30) ? nb >> 10 : 1u << 30));
 }
 
 static lvtl_box *newbox(lua_State *L) {
@@ -36,7 +34,14 @@ static lvtl_box *newbox(lua_State *L) {
   return b;
 }
 
-int lvtl_error(lua_State *L) { return luaL_error(L, "%s", vtl_error_message()); }
+/* Raises the core's message; allocation failures, which the core reports without an op
+   name, get the name of the calling Lua function. */
+int lvtl_error(lua_State *L) {
+  lua_Debug ar;
+  if (vtl_error_status() == VTL_ERR_OOM && lua_getstack(L, 0, &ar) && lua_getinfo(L, "n", &ar) && ar.name)
+    return luaL_error(L, "%s: %s", ar.name, vtl_error_message());
+  return luaL_error(L, "%s", vtl_error_message());
+}
 
 void lvtl_check(lua_State *L, vtl_status st) {
   if (st != VTL_OK) lvtl_error(L);
@@ -47,14 +52,14 @@ void lvtl_pushtensor(lua_State *L, vtl_tensor *t) {
   lvtl_box *b = lua_newuserdatauv(L, sizeof *b, 0);
   b->t = t;
   luaL_setmetatable(L, LVTL_TENSOR_MT);
-  gc_pressure(L);
+  gc_pressure(L, t);
 }
 
 /* Stores an op result in a box already on the stack top, or raises the op's error. */
 static int fill_box(lua_State *L, lvtl_box *b, vtl_tensor *t) {
   if (!t) return lvtl_error(L);
   b->t = t;
-  gc_pressure(L);
+  gc_pressure(L, t);
   return 1;
 }
 #define RETURN_TENSOR(expr) do { lvtl_box *b_ = newbox(L); return fill_box(L, b_, (expr)); } while (0)
@@ -146,14 +151,17 @@ static int check_shape(lua_State *L, int idx, int64_t *shape, const char *fn) {
     }
     return (int)n;
   }
-  int n = 0;
-  for (int i = idx; i <= top && lua_type(L, i) == LUA_TNUMBER; i++) {
+  int n = 0, i = idx;
+  for (; i <= top && lua_type(L, i) == LUA_TNUMBER; i++) {
     if (n == VTL_MAX_DIMS) luaL_error(L, "%s: at most %d dims", fn, VTL_MAX_DIMS);
     int64_t v = check_int(L, i, "size");
     if (v < 0 && !(v == -1 && (strcmp(fn, "view") == 0 || strcmp(fn, "reshape") == 0 || strcmp(fn, "expand") == 0)))
       luaL_argerror(L, i, lua_pushfstring(L, "size must be non-negative, got %d", (int)v));
     shape[n++] = v;
   }
+  if (i <= top && !lua_isnil(L, i) && !(lua_istable(L, i) && luaL_len(L, i) == 0))
+    luaL_argerror(L, i, lua_pushfstring(L, "%s: sizes must be integers or a table of integers, got %s", fn,
+                                        luaL_typename(L, i)));
   return n;
 }
 
@@ -198,7 +206,8 @@ static int l_empty_impl(lua_State *L, int kind) {
   double value = kind == 2 ? 1 : 0;
   int vidx = 0;
   if (kind == 3) {
-    vidx = lua_istable(L, 1) ? 2 : nd + 1;
+    if (!lua_istable(L, 1)) return luaL_argerror(L, 1, "full: the shape must be a table, as in vtl.full({2, 3}, value)");
+    vidx = 2;
     if (lua_type(L, vidx) == LUA_TBOOLEAN) value = lua_toboolean(L, vidx);
     else value = luaL_checknumber(L, vidx);
   }
@@ -240,8 +249,8 @@ static void nested_shape(lua_State *L, int idx, int depth, int64_t *shape, int *
     if (depth >= VTL_MAX_DIMS) luaL_error(L, "tensor: nesting deeper than %d levels", VTL_MAX_DIMS);
     lua_Integer n = luaL_len(L, idx);
     if (depth >= *nd) { *nd = depth + 1; shape[depth] = n; }
-    if (n > 0) {
-      lua_geti(L, idx, 1);
+    for (lua_Integer i = 1; i <= n; i++) { /* every leaf decides the dtype; shape from the first */
+      lua_geti(L, idx, i);
       nested_shape(L, lua_gettop(L), depth + 1, shape, nd, kind);
       lua_pop(L, 1);
     }
@@ -714,7 +723,8 @@ static int t_flatten(lua_State *L) {
 static int t_unfold(lua_State *L) {
   vtl_tensor *x = lvtl_checktensor(L, 1);
   int d = check_dim(L, 2, x->ndim);
-  RETURN_TENSOR(vtl_op_unfold(x, d, check_int(L, 3, "size"), check_int(L, 4, "step")));
+  int64_t size = check_int(L, 3, "size"), step = check_int(L, 4, "step");
+  RETURN_TENSOR(vtl_op_unfold(x, d, size, step));
 }
 
 static int t_repeat(lua_State *L) {
@@ -887,7 +897,20 @@ static void clamp_params(lua_State *L, double *p) {
   p[1] = lua_isnoneornil(L, 3) ? INFINITY : luaL_checknumber(L, 3);
   if (lua_isnoneornil(L, 2) && lua_isnoneornil(L, 3)) luaL_error(L, "clamp: at least one of min and max must be given");
 }
-static int t_clamp(lua_State *L) { double p[2]; lvtl_checktensor(L, 1); clamp_params(L, p); return unary_op(L, VTL_UN_CLAMP, p); }
+static int t_clamp(lua_State *L) {
+  double p[2];
+  vtl_tensor *x = lvtl_checktensor(L, 1);
+  clamp_params(L, p);
+  int frac = (is_number(L, 2) && !lua_isinteger(L, 2)) || (is_number(L, 3) && !lua_isinteger(L, 3));
+  if (frac && !vtl_dtype_is_float(x->dtype)) { /* as PyTorch: a float bound makes the result float */
+    lvtl_box *b = newbox(L);
+    vtl_tensor *f = vtl_op_to_dtype(x, VTL_F32);
+    vtl_tensor *r = f ? vtl_op_unary(VTL_UN_CLAMP, f, p) : NULL;
+    vtl_tensor_release(f);
+    return fill_box(L, b, r);
+  }
+  return unary_op(L, VTL_UN_CLAMP, p);
+}
 static int t_clamp_(lua_State *L) { double p[2]; lvtl_checktensor(L, 1); clamp_params(L, p); return unary_inplace(L, VTL_UN_CLAMP, p); }
 
 /* a scalar or tensor argument as a tensor (a new 0-d one for numbers, same dtype family as x) */
@@ -899,8 +922,8 @@ static vtl_tensor *tensor_or_scalar(lua_State *L, int idx, vtl_tensor *like, con
     if (luaL_testudata(L, idx, LVTL_TENSOR_MT)) lvtl_checktensor(L, idx);
     luaL_error(L, "%s: argument #%d must be a tensor or number, got %s", fn, idx, luaL_typename(L, idx));
   }
-  vtl_dtype dt = lua_isinteger(L, idx) && !vtl_dtype_is_float(like->dtype) ? like->dtype
-                 : vtl_dtype_is_float(like->dtype) ? like->dtype : VTL_F32;
+  vtl_dtype dt = vtl_dtype_is_float(like->dtype) ? like->dtype
+                 : lua_isinteger(L, idx) ? (like->dtype == VTL_BOOL ? VTL_I64 : like->dtype) : VTL_F32;
   t = vtl_op_full(NULL, 0, lua_tonumber(L, idx), dt, vtl_tensor_device(like));
   if (!t) lvtl_error(L);
   *owned = 1;
@@ -920,8 +943,15 @@ static int t_lerp(lua_State *L) {
 static int l_where(lua_State *L) {
   vtl_tensor *c = lvtl_checktensor(L, 1);
   vtl_tensor *ref = lvtl_totensor(L, 2) ? lvtl_totensor(L, 2) : lvtl_totensor(L, 3);
-  if (!ref) return luaL_error(L, "where: at least one of the values must be a tensor");
   int oa, ob;
+  if (!ref) { /* two numbers: a 0-d reference of their common type */
+    luaL_checknumber(L, 2);
+    luaL_checknumber(L, 3);
+    vtl_dtype dt = lua_isinteger(L, 2) && lua_isinteger(L, 3) ? VTL_I64 : VTL_F32;
+    lvtl_box *rb = newbox(L);
+    fill_box(L, rb, vtl_tensor_empty(NULL, 0, dt, vtl_tensor_device(c)));
+    ref = rb->t;
+  }
   vtl_tensor *a = tensor_or_scalar(L, 2, ref, "where", &oa);
   vtl_tensor *b = tensor_or_scalar(L, 3, ref, "where", &ob);
   lvtl_box *box = newbox(L);
@@ -1102,8 +1132,9 @@ static int t_norm(lua_State *L) {
   } else if (!lua_isnoneornil(L, 2)) p = luaL_checknumber(L, 2);
   if (p < 0) return luaL_error(L, "norm: p must be non-negative, got %f", p);
   uint32_t dims = check_dims(L, 3, x->ndim);
+  int keep = lua_toboolean(L, 4);
   if (!vtl_dtype_is_float(x->dtype)) return luaL_error(L, "norm: expected a float tensor, got %s", vtl_dtype_name(x->dtype));
-  RETURN_TENSOR(vtl_op_reduce(VTL_RED_NORM, x, dims, lua_toboolean(L, 4), p, NULL));
+  RETURN_TENSOR(vtl_op_reduce(VTL_RED_NORM, x, dims, keep, p, NULL));
 }
 
 static int t_cumsum(lua_State *L) {
@@ -1114,13 +1145,17 @@ static int t_cumsum(lua_State *L) {
 
 static int t_sort(lua_State *L) {
   vtl_tensor *x = lvtl_checktensor(L, 1);
-  int d = opt_dim(L, 2, x->ndim, x->ndim ? x->ndim - 1 : 0);
-  int desc = lua_toboolean(L, 3);
+  int d, desc;
   if (lua_istable(L, 2)) {
     lua_getfield(L, 2, "dim");
     d = opt_dim(L, lua_gettop(L), x->ndim, x->ndim ? x->ndim - 1 : 0);
     lua_getfield(L, 2, "descending");
     desc = lua_toboolean(L, -1);
+    lua_settop(L, 1);
+  } else {
+    d = opt_dim(L, 2, x->ndim, x->ndim ? x->ndim - 1 : 0);
+    desc = lua_toboolean(L, 3);
+    lua_settop(L, 1);
   }
   lvtl_box *bv = newbox(L);
   lvtl_box *bi = newbox(L);
@@ -1315,7 +1350,7 @@ static vtl_tensor *index_view(lua_State *L, vtl_tensor *x, int k) {
   lua_Integer n = luaL_len(L, k);
   if (n > x->ndim) luaL_error(L, "index: %d indices given for a %d-D tensor", (int)n, x->ndim);
   vtl_tensor *cur = vtl_tensor_retain(x);
-  int dim = 0;
+  int dim = 0; /* dim of cur being indexed; i - 1 is the dim of x */
   for (lua_Integer i = 1; i <= n; i++) {
     lua_geti(L, k, i);
     int top = lua_gettop(L);
@@ -1327,7 +1362,7 @@ static vtl_tensor *index_view(lua_State *L, vtl_tensor *x, int k) {
       int64_t j = v < 0 ? v + sz : v - 1;
       if (!isnum || v == 0 || j < 0 || j >= sz) {
         vtl_tensor_release(cur);
-        luaL_error(L, "index: index %s out of range for dim %d of size %d", lua_tostring(L, top), dim + 1, (int)sz);
+        luaL_error(L, "index: index %s out of range for dim %d of size %d", lua_tostring(L, top), (int)i, (int)sz);
       }
       next = vtl_op_select(cur, dim, j);
     } else if (lua_istable(L, top)) {
@@ -1338,12 +1373,12 @@ static vtl_tensor *index_view(lua_State *L, vtl_tensor *x, int k) {
       if (ok && len >= 2) { lua_geti(L, top, 2); b = lua_tointegerx(L, -1, &ok); lua_pop(L, 1); }
       if (ok && len == 3) { lua_geti(L, top, 3); step = lua_tointegerx(L, -1, &ok); lua_pop(L, 1); }
       if (len == 0) ok = 1;
-      if (!ok) { vtl_tensor_release(cur); luaL_error(L, "index: range for dim %d must be {first, last[, step]} of integers", dim + 1); }
+      if (!ok) { vtl_tensor_release(cur); luaL_error(L, "index: range for dim %d must be {first, last[, step]} of integers", (int)i); }
       if (a < 0) a += sz + 1;
       if (b < 0) b += sz + 1;
       if (a < 1 || b > sz || a > b + 1 || step < 1) {
         vtl_tensor_release(cur);
-        luaL_error(L, "index: range {%d, %d} out of bounds for dim %d of size %d", (int)a, (int)b, dim + 1, (int)sz);
+        luaL_error(L, "index: range {%d, %d} out of bounds for dim %d of size %d", (int)a, (int)b, (int)i, (int)sz);
       }
       next = vtl_op_slice(cur, dim, a - 1, b, step);
       dim++;
@@ -1386,7 +1421,7 @@ static int t_index(lua_State *L) {
   vtl_tensor *x = lvtl_checktensor(L, 1);
   vtl_tensor *key = lvtl_totensor(L, 2);
   if (key) {
-    if (key->dtype == VTL_BOOL) RETURN_TENSOR(vtl_op_masked_select(x, key));
+    if (key->dtype == VTL_BOOL) RETURN_TENSOR(vtl_op_mask_index(x, key));
     if (x->ndim == 0) return luaL_error(L, "index: cannot index a 0-d tensor");
     WITH_INDEX(ix, 2, "index", vtl_op_index_select(x, 0, ix));
   }
@@ -1410,7 +1445,7 @@ static int t_newindex(lua_State *L) {
   vtl_tensor *key = lvtl_totensor(L, 2);
   vtl_status st;
   if (key && key->dtype == VTL_BOOL) {
-    st = v ? vtl_op_masked_scatter_(x, key, v) : vtl_op_masked_fill_(x, key, num);
+    st = vtl_op_mask_assign_(x, key, v, num);
   } else if (key) {
     if (x->ndim == 0) return luaL_error(L, "index assignment: cannot index a 0-d tensor");
     vtl_tensor *ix = index_arg(L, 2, "index assignment");
@@ -1455,6 +1490,7 @@ static vtl_tensor **tensor_list(lua_State *L, int idx, int *n, const char *fn) {
 
 static int l_cat(lua_State *L) {
   int n;
+  lua_settop(L, 2);
   vtl_tensor **ts = tensor_list(L, 1, &n, "cat");
   int nd = 0;
   for (int i = 0; i < n; i++) if (ts[i]->ndim > nd) nd = ts[i]->ndim;
@@ -1464,6 +1500,7 @@ static int l_cat(lua_State *L) {
 
 static int l_stack(lua_State *L) {
   int n;
+  lua_settop(L, 2);
   vtl_tensor **ts = tensor_list(L, 1, &n, "stack");
   int d = 0;
   if (!lua_isnoneornil(L, 2)) {

@@ -32,7 +32,9 @@ typedef enum {
 typedef struct vtl_backend {
   const char *name;
   void *(*alloc)(size_t nbytes, int device_index);
-  void (*free)(void *p, int device_index);
+  void (*free)(void *p, size_t nbytes, int device_index);
+  /* releases cached memory; returns the bytes released */
+  size_t (*empty_cache)(int device_index);
   /* out = op(x); the kernel computes in `compute` dtype, converting on load and store. */
   vtl_status (*unary)(vtl_unary_op op, vtl_tensor *out, const vtl_tensor *x, vtl_dtype compute,
                       const double *params);

@@ -101,7 +101,7 @@ static void emit(const fmt_t *f, sbuf *b, int d, int64_t *idx, int indent) {
   int col = 0;
   for (int64_t i = 0; i < n; i++) {
     if (f->summarize && n > 2 * EDGE && i == EDGE) {
-      if (last) sb_add(b, "..., ");
+      if (last) sb_add(b, " ..., ");
       else {
         sb_add(b, "...,");
         for (int k = 0; k < t->ndim - d - 1; k++) sb_add(b, "\n");

@@ -47,6 +47,8 @@ vtl_tensor *vtl_op_unfold(const vtl_tensor *x, int dim, int64_t size, int64_t st
 /* ---- elementwise (broadcasting, PyTorch type promotion) ---- */
 vtl_tensor *vtl_op_unary(vtl_unary_op op, vtl_tensor *x, const double *params);
 vtl_tensor *vtl_op_binary(vtl_binary_op op, vtl_tensor *a, vtl_tensor *b);
+/* dtype of a binary op's operands after promotion (0-d tensors follow PyTorch's rule) */
+vtl_dtype vtl_result_type(const vtl_tensor *a, const vtl_tensor *b);
 vtl_tensor *vtl_op_binary_scalar(vtl_binary_op op, vtl_tensor *a, double s, bool s_is_float, bool scalar_first);
 /* in place: result written into x (cast to x's dtype); b may be NULL with scalar s */
 vtl_status vtl_op_unary_(vtl_unary_op op, vtl_tensor *x, const double *params);
@@ -86,7 +88,10 @@ vtl_status vtl_op_scatter_(vtl_tensor *x, int dim, vtl_tensor *index, vtl_tensor
 vtl_status vtl_op_index_copy_(vtl_tensor *x, int dim, vtl_tensor *index, vtl_tensor *src);
 vtl_tensor *vtl_op_masked_select(vtl_tensor *x, vtl_tensor *mask);
 vtl_status vtl_op_masked_scatter_(vtl_tensor *x, vtl_tensor *mask, vtl_tensor *src);
-vtl_tensor *vtl_op_nonzero(vtl_tensor *x); /* (n, ndim) i64, 0-based */
+vtl_tensor *vtl_op_nonzero(vtl_tensor *x);
+/* x[mask] / x[mask] = v with a bool mask over x's leading dims (PyTorch boolean indexing) */
+vtl_tensor *vtl_op_mask_index(vtl_tensor *x, vtl_tensor *mask);
+vtl_status vtl_op_mask_assign_(vtl_tensor *x, vtl_tensor *mask, vtl_tensor *src, double value); /* (n, ndim) i64, 0-based */
 
 /* ---- joining ---- */
 vtl_tensor *vtl_op_cat(vtl_tensor *const *xs, int n, int dim);

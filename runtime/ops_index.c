@@ -196,6 +196,76 @@ vtl_status vtl_op_masked_scatter_(vtl_tensor *x, vtl_tensor *mask, vtl_tensor *s
   return st;
 }
 
+/* The mask covers x's leading dims exactly (x[mask] in PyTorch); returns their count or -1. */
+static int mask_leading(const char *op, const vtl_tensor *x, const vtl_tensor *mask) {
+  int ok = mask->dtype == VTL_BOOL && mask->ndim <= x->ndim && mask->ndim > 0;
+  for (int d = 0; ok && d < mask->ndim; d++) ok = mask->shape[d] == x->shape[d];
+  if (!ok) {
+    char a[128], b[128];
+    vtl_shape_format(mask->shape, mask->ndim, a, sizeof a);
+    vtl_shape_format(x->shape, x->ndim, b, sizeof b);
+    if (mask->dtype != VTL_BOOL)
+      vtl_error_set(VTL_ERR_ARG, "%s: mask must be a bool tensor, got %s", op, vtl_dtype_name(mask->dtype));
+    else
+      vtl_error_set(VTL_ERR_ARG, "%s: mask of shape %s does not match the leading dims of shape %s", op, a, b);
+    return -1;
+  }
+  return mask->ndim;
+}
+
+vtl_tensor *vtl_op_mask_index(vtl_tensor *x, vtl_tensor *mask) {
+  int k = mask_leading("index", x, mask);
+  if (k < 0) return NULL;
+  int64_t shape[VTL_MAX_DIMS];
+  shape[0] = vtl_tensor_numel(mask);
+  for (int d = k; d < x->ndim; d++) shape[d - k + 1] = x->shape[d];
+  vtl_tensor *pos = mask_positions("index", mask, mask->shape, mask->ndim);
+  vtl_tensor *x2 = pos ? vtl_op_reshape(x, shape, x->ndim - k + 1) : NULL;
+  vtl_tensor *out = x2 ? vtl_op_index_select(x2, 0, pos) : NULL;
+  vtl_tensor_release(pos);
+  vtl_tensor_release(x2);
+  return out;
+}
+
+vtl_status vtl_op_mask_assign_(vtl_tensor *x, vtl_tensor *mask, vtl_tensor *src, double value) {
+  int k = mask_leading("index assignment", x, mask);
+  if (k < 0) return vtl_error_status();
+  /* the mask over every element: trailing dims added and expanded */
+  int64_t ms[VTL_MAX_DIMS], mst[VTL_MAX_DIMS];
+  for (int d = 0; d < x->ndim; d++) {
+    ms[d] = x->shape[d];
+    mst[d] = d < k ? mask->strides[d] : 0;
+  }
+  vtl_tensor *full = vtl_tensor_view_of(mask, ms, mst, x->ndim, mask->offset);
+  if (!full) return vtl_error_status();
+  vtl_status st;
+  if (!src) st = vtl_op_masked_fill_(x, full, value);
+  else {
+    vtl_tensor *cnt = vtl_op_reduce(VTL_RED_SUM, mask, 0, false, 0, NULL);
+    vtl_tensor *sel = NULL;
+    if (cnt) {
+      int64_t shape[VTL_MAX_DIMS];
+      shape[0] = *(int64_t *)vtl_tensor_data(cnt);
+      for (int d = k; d < x->ndim; d++) shape[d - k + 1] = x->shape[d];
+      vtl_tensor *b = vtl_broadcast_to(src, shape, x->ndim - k + 1);
+      if (!b) {
+        char a1[128], a2[128];
+        vtl_shape_format(src->shape, src->ndim, a1, sizeof a1);
+        vtl_shape_format(shape, x->ndim - k + 1, a2, sizeof a2);
+        vtl_error_set(VTL_ERR_ARG, "index assignment: value of shape %s does not fit the selection %s", a1, a2);
+      } else {
+        sel = vtl_op_contiguous(b);
+        vtl_tensor_release(b);
+      }
+    }
+    st = sel ? vtl_op_masked_scatter_(x, full, sel) : vtl_error_status();
+    vtl_tensor_release(cnt);
+    vtl_tensor_release(sel);
+  }
+  vtl_tensor_release(full);
+  return st;
+}
+
 vtl_tensor *vtl_op_nonzero(vtl_tensor *x) {
   vtl_tensor *m = x->dtype == VTL_BOOL ? vtl_tensor_retain(x) : vtl_op_binary_scalar(VTL_BIN_NE, x, 0, false, false);
   if (!m) return NULL;

@@ -146,8 +146,20 @@ static vtl_tensor *binary_typed(vtl_binary_op op, vtl_tensor *a, vtl_tensor *b, 
   return out;
 }
 
+static int category(vtl_dtype d) { return d == VTL_BOOL ? 0 : vtl_dtype_is_float(d) ? 2 : 1; }
+
+/* PyTorch's rule: a 0-d operand decides the dtype only when it is of a higher category
+   (bool < integer < float) than the dimensioned one. */
+vtl_dtype vtl_result_type(const vtl_tensor *a, const vtl_tensor *b) {
+  if ((a->ndim == 0) != (b->ndim == 0)) {
+    const vtl_tensor *dimd = a->ndim ? a : b, *zero = a->ndim ? b : a;
+    if (category(zero->dtype) <= category(dimd->dtype)) return dimd->dtype;
+  }
+  return vtl_dtype_promote(a->dtype, b->dtype);
+}
+
 vtl_tensor *vtl_op_binary(vtl_binary_op op, vtl_tensor *a, vtl_tensor *b) {
-  return binary_typed(op, a, b, vtl_dtype_promote(a->dtype, b->dtype));
+  return binary_typed(op, a, b, vtl_result_type(a, b));
 }
 
 /* A 0-d tensor holding a Lua number, in dtype dt, on x's device. */
@@ -195,7 +207,7 @@ vtl_status vtl_op_binary_(vtl_binary_op op, vtl_tensor *x, vtl_tensor *b, double
   vtl_status st = VTL_OK;
   vtl_tensor *ts[2] = {x, b};
   const vtl_backend *be = backend_of(binary_names[op], ts, 2);
-  vtl_dtype p = vtl_dtype_promote(x->dtype, b->dtype), res;
+  vtl_dtype p = vtl_result_type(x, b), res;
   if (!be || !binary_result(op, p, &res)) st = vtl_error_status();
   else if (vtl_dtype_promote(res, x->dtype) != x->dtype && !(res == VTL_F32 && vtl_dtype_is_float(x->dtype)))
     st = vtl_error_set(VTL_ERR_ARG, "%s_: result type %s cannot be stored in a %s tensor in place", binary_names[op],

@@ -28,8 +28,10 @@ vtl_storage *vtl_storage_new(size_t nbytes, vtl_device dev) {
   if (!s) return vtl_error_set(VTL_ERR_OOM, "out of memory"), NULL;
   size_t n = nbytes ? nbytes : 1;
   void *p = be->alloc(n, dev.index);
-  if (!p && oom_hook) {
-    oom_hook(oom_ud);
+  if (!p) { /* free the cache, then let the host collect garbage, and try once more */
+    if (be->empty_cache) be->empty_cache(dev.index);
+    if (oom_hook) oom_hook(oom_ud);
+    if (be->empty_cache) be->empty_cache(dev.index);
     p = be->alloc(n, dev.index);
   }
   if (!p) {
@@ -51,7 +53,7 @@ void vtl_storage_release(vtl_storage *s) {
   if (!s) return;
   if (__atomic_sub_fetch(&s->refcount, 1, __ATOMIC_ACQ_REL) != 0) return;
   const vtl_backend *be = vtl_backend_get(s->device);
-  if (be) be->free(s->data, s->device.index);
+  if (be) be->free(s->data, s->nbytes ? s->nbytes : 1, s->device.index);
   if (s->device.type == VTL_CPU) __atomic_sub_fetch(&alloc_bytes, s->nbytes, __ATOMIC_RELAXED);
   free(s);
 }

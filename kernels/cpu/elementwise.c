@@ -10,7 +10,10 @@
   static void NAME(char **p, const int64_t *s, int64_t n, const void *ctx) {                  \
     const double *prm = ctx;                                                                  \
     (void)prm;                                                                                \
-    if (s[0] == sizeof(R) && s[1] == sizeof(T)) {                                             \
+    if (s[0] == sizeof(R) && s[1] == sizeof(T) && (void *)p[0] == (void *)p[1]) {             \
+      T *O = (T *)p[0]; /* in place: same type, one array */                                  \
+      for (int64_t i = 0; i < n; i++) { T x = O[i]; O[i] = (T)(EXPR); }                       \
+    } else if (s[0] == sizeof(R) && s[1] == sizeof(T)) {                                      \
       R *O = (R *)p[0];                                                                       \
       const T *A = (const T *)p[1];                                                           \
       for (int64_t i = 0; i < n; i++) { T x = A[i]; O[i] = (R)(EXPR); }                       \
@@ -28,7 +31,10 @@
     (void)ctx;                                                                                \
     R *O = (R *)p[0];                                                                         \
     const T *A = (const T *)p[1], *B = (const T *)p[2];                                       \
-    if (s[0] == sizeof(R) && s[1] == sizeof(T) && s[2] == sizeof(T)) {                        \
+    if (s[0] == sizeof(R) && s[1] == sizeof(T) && s[2] == sizeof(T) && (void *)O == (void *)A) { \
+      T *IO = (T *)p[0]; /* in place: one array read and written */                           \
+      for (int64_t i = 0; i < n; i++) { T x = IO[i], y = B[i]; IO[i] = (T)(EXPR); }           \
+    } else if (s[0] == sizeof(R) && s[1] == sizeof(T) && s[2] == sizeof(T)) {                 \
       for (int64_t i = 0; i < n; i++) { T x = A[i], y = B[i]; O[i] = (R)(EXPR); }             \
     } else if (s[0] == sizeof(R) && s[1] == sizeof(T) && s[2] == 0) {                         \
       const T y = B[0];                                                                       \
@@ -307,17 +313,18 @@ static vtl_status cpu_nonzero_flat(vtl_tensor *out, const vtl_tensor *mask) {
   return VTL_OK;
 }
 
-static void *cpu_alloc(size_t n, int dev) {
-  (void)dev;
-  void *p = NULL;
-  return posix_memalign(&p, 64, n) == 0 ? p : NULL;
-}
-static void cpu_free(void *p, int dev) { (void)dev; free(p); }
+void *vtl_cpu_alloc(size_t n);
+void vtl_cpu_free(void *p, size_t n);
+size_t vtl_cpu_empty_cache(void);
+static void *cpu_alloc(size_t n, int dev) { (void)dev; return vtl_cpu_alloc(n); }
+static void cpu_free(void *p, size_t n, int dev) { (void)dev; vtl_cpu_free(p, n); }
+static size_t cpu_empty_cache(int dev) { (void)dev; return vtl_cpu_empty_cache(); }
 
 const vtl_backend vtl_cpu_backend = {
   .name = "cpu",
   .alloc = cpu_alloc,
   .free = cpu_free,
+  .empty_cache = cpu_empty_cache,
   .unary = cpu_unary,
   .binary = cpu_binary,
   .where = cpu_where,

@@ -84,7 +84,7 @@ vtl_status vtl_cpu_matmul(vtl_tensor *out, const vtl_tensor *a, const vtl_tensor
   char *C = vtl_tensor_data(out);
   /* many small products: one per thread, BLAS single-threaded inside the parallel region */
   int nt = batch > 1 && M * N * K < (int64_t)1 << 21 && !omp_in_parallel() ? omp_get_max_threads() : 1;
-#pragma omp parallel for num_threads(nt) schedule(static)
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
   for (int64_t i = 0; i < batch; i++) {
     int64_t oa = 0, ob = 0, rem = i;
     for (int d = nd - 3; d >= 0; d--) {

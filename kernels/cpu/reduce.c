@@ -6,15 +6,20 @@
 #include "iter.h"
 #include "backend.h"
 
-/* Sum of n floats with stride 1 in double lanes (vectorisable without reassociation). */
+/* Sum of n contiguous floats: blocks of 1024 summed in 32 float lanes (vectorisable without
+   reassociation), block sums accumulated in double. */
 static double sum_f32(const float *x, int64_t n) {
-  double acc[16] = {0};
-  int64_t i = 0;
-  for (; i + 16 <= n; i += 16)
-    for (int j = 0; j < 16; j++) acc[j] += x[i + j];
   double s = 0;
+  int64_t i = 0;
+  for (; i + 1024 <= n; i += 1024) {
+    float acc[32] = {0};
+    for (int64_t k = 0; k < 1024; k += 32)
+      for (int j = 0; j < 32; j++) acc[j] += x[i + k + j];
+    for (int w = 16; w >= 1; w /= 2) /* pairwise, stays in vector registers */
+      for (int j = 0; j < w; j++) acc[j] += acc[j + w];
+    s += acc[0];
+  }
   for (; i < n; i++) s += x[i];
-  for (int j = 0; j < 16; j++) s += acc[j];
   return s;
 }
 
@@ -125,20 +130,24 @@ static ii_t reduce_row_int(vtl_reduce_op op, const int64_t *x, int64_t n, int64_
   return r;
 }
 
-/* Full f32 sum over many elements split across the pool. */
+/* Full f32 sum over many elements: partial sums of fixed 64K-element chunks, added in order,
+   so the result does not depend on the number of threads. */
 static double sum_f32_parallel(const float *x, int64_t n) {
-  int nt = omp_in_parallel() ? 1 : omp_get_max_threads();
-  if (n < (int64_t)VTL_GRAIN * 2 || nt <= 1) return sum_f32(x, n);
-  double part[256] = {0};
-  if (nt > 256) nt = 256;
-#pragma omp parallel num_threads(nt)
-  {
-    int t = omp_get_thread_num(), m = omp_get_num_threads();
-    int64_t b = n * t / m, e = n * (t + 1) / m;
-    part[t] = sum_f32(x + b, e - b);
+  const int64_t chunk = 65536;
+  int64_t nc = (n + chunk - 1) / chunk;
+  if (nc <= 1) return sum_f32(x, n);
+  double stack_part[256], *part = nc <= 256 ? stack_part : malloc((size_t)nc * sizeof *part);
+  if (!part) { /* serial, same order */
+    double s = 0;
+    for (int64_t c = 0; c < nc; c++) s += sum_f32(x + c * chunk, c == nc - 1 ? n - c * chunk : chunk);
+    return s;
   }
+  int nt = omp_in_parallel() ? 1 : omp_get_max_threads();
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+  for (int64_t c = 0; c < nc; c++) part[c] = sum_f32(x + c * chunk, c == nc - 1 ? n - c * chunk : chunk);
   double s = 0;
-  for (int t = 0; t < nt; t++) s += part[t];
+  for (int64_t c = 0; c < nc; c++) s += part[c];
+  if (part != stack_part) free(part);
   return s;
 }
 
