@@ -1403,17 +1403,7 @@ static int t_index(lua_State *L) {
     if (!lua_isnil(L, -1)) return 1;
     lua_pop(L, 1);
     if (!b->t) return luaL_error(L, "tensor has been freed (closed or collected)");
-    vtl_tensor *x = b->t;
-    if (strcmp(key, "shape") == 0) { push_shape(L, x); return 1; }
-    if (strcmp(key, "dtype") == 0) { lua_pushstring(L, vtl_dtype_name(x->dtype)); return 1; }
-    if (strcmp(key, "ndim") == 0) { lua_pushinteger(L, x->ndim); return 1; }
-    if (strcmp(key, "device") == 0) {
-      char d[32];
-      vtl_device_format(vtl_tensor_device(x), d, sizeof d);
-      lua_pushstring(L, d);
-      return 1;
-    }
-    /* further fields (autograd) live in the Lua-side extension table */
+    /* fields: shape, dtype, ndim, device, and those the Lua library adds (autograd) */
     lua_getfield(L, lua_upvalueindex(2), key);
     if (lua_isfunction(L, -1)) { lua_pushvalue(L, 1); lua_call(L, 1, 1); return 1; }
     return 0;
@@ -1573,6 +1563,19 @@ static const luaL_Reg tensor_meta[] = {
   {"__add", t_add}, {"__sub", t_sub}, {"__mul", t_mul}, {"__div", t_div}, {"__pow", t_pow},
   {"__mod", t_remainder}, {"__idiv", t_floor_divide}, {"__unm", t_unm}, {NULL, NULL}};
 
+/* field getters (answered first by t_index; listed here so completion finds them) */
+static int g_shape(lua_State *L) { push_shape(L, lvtl_checktensor(L, 1)); return 1; }
+static int g_dtype(lua_State *L) { lua_pushstring(L, vtl_dtype_name(lvtl_checktensor(L, 1)->dtype)); return 1; }
+static int g_ndim(lua_State *L) { lua_pushinteger(L, lvtl_checktensor(L, 1)->ndim); return 1; }
+static int g_device(lua_State *L) {
+  char d[32];
+  vtl_device_format(vtl_tensor_device(lvtl_checktensor(L, 1)), d, sizeof d);
+  lua_pushstring(L, d);
+  return 1;
+}
+static const luaL_Reg tensor_getters[] = {
+  {"shape", g_shape}, {"dtype", g_dtype}, {"ndim", g_ndim}, {"device", g_device}, {NULL, NULL}};
+
 static const luaL_Reg generator_methods[] = {
   {"manual_seed", gen_manual_seed}, {"seed", gen_manual_seed}, {"initial_seed", gen_initial_seed},
   {"get_state", gen_get_state}, {"set_state", gen_set_state}, {NULL, NULL}};
@@ -1591,6 +1594,7 @@ void lvtl_open_tensor(lua_State *L) {
   lua_pushvalue(L, methods);
   lua_setfield(L, mt, "__methods");
   lua_newtable(L);
+  luaL_setfuncs(L, tensor_getters, 0);
   int getters = lua_gettop(L);
   lua_pushvalue(L, getters);
   lua_setfield(L, mt, "__getters");

@@ -289,3 +289,24 @@ test("functional forms on the module", function()
   T.close(vtl.matmul(vtl.eye(2), vtl.ones(2, 2)), {{1, 1}, {1, 1}})
   T.truthy(vtl.is_tensor(x) and not vtl.is_tensor({}))
 end)
+
+test("one thread pool: BLAS runs on the OpenMP threads, not a pool of its own", function()
+  local f = io.open("/proc/self/status")
+  if not f then return end -- not Linux: nothing to count
+  f:close()
+  local function threads()
+    local n = 0
+    for line in io.lines("/proc/self/status") do
+      local v = line:match("^Threads:%s+(%d+)")
+      if v then n = tonumber(v) end
+    end
+    return n
+  end
+  local n = vtl.get_num_threads()
+  vtl.set_num_threads(2)
+  local a = vtl.randn(512, 512)
+  local _ = a:matmul(a) + a:exp():sum() -- BLAS, elementwise and reduction regions
+  local _ = vtl.randn(8, 64, 64):matmul(vtl.randn(8, 64, 64)) -- batched: BLAS inside a parallel region
+  T.truthy(threads() <= 2, "threads: " .. threads())
+  vtl.set_num_threads(n)
+end)
