@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "ops.h"
+#include "gemm.h"
 
 static const char *unary_names[VTL_UN_COUNT] = {
   "copy", "neg", "abs", "sign", "exp", "log", "sqrt", "rsqrt", "sigmoid", "tanh", "relu", "floor", "ceil",
@@ -520,7 +521,11 @@ vtl_status vtl_op_unique(vtl_tensor *x, vtl_tensor **values, vtl_tensor **invers
 }
 
 /* ---- matmul ---- */
-int vtl_cpu_matmul_layout_ok(const vtl_tensor *x);
+static int gemm_layout_ok(const vtl_tensor *x) {
+  int t, nd = x->ndim;
+  int64_t ld;
+  return vtl_gemm_layout(x->shape[nd - 2], x->shape[nd - 1], x->strides[nd - 2], x->strides[nd - 1], &t, &ld);
+}
 
 vtl_tensor *vtl_op_matmul(vtl_tensor *a, vtl_tensor *b) {
   vtl_tensor *ts[2] = {a, b};
@@ -570,8 +575,8 @@ vtl_tensor *vtl_op_matmul(vtl_tensor *a, vtl_tensor *b) {
   cb = ca ? vtl_op_to_dtype(eb, kdt) : NULL;
   if (!cb) goto done;
   if (kdt != VTL_I64) {
-    if (!vtl_cpu_matmul_layout_ok(ca)) { vtl_tensor *t = vtl_op_clone(ca); vtl_tensor_release(ca); ca = t; }
-    if (ca && !vtl_cpu_matmul_layout_ok(cb)) { vtl_tensor *t = vtl_op_clone(cb); vtl_tensor_release(cb); cb = t; }
+    if (!gemm_layout_ok(ca)) { vtl_tensor *t = vtl_op_clone(ca); vtl_tensor_release(ca); ca = t; }
+    if (ca && !gemm_layout_ok(cb)) { vtl_tensor *t = vtl_op_clone(cb); vtl_tensor_release(cb); cb = t; }
     if (!ca || !cb) goto done;
   }
   shp[nbatch] = M; shp[nbatch + 1] = N;

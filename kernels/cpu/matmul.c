@@ -5,23 +5,13 @@
 #include <cblas.h>
 #include "iter.h"
 #include "backend.h"
+#include "gemm.h"
 
-/* How a (rows, cols) matrix with element strides (sr, sc) maps onto BLAS: row-major with
-   leading dim, or transposed; 0 when neither (needs a copy). */
 static int blas_layout(int64_t rows, int64_t cols, int64_t sr, int64_t sc, CBLAS_TRANSPOSE *tr, int64_t *ld) {
-  if ((sc == 1 || cols == 1) && (sr >= (cols > 1 ? cols : 1) || rows == 1)) {
-    *tr = CblasNoTrans;
-    *ld = rows == 1 ? (cols > 1 ? cols : 1) : sr;
-    if (*ld < cols) *ld = cols;
-    return 1;
-  }
-  if ((sr == 1 || rows == 1) && (sc >= (rows > 1 ? rows : 1) || cols == 1)) {
-    *tr = CblasTrans;
-    *ld = cols == 1 ? (rows > 1 ? rows : 1) : sc;
-    if (*ld < rows) *ld = rows;
-    return 1;
-  }
-  return 0;
+  int t;
+  if (!vtl_gemm_layout(rows, cols, sr, sc, &t, ld)) return 0;
+  *tr = t ? CblasTrans : CblasNoTrans;
+  return 1;
 }
 
 typedef struct {
@@ -98,13 +88,4 @@ vtl_status vtl_cpu_matmul(vtl_tensor *out, const vtl_tensor *a, const vtl_tensor
     gemm_one(&gi);
   }
   return VTL_OK;
-}
-
-/* Used by the op layer to decide whether an operand needs a contiguous copy first. */
-int vtl_cpu_matmul_layout_ok(const vtl_tensor *x) {
-  int nd = x->ndim;
-  CBLAS_TRANSPOSE t;
-  int64_t ld;
-  return blas_layout(x->shape[nd - 2], x->shape[nd - 1], x->strides[nd - 2], x->strides[nd - 1], &t, &ld) &&
-         ld <= 0x7fffffff;
 }
