@@ -11,6 +11,8 @@ NVCC     ?= $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2
 BUILD    ?= build
 DEPS_ROOT ?=
 
+.DEFAULT_GOAL := all
+
 ifeq ($(CUDA),auto)
   ifneq ($(NVCC),)
     CUDA_ON := 1

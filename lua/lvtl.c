@@ -60,9 +60,6 @@ void lvtl_open_sys(lua_State *L) {
   lua_setfield(L, -2, "version");
 }
 
-/* The file functions come from lio.c; a build without it still opens. */
-__attribute__((weak)) void lvtl_open_io(lua_State *L) { (void)L; }
-
 int luaopen_vtl_core(lua_State *L) {
   lua_newtable(L);
   lvtl_open_tensor(L);
