@@ -1143,6 +1143,19 @@ static int t_cumsum(lua_State *L) {
   RETURN_TENSOR(vtl_op_cumsum(x, d));
 }
 
+/* values and 1-based indices of the k first entries along d (sorted) */
+static int push_topk(lua_State *L, vtl_tensor *x, int64_t k, int d, int largest) {
+  lvtl_box *bv = newbox(L);
+  lvtl_box *bi = newbox(L);
+  vtl_tensor *v = NULL, *i = NULL;
+  lvtl_check(L, vtl_op_topk(x, k, d, largest, true, &v, &i));
+  bv->t = v;
+  vtl_tensor *i1 = vtl_op_binary_scalar(VTL_BIN_ADD, i, 1, false, false);
+  vtl_tensor_release(i);
+  fill_box(L, bi, i1);
+  return 2;
+}
+
 static int t_sort(lua_State *L) {
   vtl_tensor *x = lvtl_checktensor(L, 1);
   int d, desc;
@@ -1157,15 +1170,8 @@ static int t_sort(lua_State *L) {
     desc = lua_toboolean(L, 3);
     lua_settop(L, 1);
   }
-  lvtl_box *bv = newbox(L);
-  lvtl_box *bi = newbox(L);
-  vtl_tensor *v = NULL, *i = NULL;
-  lvtl_check(L, vtl_op_sort(x, d, desc, &v, &i));
-  bv->t = v;
-  vtl_tensor *i1 = vtl_op_binary_scalar(VTL_BIN_ADD, i, 1, false, false);
-  vtl_tensor_release(i);
-  fill_box(L, bi, i1);
-  return 2;
+  int64_t n = x->ndim ? x->shape[d] : 1;
+  return push_topk(L, x, n, d, desc);
 }
 
 static int t_argsort(lua_State *L) {
@@ -1178,15 +1184,7 @@ static int t_topk(lua_State *L) {
   int64_t k = check_int(L, 2, "k");
   int d = opt_dim(L, 3, x->ndim, x->ndim ? x->ndim - 1 : 0);
   int largest = lua_isnoneornil(L, 4) ? 1 : lua_toboolean(L, 4);
-  lvtl_box *bv = newbox(L);
-  lvtl_box *bi = newbox(L);
-  vtl_tensor *v = NULL, *i = NULL;
-  lvtl_check(L, vtl_op_topk(x, k, d, largest, true, &v, &i));
-  bv->t = v;
-  vtl_tensor *i1 = vtl_op_binary_scalar(VTL_BIN_ADD, i, 1, false, false);
-  vtl_tensor_release(i);
-  fill_box(L, bi, i1);
-  return 2;
+  return push_topk(L, x, k, d, largest);
 }
 
 /* unique({return_inverse=, return_counts=}) → values[, inverse][, counts] (sorted) */

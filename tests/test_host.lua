@@ -7,20 +7,7 @@ local SAN = os.getenv("VTL_SAN") == "1"
 
 local function q(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
 
-local function readall(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local s = f:read("a")
-  f:close()
-  return s
-end
-
-local function writefile(path, s)
-  local f = assert(io.open(path, "wb"))
-  f:write(s)
-  f:close()
-  return path
-end
+local readall, writefile = T.readfile, T.writefile
 
 -- Temporary files made by a test; `cleanup()` at its end removes them.
 local tmpfiles = {}

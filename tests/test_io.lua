@@ -24,11 +24,7 @@ local function expected()
   return expected_cache
 end
 
-local function write_file(path, bytes)
-  local f = assert(io.open(path, "wb"))
-  f:write(bytes)
-  f:close()
-end
+local write_file = T.writefile
 
 local function read_file(path)
   local f = assert(io.open(path, "rb"))

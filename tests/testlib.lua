@@ -50,4 +50,20 @@ function M.raises(fn, pattern)
   return err
 end
 
+-- Whole-file helpers for tests that write inputs or read outputs.
+function M.readfile(path)
+  local f = io.open(path, "rb")
+  if not f then return nil end
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
+function M.writefile(path, bytes)
+  local f = assert(io.open(path, "wb"))
+  f:write(bytes)
+  f:close()
+  return path
+end
+
 return M
