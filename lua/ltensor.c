@@ -13,6 +13,7 @@
 #include <lauxlib.h>
 #include "lvtl.h"
 #include "ops.h"
+#include "grad_ops.h"
 #include "format.h"
 
 /* ---- boxes ---- */
@@ -588,12 +589,12 @@ static int t_to(lua_State *L) {
     if (!vtl_backend_get(dev)) return lvtl_error(L);
     return luaL_error(L, "to: copies between devices are not available in this build");
   }
-  RETURN_TENSOR(vtl_op_to_dtype(x, dt));
+  RETURN_TENSOR(vtl_fn_to_dtype(x, dt));
 }
 
 static int convert(lua_State *L, vtl_dtype dt) {
   vtl_tensor *x = lvtl_checktensor(L, 1);
-  RETURN_TENSOR(vtl_op_to_dtype(x, dt));
+  RETURN_TENSOR(vtl_fn_to_dtype(x, dt));
 }
 static int t_float(lua_State *L) { return convert(L, VTL_F32); }
 static int t_double(lua_State *L) { return convert(L, VTL_F64); }
@@ -611,8 +612,8 @@ static int t_cuda(lua_State *L) {
   return t_to(L);
 }
 
-static int t_clone(lua_State *L) { vtl_tensor *x = lvtl_checktensor(L, 1); RETURN_TENSOR(vtl_op_clone(x)); }
-static int t_contiguous(lua_State *L) { vtl_tensor *x = lvtl_checktensor(L, 1); RETURN_TENSOR(vtl_op_contiguous(x)); }
+static int t_clone(lua_State *L) { vtl_tensor *x = lvtl_checktensor(L, 1); RETURN_TENSOR(vtl_fn_clone(x)); }
+static int t_contiguous(lua_State *L) { vtl_tensor *x = lvtl_checktensor(L, 1); RETURN_TENSOR(vtl_fn_contiguous(x)); }
 
 /* ---- views ---- */
 
@@ -620,13 +621,13 @@ static int t_view_impl(lua_State *L, int reshape) {
   vtl_tensor *x = lvtl_checktensor(L, 1);
   int64_t shape[VTL_MAX_DIMS];
   int nd = check_shape(L, 2, shape, reshape ? "reshape" : "view");
-  RETURN_TENSOR(reshape ? vtl_op_reshape(x, shape, nd) : vtl_op_view(x, shape, nd));
+  RETURN_TENSOR(reshape ? vtl_fn_reshape(x, shape, nd) : vtl_fn_view(x, shape, nd));
 }
 static int t_view(lua_State *L) { return t_view_impl(L, 0); }
 static int t_reshape(lua_State *L) { return t_view_impl(L, 1); }
 static int t_view_as(lua_State *L) {
   vtl_tensor *x = lvtl_checktensor(L, 1), *y = lvtl_checktensor(L, 2);
-  RETURN_TENSOR(vtl_op_view(x, y->shape, y->ndim));
+  RETURN_TENSOR(vtl_fn_view(x, y->shape, y->ndim));
 }
 
 static int t_permute(lua_State *L) {
@@ -643,20 +644,20 @@ static int t_permute(lua_State *L) {
   } else {
     for (int i = 2; i <= lua_gettop(L) && n < VTL_MAX_DIMS; i++) perm[n++] = check_dim(L, i, x->ndim);
   }
-  RETURN_TENSOR(vtl_op_permute(x, perm, n));
+  RETURN_TENSOR(vtl_fn_permute(x, perm, n));
 }
 
 static int t_transpose(lua_State *L) {
   vtl_tensor *x = lvtl_checktensor(L, 1);
   int d0 = check_dim(L, 2, x->ndim), d1 = check_dim(L, 3, x->ndim);
-  RETURN_TENSOR(vtl_op_transpose(x, d0, d1));
+  RETURN_TENSOR(vtl_fn_transpose(x, d0, d1));
 }
 
 static int t_t(lua_State *L) {
   vtl_tensor *x = lvtl_checktensor(L, 1);
   if (x->ndim > 2) return luaL_error(L, "t: expects a tensor with at most 2 dims, got %d; use transpose", x->ndim);
-  if (x->ndim < 2) RETURN_TENSOR(vtl_tensor_view_of(x, x->shape, x->strides, x->ndim, x->offset));
-  RETURN_TENSOR(vtl_op_transpose(x, 0, 1));
+  if (x->ndim < 2) RETURN_TENSOR(vtl_fn_view(x, x->shape, x->ndim));
+  RETURN_TENSOR(vtl_fn_transpose(x, 0, 1));
 }
 
 static int t_narrow(lua_State *L) {
@@ -665,7 +666,7 @@ static int t_narrow(lua_State *L) {
   int64_t start = check_int(L, 3, "start"), len = check_int(L, 4, "length");
   int64_t n = x->ndim ? x->shape[d] : 1;
   if (start < 0) start += n + 1;
-  RETURN_TENSOR(vtl_op_narrow(x, d, start - 1, len));
+  RETURN_TENSOR(vtl_fn_narrow(x, d, start - 1, len));
 }
 
 /* 1-based index with negatives from the end → 0-based, checked */
@@ -683,13 +684,13 @@ static int t_select(lua_State *L) {
   if (x->ndim == 0) return luaL_error(L, "select: cannot index a 0-d tensor");
   int d = check_dim(L, 2, x->ndim);
   int64_t i = check_index(L, 3, x->shape[d], d, "select");
-  RETURN_TENSOR(vtl_op_select(x, d, i));
+  RETURN_TENSOR(vtl_fn_select(x, d, i));
 }
 
 static int t_squeeze(lua_State *L) {
   vtl_tensor *x = lvtl_checktensor(L, 1);
   int d = lua_isnoneornil(L, 2) ? VTL_SQUEEZE_ALL : check_dim(L, 2, x->ndim);
-  RETURN_TENSOR(vtl_op_squeeze(x, d));
+  RETURN_TENSOR(vtl_fn_squeeze(x, d));
 }
 
 static int t_unsqueeze(lua_State *L) {
@@ -700,30 +701,31 @@ static int t_unsqueeze(lua_State *L) {
   if (d < 1 || d > n)
     return luaL_error(L, "unsqueeze: dim %d out of range for a %d-D tensor (valid: 1..%d or -%d..-1)",
                       (int)lua_tointeger(L, 2), x->ndim, n, n);
-  RETURN_TENSOR(vtl_op_unsqueeze(x, (int)d - 1));
+  RETURN_TENSOR(vtl_fn_unsqueeze(x, (int)d - 1));
 }
 
 static int t_expand(lua_State *L) {
   vtl_tensor *x = lvtl_checktensor(L, 1);
   int64_t shape[VTL_MAX_DIMS];
   int nd = check_shape(L, 2, shape, "expand");
-  RETURN_TENSOR(vtl_op_expand(x, shape, nd));
+  RETURN_TENSOR(vtl_fn_expand(x, shape, nd));
 }
 static int t_expand_as(lua_State *L) {
   vtl_tensor *x = lvtl_checktensor(L, 1), *y = lvtl_checktensor(L, 2);
-  RETURN_TENSOR(vtl_op_expand(x, y->shape, y->ndim));
+  RETURN_TENSOR(vtl_fn_expand(x, y->shape, y->ndim));
 }
 
 static int t_flatten(lua_State *L) {
   vtl_tensor *x = lvtl_checktensor(L, 1);
   int s = opt_dim(L, 2, x->ndim, 0), e = opt_dim(L, 3, x->ndim, x->ndim ? x->ndim - 1 : 0);
-  RETURN_TENSOR(vtl_op_flatten(x, s, e));
+  RETURN_TENSOR(vtl_fn_flatten(x, s, e));
 }
 
 static int t_unfold(lua_State *L) {
   vtl_tensor *x = lvtl_checktensor(L, 1);
   int d = check_dim(L, 2, x->ndim);
   int64_t size = check_int(L, 3, "size"), step = check_int(L, 4, "step");
+  if (vtl_requires_grad(x) && vtl_grad_enabled()) return luaL_error(L, "unfold: gradients through unfold are not supported; detach() the input");
   RETURN_TENSOR(vtl_op_unfold(x, d, size, step));
 }
 
@@ -731,7 +733,7 @@ static int t_repeat(lua_State *L) {
   vtl_tensor *x = lvtl_checktensor(L, 1);
   int64_t reps[VTL_MAX_DIMS];
   int n = check_shape(L, 2, reps, "repeat");
-  RETURN_TENSOR(vtl_op_repeat(x, reps, n));
+  RETURN_TENSOR(vtl_fn_repeat(x, reps, n));
 }
 
 /* tile: like repeat, but fewer counts than dims are padded with leading ones */
@@ -741,7 +743,7 @@ static int t_tile(lua_State *L) {
   int n = check_shape(L, 2, reps, "tile");
   int m = n > x->ndim ? n : x->ndim;
   for (int i = 0; i < m; i++) full[i] = i < m - n ? 1 : reps[i - (m - n)];
-  RETURN_TENSOR(vtl_op_repeat(x, full, m));
+  RETURN_TENSOR(vtl_fn_repeat(x, full, m));
 }
 
 /* split(size_or_sizes, dim) and chunk(n, dim): tables of views */
@@ -750,7 +752,7 @@ static int push_splits(lua_State *L, vtl_tensor *x, int d, const int64_t *sizes,
   int64_t at = 0;
   for (int i = 0; i < n; i++) {
     lvtl_box *b = newbox(L);
-    fill_box(L, b, vtl_op_narrow(x, d, at, sizes[i]));
+    fill_box(L, b, vtl_fn_narrow(x, d, at, sizes[i]));
     lua_rawseti(L, -2, i + 1);
     at += sizes[i];
   }
@@ -807,19 +809,26 @@ static int t_chunk(lua_State *L) {
 static int binary_op(lua_State *L, vtl_binary_op op) {
   vtl_tensor *a = lvtl_totensor(L, 1), *b = lvtl_totensor(L, 2);
   const char *name = vtl_binary_name(op);
-  if (a && b) RETURN_TENSOR(vtl_op_binary(op, a, b));
+  if (a && b) RETURN_TENSOR(vtl_fn_binary(op, a, b));
   if (a && (is_number(L, 2) || lua_isboolean(L, 2))) {
     double s = lua_isboolean(L, 2) ? lua_toboolean(L, 2) : lua_tonumber(L, 2);
-    RETURN_TENSOR(vtl_op_binary_scalar(op, a, s, is_number(L, 2) && !lua_isinteger(L, 2), false));
+    RETURN_TENSOR(vtl_fn_binary_scalar(op, a, s, is_number(L, 2) && !lua_isinteger(L, 2), false));
   }
-  if (b && is_number(L, 1)) RETURN_TENSOR(vtl_op_binary_scalar(op, b, lua_tonumber(L, 1), !lua_isinteger(L, 1), true));
+  if (b && is_number(L, 1)) RETURN_TENSOR(vtl_fn_binary_scalar(op, b, lua_tonumber(L, 1), !lua_isinteger(L, 1), true));
   if (!a && !b && lua_isuserdata(L, 1) && luaL_testudata(L, 1, LVTL_TENSOR_MT)) lvtl_checktensor(L, 1);
   if (!a && !b && lua_isuserdata(L, 2) && luaL_testudata(L, 2, LVTL_TENSOR_MT)) lvtl_checktensor(L, 2);
   return luaL_error(L, "%s: expected tensors or numbers, got %s and %s", name, luaL_typename(L, 1), luaL_typename(L, 2));
 }
 
+/* In-place writes: refused on tensors taking part in autograd (in grad mode), and counted so
+   that saved tensors notice the change. */
+static void check_inplace(lua_State *L, vtl_tensor *x, const char *fn) {
+  if (vtl_ag_check_inplace(x, fn) != VTL_OK) lvtl_error(L);
+}
+
 static int binary_inplace(lua_State *L, vtl_binary_op op) {
   vtl_tensor *x = lvtl_checktensor(L, 1);
+  check_inplace(L, x, vtl_binary_name(op));
   vtl_tensor *b = lvtl_totensor(L, 2);
   if (!b && !is_number(L, 2)) {
     if (luaL_testudata(L, 2, LVTL_TENSOR_MT)) lvtl_checktensor(L, 2);
@@ -855,10 +864,11 @@ BINARY(logical_xor, VTL_BIN_LOGICAL_XOR)
 
 static int unary_op(lua_State *L, vtl_unary_op op, const double *prm) {
   vtl_tensor *x = lvtl_checktensor(L, 1);
-  RETURN_TENSOR(vtl_op_unary(op, x, prm));
+  RETURN_TENSOR(vtl_fn_unary(op, x, prm));
 }
 static int unary_inplace(lua_State *L, vtl_unary_op op, const double *prm) {
   vtl_tensor *x = lvtl_checktensor(L, 1);
+  check_inplace(L, x, vtl_unary_name(op));
   lvtl_check(L, vtl_op_unary_(op, x, prm));
   lua_settop(L, 1);
   return 1;
@@ -904,8 +914,8 @@ static int t_clamp(lua_State *L) {
   int frac = (is_number(L, 2) && !lua_isinteger(L, 2)) || (is_number(L, 3) && !lua_isinteger(L, 3));
   if (frac && !vtl_dtype_is_float(x->dtype)) { /* as PyTorch: a float bound makes the result float */
     lvtl_box *b = newbox(L);
-    vtl_tensor *f = vtl_op_to_dtype(x, VTL_F32);
-    vtl_tensor *r = f ? vtl_op_unary(VTL_UN_CLAMP, f, p) : NULL;
+    vtl_tensor *f = vtl_fn_to_dtype(x, VTL_F32);
+    vtl_tensor *r = f ? vtl_fn_unary(VTL_UN_CLAMP, f, p) : NULL;
     vtl_tensor_release(f);
     return fill_box(L, b, r);
   }
@@ -935,7 +945,7 @@ static int t_lerp(lua_State *L) {
   int ow;
   vtl_tensor *w = tensor_or_scalar(L, 3, a, "lerp", &ow);
   lvtl_box *box = newbox(L);
-  vtl_tensor *r = vtl_op_lerp(a, b, w);
+  vtl_tensor *r = vtl_fn_lerp(a, b, w);
   if (ow) vtl_tensor_release(w);
   return fill_box(L, box, r);
 }
@@ -955,7 +965,7 @@ static int l_where(lua_State *L) {
   vtl_tensor *a = tensor_or_scalar(L, 2, ref, "where", &oa);
   vtl_tensor *b = tensor_or_scalar(L, 3, ref, "where", &ob);
   lvtl_box *box = newbox(L);
-  vtl_tensor *r = vtl_op_where(c, a, b);
+  vtl_tensor *r = vtl_fn_where(c, a, b);
   if (oa) vtl_tensor_release(a);
   if (ob) vtl_tensor_release(b);
   return fill_box(L, box, r);
@@ -974,14 +984,12 @@ static int t_where(lua_State *L) {
 static int t_masked_fill(lua_State *L) {
   vtl_tensor *x = lvtl_checktensor(L, 1), *m = lvtl_checktensor(L, 2);
   double v = lua_isboolean(L, 3) ? lua_toboolean(L, 3) : luaL_checknumber(L, 3);
-  lvtl_box *b = newbox(L);
-  vtl_tensor *c = vtl_op_clone(x);
-  if (c && vtl_op_masked_fill_(c, m, v) != VTL_OK) { vtl_tensor_release(c); c = NULL; }
-  return fill_box(L, b, c);
+  RETURN_TENSOR(vtl_fn_masked_fill(x, m, v));
 }
 static int t_masked_fill_(lua_State *L) {
   vtl_tensor *x = lvtl_checktensor(L, 1), *m = lvtl_checktensor(L, 2);
   double v = lua_isboolean(L, 3) ? lua_toboolean(L, 3) : luaL_checknumber(L, 3);
+  check_inplace(L, x, "masked_fill_");
   lvtl_check(L, vtl_op_masked_fill_(x, m, v));
   lua_settop(L, 1);
   return 1;
@@ -989,6 +997,7 @@ static int t_masked_fill_(lua_State *L) {
 
 static int t_copy_(lua_State *L) {
   vtl_tensor *x = lvtl_checktensor(L, 1), *s = lvtl_checktensor(L, 2);
+  check_inplace(L, x, "copy_");
   lvtl_check(L, vtl_op_copy_(x, s));
   lua_settop(L, 1);
   return 1;
@@ -996,11 +1005,13 @@ static int t_copy_(lua_State *L) {
 static int t_fill_(lua_State *L) {
   vtl_tensor *x = lvtl_checktensor(L, 1);
   double v = lua_isboolean(L, 2) ? lua_toboolean(L, 2) : luaL_checknumber(L, 2);
+  check_inplace(L, x, "fill_");
   lvtl_check(L, vtl_op_fill_(x, v));
   lua_settop(L, 1);
   return 1;
 }
 static int t_zero_(lua_State *L) {
+  check_inplace(L, lvtl_checktensor(L, 1), "zero_");
   lvtl_check(L, vtl_op_fill_(lvtl_checktensor(L, 1), 0));
   lua_settop(L, 1);
   return 1;
@@ -1028,7 +1039,7 @@ static int reduce_simple(lua_State *L, vtl_reduce_op op, double param) {
   uint32_t dims;
   int keep;
   reduce_args(L, x, 2, &dims, &keep);
-  RETURN_TENSOR(vtl_op_reduce(op, x, dims, keep, param, NULL));
+  RETURN_TENSOR(vtl_fn_reduce(op, x, dims, keep, param, NULL));
 }
 static int t_sum(lua_State *L) { return reduce_simple(L, VTL_RED_SUM, 0); }
 static int t_mean(lua_State *L) { return reduce_simple(L, VTL_RED_MEAN, 0); }
@@ -1078,11 +1089,11 @@ static int maxmin(lua_State *L, vtl_reduce_op op, vtl_binary_op bop) {
   uint32_t dims;
   int keep;
   reduce_args(L, x, 2, &dims, &keep);
-  if (!dims) RETURN_TENSOR(vtl_op_reduce(op, x, 0, false, 0, NULL));
+  if (!dims) RETURN_TENSOR(vtl_fn_reduce(op, x, 0, false, 0, NULL));
   if (dims & (dims - 1)) return luaL_error(L, "%s: expects a single dim", op == VTL_RED_MAX ? "max" : "min");
   vtl_tensor *idx = NULL;
   lvtl_box *b = newbox(L);
-  fill_box(L, b, vtl_op_reduce(op, x, dims, keep, 0, &idx));
+  fill_box(L, b, vtl_fn_reduce(op, x, dims, keep, 0, &idx));
   return 1 + push_index_result(L, idx);
 }
 static int t_max(lua_State *L) { return maxmin(L, VTL_RED_MAX, VTL_BIN_MAXIMUM); }
@@ -1110,9 +1121,9 @@ static int varstd(lua_State *L, int is_std) {
     keep = lua_toboolean(L, 4);
   }
   lvtl_box *b = newbox(L);
-  vtl_tensor *v = vtl_op_reduce(VTL_RED_VAR, x, dims, keep, corr, NULL);
+  vtl_tensor *v = vtl_fn_reduce(VTL_RED_VAR, x, dims, keep, corr, NULL);
   if (v && is_std) {
-    vtl_tensor *s = vtl_op_unary(VTL_UN_SQRT, v, NULL);
+    vtl_tensor *s = vtl_fn_unary(VTL_UN_SQRT, v, NULL);
     vtl_tensor_release(v);
     v = s;
   }
@@ -1134,13 +1145,13 @@ static int t_norm(lua_State *L) {
   uint32_t dims = check_dims(L, 3, x->ndim);
   int keep = lua_toboolean(L, 4);
   if (!vtl_dtype_is_float(x->dtype)) return luaL_error(L, "norm: expected a float tensor, got %s", vtl_dtype_name(x->dtype));
-  RETURN_TENSOR(vtl_op_reduce(VTL_RED_NORM, x, dims, keep, p, NULL));
+  RETURN_TENSOR(vtl_fn_reduce(VTL_RED_NORM, x, dims, keep, p, NULL));
 }
 
 static int t_cumsum(lua_State *L) {
   vtl_tensor *x = lvtl_checktensor(L, 1);
   int d = check_dim(L, 2, x->ndim);
-  RETURN_TENSOR(vtl_op_cumsum(x, d));
+  RETURN_TENSOR(vtl_fn_cumsum(x, d));
 }
 
 /* values and 1-based indices of the k first entries along d (sorted) */
@@ -1148,7 +1159,7 @@ static int push_topk(lua_State *L, vtl_tensor *x, int64_t k, int d, int largest)
   lvtl_box *bv = newbox(L);
   lvtl_box *bi = newbox(L);
   vtl_tensor *v = NULL, *i = NULL;
-  lvtl_check(L, vtl_op_topk(x, k, d, largest, true, &v, &i));
+  lvtl_check(L, vtl_fn_topk(x, k, d, largest, &v, &i));
   bv->t = v;
   vtl_tensor *i1 = vtl_op_binary_scalar(VTL_BIN_ADD, i, 1, false, false);
   vtl_tensor_release(i);
@@ -1216,24 +1227,24 @@ static int t_unique(lua_State *L) {
 /* ---- linear algebra ---- */
 static int t_matmul(lua_State *L) {
   vtl_tensor *a = lvtl_checktensor(L, 1), *b = lvtl_checktensor(L, 2);
-  RETURN_TENSOR(vtl_op_matmul(a, b));
+  RETURN_TENSOR(vtl_fn_matmul(a, b));
 }
 static int t_mm(lua_State *L) {
   vtl_tensor *a = lvtl_checktensor(L, 1), *b = lvtl_checktensor(L, 2);
   if (a->ndim != 2 || b->ndim != 2) return luaL_error(L, "mm: expected 2-D tensors, got %d-D and %d-D", a->ndim, b->ndim);
-  RETURN_TENSOR(vtl_op_matmul(a, b));
+  RETURN_TENSOR(vtl_fn_matmul(a, b));
 }
 static int t_bmm(lua_State *L) {
   vtl_tensor *a = lvtl_checktensor(L, 1), *b = lvtl_checktensor(L, 2);
   if (a->ndim != 3 || b->ndim != 3) return luaL_error(L, "bmm: expected 3-D tensors, got %d-D and %d-D", a->ndim, b->ndim);
   if (a->shape[0] != b->shape[0])
     return luaL_error(L, "bmm: batch sizes differ (%d vs %d)", (int)a->shape[0], (int)b->shape[0]);
-  RETURN_TENSOR(vtl_op_matmul(a, b));
+  RETURN_TENSOR(vtl_fn_matmul(a, b));
 }
 static int t_dot(lua_State *L) {
   vtl_tensor *a = lvtl_checktensor(L, 1), *b = lvtl_checktensor(L, 2);
   if (a->ndim != 1 || b->ndim != 1) return luaL_error(L, "dot: expected 1-D tensors, got %d-D and %d-D", a->ndim, b->ndim);
-  RETURN_TENSOR(vtl_op_matmul(a, b));
+  RETURN_TENSOR(vtl_fn_matmul(a, b));
 }
 
 /* ---- indexing ---- */
@@ -1264,12 +1275,12 @@ static vtl_tensor *index_arg(lua_State *L, int idx, const char *fn) {
 static int t_index_select(lua_State *L) {
   vtl_tensor *x = lvtl_checktensor(L, 1);
   int d = check_dim(L, 2, x->ndim);
-  WITH_INDEX(ix, 3, "index_select", vtl_op_index_select(x, d, ix));
+  WITH_INDEX(ix, 3, "index_select", vtl_fn_index_select(x, d, ix));
 }
 static int t_gather(lua_State *L) {
   vtl_tensor *x = lvtl_checktensor(L, 1);
   int d = check_dim(L, 2, x->ndim);
-  WITH_INDEX(ix, 3, "gather", vtl_op_gather(x, d, ix));
+  WITH_INDEX(ix, 3, "gather", vtl_fn_gather(x, d, ix));
 }
 
 static int scatter_impl(lua_State *L, int acc, int inplace) {
@@ -1284,6 +1295,14 @@ static int scatter_impl(lua_State *L, int acc, int inplace) {
     src = vtl_op_full(ix0->shape, ix0->ndim, v, x->dtype, vtl_tensor_device(x));
     if (!src) return lvtl_error(L);
     own = 1;
+  }
+  if (inplace && vtl_ag_check_inplace(x, fn) != VTL_OK) {
+    if (own) vtl_tensor_release(src);
+    return lvtl_error(L);
+  }
+  if (!inplace && vtl_grad_enabled() && (vtl_requires_grad(x) || vtl_requires_grad(src))) {
+    if (own) vtl_tensor_release(src);
+    return luaL_error(L, "%s: gradients through scatter are not supported; detach() the inputs", fn);
   }
   lvtl_box *b = inplace ? NULL : newbox(L);
   vtl_tensor *ix = vtl_op_binary_scalar(VTL_BIN_SUB, ix0, 1, false, false);
@@ -1309,6 +1328,7 @@ static int t_index_copy_(lua_State *L) {
   vtl_tensor *x = lvtl_checktensor(L, 1);
   int d = check_dim(L, 2, x->ndim);
   vtl_tensor *src = lvtl_checktensor(L, 4);
+  check_inplace(L, x, "index_copy_");
   vtl_tensor *ix = index_arg(L, 3, "index_copy");
   vtl_status st = vtl_op_index_copy_(x, d, ix, src);
   vtl_tensor_release(ix);
@@ -1319,10 +1339,11 @@ static int t_index_copy_(lua_State *L) {
 
 static int t_masked_select(lua_State *L) {
   vtl_tensor *x = lvtl_checktensor(L, 1), *m = lvtl_checktensor(L, 2);
-  RETURN_TENSOR(vtl_op_masked_select(x, m));
+  RETURN_TENSOR(vtl_fn_masked_select(x, m));
 }
 static int t_masked_scatter_(lua_State *L) {
   vtl_tensor *x = lvtl_checktensor(L, 1), *m = lvtl_checktensor(L, 2), *s = lvtl_checktensor(L, 3);
+  check_inplace(L, x, "masked_scatter_");
   lvtl_check(L, vtl_op_masked_scatter_(x, m, s));
   lua_settop(L, 1);
   return 1;
@@ -1340,7 +1361,7 @@ static vtl_tensor *index_view(lua_State *L, vtl_tensor *x, int k) {
   if (lua_type(L, k) == LUA_TNUMBER) {
     if (x->ndim == 0) luaL_error(L, "index: cannot index a 0-d tensor (use item())");
     int64_t i = check_index(L, k, x->shape[0], 0, "index");
-    vtl_tensor *r = vtl_op_select(x, 0, i);
+    vtl_tensor *r = vtl_fn_select(x, 0, i);
     if (!r) lvtl_error(L);
     return r;
   }
@@ -1362,7 +1383,7 @@ static vtl_tensor *index_view(lua_State *L, vtl_tensor *x, int k) {
         vtl_tensor_release(cur);
         luaL_error(L, "index: index %s out of range for dim %d of size %d", lua_tostring(L, top), (int)i, (int)sz);
       }
-      next = vtl_op_select(cur, dim, j);
+      next = vtl_fn_select(cur, dim, j);
     } else if (lua_istable(L, top)) {
       lua_Integer len = luaL_len(L, top);
       int64_t sz = cur->shape[dim], a = 1, b = sz, step = 1;
@@ -1378,7 +1399,7 @@ static vtl_tensor *index_view(lua_State *L, vtl_tensor *x, int k) {
         vtl_tensor_release(cur);
         luaL_error(L, "index: range {%d, %d} out of bounds for dim %d of size %d", (int)a, (int)b, (int)i, (int)sz);
       }
-      next = vtl_op_slice(cur, dim, a - 1, b, step);
+      next = vtl_fn_slice(cur, dim, a - 1, b, step);
       dim++;
     } else {
       vtl_tensor_release(cur);
@@ -1409,9 +1430,9 @@ static int t_index(lua_State *L) {
   vtl_tensor *x = lvtl_checktensor(L, 1);
   vtl_tensor *key = lvtl_totensor(L, 2);
   if (key) {
-    if (key->dtype == VTL_BOOL) RETURN_TENSOR(vtl_op_mask_index(x, key));
+    if (key->dtype == VTL_BOOL) RETURN_TENSOR(vtl_fn_mask_index(x, key));
     if (x->ndim == 0) return luaL_error(L, "index: cannot index a 0-d tensor");
-    WITH_INDEX(ix, 2, "index", vtl_op_index_select(x, 0, ix));
+    WITH_INDEX(ix, 2, "index", vtl_fn_index_select(x, 0, ix));
   }
   lvtl_box *b = newbox(L);
   return fill_box(L, b, index_view(L, x, 2));
@@ -1431,6 +1452,7 @@ static int t_newindex(lua_State *L) {
   }
   double num = v ? 0 : lua_isboolean(L, 3) ? lua_toboolean(L, 3) : lua_tonumber(L, 3);
   vtl_tensor *key = lvtl_totensor(L, 2);
+  check_inplace(L, x, "index assignment");
   vtl_status st;
   if (key && key->dtype == VTL_BOOL) {
     st = vtl_op_mask_assign_(x, key, v, num);
@@ -1483,7 +1505,7 @@ static int l_cat(lua_State *L) {
   int nd = 0;
   for (int i = 0; i < n; i++) if (ts[i]->ndim > nd) nd = ts[i]->ndim;
   int d = opt_dim(L, 2, nd, 0);
-  RETURN_TENSOR(vtl_op_cat(ts, n, d));
+  RETURN_TENSOR(vtl_fn_cat(ts, n, d));
 }
 
 static int l_stack(lua_State *L) {
@@ -1498,7 +1520,7 @@ static int l_stack(lua_State *L) {
     if (v < 1 || v > m) return luaL_error(L, "stack: dim %d out of range (valid: 1..%d or -%d..-1)", (int)lua_tointeger(L, 2), m, m);
     d = (int)v - 1;
   }
-  RETURN_TENSOR(vtl_op_stack(ts, n, d));
+  RETURN_TENSOR(vtl_fn_stack(ts, n, d));
 }
 
 static int l_is_tensor(lua_State *L) {

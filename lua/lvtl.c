@@ -64,6 +64,7 @@ int luaopen_vtl_core(lua_State *L) {
   lua_newtable(L);
   lvtl_open_tensor(L);
   lvtl_open_io(L);
+  lvtl_open_autograd(L);
   lvtl_open_sys(L);
   vtl_set_oom_hook(collect_on_oom, L);
   return 1;

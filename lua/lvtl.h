@@ -29,6 +29,7 @@ void lvtl_setfuncs(lua_State *L, const luaL_Reg *l);
 void lvtl_open_tensor(lua_State *L);
 void lvtl_open_io(lua_State *L);
 void lvtl_open_sys(lua_State *L);
+void lvtl_open_autograd(lua_State *L);
 
 int luaopen_vtl_core(lua_State *L);
 #endif

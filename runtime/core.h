@@ -65,6 +65,7 @@ typedef struct vtl_storage {
   void *data;
   size_t nbytes;
   vtl_device device;
+  uint32_t version; /* bumped by every in-place write (autograd checks saved tensors) */
 } vtl_storage;
 
 vtl_storage *vtl_storage_new(size_t nbytes, vtl_device dev);

@@ -43,6 +43,7 @@ vtl_storage *vtl_storage_new(size_t nbytes, vtl_device dev) {
   s->data = p;
   s->nbytes = nbytes;
   s->device = dev;
+  s->version = 0;
   if (dev.type == VTL_CPU) __atomic_add_fetch(&alloc_bytes, nbytes, __ATOMIC_RELAXED);
   return s;
 }

@@ -1,6 +1,17 @@
 -- vtl: tensors for fine-tuning vision models. The C core is vtl.core; this module adds the
--- pure-Lua parts on top and is what `require "vtl"` returns.
+-- pure-Lua parts on top and is what `require "vtl"` returns. Submodules load on first use,
+-- so starting the host stays fast.
 local core = require "vtl.core"
 local vtl = {}
 for k, v in pairs(core) do vtl[k] = v end
-return vtl
+
+local lazy = {autograd = "vtl.autograd", nn = "vtl.nn", optim = "vtl.optim"}
+return setmetatable(vtl, {
+  __index = function(t, k)
+    local name = lazy[k]
+    if not name then return nil end
+    local m = require(name)
+    rawset(t, k, m)
+    return m
+  end,
+})
