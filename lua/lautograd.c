@@ -1,6 +1,7 @@
 /* Autograd from Lua: tensor fields (requires_grad, grad, grad_fn, is_leaf), backward,
    detach, grad mode, and nodes whose backward is a Lua function (autograd.Function). */
 #include <stdlib.h>
+#include <stdio.h>
 #include <string.h>
 #include <lua.h>
 #include <lauxlib.h>
@@ -10,6 +11,9 @@
 
 #define LVTL_NODE_MT "vtl.GradFn"
 #define LVTL_GUARD_MT "vtl.GradMode"
+
+/* the thread running backward(): Lua backward functions run on it */
+static _Thread_local lua_State *backward_L;
 
 /* ---- fields ---- */
 static int g_requires_grad(lua_State *L) { lua_pushboolean(L, vtl_requires_grad(lvtl_checktensor(L, 1))); return 1; }
@@ -79,7 +83,11 @@ static int t_backward(lua_State *L) {
     retain = lua_toboolean(L, -1);
     lua_pop(L, 1);
   }
-  lvtl_check(L, vtl_autograd_backward(y, g, retain));
+  lua_State *prev = backward_L;
+  backward_L = L;
+  vtl_status st = vtl_autograd_backward(y, g, retain);
+  backward_L = prev;
+  lvtl_check(L, st);
   return 0;
 }
 
@@ -126,7 +134,10 @@ static int l_set_grad_enabled(lua_State *L) {
 }
 
 /* ---- nodes with a Lua backward ---- */
-typedef struct { lua_State *L; int ref; int nargs; int argpos[VTL_NODE_MAXIN]; } lua_fn_ctx;
+/* L: the main thread (the registry is shared by all threads); the backward itself runs on
+   the thread that called backward(). */
+typedef struct { lua_State *L; int ref; int nargs; int argpos[VTL_NODE_MAXIN]; char name[64]; } lua_fn_ctx;
+
 
 static void lua_fn_free(void *p) {
   lua_fn_ctx *c = p;
@@ -142,13 +153,14 @@ static int call_backward(lua_State *L) {
 
 static vtl_status lua_fn_backward(vtl_node *n, vtl_tensor *g, vtl_tensor **gin) {
   lua_fn_ctx *c = n->ctx;
-  lua_State *L = c->L;
+  lua_State *L = backward_L;
+  if (!L) return vtl_error_set(VTL_ERR_ARG, "%s: a Lua backward can only run from backward() in Lua", n->name);
   int top = lua_gettop(L);
   lua_pushcfunction(L, call_backward);
   lua_rawgeti(L, LUA_REGISTRYINDEX, c->ref);
   lvtl_pushtensor(L, vtl_tensor_retain(g));
   if (lua_pcall(L, 2, LUA_MULTRET, 0) != LUA_OK) {
-    vtl_status st = vtl_error_set(VTL_ERR_ARG, "%s: backward failed: %s", n->name, lua_tostring(L, -1));
+    vtl_status st = vtl_error_set(VTL_ERR_ARG, "%s: backward failed: %s", n->name, luaL_tolstring(L, -1, NULL));
     lua_settop(L, top);
     return st;
   }
@@ -193,13 +205,15 @@ static int l_record_function(lua_State *L) {
   vtl_tensor *alias = vtl_detach(out);
   if (!alias) { free(c); return lvtl_error(L); }
   lvtl_pushtensor(L, alias);
-  /* name kept alive by the registry-held closure's upvalue: copy into the closure's table */
   vtl_node *nd = vtl_ag_node("FunctionBackward", lua_fn_backward, ins, n);
   if (!nd) { free(c); return lvtl_error(L); }
-  (void)name;
+  snprintf(c->name, sizeof c->name, "%s", name);
+  nd->name = c->name;
   lua_pushvalue(L, 4);
   c->ref = luaL_ref(L, LUA_REGISTRYINDEX);
-  c->L = L;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
+  c->L = lua_tothread(L, -1);
+  lua_pop(L, 1);
   c->nargs = nargs;
   nd->ctx = c;
   nd->ctx_free = lua_fn_free;

@@ -828,16 +828,92 @@ static void check_inplace(lua_State *L, vtl_tensor *x, const char *fn) {
 
 static int binary_inplace(lua_State *L, vtl_binary_op op) {
   vtl_tensor *x = lvtl_checktensor(L, 1);
-  check_inplace(L, x, vtl_binary_name(op));
+  check_inplace(L, x, lua_pushfstring(L, "%s_", vtl_binary_name(op)));
+  lua_pop(L, 1);
   vtl_tensor *b = lvtl_totensor(L, 2);
   if (!b && !is_number(L, 2)) {
     if (luaL_testudata(L, 2, LVTL_TENSOR_MT)) lvtl_checktensor(L, 2);
     return luaL_error(L, "%s_: expected a tensor or number, got %s", vtl_binary_name(op), luaL_typename(L, 2));
   }
-  lvtl_check(L, vtl_op_binary_(op, x, b, b ? 0 : lua_tonumber(L, 2)));
+  if (b && (op == VTL_BIN_ADD || op == VTL_BIN_SUB) && !lua_isnoneornil(L, 3)) { /* add_(y, alpha): one rounding */
+    double alpha = luaL_checknumber(L, 3);
+    lvtl_check(L, vtl_op_fused_(VTL_FUSED_AXPY, x, b, NULL, op == VTL_BIN_SUB ? -alpha : alpha));
+  } else {
+    lvtl_check(L, vtl_op_binary_(op, x, b, b ? 0 : lua_tonumber(L, 2)));
+  }
   lua_settop(L, 1);
   return 1;
 }
+
+/* y:addcmul_(a, b[, value]) and y:addcdiv_(a, b[, value]): y += value * a * b (or / b) */
+static int fused_inplace(lua_State *L, vtl_fused_op op, const char *name) {
+  vtl_tensor *y = lvtl_checktensor(L, 1), *a = lvtl_checktensor(L, 2), *b = lvtl_checktensor(L, 3);
+  double v = luaL_optnumber(L, 4, 1);
+  check_inplace(L, y, name);
+  lvtl_check(L, vtl_op_fused_(op, y, a, b, v));
+  lua_settop(L, 1);
+  return 1;
+}
+/* fused optimizer steps for contiguous f32 tensors of one shape; false when not applicable */
+void vtl_cpu_sgd_step(float *p, const float *g, float *buf, int64_t n, double lr, double momentum, double dampening,
+                      double wd, int nesterov, int maximize, int first);
+void vtl_cpu_adam_step(float *p, const float *g, float *m, float *v, float *vmax, int64_t n, double lr, double beta1,
+                       double beta2, double eps, double wd, int decoupled, int64_t step, int maximize);
+
+static int fusable(vtl_tensor *p, vtl_tensor *t) {
+  return t && t->dtype == VTL_F32 && vtl_tensor_is_contiguous(t) && vtl_tensor_device(t).type == VTL_CPU &&
+         t->ndim == p->ndim && memcmp(t->shape, p->shape, (size_t)p->ndim * sizeof *p->shape) == 0;
+}
+
+static double opt_num(lua_State *L, int o, const char *k, double def) {
+  lua_getfield(L, o, k);
+  double v = lua_isnil(L, -1) ? def : luaL_checknumber(L, -1);
+  lua_pop(L, 1);
+  return v;
+}
+static int opt_bool(lua_State *L, int o, const char *k) {
+  lua_getfield(L, o, k);
+  int v = lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  return v;
+}
+
+/* _sgd_step_(p, grad, buf|nil, {lr, momentum, dampening, weight_decay, nesterov, maximize, first}) */
+static int l_sgd_step(lua_State *L) {
+  vtl_tensor *p = lvtl_checktensor(L, 1), *g = lvtl_checktensor(L, 2), *b = lvtl_totensor(L, 3);
+  luaL_checktype(L, 4, LUA_TTABLE);
+  double mom = opt_num(L, 4, "momentum", 0);
+  if (!fusable(p, p) || !fusable(p, g) || (mom != 0 && !fusable(p, b))) { lua_pushboolean(L, 0); return 1; }
+  vtl_cpu_sgd_step(vtl_tensor_data(p), vtl_tensor_data(g), b ? vtl_tensor_data(b) : NULL, vtl_tensor_numel(p),
+                   opt_num(L, 4, "lr", 0), mom, opt_num(L, 4, "dampening", 0), opt_num(L, 4, "weight_decay", 0),
+                   opt_bool(L, 4, "nesterov"), opt_bool(L, 4, "maximize"), opt_bool(L, 4, "first"));
+  p->storage->version++;
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* _adam_step_(p, grad, exp_avg, exp_avg_sq, max_exp_avg_sq|nil, {lr, beta1, beta2, eps, weight_decay,
+   decoupled, step, maximize}) */
+static int l_adam_step(lua_State *L) {
+  vtl_tensor *p = lvtl_checktensor(L, 1), *g = lvtl_checktensor(L, 2), *m = lvtl_checktensor(L, 3);
+  vtl_tensor *v = lvtl_checktensor(L, 4), *vm = lvtl_totensor(L, 5);
+  luaL_checktype(L, 6, LUA_TTABLE);
+  if (!fusable(p, p) || !fusable(p, g) || !fusable(p, m) || !fusable(p, v) || (vm && !fusable(p, vm))) {
+    lua_pushboolean(L, 0);
+    return 1;
+  }
+  vtl_cpu_adam_step(vtl_tensor_data(p), vtl_tensor_data(g), vtl_tensor_data(m), vtl_tensor_data(v),
+                    vm ? vtl_tensor_data(vm) : NULL, vtl_tensor_numel(p), opt_num(L, 6, "lr", 0),
+                    opt_num(L, 6, "beta1", 0.9), opt_num(L, 6, "beta2", 0.999), opt_num(L, 6, "eps", 1e-8),
+                    opt_num(L, 6, "weight_decay", 0), opt_bool(L, 6, "decoupled"),
+                    (int64_t)opt_num(L, 6, "step", 1), opt_bool(L, 6, "maximize"));
+  p->storage->version++;
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static int t_addcmul_(lua_State *L) { return fused_inplace(L, VTL_FUSED_ADDCMUL, "addcmul_"); }
+static int t_addcdiv_(lua_State *L) { return fused_inplace(L, VTL_FUSED_ADDCDIV, "addcdiv_"); }
 
 #define BINARY(NAME, OP)                                                     \
   static int t_##NAME(lua_State *L) { return binary_op(L, OP); }             \
@@ -868,7 +944,8 @@ static int unary_op(lua_State *L, vtl_unary_op op, const double *prm) {
 }
 static int unary_inplace(lua_State *L, vtl_unary_op op, const double *prm) {
   vtl_tensor *x = lvtl_checktensor(L, 1);
-  check_inplace(L, x, vtl_unary_name(op));
+  check_inplace(L, x, lua_pushfstring(L, "%s_", vtl_unary_name(op)));
+  lua_pop(L, 1);
   lvtl_check(L, vtl_op_unary_(op, x, prm));
   lua_settop(L, 1);
   return 1;
@@ -1559,7 +1636,7 @@ static const luaL_Reg tensor_methods[] = {
   {"reciprocal_", t_reciprocal_}, {"square_", t_square_}, {"erf_", t_erf_}, {"logical_not_", t_logical_not_},
   {"clamp", t_clamp}, {"clamp_", t_clamp_}, {"clip", t_clamp}, {"clip_", t_clamp_}, {"lerp", t_lerp},
   {"where", t_where}, {"masked_fill", t_masked_fill}, {"masked_fill_", t_masked_fill_}, {"copy_", t_copy_},
-  {"fill_", t_fill_}, {"zero_", t_zero_},
+  {"fill_", t_fill_}, {"zero_", t_zero_}, {"addcmul_", t_addcmul_}, {"addcdiv_", t_addcdiv_},
   {"sum", t_sum}, {"mean", t_mean}, {"prod", t_prod}, {"logsumexp", t_logsumexp}, {"any", t_any},
   {"all", t_all}, {"argmax", t_argmax}, {"argmin", t_argmin}, {"max", t_max}, {"min", t_min},
   {"var", t_var}, {"std", t_std}, {"norm", t_norm}, {"cumsum", t_cumsum}, {"sort", t_sort},
@@ -1576,7 +1653,7 @@ static const luaL_Reg module_funcs[] = {
   {"full_like", l_full_like}, {"arange", l_arange}, {"linspace", l_linspace}, {"eye", l_eye}, {"rand", l_rand},
   {"randn", l_randn}, {"randint", l_randint}, {"rand_like", l_rand_like}, {"randn_like", l_randn_like},
   {"seed", l_seed}, {"manual_seed", l_seed}, {"Generator", l_generator}, {"cat", l_cat}, {"stack", l_stack},
-  {"where", l_where}, {NULL, NULL}};
+  {"where", l_where}, {"_sgd_step_", l_sgd_step}, {"_adam_step_", l_adam_step}, {NULL, NULL}};
 
 static const luaL_Reg tensor_meta[] = {
   {"__gc", tensor_release}, {"__close", tensor_release}, {"__tostring", t_tostring}, {"__len", t_len},

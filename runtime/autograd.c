@@ -127,11 +127,17 @@ vtl_status vtl_ag_check_inplace(vtl_tensor *t, const char *op) {
 
 void vtl_node_retain(vtl_node *n) { __atomic_add_fetch(&n->refcount, 1, __ATOMIC_RELAXED); }
 
+/* Frees what a node kept for its backward; a node that kept nothing can run again. */
 static void drop_saved(vtl_node *n) {
-  for (int k = 0; k < n->nsaved; k++) { vtl_tensor_release(n->saved[k]); n->saved[k] = NULL; }
+  bool had = n->ctx != NULL;
+  for (int k = 0; k < n->nsaved; k++) {
+    had |= n->saved[k] != NULL;
+    vtl_tensor_release(n->saved[k]);
+    n->saved[k] = NULL;
+  }
   if (n->ctx && n->ctx_free) n->ctx_free(n->ctx);
   n->ctx = NULL;
-  n->released = true;
+  n->released |= had;
 }
 
 /* Iterative, so that long chains do not exhaust the C stack. */
@@ -163,7 +169,19 @@ void vtl_node_release(vtl_node *n) {
 }
 
 /* g summed down to shape (broadcast dims) and cast to dt; a new reference. */
-static vtl_tensor *reduce_to(vtl_tensor *g, const int64_t *shape, int nd, vtl_dtype dt) {
+static vtl_tensor *reduce_to(const vtl_node *n, vtl_tensor *g, const int64_t *shape, int nd, vtl_dtype dt) {
+  /* g must equal the input's shape up to broadcasting */
+  int ok = g->ndim >= nd;
+  for (int d = 0; ok && d < nd; d++) {
+    int64_t gs = g->shape[g->ndim - nd + d];
+    ok = gs == shape[d] || shape[d] == 1;
+  }
+  if (!ok) {
+    char a[128], b[128];
+    vtl_shape_format(g->shape, g->ndim, a, sizeof a);
+    vtl_shape_format(shape, nd, b, sizeof b);
+    return vtl_error_set(VTL_ERR_ARG, "backward: %s gave a gradient of shape %s for an input of shape %s", n->name, a, b), NULL;
+  }
   vtl_tensor *r = vtl_tensor_retain(g);
   if (g->ndim != nd || memcmp(g->shape, shape, (size_t)nd * sizeof *shape) != 0) {
     uint32_t mask = 0;
@@ -300,7 +318,7 @@ vtl_status vtl_autograd_backward(vtl_tensor *root, vtl_tensor *g, bool retain_gr
     for (int i = 0; i < x->ninputs; i++) {
       vtl_tensor *gi = NULL;
       if (st == VTL_OK && gin[i] && x->needs[i]) {
-        gi = reduce_to(gin[i], x->in_shape[i], x->in_ndim[i], x->in_dtype[i]);
+        gi = reduce_to(x, gin[i], x->in_shape[i], x->in_ndim[i], x->in_dtype[i]);
         if (!gi) st = vtl_error_status();
       }
       vtl_tensor_release(gin[i]);

@@ -29,6 +29,11 @@ typedef enum {
   VTL_RED_COUNT
 } vtl_reduce_op;
 
+/* In-place fused updates (optimizers): y = y + v*a (AXPY), y = y + (v*a)*b (ADDCMUL),
+   y = y + (v*a)/b (ADDCDIV); a, b broadcast to y. Float dtypes; rounding as PyTorch's CPU
+   kernels (AXPY and ADDCMUL end in one fused multiply-add). */
+typedef enum { VTL_FUSED_AXPY, VTL_FUSED_ADDCMUL, VTL_FUSED_ADDCDIV } vtl_fused_op;
+
 typedef struct vtl_backend {
   const char *name;
   void *(*alloc)(size_t nbytes, int device_index);
@@ -68,6 +73,7 @@ typedef struct vtl_backend {
   /* out (1-D i64, length = number of non-zeros) = positions of non-zero bytes of a
      contiguous bool tensor */
   vtl_status (*nonzero_flat)(vtl_tensor *out, const vtl_tensor *mask);
+  vtl_status (*fused)(vtl_fused_op op, vtl_tensor *y, const vtl_tensor *a, const vtl_tensor *b, double value);
 } vtl_backend;
 
 const vtl_backend *vtl_backend_get(vtl_device dev);

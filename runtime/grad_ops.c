@@ -436,7 +436,8 @@ static vtl_status reduce_bw(vtl_node *n, vtl_tensor *g, vtl_tensor **gin) {
     break;
   }
   case VTL_RED_MAX: case VTL_RED_MIN:
-    if (idx) { /* along one dim: to the selected positions */
+    if (n->in_ndim[0] == 0) r = g; /* one element */
+    else if (idx) { /* along one dim: to the selected positions */
       int d = __builtin_ctz(dims);
       vtl_tensor *z = ZEROS(&s, n->in_shape[0], n->in_ndim[0], g->dtype);
       vtl_tensor *gk = keepdim ? g : (s.fail ? NULL : keep(&s, vtl_op_unsqueeze(g, d)));
@@ -506,7 +507,13 @@ static vtl_status gather_bw(vtl_node *n, vtl_tensor *g, vtl_tensor **gin) {
 
 vtl_status vtl_fn_topk(vtl_tensor *x, int64_t k, int dim, bool largest, vtl_tensor **values, vtl_tensor **indices) {
   vtl_status st = vtl_op_topk(x, k, dim, largest, true, values, indices);
-  if (st != VTL_OK || !vtl_dtype_is_float(x->dtype) || !x->ndim) return st;
+  if (st != VTL_OK || !vtl_dtype_is_float(x->dtype)) return st;
+  if (!x->ndim) { /* one element: the value is the input */
+    vtl_node *nd = record(values, "TopkBackward", identity_bw, &x, 1);
+    if (nd) vtl_ag_attach(*values, nd);
+    else if (!*values) { vtl_tensor_release(*indices); return vtl_error_status(); }
+    return VTL_OK;
+  }
   vtl_node *nd = record(values, "TopkBackward", gather_bw, &x, 1);
   if (!nd) { if (!*values) { vtl_tensor_release(*indices); return vtl_error_status(); } return VTL_OK; }
   nd->i[0] = dim;

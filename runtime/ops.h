@@ -53,6 +53,8 @@ vtl_tensor *vtl_op_binary_scalar(vtl_binary_op op, vtl_tensor *a, double s, bool
 /* in place: result written into x (cast to x's dtype); b may be NULL with scalar s */
 vtl_status vtl_op_unary_(vtl_unary_op op, vtl_tensor *x, const double *params);
 vtl_status vtl_op_binary_(vtl_binary_op op, vtl_tensor *x, vtl_tensor *b, double s);
+/* y (op)= ... in place, see vtl_fused_op; a and b broadcast to y; b unused for AXPY */
+vtl_status vtl_op_fused_(vtl_fused_op op, vtl_tensor *y, vtl_tensor *a, vtl_tensor *b, double value);
 vtl_tensor *vtl_op_where(vtl_tensor *cond, vtl_tensor *a, vtl_tensor *b);
 vtl_tensor *vtl_op_lerp(vtl_tensor *a, vtl_tensor *b, vtl_tensor *w);
 vtl_status vtl_op_masked_fill_(vtl_tensor *x, vtl_tensor *mask, double value);

@@ -229,6 +229,32 @@ vtl_status vtl_op_binary_(vtl_binary_op op, vtl_tensor *x, vtl_tensor *b, double
   return st;
 }
 
+vtl_status vtl_op_fused_(vtl_fused_op op, vtl_tensor *y, vtl_tensor *a, vtl_tensor *b, double value) {
+  static const char *names[] = {"add_", "addcmul_", "addcdiv_"};
+  vtl_tensor *ts[3] = {y, a, b};
+  const vtl_backend *be = backend_of(names[op], ts, b ? 3 : 2);
+  if (!be) return vtl_error_status();
+  if (!vtl_dtype_is_float(y->dtype))
+    return vtl_error_set(VTL_ERR_ARG, "%s: expected a float tensor, got %s", names[op], vtl_dtype_name(y->dtype));
+  vtl_tensor *ea = vtl_broadcast_to(a, y->shape, y->ndim);
+  vtl_tensor *eb = ea && b ? vtl_broadcast_to(b, y->shape, y->ndim) : NULL;
+  vtl_status st;
+  if (!ea || (b && !eb)) {
+    char s1[128], s2[128];
+    const vtl_tensor *bad = !ea ? a : b;
+    vtl_shape_format(bad->shape, bad->ndim, s1, sizeof s1);
+    vtl_shape_format(y->shape, y->ndim, s2, sizeof s2);
+    st = vtl_error_set(VTL_ERR_ARG, "%s: operand of shape %s cannot be broadcast to the in-place shape %s", names[op], s1, s2);
+  } else if ((shares_differently(y, ea)) || (eb && shares_differently(y, eb))) {
+    st = vtl_error_set(VTL_ERR_ARG, "%s: an operand overlaps the tensor being updated", names[op]);
+  } else {
+    st = be->fused(op, y, ea, eb, value);
+  }
+  vtl_tensor_release(ea);
+  vtl_tensor_release(eb);
+  return st;
+}
+
 vtl_tensor *vtl_op_where(vtl_tensor *cond, vtl_tensor *a, vtl_tensor *b) {
   if (cond->dtype != VTL_BOOL)
     return vtl_error_set(VTL_ERR_ARG, "where: condition must be a bool tensor, got %s", vtl_dtype_name(cond->dtype)), NULL;

@@ -6,7 +6,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 
 debs=(build-essential pkg-config liblua5.4-dev lua5.4 libstb-dev libopenblas-openmp-dev
-      libcjson-dev libreadline-dev python3-venv python3-torch python3-numpy)
+      libcjson-dev libreadline-dev libdnnl-dev python3-venv python3-torch python3-numpy)
 
 missing=()
 for p in "${debs[@]}"; do

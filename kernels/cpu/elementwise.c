@@ -293,6 +293,35 @@ static vtl_status cpu_fill(vtl_tensor *out, double value) {
   return VTL_OK;
 }
 
+/* fused in-place updates: p[0] = y (read and written), p[1] = y again (input view), p[2] = a,
+   p[3] = b; ctx = the scalar already rounded to the compute type */
+#define FUSED_LOOP(NAME, T, EXPR)                                                            \
+  static void NAME(char **p, const int64_t *s, int64_t n, const void *ctx) {                  \
+    const T v = *(const T *)ctx;                                                              \
+    for (int64_t i = 0; i < n; i++) {                                                         \
+      T y = *(const T *)(p[1] + i * s[1]), a = *(const T *)(p[2] + i * s[2]);                 \
+      T b = *(const T *)(p[3] + i * s[3]);                                                    \
+      (void)b;                                                                                \
+      *(T *)(p[0] + i * s[0]) = (EXPR);                                                       \
+    }                                                                                         \
+  }
+FUSED_LOOP(axpy_f32, float, fmaf(v, a, y))
+FUSED_LOOP(axpy_f64, double, fma(v, a, y))
+FUSED_LOOP(addcmul_f32, float, fmaf(v * a, b, y))
+FUSED_LOOP(addcmul_f64, double, fma(v * a, b, y))
+FUSED_LOOP(addcdiv_f32, float, y + (v * a) / b)
+FUSED_LOOP(addcdiv_f64, double, y + (v * a) / b)
+
+static vtl_status cpu_fused(vtl_fused_op op, vtl_tensor *y, const vtl_tensor *a, const vtl_tensor *b, double value) {
+  static const vtl_loop_fn f32[] = {axpy_f32, addcmul_f32, addcdiv_f32}, f64[] = {axpy_f64, addcmul_f64, addcdiv_f64};
+  vtl_dtype c = y->dtype == VTL_F64 ? VTL_F64 : VTL_F32;
+  float vf = (float)value;
+  const vtl_tensor *ts[4] = {y, y, a, b ? b : a};
+  vtl_dtype cdt[4] = {c, c, c, c};
+  vtl_cpu_iter(4, ts, cdt, c == VTL_F64 ? f64[op] : f32[op], c == VTL_F64 ? (const void *)&value : (const void *)&vf);
+  return VTL_OK;
+}
+
 /* Hooks for the other CPU kernel files (reduce.c, matmul.c, index.c, random.c). */
 vtl_status vtl_cpu_reduce(vtl_reduce_op op, vtl_tensor *out, vtl_tensor *idx, const vtl_tensor *x,
                           int64_t A, int64_t R, int64_t B, double param);
@@ -338,4 +367,5 @@ const vtl_backend vtl_cpu_backend = {
   .sort = vtl_cpu_sort,
   .random = vtl_cpu_random,
   .nonzero_flat = cpu_nonzero_flat,
+  .fused = cpu_fused,
 };
