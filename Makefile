@@ -73,8 +73,13 @@ ifneq ($(file < $(BUILD)/.flags),$(FLAGS_TXT))
   $(file > $(BUILD)/.flags,$(FLAGS_TXT))
 endif
 $(LIB_OBJ) $(HOST_OBJ): $(BUILD)/.flags
+# the library is relinked when its list of objects changes (a file added or removed)
+ifneq ($(file < $(BUILD)/.objs),$(LIB_OBJ))
+  $(file > $(BUILD)/.objs,$(LIB_OBJ))
+endif
+$(BUILD)/libvtl.a $(BUILD)/vtl/core.so: $(BUILD)/.objs
 
-.PHONY: all setup test test-asan test-ref bench demo install clean info-backend
+.PHONY: all setup test test-asan test-ref bench bench-train demo install clean info-backend
 all: info-backend $(VTL_BIN) $(BUILD)/vtl/core.so
 
 info-backend:
@@ -91,7 +96,7 @@ $(BUILD)/%.o: %.cu
 
 $(BUILD)/libvtl.a: $(LIB_OBJ)
 	@rm -f $@
-	ar rcs $@ $^
+	ar rcs $@ $(LIB_OBJ)
 
 $(VTL_BIN): $(HOST_OBJ) $(BUILD)/libvtl.a
 	$(CC) $(LDFLAGS) -o $@ $(HOST_OBJ) $(BUILD)/libvtl.a $(LDLIBS) -Wl,-E
@@ -116,6 +121,9 @@ test-asan: setup
 
 bench: setup all
 	@bash tests/bench/run.sh
+
+bench-train: setup all
+	@bash tests/bench/train.sh
 
 demo: setup all
 	./$(VTL_BIN) examples/tensor_tour.lua

@@ -13,6 +13,7 @@
 #include <limits.h>
 #include <signal.h>
 #include <stdio.h>
+#include <dnnl.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -373,7 +374,6 @@ static int pmain(lua_State *L) {
   luaL_openlibs(L);
   createargtable(L, argv, argc, script);
   lua_gc(L, LUA_GCRESTART);
-  lua_gc(L, LUA_GCGEN, 0, 0);
   dir = vtl_lua_dir(dirbuf, sizeof dirbuf);
   setup_library_path(L, dir);
   if (!load_vtl(L, dir)) return 0;
@@ -400,7 +400,10 @@ static int print_info(void) {
   printf("lua files: %s\n", vtl_lua_dir(dirbuf, sizeof dirbuf));
   printf("BLAS: %s (%s threading)\n", blas ? blas : "OpenBLAS",
          par == 2 ? "OpenMP" : par == 1 ? "pthreads" : "no");
-  printf("oneDNN: not used\n");
+  {
+    const dnnl_version_t *v = dnnl_version();
+    printf("oneDNN: %d.%d.%d (convolutions)\n", v->major, v->minor, v->patch);
+  }
   printf("threads: %d\n", vtl_get_num_threads());
 #ifdef VTL_HAVE_CUDA
   {

@@ -18,17 +18,22 @@
 
 /* ---- boxes ---- */
 
-/* GC pressure: Lua cannot see tensor bytes, so each new tensor that owns a fresh storage
-   of 64 KiB or more advances the incremental collector as if those bytes were Lua's own.
-   Garbage tensors are then freed at the pace they are made, and their memory is reused
-   while still in cache. */
-static void gc_pressure(lua_State *L, const vtl_tensor *t) {
-  size_t nb = t->storage->nbytes;
-  if (nb >= (64u << 10) && __atomic_load_n(&t->storage->refcount, __ATOMIC_RELAXED) == 1)
-    lua_gc(L, LUA_GCSTEP, (int)(nb >> 10 < (1u << 30) ? nb >> 10 : 1u << 30));
+/* GC pressure: Lua cannot see tensor bytes, so every new tensor that owns a fresh storage adds
+   its size to a debt, and each 64 KiB of debt advances the incremental collector as if Lua
+   had allocated it. Garbage tensors are then freed at the pace they are made, and their
+   memory is reused while still in cache. */
+static _Thread_local size_t gc_debt;
+
+void lvtl_gc_pressure(lua_State *L, const vtl_tensor *t) {
+  if (__atomic_load_n(&t->storage->refcount, __ATOMIC_RELAXED) != 1) return; /* a view */
+  gc_debt += t->storage->nbytes;
+  if (gc_debt < (64u << 10)) return;
+  size_t kb = gc_debt >> 10;
+  gc_debt = 0;
+  lua_gc(L, LUA_GCSTEP, (int)(kb < (1u << 30) ? kb : 1u << 30));
 }
 
-static lvtl_box *newbox(lua_State *L) {
+lvtl_box *lvtl_newbox(lua_State *L) {
   lvtl_box *b = lua_newuserdatauv(L, sizeof *b, 0);
   b->t = NULL;
   luaL_setmetatable(L, LVTL_TENSOR_MT);
@@ -53,16 +58,18 @@ void lvtl_pushtensor(lua_State *L, vtl_tensor *t) {
   lvtl_box *b = lua_newuserdatauv(L, sizeof *b, 0);
   b->t = t;
   luaL_setmetatable(L, LVTL_TENSOR_MT);
-  gc_pressure(L, t);
+  lvtl_gc_pressure(L, t);
 }
 
-/* Stores an op result in a box already on the stack top, or raises the op's error. */
-static int fill_box(lua_State *L, lvtl_box *b, vtl_tensor *t) {
+/* Stores an op result in a box made by lvtl_newbox, or raises the op's error. */
+int lvtl_fillbox(lua_State *L, lvtl_box *b, vtl_tensor *t) {
   if (!t) return lvtl_error(L);
   b->t = t;
-  gc_pressure(L, t);
+  lvtl_gc_pressure(L, t);
   return 1;
 }
+#define newbox lvtl_newbox
+#define fill_box lvtl_fillbox
 #define RETURN_TENSOR(expr) do { lvtl_box *b_ = newbox(L); return fill_box(L, b_, (expr)); } while (0)
 
 vtl_tensor *lvtl_totensor(lua_State *L, int idx) {
@@ -216,7 +223,15 @@ static int l_empty_impl(lua_State *L, int kind) {
   if (kind == 3 && lua_isinteger(L, vidx)) dt = VTL_I64;
   if (kind == 3 && lua_type(L, vidx) == LUA_TBOOLEAN) dt = VTL_BOOL;
   vtl_device dev = {VTL_CPU, 0};
-  read_opts(L, opts_index(L, kind == 3 ? vidx + 1 : 1), &dt, &dev, names[kind]);
+  /* options come after the shape (a shape table may itself be empty: a 0-d tensor) */
+  int first = nd + 1;
+  if (lua_istable(L, 1)) { /* a shape table ({} is 0-d), unless it is the options table itself */
+    lua_pushnil(L);
+    int empty = !lua_next(L, 1);
+    if (!empty) lua_pop(L, 2);
+    first = (luaL_len(L, 1) > 0 || empty) ? 2 : 1;
+  }
+  read_opts(L, opts_index(L, kind == 3 ? vidx + 1 : first), &dt, &dev, names[kind]);
   if (vtl_shape_numel(shape, nd, vtl_dtype_size(dt), names[kind]) < 0) return lvtl_error(L);
   lvtl_box *b = newbox(L);
   if (kind == 0) return fill_box(L, b, vtl_tensor_empty(shape, nd, dt, dev));
@@ -364,7 +379,6 @@ static int l_eye(lua_State *L) {
 }
 
 /* ---- random: generators are {seed, offset} userdata; the default one lives in the registry ---- */
-typedef struct { uint64_t seed, offset; } lvtl_gen;
 #define DEFAULT_SEED 67280421310721ull
 
 static lvtl_gen *default_gen(lua_State *L) {
@@ -374,13 +388,13 @@ static lvtl_gen *default_gen(lua_State *L) {
   return g;
 }
 
-static lvtl_gen *gen_from_opts(lua_State *L, int o) {
+lvtl_gen *lvtl_generator(lua_State *L, int o, const char *fn) {
   if (o) {
     lua_getfield(L, o, "generator");
     if (!lua_isnil(L, -1)) {
       lvtl_gen *g = luaL_testudata(L, -1, LVTL_GENERATOR_MT);
-      if (!g) luaL_error(L, "generator option must be a vtl.Generator, got %s", luaL_typename(L, -1));
-      lua_pop(L, 1);
+      if (!g) luaL_error(L, "%s: option 'generator' must be a vtl.Generator, got %s", fn, luaL_typename(L, -1));
+      lua_pop(L, 1); /* still referenced by the options table */
       return g;
     }
     lua_pop(L, 1);
@@ -416,7 +430,7 @@ static int random_impl(lua_State *L, int kind) {
     if (lua_getfield(L, o, "std") != LUA_TNIL) hi = luaL_checknumber(L, -1);
     lua_pop(L, 2);
   }
-  lvtl_gen *g = gen_from_opts(L, o);
+  lvtl_gen *g = lvtl_generator(L, o, names[kind]);
   if (vtl_shape_numel(shape, nd, vtl_dtype_size(dt), names[kind]) < 0) return lvtl_error(L);
   RETURN_TENSOR(vtl_op_random(shape, nd, kind, lo, hi, dt, dev, g->seed, &g->offset));
 }
@@ -430,7 +444,7 @@ static int like_random(lua_State *L, int kind) {
   vtl_device dev = vtl_tensor_device(x);
   int o = opts_index(L, 2);
   read_opts(L, o, &dt, &dev, kind ? "randn_like" : "rand_like");
-  lvtl_gen *g = gen_from_opts(L, o);
+  lvtl_gen *g = lvtl_generator(L, o, kind ? "randn_like" : "rand_like");
   RETURN_TENSOR(vtl_op_random(x->shape, x->ndim, kind, 0, 1, dt, dev, g->seed, &g->offset));
 }
 static int l_rand_like(lua_State *L) { return like_random(L, 0); }

@@ -61,10 +61,17 @@ void lvtl_open_sys(lua_State *L) {
 }
 
 int luaopen_vtl_core(lua_State *L) {
+  /* Tensor memory paces the incremental collector (see gc_pressure in ltensor.c); the
+     generational mode would let garbage tensors age into the old generation unseen. */
+  lua_gc(L, LUA_GCINC, 0, 0, 0);
   lua_newtable(L);
   lvtl_open_tensor(L);
   lvtl_open_io(L);
   lvtl_open_autograd(L);
+  lua_newtable(L); /* nn: the C functional ops */
+  lvtl_open_nn_conv(L);
+  lvtl_open_nn_norm(L);
+  lua_setfield(L, -2, "nn");
   lvtl_open_sys(L);
   vtl_set_oom_hook(collect_on_oom, L);
   return 1;

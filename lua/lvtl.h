@@ -18,6 +18,20 @@ vtl_tensor *lvtl_checktensor(lua_State *L, int idx);
 vtl_tensor *lvtl_totensor(lua_State *L, int idx);
 /* Pushes a new box owning t's reference. t == NULL raises the C core's current error. */
 void lvtl_pushtensor(lua_State *L, vtl_tensor *t);
+/* A new empty box on the stack (made before an op runs, so a failed op leaves nothing
+   half-made), and storing an op's result in it (raising the op's error when t is NULL). */
+lvtl_box *lvtl_newbox(lua_State *L);
+int lvtl_fillbox(lua_State *L, lvtl_box *b, vtl_tensor *t);
+/* Counts a new tensor's fresh storage towards the collector's pace (done by lvtl_fillbox and
+   lvtl_pushtensor; for code that fills boxes itself). */
+void lvtl_gc_pressure(lua_State *L, const vtl_tensor *t);
+
+/* A random generator: Philox key and counter (vtl.Generator userdata). */
+typedef struct { uint64_t seed, offset; } lvtl_gen;
+/* The generator named by the `generator` field of the options table at index o (0: none), or
+   the state's default one; raises naming fn when the field holds something else. */
+lvtl_gen *lvtl_generator(lua_State *L, int o, const char *fn);
+
 /* Raises the C core's current error message as a Lua error. */
 int lvtl_error(lua_State *L);
 /* Raises when st != VTL_OK. */
@@ -30,6 +44,8 @@ void lvtl_open_tensor(lua_State *L);
 void lvtl_open_io(lua_State *L);
 void lvtl_open_sys(lua_State *L);
 void lvtl_open_autograd(lua_State *L);
+void lvtl_open_nn_conv(lua_State *L);
+void lvtl_open_nn_norm(lua_State *L);
 
 int luaopen_vtl_core(lua_State *L);
 #endif

@@ -310,3 +310,10 @@ test("one thread pool: BLAS runs on the OpenMP threads, not a pool of its own", 
   T.truthy(threads() <= 2, "threads: " .. threads())
   vtl.set_num_threads(n)
 end)
+
+test("an empty shape table makes a 0-d tensor and options still apply", function()
+  local z = vtl.zeros({}, {dtype = "i64"})
+  T.eq(z.ndim, 0); T.eq(z.dtype, "i64")
+  T.eq(vtl.ones({}, {dtype = "f64"}).dtype, "f64")
+  T.eq(vtl.zeros({dtype = "u8"}).dtype, "u8")
+end)

@@ -3,7 +3,9 @@
 -- so starting the host stays fast.
 local core = require "vtl.core"
 local vtl = {}
-for k, v in pairs(core) do vtl[k] = v end
+for k, v in pairs(core) do
+  if k ~= "nn" then vtl[k] = v end -- vtl.nn is the Lua library (lua/vtl/nn), built on core.nn
+end
 
 local lazy = {autograd = "vtl.autograd", nn = "vtl.nn", optim = "vtl.optim"}
 return setmetatable(vtl, {

@@ -12,8 +12,10 @@ echo "env: OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-unset} OPENBLAS_L2_SIZE=${OPEN
 rounds=${ROUNDS:-3}
 vt=""; pt=""
 for _ in $(seq "$rounds"); do
-  vt+=$("$VTL" tests/bench/tensor_ops.lua "$threads")$'\n'
-  pt+=$(/usr/bin/python3 tests/bench/tensor_ops.py "$threads")$'\n'
+  for b in tensor_ops conv; do
+    vt+=$("$VTL" tests/bench/$b.lua "$threads")$'\n'
+    pt+=$(/usr/bin/python3 tests/bench/$b.py "$threads")$'\n'
+  done
 done
 best() { awk 'NF == 2 { if (!($1 in m) || $2 < m[$1]) m[$1] = $2 } END { for (k in m) print k, m[k] }' | sort; }
 vt=$(echo "$vt" | best)

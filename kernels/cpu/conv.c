@@ -1,0 +1,663 @@
+/*
+ * CPU 2-D convolution.
+ *
+ * f32 runs on oneDNN, as PyTorch's CPU convolution does: the primitive picks its preferred
+ * (blocked) layouts, plain NCHW operands are reordered in and out, and everything built for
+ * one set of shapes and parameters (primitive descriptors, primitives, reorders) is kept in a
+ * small LRU cache, so a training loop builds them once. f64, and f32 when oneDNN cannot
+ * build a primitive, run as im2col + BLAS GEMM per (sample, group).
+ *
+ * Shapes (all contiguous): x (N,C,H,W), w (K,C/groups,R,S), b (K), y (N,K,OH,OW).
+ */
+#include <stdlib.h>
+#include <string.h>
+#include <pthread.h>
+#include <omp.h>
+#include <cblas.h>
+#include <dnnl.h>
+#include "nn_conv.h"
+
+static const vtl_device cpu = {VTL_CPU, 0};
+
+/* Scratch memory from the tensor allocator (cached, accounted, OOM retry); NULL with the
+   error set. */
+static vtl_storage *scratch_new(size_t nbytes) { return vtl_storage_new(nbytes, cpu); }
+
+/* ======================================================================================
+ * oneDNN
+ * ====================================================================================== */
+
+enum { K_FWD, K_BWD_DATA, K_BWD_WEIGHT };
+
+/* entries: three per distinct convolution of a network (forward, two backward), so room for
+   MobileNet-sized zoos at two batch sizes */
+#define CACHE_SIZE 256
+#define KEY_LEN 21
+#define MAX_ARGS 4
+
+/* One operand of a cached primitive: the plain layout the caller holds and the primitive's
+   layout, with the reorder between them when they differ (user → prim for inputs, prim →
+   user for outputs). */
+typedef struct {
+  int arg;            /* DNNL_ARG_* of the convolution */
+  bool output;
+  dnnl_memory_desc_t user, prim;
+  dnnl_primitive_t reorder; /* NULL when the layouts match */
+  size_t bytes;       /* of the prim layout when a reorder is needed, else 0 */
+} dnnl_operand;
+
+typedef struct {
+  int64_t key[KEY_LEN];
+  uint64_t hash;      /* of key, compared first */
+  int refs;           /* the cache's reference + running calls */
+  uint64_t last_use;
+  dnnl_primitive_desc_t hint, pd;
+  dnnl_primitive_t prim;
+  dnnl_operand ops[MAX_ARGS];
+  int nops;
+  size_t scratchpad;  /* bytes of the primitive's scratchpad */
+} dnnl_entry;
+
+static pthread_mutex_t cache_lock = PTHREAD_MUTEX_INITIALIZER;
+static dnnl_entry *cache[CACHE_SIZE];
+static uint64_t cache_clock;
+static dnnl_engine_t engine;
+static int engine_state; /* 0 not tried, 1 ready, -1 unavailable */
+static _Thread_local dnnl_stream_t stream;
+
+static void entry_free(dnnl_entry *e) {
+  if (!e) return;
+  for (int i = 0; i < e->nops; i++)
+    if (e->ops[i].reorder) dnnl_primitive_destroy(e->ops[i].reorder);
+  if (e->prim) dnnl_primitive_destroy(e->prim);
+  if (e->pd) dnnl_primitive_desc_destroy(e->pd);
+  if (e->hint) dnnl_primitive_desc_destroy(e->hint);
+  free(e);
+}
+
+static void entry_release(dnnl_entry *e) {
+  pthread_mutex_lock(&cache_lock);
+  int left = --e->refs;
+  pthread_mutex_unlock(&cache_lock);
+  if (left == 0) entry_free(e);
+}
+
+void vtl_cpu_conv2d_clear_cache(void) {
+  dnnl_entry *drop[CACHE_SIZE];
+  int n = 0;
+  pthread_mutex_lock(&cache_lock);
+  for (int i = 0; i < CACHE_SIZE; i++)
+    if (cache[i]) {
+      if (--cache[i]->refs == 0) drop[n++] = cache[i];
+      cache[i] = NULL;
+    }
+  pthread_mutex_unlock(&cache_lock);
+  for (int i = 0; i < n; i++) entry_free(drop[i]);
+}
+
+/* A primitive splits its work for the thread count it was built under: that count is part of
+   the key. */
+static uint64_t make_key(int64_t *k, int kind, bool bias, const vtl_conv2d_shape *s) {
+  int64_t v[KEY_LEN] = {kind, bias, s->N, s->C, s->H, s->W, s->K, s->R, s->S, s->OH, s->OW,
+                        s->stride[0], s->stride[1], s->pad[0], s->pad[1], s->pad_end[0], s->pad_end[1],
+                        s->dilation[0], s->dilation[1], s->groups, omp_get_max_threads()};
+  memcpy(k, v, sizeof v);
+  uint64_t h = 14695981039346656037ull; /* FNV-1a over the values */
+  for (int i = 0; i < KEY_LEN; i++) h = (h ^ (uint64_t)v[i]) * 1099511628211ull;
+  return h;
+}
+
+static bool engine_ready(void) {
+  pthread_mutex_lock(&cache_lock);
+  if (engine_state == 0) engine_state = dnnl_engine_create(&engine, dnnl_cpu, 0) == dnnl_success ? 1 : -1;
+  bool ok = engine_state == 1;
+  pthread_mutex_unlock(&cache_lock);
+  if (ok && !stream && dnnl_stream_create(&stream, engine, dnnl_stream_default_flags) != dnnl_success) {
+    stream = NULL;
+    return false;
+  }
+  return ok;
+}
+
+/* memory descriptors of x, w, b, y: the caller's plain layouts, or "any" for the primitive to
+   choose; grouped weights are 5-D (G, K/G, C/G, R, S) */
+static void conv_mds(const vtl_conv2d_shape *s, bool any, dnnl_memory_desc_t *x, dnnl_memory_desc_t *w,
+                     dnnl_memory_desc_t *b, dnnl_memory_desc_t *y) {
+  dnnl_dims_t xd = {s->N, s->C, s->H, s->W}, yd = {s->N, s->K, s->OH, s->OW}, bd = {s->K};
+  dnnl_format_tag_t a = dnnl_format_tag_any;
+  dnnl_memory_desc_init_by_tag(x, 4, xd, dnnl_f32, any ? a : dnnl_nchw);
+  dnnl_memory_desc_init_by_tag(y, 4, yd, dnnl_f32, any ? a : dnnl_nchw);
+  dnnl_memory_desc_init_by_tag(b, 1, bd, dnnl_f32, any ? a : dnnl_x);
+  int64_t g = s->groups;
+  dnnl_format_tag_t wt = any ? a : g > 1 ? dnnl_goihw : dnnl_oihw;
+  if (g > 1) {
+    dnnl_dims_t wd = {g, s->K / g, s->C / g, s->R, s->S};
+    dnnl_memory_desc_init_by_tag(w, 5, wd, dnnl_f32, wt);
+  } else {
+    dnnl_dims_t wd = {s->K, s->C, s->R, s->S};
+    dnnl_memory_desc_init_by_tag(w, 4, wd, dnnl_f32, wt);
+  }
+}
+
+/* The convolution descriptor of one kind over "any" layouts. */
+static bool conv_desc(dnnl_convolution_desc_t *cd, int kind, bool bias, const vtl_conv2d_shape *s) {
+  dnnl_memory_desc_t x, w, b, y;
+  conv_mds(s, true, &x, &w, &b, &y);
+  dnnl_dims_t st = {s->stride[0], s->stride[1]}, dl = {s->dilation[0] - 1, s->dilation[1] - 1};
+  dnnl_dims_t pl = {s->pad[0], s->pad[1]}, pr = {s->pad_end[0], s->pad_end[1]};
+  dnnl_status_t r;
+  if (kind == K_FWD)
+    r = dnnl_dilated_convolution_forward_desc_init(cd, dnnl_forward_training, dnnl_convolution_direct, &x, &w,
+                                                   bias ? &b : NULL, &y, st, dl, pl, pr);
+  else if (kind == K_BWD_DATA)
+    r = dnnl_dilated_convolution_backward_data_desc_init(cd, dnnl_convolution_direct, &x, &w, &y, st, dl, pl, pr);
+  else
+    r = dnnl_dilated_convolution_backward_weights_desc_init(cd, dnnl_convolution_direct, &x, &w, bias ? &b : NULL, &y,
+                                                            st, dl, pl, pr);
+  return r == dnnl_success;
+}
+
+static bool add_operand(dnnl_entry *e, int arg, bool output, const dnnl_memory_desc_t *user, dnnl_query_t q, int qi) {
+  const dnnl_memory_desc_t *pm = dnnl_primitive_desc_query_md(e->pd, q, qi);
+  if (!pm) return false;
+  dnnl_operand *o = &e->ops[e->nops++];
+  o->arg = arg;
+  o->output = output;
+  o->user = *user;
+  o->prim = *pm;
+  o->reorder = NULL;
+  o->bytes = 0;
+  if (dnnl_memory_desc_equal(user, pm)) return true;
+  dnnl_primitive_desc_t rpd;
+  const dnnl_memory_desc_t *from = output ? pm : user, *to = output ? user : pm;
+  if (dnnl_reorder_primitive_desc_create(&rpd, from, engine, to, engine, NULL) != dnnl_success) return false;
+  dnnl_status_t r = dnnl_primitive_create(&o->reorder, rpd);
+  dnnl_primitive_desc_destroy(rpd);
+  if (r != dnnl_success) { o->reorder = NULL; return false; }
+  o->bytes = dnnl_memory_desc_get_size(pm);
+  return true;
+}
+
+static dnnl_entry *entry_build(const int64_t *key, int kind, bool bias, const vtl_conv2d_shape *s) {
+  dnnl_entry *e = calloc(1, sizeof *e);
+  if (!e) return NULL;
+  memcpy(e->key, key, sizeof e->key);
+  dnnl_primitive_attr_t attr = NULL;
+  dnnl_convolution_desc_t fd, cd;
+  bool ok = dnnl_primitive_attr_create(&attr) == dnnl_success &&
+            dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user) == dnnl_success &&
+            conv_desc(&fd, K_FWD, bias && kind == K_FWD, s);
+  if (ok && kind != K_FWD) {
+    ok = dnnl_primitive_desc_create(&e->hint, &fd, NULL, engine, NULL) == dnnl_success;
+    if (!ok) e->hint = NULL;
+    ok = ok && conv_desc(&cd, kind, bias, s);
+  }
+  if (ok) {
+    ok = dnnl_primitive_desc_create(&e->pd, kind == K_FWD ? &fd : &cd, attr, engine, e->hint) == dnnl_success;
+    if (!ok) e->pd = NULL;
+  }
+  if (attr) dnnl_primitive_attr_destroy(attr);
+  if (ok) {
+    ok = dnnl_primitive_create(&e->prim, e->pd) == dnnl_success;
+    if (!ok) e->prim = NULL;
+  }
+  if (ok) {
+    dnnl_memory_desc_t x, w, b, y;
+    conv_mds(s, false, &x, &w, &b, &y);
+    if (kind == K_FWD) {
+      ok = add_operand(e, DNNL_ARG_SRC, false, &x, dnnl_query_src_md, 0) &&
+           add_operand(e, DNNL_ARG_WEIGHTS, false, &w, dnnl_query_weights_md, 0) &&
+           (!bias || add_operand(e, DNNL_ARG_BIAS, false, &b, dnnl_query_weights_md, 1)) &&
+           add_operand(e, DNNL_ARG_DST, true, &y, dnnl_query_dst_md, 0);
+    } else if (kind == K_BWD_DATA) {
+      ok = add_operand(e, DNNL_ARG_DIFF_DST, false, &y, dnnl_query_diff_dst_md, 0) &&
+           add_operand(e, DNNL_ARG_WEIGHTS, false, &w, dnnl_query_weights_md, 0) &&
+           add_operand(e, DNNL_ARG_DIFF_SRC, true, &x, dnnl_query_diff_src_md, 0);
+    } else {
+      ok = add_operand(e, DNNL_ARG_DIFF_DST, false, &y, dnnl_query_diff_dst_md, 0) &&
+           add_operand(e, DNNL_ARG_SRC, false, &x, dnnl_query_src_md, 0) &&
+           add_operand(e, DNNL_ARG_DIFF_WEIGHTS, true, &w, dnnl_query_diff_weights_md, 0) &&
+           (!bias || add_operand(e, DNNL_ARG_DIFF_BIAS, true, &b, dnnl_query_diff_weights_md, 1));
+    }
+  }
+  if (ok) {
+    const dnnl_memory_desc_t *sp = dnnl_primitive_desc_query_md(e->pd, dnnl_query_scratchpad_md, 0);
+    e->scratchpad = sp ? dnnl_memory_desc_get_size(sp) : 0;
+  }
+  if (!ok) { entry_free(e); return NULL; }
+  return e;
+}
+
+/* The cached entry for (kind, bias, shape), built on a miss; a reference for the caller, or
+   NULL when oneDNN cannot run this convolution. */
+static dnnl_entry *entry_get(int kind, bool bias, const vtl_conv2d_shape *s) {
+  if (!engine_ready()) return NULL;
+  int64_t key[KEY_LEN];
+  uint64_t hash = make_key(key, kind, bias, s);
+  pthread_mutex_lock(&cache_lock);
+  for (int i = 0; i < CACHE_SIZE; i++)
+    if (cache[i] && cache[i]->hash == hash && memcmp(cache[i]->key, key, sizeof key) == 0) {
+      dnnl_entry *e = cache[i];
+      e->refs++;
+      e->last_use = ++cache_clock;
+      pthread_mutex_unlock(&cache_lock);
+      return e;
+    }
+  pthread_mutex_unlock(&cache_lock);
+  dnnl_entry *e = entry_build(key, kind, bias, s);
+  if (!e) return NULL;
+  e->hash = hash;
+  /* insert into a free slot or over the least recently used entry */
+  dnnl_entry *evicted = NULL;
+  pthread_mutex_lock(&cache_lock);
+  int slot = 0;
+  for (int i = 0; i < CACHE_SIZE; i++) {
+    if (!cache[i]) { slot = i; break; }
+    if (cache[i]->last_use < cache[slot]->last_use) slot = i;
+  }
+  if (cache[slot] && --cache[slot]->refs == 0) evicted = cache[slot];
+  cache[slot] = e;
+  e->refs = 2; /* the cache's and the caller's */
+  e->last_use = ++cache_clock;
+  pthread_mutex_unlock(&cache_lock);
+  entry_free(evicted);
+  return e;
+}
+
+/* Runs a cached primitive: user[i] is the caller's buffer of operand i (same order as
+   e->ops). Returns 1 on success, 0 when oneDNN failed (nothing was written that the caller
+   relies on), -1 on out of memory (error set). */
+static int entry_run(dnnl_entry *e, void *const *user) {
+  size_t total = e->scratchpad, off[MAX_ARGS];
+  for (int i = 0; i < e->nops; i++) {
+    off[i] = total;
+    total += (e->ops[i].bytes + 63) & ~(size_t)63;
+  }
+  vtl_storage *tmp = NULL;
+  if (total) {
+    tmp = scratch_new(total + 64);
+    if (!tmp) return -1;
+  }
+  char *base = tmp ? (char *)(((uintptr_t)tmp->data + 63) & ~(uintptr_t)63) : NULL;
+  dnnl_memory_t um[MAX_ARGS] = {0}, pm[MAX_ARGS] = {0}, spm = NULL;
+  dnnl_exec_arg_t args[MAX_ARGS + 1];
+  int nargs = 0, ok = 1;
+  for (int i = 0; i < e->nops && ok; i++) {
+    dnnl_operand *o = &e->ops[i];
+    ok = dnnl_memory_create(&um[i], &o->user, engine, user[i]) == dnnl_success;
+    if (ok && o->reorder) ok = dnnl_memory_create(&pm[i], &o->prim, engine, base + off[i]) == dnnl_success;
+    if (ok) args[nargs++] = (dnnl_exec_arg_t){o->arg, o->reorder ? pm[i] : um[i]};
+  }
+  if (ok && e->scratchpad) {
+    const dnnl_memory_desc_t *sp = dnnl_primitive_desc_query_md(e->pd, dnnl_query_scratchpad_md, 0);
+    ok = sp && dnnl_memory_create(&spm, sp, engine, base) == dnnl_success;
+    if (ok) args[nargs++] = (dnnl_exec_arg_t){DNNL_ARG_SCRATCHPAD, spm};
+  }
+  for (int i = 0; i < e->nops && ok; i++)
+    if (e->ops[i].reorder && !e->ops[i].output) {
+      dnnl_exec_arg_t ra[2] = {{DNNL_ARG_FROM, um[i]}, {DNNL_ARG_TO, pm[i]}};
+      ok = dnnl_primitive_execute(e->ops[i].reorder, stream, 2, ra) == dnnl_success;
+    }
+  if (ok) ok = dnnl_primitive_execute(e->prim, stream, nargs, args) == dnnl_success;
+  for (int i = 0; i < e->nops && ok; i++)
+    if (e->ops[i].reorder && e->ops[i].output) {
+      dnnl_exec_arg_t ra[2] = {{DNNL_ARG_FROM, pm[i]}, {DNNL_ARG_TO, um[i]}};
+      ok = dnnl_primitive_execute(e->ops[i].reorder, stream, 2, ra) == dnnl_success;
+    }
+  if (ok) ok = dnnl_stream_wait(stream) == dnnl_success;
+  for (int i = 0; i < e->nops; i++) {
+    if (um[i]) dnnl_memory_destroy(um[i]);
+    if (pm[i]) dnnl_memory_destroy(pm[i]);
+  }
+  if (spm) dnnl_memory_destroy(spm);
+  vtl_storage_release(tmp);
+  return ok;
+}
+
+/* 1 done, 0 not handled (use the fallback), -1 error set */
+static int dnnl_conv(int kind, const vtl_conv2d_shape *s, void *const *user, bool bias) {
+  dnnl_entry *e = entry_get(kind, bias, s);
+  if (!e) return 0;
+  int r = entry_run(e, user);
+  entry_release(e);
+  return r;
+}
+
+/* ======================================================================================
+ * im2col + GEMM
+ * ====================================================================================== */
+
+static void gemm(vtl_dtype dt, bool ta, bool tb, int64_t M, int64_t N, int64_t K, const void *A, int64_t lda,
+                 const void *B, int64_t ldb, double beta, void *C, int64_t ldc) {
+  CBLAS_TRANSPOSE a = ta ? CblasTrans : CblasNoTrans, b = tb ? CblasTrans : CblasNoTrans;
+  if (dt == VTL_F32)
+    cblas_sgemm(CblasRowMajor, a, b, (int)M, (int)N, (int)K, 1.0f, A, (int)lda, B, (int)ldb, (float)beta, C, (int)ldc);
+  else
+    cblas_dgemm(CblasRowMajor, a, b, (int)M, (int)N, (int)K, 1.0, A, (int)lda, B, (int)ldb, beta, C, (int)ldc);
+}
+
+/* The range [lo, hi) of output positions o < nout whose tap at offset koff reads inside the
+   input: 0 <= o*st - pad + koff < nin. */
+static void valid_range(int64_t nin, int64_t nout, int64_t st, int64_t pad, int64_t koff, int64_t *lo, int64_t *hi) {
+  int64_t a = pad - koff; /* o*st >= a */
+  int64_t l = a <= 0 ? 0 : (a + st - 1) / st;
+  int64_t b = nin + pad - koff; /* o*st < b */
+  int64_t h = b <= 0 ? 0 : (b + st - 1) / st;
+  if (h > nout) h = nout;
+  if (l > h) l = h;
+  *lo = l;
+  *hi = h;
+}
+
+static inline int64_t clamp64(int64_t v, int64_t lo, int64_t hi) { return v < lo ? lo : v > hi ? hi : v; }
+
+/* col (Cg*R*S, (o1-o0)*OW): the band of output rows [o0, o1) of one sample's group block
+   x (Cg,H,W), zeros where a tap falls in the padding. */
+#define IM2COL_BODY(T)                                                                                    \
+  do {                                                                                                    \
+    const T *X = x;                                                                                       \
+    T *COL = col;                                                                                         \
+    int64_t rows = o1 - o0;                                                                               \
+    for (int64_t c = 0; c < Cg; c++)                                                                      \
+      for (int64_t r = 0; r < s->R; r++)                                                                  \
+        for (int64_t q = 0; q < s->S; q++) {                                                              \
+          T *dst = COL + ((c * s->R + r) * s->S + q) * rows * s->OW;                                      \
+          int64_t h0, h1, w0, w1;                                                                         \
+          valid_range(s->H, s->OH, s->stride[0], s->pad[0], r * s->dilation[0], &h0, &h1);                \
+          valid_range(s->W, s->OW, s->stride[1], s->pad[1], q * s->dilation[1], &w0, &w1);                \
+          h0 = clamp64(h0, o0, o1);                                                                       \
+          h1 = clamp64(h1, h0, o1);                                                                       \
+          memset(dst, 0, (size_t)((h0 - o0) * s->OW) * sizeof(T));                                        \
+          for (int64_t oh = h0; oh < h1; oh++) {                                                          \
+            T *d = dst + (oh - o0) * s->OW;                                                               \
+            const T *srow = X + (c * s->H + oh * s->stride[0] - s->pad[0] + r * s->dilation[0]) * s->W;   \
+            int64_t off = q * s->dilation[1] - s->pad[1];                                                 \
+            for (int64_t ow = 0; ow < w0; ow++) d[ow] = 0;                                                \
+            if (s->stride[1] == 1)                                                                        \
+              memcpy(d + w0, srow + w0 + off, (size_t)(w1 - w0) * sizeof(T));                             \
+            else                                                                                          \
+              for (int64_t ow = w0; ow < w1; ow++) d[ow] = srow[ow * s->stride[1] + off];                 \
+            for (int64_t ow = w1; ow < s->OW; ow++) d[ow] = 0;                                            \
+          }                                                                                               \
+          memset(dst + (h1 - o0) * s->OW, 0, (size_t)((o1 - h1) * s->OW) * sizeof(T));                    \
+        }                                                                                                 \
+  } while (0)
+
+/* x (Cg,H,W) += col2im(col (Cg*R*S, (o1-o0)*OW)) for the band of output rows [o0, o1) */
+#define COL2IM_BODY(T)                                                                                    \
+  do {                                                                                                    \
+    T *X = x;                                                                                             \
+    const T *COL = col;                                                                                   \
+    int64_t rows = o1 - o0;                                                                               \
+    for (int64_t c = 0; c < Cg; c++)                                                                      \
+      for (int64_t r = 0; r < s->R; r++)                                                                  \
+        for (int64_t q = 0; q < s->S; q++) {                                                              \
+          const T *src = COL + ((c * s->R + r) * s->S + q) * rows * s->OW;                                \
+          int64_t h0, h1, w0, w1;                                                                         \
+          valid_range(s->H, s->OH, s->stride[0], s->pad[0], r * s->dilation[0], &h0, &h1);                \
+          valid_range(s->W, s->OW, s->stride[1], s->pad[1], q * s->dilation[1], &w0, &w1);                \
+          h0 = clamp64(h0, o0, o1);                                                                       \
+          h1 = clamp64(h1, h0, o1);                                                                       \
+          for (int64_t oh = h0; oh < h1; oh++) {                                                          \
+            const T *sr = src + (oh - o0) * s->OW;                                                        \
+            T *drow = X + (c * s->H + oh * s->stride[0] - s->pad[0] + r * s->dilation[0]) * s->W;         \
+            int64_t off = q * s->dilation[1] - s->pad[1];                                                 \
+            if (s->stride[1] == 1)                                                                        \
+              for (int64_t ow = w0; ow < w1; ow++) drow[ow + off] += sr[ow];                              \
+            else                                                                                          \
+              for (int64_t ow = w0; ow < w1; ow++) drow[ow * s->stride[1] + off] += sr[ow];               \
+          }                                                                                               \
+        }                                                                                                 \
+  } while (0)
+
+static void im2col(const vtl_conv2d_shape *s, int64_t Cg, const void *x, void *col, int64_t o0, int64_t o1) {
+  if (s->dtype == VTL_F32) IM2COL_BODY(float);
+  else IM2COL_BODY(double);
+}
+
+static void col2im(const vtl_conv2d_shape *s, int64_t Cg, const void *col, void *x, int64_t o0, int64_t o1) {
+  if (s->dtype == VTL_F32) COL2IM_BODY(float);
+  else COL2IM_BODY(double);
+}
+
+/* a 1x1, stride-1, unpadded convolution reads x directly as the column matrix */
+static bool is_pointwise(const vtl_conv2d_shape *s) {
+  return s->R == 1 && s->S == 1 && s->stride[0] == 1 && s->stride[1] == 1 && s->pad[0] == 0 && s->pad[1] == 0 &&
+         s->pad_end[0] == 0 && s->pad_end[1] == 0;
+}
+
+/* threads for a loop over samples, each running single-threaded GEMMs; 1 = one sample at a
+   time with the BLAS library's own threads */
+static int sample_threads(int64_t N) {
+  int nt = omp_get_max_threads();
+  if (omp_in_parallel() || nt < 2 || N < nt) return 1;
+  return nt;
+}
+
+/* A column buffer holds at most COL_BYTES: a sample's output rows are processed in bands of
+   band_rows() rows (all of them for a pointwise convolution, which needs no buffer). */
+#define COL_BYTES ((size_t)8 << 20)
+
+static int64_t band_rows(const vtl_conv2d_shape *s, int64_t CRS, size_t es) {
+  if (is_pointwise(s)) return s->OH > 0 ? s->OH : 1;
+  size_t row = (size_t)(CRS * s->OW) * es;
+  int64_t r = row ? (int64_t)(COL_BYTES / row) : s->OH;
+  if (r > s->OH) r = s->OH;
+  return r > 0 ? r : 1;
+}
+
+/* the shape-derived sizes shared by the GEMM paths */
+typedef struct {
+  size_t es;
+  int64_t G, Cg, Kg, L, CRS, band;
+  bool direct;
+  size_t colb; /* bytes of one column buffer (0 when direct) */
+} gemm_plan;
+
+static gemm_plan plan_of(const vtl_conv2d_shape *s) {
+  gemm_plan p;
+  p.es = vtl_dtype_size(s->dtype);
+  p.G = s->groups;
+  p.Cg = s->C / p.G;
+  p.Kg = s->K / p.G;
+  p.L = s->OH * s->OW;
+  p.CRS = p.Cg * s->R * s->S;
+  p.direct = is_pointwise(s);
+  p.band = band_rows(s, p.CRS, p.es);
+  p.colb = p.direct ? 0 : (size_t)(p.CRS * p.band * s->OW) * p.es;
+  return p;
+}
+
+static vtl_status gemm_forward(const vtl_conv2d_shape *s, const void *x, const void *w, const void *b, void *y) {
+  gemm_plan P = plan_of(s);
+  size_t es = P.es;
+  int nt = sample_threads(s->N);
+  vtl_storage *cols = P.direct ? NULL : scratch_new((size_t)nt * P.colb);
+  if (!P.direct && !cols) return vtl_error_status();
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+  for (int64_t n = 0; n < s->N; n++) {
+    char *col = cols ? (char *)cols->data + (size_t)omp_get_thread_num() * P.colb : NULL;
+    for (int64_t g = 0; g < P.G; g++) {
+      const char *xg = (const char *)x + (size_t)((n * s->C + g * P.Cg) * s->H * s->W) * es;
+      char *yg = (char *)y + (size_t)((n * s->K + g * P.Kg) * P.L) * es;
+      for (int64_t o0 = 0; o0 < s->OH; o0 += P.band) {
+        int64_t o1 = o0 + P.band < s->OH ? o0 + P.band : s->OH, Lb = (o1 - o0) * s->OW;
+        if (!P.direct) im2col(s, P.Cg, xg, col, o0, o1);
+        gemm(s->dtype, false, false, P.Kg, Lb, P.CRS, (const char *)w + (size_t)(g * P.Kg * P.CRS) * es, P.CRS,
+             P.direct ? xg : col, P.direct ? P.L : Lb, 0.0, yg + (size_t)(o0 * s->OW) * es, P.L);
+      }
+    }
+    if (b)
+      for (int64_t k = 0; k < s->K; k++) {
+        if (s->dtype == VTL_F32) {
+          float *yk = (float *)y + (n * s->K + k) * P.L, bk = ((const float *)b)[k];
+          for (int64_t i = 0; i < P.L; i++) yk[i] += bk;
+        } else {
+          double *yk = (double *)y + (n * s->K + k) * P.L, bk = ((const double *)b)[k];
+          for (int64_t i = 0; i < P.L; i++) yk[i] += bk;
+        }
+      }
+  }
+  vtl_storage_release(cols);
+  return VTL_OK;
+}
+
+static vtl_status gemm_backward_data(const vtl_conv2d_shape *s, const void *gy, const void *w, void *gx) {
+  gemm_plan P = plan_of(s);
+  size_t es = P.es;
+  int nt = sample_threads(s->N);
+  vtl_storage *cols = P.direct ? NULL : scratch_new((size_t)nt * P.colb);
+  if (!P.direct && !cols) return vtl_error_status();
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+  for (int64_t n = 0; n < s->N; n++) {
+    char *col = cols ? (char *)cols->data + (size_t)omp_get_thread_num() * P.colb : NULL;
+    char *gxn = (char *)gx + (size_t)(n * s->C * s->H * s->W) * es;
+    if (!P.direct) memset(gxn, 0, (size_t)(s->C * s->H * s->W) * es);
+    for (int64_t g = 0; g < P.G; g++) {
+      char *gxg = gxn + (size_t)(g * P.Cg * s->H * s->W) * es;
+      const char *gyg = (const char *)gy + (size_t)((n * s->K + g * P.Kg) * P.L) * es;
+      for (int64_t o0 = 0; o0 < s->OH; o0 += P.band) {
+        int64_t o1 = o0 + P.band < s->OH ? o0 + P.band : s->OH, Lb = (o1 - o0) * s->OW;
+        gemm(s->dtype, true, false, P.CRS, Lb, P.Kg, (const char *)w + (size_t)(g * P.Kg * P.CRS) * es, P.CRS,
+             gyg + (size_t)(o0 * s->OW) * es, P.L, 0.0, P.direct ? gxg : col, P.direct ? P.L : Lb);
+        if (!P.direct) col2im(s, P.Cg, col, gxg, o0, o1);
+      }
+    }
+  }
+  vtl_storage_release(cols);
+  return VTL_OK;
+}
+
+static void bias_grad(const vtl_conv2d_shape *s, const void *gy, void *gb) {
+  int64_t L = s->OH * s->OW;
+  int nt = s->K * s->N * L >= 65536 && !omp_in_parallel() ? omp_get_max_threads() : 1;
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+  for (int64_t k = 0; k < s->K; k++) {
+    double acc = 0;
+    for (int64_t n = 0; n < s->N; n++) {
+      if (s->dtype == VTL_F32) {
+        const float *p = (const float *)gy + (n * s->K + k) * L;
+        float a = 0;
+        for (int64_t i = 0; i < L; i++) a += p[i];
+        acc += a;
+      } else {
+        const double *p = (const double *)gy + (n * s->K + k) * L;
+        for (int64_t i = 0; i < L; i++) acc += p[i];
+      }
+    }
+    if (s->dtype == VTL_F32) ((float *)gb)[k] = (float)acc;
+    else ((double *)gb)[k] = acc;
+  }
+}
+
+static vtl_status gemm_backward_weight(const vtl_conv2d_shape *s, const void *gy, const void *x, void *gw, void *gb) {
+  gemm_plan P = plan_of(s);
+  size_t es = P.es;
+  int64_t wn = s->K * P.CRS;
+  int nt = sample_threads(s->N);
+  /* per thread: a column buffer and (threads after the first) a private weight gradient */
+  size_t accb = (size_t)wn * es;
+  vtl_storage *buf = scratch_new((size_t)nt * P.colb + (size_t)(nt - 1) * accb + 1);
+  if (!buf) return vtl_error_status();
+  char *accs = (char *)buf->data + (size_t)nt * P.colb;
+  memset(gw, 0, accb);
+  if (nt > 1) memset(accs, 0, (size_t)(nt - 1) * accb);
+#pragma omp parallel num_threads(nt) if (nt > 1)
+  {
+    int t = omp_get_thread_num();
+    char *col = P.direct ? NULL : (char *)buf->data + (size_t)t * P.colb;
+    char *acc = t == 0 ? gw : accs + (size_t)(t - 1) * accb;
+#pragma omp for schedule(static)
+    for (int64_t n = 0; n < s->N; n++)
+      for (int64_t g = 0; g < P.G; g++) {
+        const char *xg = (const char *)x + (size_t)((n * s->C + g * P.Cg) * s->H * s->W) * es;
+        const char *gyg = (const char *)gy + (size_t)((n * s->K + g * P.Kg) * P.L) * es;
+        for (int64_t o0 = 0; o0 < s->OH; o0 += P.band) {
+          int64_t o1 = o0 + P.band < s->OH ? o0 + P.band : s->OH, Lb = (o1 - o0) * s->OW;
+          if (!P.direct) im2col(s, P.Cg, xg, col, o0, o1);
+          gemm(s->dtype, false, true, P.Kg, P.CRS, Lb, gyg + (size_t)(o0 * s->OW) * es, P.L, P.direct ? xg : col,
+               P.direct ? P.L : Lb, 1.0, acc + (size_t)(g * P.Kg * P.CRS) * es, P.CRS);
+        }
+      }
+  }
+  for (int t = 1; t < nt; t++) {
+    const char *acc = accs + (size_t)(t - 1) * accb;
+    if (s->dtype == VTL_F32)
+      for (int64_t i = 0; i < wn; i++) ((float *)gw)[i] += ((const float *)acc)[i];
+    else
+      for (int64_t i = 0; i < wn; i++) ((double *)gw)[i] += ((const double *)acc)[i];
+  }
+  vtl_storage_release(buf);
+  if (gb) bias_grad(s, gy, gb);
+  return VTL_OK;
+}
+
+/* ======================================================================================
+ * entry points
+ * ====================================================================================== */
+
+static vtl_status check_dtype(const vtl_conv2d_shape *s, const char *fn) {
+  if (s->dtype != VTL_F32 && s->dtype != VTL_F64)
+    return vtl_error_set(VTL_ERR_ARG, "%s: kernel supports f32 and f64, got %s", fn, vtl_dtype_name(s->dtype));
+  return VTL_OK;
+}
+
+vtl_status vtl_cpu_conv2d_forward(const vtl_conv2d_shape *s, const void *x, const void *w, const void *b, void *y) {
+  if (check_dtype(s, "conv2d")) return vtl_error_status();
+  size_t es = vtl_dtype_size(s->dtype);
+  int64_t ny = s->N * s->K * s->OH * s->OW;
+  if (ny == 0) return VTL_OK;
+  if (s->C == 0) { /* no input channels: the output is the bias */
+    for (int64_t i = 0; i < ny; i++) {
+      int64_t k = i / (s->OH * s->OW) % s->K;
+      double v = b ? vtl_load_as_double((const char *)b + k * (int64_t)es, s->dtype) : 0;
+      vtl_store_from_double((char *)y + i * (int64_t)es, s->dtype, v);
+    }
+    return VTL_OK;
+  }
+  if (s->dtype == VTL_F32) {
+    void *user[MAX_ARGS] = {(void *)x, (void *)w, b ? (void *)b : y, y};
+    int r = dnnl_conv(K_FWD, s, user, b != NULL);
+    if (r) return r > 0 ? VTL_OK : vtl_error_status();
+  }
+  return gemm_forward(s, x, w, b, y);
+}
+
+vtl_status vtl_cpu_conv2d_backward_data(const vtl_conv2d_shape *s, const void *gy, const void *w, void *gx) {
+  if (check_dtype(s, "conv2d_backward")) return vtl_error_status();
+  size_t es = vtl_dtype_size(s->dtype);
+  int64_t nx = s->N * s->C * s->H * s->W;
+  if (nx == 0) return VTL_OK;
+  if (s->K == 0 || s->OH * s->OW == 0) { memset(gx, 0, (size_t)nx * es); return VTL_OK; }
+  /* oneDNN pads the input-gradient channels to its block of 16: with few input channels (an
+     image stem) the GEMM path is several times faster */
+  bool few_channels = s->groups == 1 && s->C < 16;
+  if (s->dtype == VTL_F32 && !few_channels) {
+    void *user[MAX_ARGS] = {(void *)gy, (void *)w, gx};
+    int r = dnnl_conv(K_BWD_DATA, s, user, false);
+    if (r) return r > 0 ? VTL_OK : vtl_error_status();
+  }
+  return gemm_backward_data(s, gy, w, gx);
+}
+
+vtl_status vtl_cpu_conv2d_backward_weight(const vtl_conv2d_shape *s, const void *gy, const void *x, void *gw,
+                                          void *gb) {
+  if (check_dtype(s, "conv2d_backward")) return vtl_error_status();
+  size_t es = vtl_dtype_size(s->dtype);
+  int64_t nw = s->K * (s->C / (s->groups ? s->groups : 1)) * s->R * s->S;
+  if (s->N * s->OH * s->OW == 0 || s->C == 0) {
+    memset(gw, 0, (size_t)nw * es);
+    if (gb) memset(gb, 0, (size_t)s->K * es);
+    return VTL_OK;
+  }
+  if (nw == 0) {
+    if (gb) bias_grad(s, gy, gb);
+    return VTL_OK;
+  }
+  if (s->dtype == VTL_F32) {
+    void *user[MAX_ARGS] = {(void *)gy, (void *)x, gw, gb};
+    int r = dnnl_conv(K_BWD_WEIGHT, s, user, gb != NULL);
+    if (r) return r > 0 ? VTL_OK : vtl_error_status();
+  }
+  return gemm_backward_weight(s, gy, x, gw, gb);
+}

@@ -1,0 +1,660 @@
+/* Convolution and pooling ops: argument checks, output shapes, kernel calls, autograd nodes. */
+#include <stdio.h>
+#include <string.h>
+#include "nn_conv.h"
+#include "ops.h"
+#include "autograd.h"
+
+/* ---- shared checks ---- */
+
+static const char *shape_str(const int64_t *shape, int ndim, char *buf, size_t n) {
+  vtl_shape_format(shape, ndim, buf, n);
+  return buf;
+}
+
+/* All tensors (NULL skipped) on one device, and that device's kernels present. */
+static vtl_status check_devices(const char *op, vtl_tensor *const *ts, int n) {
+  vtl_device d = {VTL_CPU, 0};
+  int first = -1;
+  for (int i = 0; i < n; i++) {
+    if (!ts[i]) continue;
+    if (first < 0) { first = i; d = vtl_tensor_device(ts[i]); continue; }
+    if (!vtl_device_eq(d, vtl_tensor_device(ts[i]))) {
+      char a[32], b[32];
+      vtl_device_format(d, a, sizeof a);
+      vtl_device_format(vtl_tensor_device(ts[i]), b, sizeof b);
+      return vtl_error_set(VTL_ERR_DEVICE, "%s: expected all tensors on the same device, got %s and %s", op, a, b);
+    }
+  }
+  if (d.type != VTL_CPU) {
+    char a[32];
+    vtl_device_format(d, a, sizeof a);
+    return vtl_error_set(VTL_ERR_DEVICE, "%s: not implemented for %s tensors yet", op, a);
+  }
+  return VTL_OK;
+}
+
+static vtl_status check_float(const char *op, const char *what, const vtl_tensor *t) {
+  if (t->dtype != VTL_F32 && t->dtype != VTL_F64)
+    return vtl_error_set(VTL_ERR_ARG, "%s: %s dtype %s not supported (expected f32 or f64)", op, what,
+                         vtl_dtype_name(t->dtype));
+  return VTL_OK;
+}
+
+/* A new contiguous tensor of shape/dtype on the CPU. */
+static vtl_tensor *new_like_shape(const int64_t *shape, int ndim, vtl_dtype dt) {
+  return vtl_tensor_empty(shape, ndim, dt, (vtl_device){VTL_CPU, 0});
+}
+
+/* ======================================================================================
+ * conv2d
+ * ====================================================================================== */
+
+vtl_conv2d_params vtl_conv2d_params_make(int64_t stride_h, int64_t stride_w, int64_t pad_h, int64_t pad_w,
+                                         int64_t dil_h, int64_t dil_w, int64_t groups) {
+  vtl_conv2d_params p = {{stride_h, stride_w}, {pad_h, pad_w}, {pad_h, pad_w}, {dil_h, dil_w}, groups};
+  return p;
+}
+
+vtl_status vtl_conv2d_params_same(vtl_conv2d_params *p, int64_t R, int64_t S, const char *op) {
+  if (p->stride[0] != 1 || p->stride[1] != 1)
+    return vtl_error_set(VTL_ERR_ARG, "%s: padding=\"same\" is not supported for strided convolutions (stride {%lld,%lld})",
+                         op, (long long)p->stride[0], (long long)p->stride[1]);
+  int64_t k[2] = {R, S};
+  for (int d = 0; d < 2; d++) {
+    if (p->dilation[d] < 1)
+      return vtl_error_set(VTL_ERR_ARG, "%s: dilation must be positive, got {%lld,%lld}", op,
+                           (long long)p->dilation[0], (long long)p->dilation[1]);
+    int64_t total = p->dilation[d] * (k[d] - 1);
+    p->pad[d] = total / 2;
+    p->pad_end[d] = total - total / 2;
+  }
+  return VTL_OK;
+}
+
+/* Checks conv2d's operands and parameters and fills the kernel shape. gy (optional) must be
+   the output's gradient. */
+static vtl_status conv2d_check(const char *op, vtl_tensor *x, vtl_tensor *w, vtl_tensor *b, vtl_tensor *gy,
+                               const vtl_conv2d_params *p, vtl_conv2d_shape *s) {
+  char s1[96], s2[96];
+  if (x->ndim != 4)
+    return vtl_error_set(VTL_ERR_ARG, "%s: input must be 4-D (N,C,H,W), got shape %s", op,
+                         shape_str(x->shape, x->ndim, s1, sizeof s1));
+  if (w->ndim != 4)
+    return vtl_error_set(VTL_ERR_ARG, "%s: weight must be 4-D (K,C/groups,R,S), got shape %s", op,
+                         shape_str(w->shape, w->ndim, s1, sizeof s1));
+  vtl_tensor *all[4] = {x, w, b, gy};
+  if (check_devices(op, all, 4)) return vtl_error_status();
+  if (check_float(op, "input", x)) return vtl_error_status();
+  if (w->dtype != x->dtype)
+    return vtl_error_set(VTL_ERR_ARG, "%s: input and weight must have the same dtype, got %s and %s", op,
+                         vtl_dtype_name(x->dtype), vtl_dtype_name(w->dtype));
+  if (b && b->dtype != x->dtype)
+    return vtl_error_set(VTL_ERR_ARG, "%s: input and bias must have the same dtype, got %s and %s", op,
+                         vtl_dtype_name(x->dtype), vtl_dtype_name(b->dtype));
+  if (gy && gy->dtype != x->dtype)
+    return vtl_error_set(VTL_ERR_ARG, "%s: input and output gradient must have the same dtype, got %s and %s", op,
+                         vtl_dtype_name(x->dtype), vtl_dtype_name(gy->dtype));
+  if (p->stride[0] < 1 || p->stride[1] < 1)
+    return vtl_error_set(VTL_ERR_ARG, "%s: stride must be positive, got {%lld,%lld}", op, (long long)p->stride[0],
+                         (long long)p->stride[1]);
+  if (p->dilation[0] < 1 || p->dilation[1] < 1)
+    return vtl_error_set(VTL_ERR_ARG, "%s: dilation must be positive, got {%lld,%lld}", op,
+                         (long long)p->dilation[0], (long long)p->dilation[1]);
+  if (p->pad[0] < 0 || p->pad[1] < 0 || p->pad_end[0] < 0 || p->pad_end[1] < 0)
+    return vtl_error_set(VTL_ERR_ARG, "%s: padding must be non-negative, got {%lld,%lld}", op,
+                         (long long)(p->pad[0] < 0 ? p->pad[0] : p->pad_end[0]),
+                         (long long)(p->pad[1] < 0 ? p->pad[1] : p->pad_end[1]));
+  if (p->groups < 1)
+    return vtl_error_set(VTL_ERR_ARG, "%s: groups must be positive, got %lld", op, (long long)p->groups);
+  int64_t N = x->shape[0], C = x->shape[1], H = x->shape[2], W = x->shape[3];
+  int64_t K = w->shape[0], Cg = w->shape[1], R = w->shape[2], S = w->shape[3], G = p->groups;
+  if (C < 1 || H < 1 || W < 1)
+    return vtl_error_set(VTL_ERR_ARG, "%s: input must have non-zero channels, height and width, got shape %s", op,
+                         shape_str(x->shape, 4, s1, sizeof s1));
+  if (C % G != 0)
+    return vtl_error_set(VTL_ERR_ARG, "%s: groups=%lld must divide the input channels, got %lld channels", op,
+                         (long long)G, (long long)C);
+  if (K % G != 0)
+    return vtl_error_set(VTL_ERR_ARG, "%s: groups=%lld must divide the output channels, got weight of shape %s", op,
+                         (long long)G, shape_str(w->shape, 4, s1, sizeof s1));
+  if (Cg * G != C)
+    return vtl_error_set(VTL_ERR_ARG, "%s: expected input with %lld channels, got %lld (weight of shape %s, groups=%lld)",
+                         op, (long long)(Cg * G), (long long)C, shape_str(w->shape, 4, s1, sizeof s1), (long long)G);
+  if (b && (b->ndim != 1 || b->shape[0] != K))
+    return vtl_error_set(VTL_ERR_ARG, "%s: bias must be 1-D with %lld elements (one per output channel), got shape %s",
+                         op, (long long)K, shape_str(b->shape, b->ndim, s1, sizeof s1));
+  if (R < 1 || S < 1)
+    return vtl_error_set(VTL_ERR_ARG, "%s: kernel must be at least 1x1, got weight of shape %s", op,
+                         shape_str(w->shape, 4, s1, sizeof s1));
+  int64_t ph = H + p->pad[0] + p->pad_end[0], pw = W + p->pad[1] + p->pad_end[1];
+  int64_t eh = p->dilation[0] * (R - 1) + 1, ew = p->dilation[1] * (S - 1) + 1;
+  if (eh > ph || ew > pw)
+    return vtl_error_set(VTL_ERR_ARG, "%s: kernel size %lldx%lld (dilated: %lldx%lld) is larger than the padded input "
+                         "%lldx%lld", op, (long long)R, (long long)S, (long long)eh, (long long)ew, (long long)ph,
+                         (long long)pw);
+  int64_t OH = (ph - eh) / p->stride[0] + 1, OW = (pw - ew) / p->stride[1] + 1;
+  if (gy) {
+    int64_t want[4] = {N, K, OH, OW};
+    if (gy->ndim != 4 || memcmp(gy->shape, want, sizeof want) != 0)
+      return vtl_error_set(VTL_ERR_ARG, "%s: output gradient must have the output's shape %s, got %s", op,
+                           shape_str(want, 4, s1, sizeof s1), shape_str(gy->shape, gy->ndim, s2, sizeof s2));
+  }
+  *s = (vtl_conv2d_shape){.dtype = x->dtype, .N = N, .C = C, .H = H, .W = W, .K = K, .R = R, .S = S,
+                          .OH = OH, .OW = OW, .groups = G};
+  for (int d = 0; d < 2; d++) {
+    s->stride[d] = p->stride[d];
+    s->pad[d] = p->pad[d];
+    s->pad_end[d] = p->pad_end[d];
+    s->dilation[d] = p->dilation[d];
+  }
+  return VTL_OK;
+}
+
+/* contiguous versions of up to 3 tensors (NULL stays NULL); 0 on failure (all released) */
+static int contig(vtl_tensor **in, vtl_tensor **out, int n) {
+  for (int i = 0; i < n; i++) out[i] = NULL;
+  for (int i = 0; i < n; i++) {
+    if (!in[i]) continue;
+    out[i] = vtl_op_contiguous(in[i]);
+    if (!out[i]) {
+      for (int j = 0; j < i; j++) vtl_tensor_release(out[j]);
+      return 0;
+    }
+  }
+  return 1;
+}
+
+static void release_all(vtl_tensor **ts, int n) {
+  for (int i = 0; i < n; i++) vtl_tensor_release(ts[i]);
+}
+
+vtl_tensor *vtl_op_conv2d(vtl_tensor *x, vtl_tensor *w, vtl_tensor *b, const vtl_conv2d_params *p) {
+  vtl_conv2d_shape s;
+  if (conv2d_check("conv2d", x, w, b, NULL, p, &s)) return NULL;
+  int64_t shape[4] = {s.N, s.K, s.OH, s.OW};
+  if (vtl_shape_numel(shape, 4, vtl_dtype_size(s.dtype), "conv2d") < 0) return NULL;
+  vtl_tensor *in[3] = {x, w, b}, *c[3];
+  if (!contig(in, c, 3)) return NULL;
+  vtl_tensor *y = new_like_shape(shape, 4, s.dtype);
+  if (y && vtl_cpu_conv2d_forward(&s, vtl_tensor_data(c[0]), vtl_tensor_data(c[1]), c[2] ? vtl_tensor_data(c[2]) : NULL,
+                                  vtl_tensor_data(y)) != VTL_OK) {
+    vtl_tensor_release(y);
+    y = NULL;
+  }
+  release_all(c, 3);
+  return y;
+}
+
+vtl_status vtl_op_conv2d_backward(vtl_tensor *gy, vtl_tensor *x, vtl_tensor *w, const vtl_conv2d_params *p,
+                                  vtl_tensor **gx, vtl_tensor **gw, vtl_tensor **gb) {
+  vtl_conv2d_shape s;
+  if (conv2d_check("conv2d_backward", x, w, NULL, gy, p, &s)) return vtl_error_status();
+  vtl_tensor *in[3] = {gy, gx ? w : NULL, gw ? x : NULL}, *c[3];
+  if (!contig(in, c, 3)) return vtl_error_status();
+  vtl_tensor *rx = NULL, *rw = NULL, *rb = NULL;
+  vtl_status st = VTL_OK;
+  if (gx) {
+    rx = new_like_shape(x->shape, 4, s.dtype);
+    st = rx ? vtl_cpu_conv2d_backward_data(&s, vtl_tensor_data(c[0]), vtl_tensor_data(c[1]), vtl_tensor_data(rx))
+            : vtl_error_status();
+  }
+  if (st == VTL_OK && gw) {
+    int64_t kshape[1] = {s.K};
+    rw = new_like_shape(w->shape, 4, s.dtype);
+    rb = gb && rw ? new_like_shape(kshape, 1, s.dtype) : NULL;
+    st = rw && (!gb || rb) ? vtl_cpu_conv2d_backward_weight(&s, vtl_tensor_data(c[0]), vtl_tensor_data(c[2]),
+                                                            vtl_tensor_data(rw), rb ? vtl_tensor_data(rb) : NULL)
+                           : vtl_error_status();
+  } else if (st == VTL_OK && gb) { /* bias only: the sum of gy over (N, OH, OW) */
+    rb = vtl_op_reduce(VTL_RED_SUM, c[0], 1u << 0 | 1u << 2 | 1u << 3, false, 0, NULL);
+    if (!rb) st = vtl_error_status();
+  }
+  release_all(c, 3);
+  if (st != VTL_OK) {
+    vtl_tensor_release(rx);
+    vtl_tensor_release(rw);
+    vtl_tensor_release(rb);
+    return st;
+  }
+  if (gx) *gx = rx;
+  if (gw) *gw = rw;
+  if (gb) *gb = rb;
+  return VTL_OK;
+}
+
+/* ---- autograd ---- */
+
+static void conv2d_params_store(vtl_node *nd, const vtl_conv2d_params *p) {
+  for (int d = 0; d < 2; d++) {
+    nd->i[0 + d] = p->stride[d];
+    nd->i[2 + d] = p->pad[d];
+    nd->i[4 + d] = p->pad_end[d];
+    nd->i[6 + d] = p->dilation[d];
+  }
+  nd->i[8] = p->groups;
+}
+
+static vtl_conv2d_params conv2d_params_load(const vtl_node *nd) {
+  vtl_conv2d_params p;
+  for (int d = 0; d < 2; d++) {
+    p.stride[d] = nd->i[0 + d];
+    p.pad[d] = nd->i[2 + d];
+    p.pad_end[d] = nd->i[4 + d];
+    p.dilation[d] = nd->i[6 + d];
+  }
+  p.groups = nd->i[8];
+  return p;
+}
+
+static vtl_status conv2d_bw(vtl_node *nd, vtl_tensor *gout, vtl_tensor **gin) {
+  vtl_conv2d_params p = conv2d_params_load(nd);
+  bool has_bias = nd->ninputs > 2;
+  return vtl_op_conv2d_backward(gout, nd->saved[0], nd->saved[1], &p, nd->needs[0] ? &gin[0] : NULL,
+                                nd->needs[1] ? &gin[1] : NULL, has_bias && nd->needs[2] ? &gin[2] : NULL);
+}
+
+vtl_tensor *vtl_fn_conv2d(vtl_tensor *x, vtl_tensor *w, vtl_tensor *b, const vtl_conv2d_params *p) {
+  vtl_tensor *y = vtl_op_conv2d(x, w, b, p);
+  vtl_tensor *in[3] = {x, w, b};
+  int n = b ? 3 : 2;
+  if (!y || !vtl_ag_needs(in, n)) return y;
+  vtl_node *nd = vtl_ag_node("Conv2dBackward", conv2d_bw, in, n);
+  if (!nd) { vtl_tensor_release(y); return NULL; }
+  vtl_ag_save(nd, x);
+  vtl_ag_save(nd, w);
+  conv2d_params_store(nd, p);
+  return vtl_ag_attach(y, nd);
+}
+
+/* ======================================================================================
+ * pooling
+ * ====================================================================================== */
+
+/* PyTorch's pooling output size (floor or ceil mode; a window must start inside the input or
+   its left padding). */
+static int64_t pool_out(int64_t in, int64_t k, int64_t pad, int64_t stride, int64_t dil, bool ceil_mode) {
+  int64_t num = in + 2 * pad - dil * (k - 1) - 1 + (ceil_mode ? stride - 1 : 0);
+  int64_t o = (num >= 0 ? num / stride : -((-num + stride - 1) / stride)) + 1;
+  if (ceil_mode && (o - 1) * stride >= in + pad) o--;
+  return o;
+}
+
+static vtl_status pool_input_check(const char *op, vtl_tensor *x) {
+  char s1[96];
+  if (x->ndim != 3 && x->ndim != 4)
+    return vtl_error_set(VTL_ERR_ARG, "%s: input must be 3-D (C,H,W) or 4-D (N,C,H,W), got shape %s", op,
+                         shape_str(x->shape, x->ndim, s1, sizeof s1));
+  if (check_devices(op, &x, 1) || check_float(op, "input", x)) return vtl_error_status();
+  int nd = x->ndim;
+  for (int d = nd - 3; d < nd; d++)
+    if (x->shape[d] < 1)
+      return vtl_error_set(VTL_ERR_ARG, "%s: input must have non-zero channels, height and width, got shape %s", op,
+                           shape_str(x->shape, nd, s1, sizeof s1));
+  return VTL_OK;
+}
+
+/* window checks and the output size of a max/avg pool over an input plane (H, W) */
+static vtl_status pool_check(const char *op, const int64_t *in_shape, int in_ndim, const vtl_pool2d_params *p,
+                             vtl_pool2d_shape *s, vtl_dtype dt) {
+  char s1[96];
+  const int64_t *k = p->kernel, *st = p->stride, *pd = p->pad, *dl = p->dilation;
+  if (k[0] < 1 || k[1] < 1)
+    return vtl_error_set(VTL_ERR_ARG, "%s: kernel_size must be positive, got {%lld,%lld}", op, (long long)k[0],
+                         (long long)k[1]);
+  if (st[0] < 1 || st[1] < 1)
+    return vtl_error_set(VTL_ERR_ARG, "%s: stride must be positive, got {%lld,%lld}", op, (long long)st[0],
+                         (long long)st[1]);
+  if (dl[0] < 1 || dl[1] < 1)
+    return vtl_error_set(VTL_ERR_ARG, "%s: dilation must be positive, got {%lld,%lld}", op, (long long)dl[0],
+                         (long long)dl[1]);
+  if (pd[0] < 0 || pd[1] < 0)
+    return vtl_error_set(VTL_ERR_ARG, "%s: padding must be non-negative, got {%lld,%lld}", op, (long long)pd[0],
+                         (long long)pd[1]);
+  if (pd[0] > k[0] / 2 || pd[1] > k[1] / 2)
+    return vtl_error_set(VTL_ERR_ARG, "%s: padding {%lld,%lld} must be at most half the kernel size {%lld,%lld}", op,
+                         (long long)pd[0], (long long)pd[1], (long long)k[0], (long long)k[1]);
+  int64_t H = in_shape[in_ndim - 2], W = in_shape[in_ndim - 1];
+  int64_t OH = pool_out(H, k[0], pd[0], st[0], dl[0], p->ceil_mode);
+  int64_t OW = pool_out(W, k[1], pd[1], st[1], dl[1], p->ceil_mode);
+  if (OH < 1 || OW < 1)
+    return vtl_error_set(VTL_ERR_ARG, "%s: input of shape %s is too small for kernel {%lld,%lld} (dilation {%lld,%lld}, "
+                         "padding {%lld,%lld}): output would be %lldx%lld", op,
+                         shape_str(in_shape, in_ndim, s1, sizeof s1), (long long)k[0], (long long)k[1],
+                         (long long)dl[0], (long long)dl[1], (long long)pd[0], (long long)pd[1], (long long)OH,
+                         (long long)OW);
+  int64_t P = 1;
+  for (int d = 0; d < in_ndim - 2; d++) P *= in_shape[d];
+  *s = (vtl_pool2d_shape){.dtype = dt, .P = P, .H = H, .W = W, .OH = OH, .OW = OW,
+                          .count_include_pad = p->count_include_pad, .divisor_override = p->divisor_override};
+  for (int d = 0; d < 2; d++) {
+    s->kernel[d] = k[d];
+    s->stride[d] = st[d];
+    s->pad[d] = pd[d];
+    s->dilation[d] = dl[d];
+  }
+  return VTL_OK;
+}
+
+/* output shape: in_shape with the last two dims replaced */
+static void out_shape(const int64_t *in_shape, int nd, int64_t oh, int64_t ow, int64_t *shape) {
+  memcpy(shape, in_shape, (size_t)nd * sizeof *shape);
+  shape[nd - 2] = oh;
+  shape[nd - 1] = ow;
+}
+
+/* Checks a gradient's dtype, device, and shape against the expected shape. */
+static vtl_status grad_check(const char *op, vtl_tensor *gy, const int64_t *want, int nd) {
+  char s1[96], s2[96];
+  if (check_devices(op, &gy, 1) || check_float(op, "output gradient", gy)) return vtl_error_status();
+  if (gy->ndim != nd || memcmp(gy->shape, want, (size_t)nd * sizeof *want) != 0)
+    return vtl_error_set(VTL_ERR_ARG, "%s: output gradient must have shape %s, got %s", op,
+                         shape_str(want, nd, s1, sizeof s1), shape_str(gy->shape, gy->ndim, s2, sizeof s2));
+  return VTL_OK;
+}
+
+static vtl_status in_shape_check(const char *op, const int64_t *in_shape, int in_ndim) {
+  if (in_ndim != 3 && in_ndim != 4)
+    return vtl_error_set(VTL_ERR_ARG, "%s: input shape must be 3-D (C,H,W) or 4-D (N,C,H,W), got %d-D", op, in_ndim);
+  for (int d = 0; d < in_ndim; d++)
+    if (in_shape[d] < (d < in_ndim - 3 ? 0 : 1))
+      return vtl_error_set(VTL_ERR_ARG, "%s: input shape has a bad size %lld in dim %d", op, (long long)in_shape[d],
+                           d + 1);
+  return VTL_OK;
+}
+
+typedef void (*pool_fwd_kernel)(const vtl_pool2d_shape *, const void *, void *, int64_t *);
+
+/* runs a max-style forward (kernel writes y and optional indices) */
+static vtl_tensor *pool_run_max(vtl_tensor *x, const vtl_pool2d_shape *s, pool_fwd_kernel k,
+                                vtl_tensor **indices) {
+  int64_t shape[4];
+  out_shape(x->shape, x->ndim, s->OH, s->OW, shape);
+  vtl_tensor *xc = vtl_op_contiguous(x);
+  if (!xc) return NULL;
+  vtl_tensor *y = new_like_shape(shape, x->ndim, x->dtype);
+  vtl_tensor *ix = indices && y ? new_like_shape(shape, x->ndim, VTL_I64) : NULL;
+  if (!y || (indices && !ix)) {
+    vtl_tensor_release(xc);
+    vtl_tensor_release(y);
+    return NULL;
+  }
+  k(s, vtl_tensor_data(xc), vtl_tensor_data(y), ix ? vtl_tensor_data(ix) : NULL);
+  vtl_tensor_release(xc);
+  if (indices) *indices = ix;
+  return y;
+}
+
+vtl_tensor *vtl_op_max_pool2d(vtl_tensor *x, const vtl_pool2d_params *p, vtl_tensor **indices) {
+  vtl_pool2d_shape s;
+  if (pool_input_check("max_pool2d", x) || pool_check("max_pool2d", x->shape, x->ndim, p, &s, x->dtype)) return NULL;
+  return pool_run_max(x, &s, vtl_cpu_max_pool2d_forward, indices);
+}
+
+/* gx of in_shape from gy scattered at indices (max and adaptive max pooling) */
+static vtl_tensor *max_backward(const char *op, vtl_tensor *gy, vtl_tensor *indices, const int64_t *in_shape,
+                                int in_ndim) {
+  char s1[96], s2[96];
+  if (in_shape_check(op, in_shape, in_ndim)) return NULL;
+  vtl_tensor *both[2] = {gy, indices};
+  if (check_devices(op, both, 2) || check_float(op, "output gradient", gy)) return NULL;
+  if (gy->ndim != in_ndim || memcmp(gy->shape, in_shape, (size_t)(in_ndim - 2) * sizeof *in_shape) != 0)
+    return vtl_error_set(VTL_ERR_ARG, "%s: output gradient of shape %s does not match the input shape %s", op,
+                         shape_str(gy->shape, gy->ndim, s1, sizeof s1), shape_str(in_shape, in_ndim, s2, sizeof s2)),
+           NULL;
+  if (indices->dtype != VTL_I64)
+    return vtl_error_set(VTL_ERR_ARG, "%s: indices must be i64, got %s", op, vtl_dtype_name(indices->dtype)), NULL;
+  if (indices->ndim != gy->ndim || memcmp(indices->shape, gy->shape, (size_t)gy->ndim * sizeof *gy->shape) != 0)
+    return vtl_error_set(VTL_ERR_ARG, "%s: indices of shape %s must have the output gradient's shape %s", op,
+                         shape_str(indices->shape, indices->ndim, s1, sizeof s1),
+                         shape_str(gy->shape, gy->ndim, s2, sizeof s2)), NULL;
+  vtl_pool2d_shape s = {.dtype = gy->dtype, .H = in_shape[in_ndim - 2], .W = in_shape[in_ndim - 1],
+                        .OH = gy->shape[in_ndim - 2], .OW = gy->shape[in_ndim - 1], .P = 1};
+  for (int d = 0; d < in_ndim - 2; d++) s.P *= in_shape[d];
+  vtl_tensor *g = vtl_op_contiguous(gy), *ix = g ? vtl_op_contiguous(indices) : NULL;
+  if (!ix) { vtl_tensor_release(g); return NULL; }
+  /* indices come from Lua too: a position outside the plane would write out of bounds */
+  const int64_t *iv = vtl_tensor_data(ix);
+  int64_t n = vtl_tensor_numel(ix), plane = s.H * s.W, bad = -1;
+  for (int64_t i = 0; i < n && bad < 0; i++)
+    if (iv[i] < 0 || iv[i] >= plane) bad = i;
+  if (bad >= 0) {
+    vtl_error_set(VTL_ERR_ARG, "%s: index %lld at position %lld is outside the %lldx%lld input plane", op,
+                  (long long)iv[bad], (long long)bad, (long long)s.H, (long long)s.W);
+    vtl_tensor_release(g);
+    vtl_tensor_release(ix);
+    return NULL;
+  }
+  vtl_tensor *gx = new_like_shape(in_shape, in_ndim, gy->dtype);
+  if (gx) vtl_cpu_max_pool2d_backward(&s, vtl_tensor_data(g), iv, vtl_tensor_data(gx));
+  vtl_tensor_release(g);
+  vtl_tensor_release(ix);
+  return gx;
+}
+
+vtl_tensor *vtl_op_max_pool2d_backward(vtl_tensor *gy, vtl_tensor *indices, const int64_t *in_shape, int in_ndim) {
+  return max_backward("max_pool2d_backward", gy, indices, in_shape, in_ndim);
+}
+
+vtl_tensor *vtl_op_adaptive_max_pool2d_backward(vtl_tensor *gy, vtl_tensor *indices, const int64_t *in_shape,
+                                                int in_ndim) {
+  return max_backward("adaptive_max_pool2d_backward", gy, indices, in_shape, in_ndim);
+}
+
+static vtl_status avg_params_check(const char *op, const vtl_pool2d_params *p) {
+  if (p->divisor_override < 0)
+    return vtl_error_set(VTL_ERR_ARG, "%s: divisor_override must be positive, got %lld", op,
+                         (long long)p->divisor_override);
+  return VTL_OK;
+}
+
+/* avg pooling ignores dilation */
+static vtl_pool2d_params avg_params(const vtl_pool2d_params *p) {
+  vtl_pool2d_params q = *p;
+  q.dilation[0] = q.dilation[1] = 1;
+  return q;
+}
+
+vtl_tensor *vtl_op_avg_pool2d(vtl_tensor *x, const vtl_pool2d_params *p) {
+  vtl_pool2d_shape s;
+  vtl_pool2d_params q = avg_params(p);
+  if (pool_input_check("avg_pool2d", x) || avg_params_check("avg_pool2d", p) ||
+      pool_check("avg_pool2d", x->shape, x->ndim, &q, &s, x->dtype))
+    return NULL;
+  int64_t shape[4];
+  out_shape(x->shape, x->ndim, s.OH, s.OW, shape);
+  vtl_tensor *xc = vtl_op_contiguous(x);
+  if (!xc) return NULL;
+  vtl_tensor *y = new_like_shape(shape, x->ndim, x->dtype);
+  if (y) vtl_cpu_avg_pool2d_forward(&s, vtl_tensor_data(xc), vtl_tensor_data(y));
+  vtl_tensor_release(xc);
+  return y;
+}
+
+vtl_tensor *vtl_op_avg_pool2d_backward(vtl_tensor *gy, const int64_t *in_shape, int in_ndim,
+                                       const vtl_pool2d_params *p) {
+  const char *op = "avg_pool2d_backward";
+  vtl_pool2d_shape s;
+  vtl_pool2d_params q = avg_params(p);
+  if (in_shape_check(op, in_shape, in_ndim) || avg_params_check(op, p) ||
+      pool_check(op, in_shape, in_ndim, &q, &s, gy->dtype))
+    return NULL;
+  int64_t shape[4];
+  out_shape(in_shape, in_ndim, s.OH, s.OW, shape);
+  if (grad_check(op, gy, shape, in_ndim)) return NULL;
+  vtl_tensor *g = vtl_op_contiguous(gy);
+  if (!g) return NULL;
+  vtl_tensor *gx = new_like_shape(in_shape, in_ndim, gy->dtype);
+  if (gx) vtl_cpu_avg_pool2d_backward(&s, vtl_tensor_data(g), vtl_tensor_data(gx));
+  vtl_tensor_release(g);
+  return gx;
+}
+
+static vtl_status adaptive_check(const char *op, const int64_t *in_shape, int in_ndim, int64_t oh, int64_t ow,
+                                 vtl_pool2d_shape *s, vtl_dtype dt) {
+  if (oh < 0 || ow < 0)
+    return vtl_error_set(VTL_ERR_ARG, "%s: output size must be non-negative, got {%lld,%lld}", op, (long long)oh,
+                         (long long)ow);
+  int64_t P = 1;
+  for (int d = 0; d < in_ndim - 2; d++) P *= in_shape[d];
+  *s = (vtl_pool2d_shape){.dtype = dt, .P = P, .H = in_shape[in_ndim - 2], .W = in_shape[in_ndim - 1], .OH = oh,
+                          .OW = ow};
+  return VTL_OK;
+}
+
+vtl_tensor *vtl_op_adaptive_avg_pool2d(vtl_tensor *x, int64_t oh, int64_t ow) {
+  vtl_pool2d_shape s;
+  if (pool_input_check("adaptive_avg_pool2d", x) ||
+      adaptive_check("adaptive_avg_pool2d", x->shape, x->ndim, oh, ow, &s, x->dtype))
+    return NULL;
+  int64_t shape[4];
+  out_shape(x->shape, x->ndim, oh, ow, shape);
+  vtl_tensor *xc = vtl_op_contiguous(x);
+  if (!xc) return NULL;
+  vtl_tensor *y = new_like_shape(shape, x->ndim, x->dtype);
+  if (y) vtl_cpu_adaptive_avg_pool2d_forward(&s, vtl_tensor_data(xc), vtl_tensor_data(y));
+  vtl_tensor_release(xc);
+  return y;
+}
+
+vtl_tensor *vtl_op_adaptive_avg_pool2d_backward(vtl_tensor *gy, const int64_t *in_shape, int in_ndim) {
+  const char *op = "adaptive_avg_pool2d_backward";
+  vtl_pool2d_shape s;
+  if (in_shape_check(op, in_shape, in_ndim)) return NULL;
+  if (gy->ndim != in_ndim) {
+    char s1[96], s2[96];
+    return vtl_error_set(VTL_ERR_ARG, "%s: output gradient of shape %s does not match the input shape %s", op,
+                         shape_str(gy->shape, gy->ndim, s1, sizeof s1), shape_str(in_shape, in_ndim, s2, sizeof s2)),
+           NULL;
+  }
+  int64_t oh = gy->shape[in_ndim - 2], ow = gy->shape[in_ndim - 1], shape[4];
+  out_shape(in_shape, in_ndim, oh, ow, shape);
+  if (grad_check(op, gy, shape, in_ndim) || adaptive_check(op, in_shape, in_ndim, oh, ow, &s, gy->dtype)) return NULL;
+  vtl_tensor *g = vtl_op_contiguous(gy);
+  if (!g) return NULL;
+  vtl_tensor *gx = new_like_shape(in_shape, in_ndim, gy->dtype);
+  if (gx) vtl_cpu_adaptive_avg_pool2d_backward(&s, vtl_tensor_data(g), vtl_tensor_data(gx));
+  vtl_tensor_release(g);
+  return gx;
+}
+
+vtl_tensor *vtl_op_adaptive_max_pool2d(vtl_tensor *x, int64_t oh, int64_t ow, vtl_tensor **indices) {
+  vtl_pool2d_shape s;
+  if (pool_input_check("adaptive_max_pool2d", x) ||
+      adaptive_check("adaptive_max_pool2d", x->shape, x->ndim, oh, ow, &s, x->dtype))
+    return NULL;
+  return pool_run_max(x, &s, vtl_cpu_adaptive_max_pool2d_forward, indices);
+}
+
+/* ---- pooling autograd: node->i holds the input shape (i[0] = ndim, i[1..4]) then params ---- */
+
+static void store_shape(vtl_node *nd, const vtl_tensor *x) {
+  nd->i[0] = x->ndim;
+  for (int d = 0; d < x->ndim; d++) nd->i[1 + d] = x->shape[d];
+}
+
+static void store_pool(vtl_node *nd, const vtl_pool2d_params *p) {
+  for (int d = 0; d < 2; d++) {
+    nd->i[5 + d] = p->kernel[d];
+    nd->i[7 + d] = p->stride[d];
+    nd->i[9 + d] = p->pad[d];
+    nd->i[11 + d] = p->dilation[d];
+  }
+  nd->i[13] = p->ceil_mode;
+  nd->i[14] = p->count_include_pad;
+  nd->i[15] = p->divisor_override;
+}
+
+static vtl_pool2d_params load_pool(const vtl_node *nd) {
+  vtl_pool2d_params p;
+  for (int d = 0; d < 2; d++) {
+    p.kernel[d] = nd->i[5 + d];
+    p.stride[d] = nd->i[7 + d];
+    p.pad[d] = nd->i[9 + d];
+    p.dilation[d] = nd->i[11 + d];
+  }
+  p.ceil_mode = nd->i[13] != 0;
+  p.count_include_pad = nd->i[14] != 0;
+  p.divisor_override = nd->i[15];
+  return p;
+}
+
+static vtl_status max_pool2d_bw(vtl_node *nd, vtl_tensor *gout, vtl_tensor **gin) {
+  if (!nd->needs[0]) return VTL_OK;
+  gin[0] = vtl_op_max_pool2d_backward(gout, nd->saved[0], &nd->i[1], (int)nd->i[0]);
+  return gin[0] ? VTL_OK : vtl_error_status();
+}
+
+static vtl_status adaptive_max_pool2d_bw(vtl_node *nd, vtl_tensor *gout, vtl_tensor **gin) {
+  if (!nd->needs[0]) return VTL_OK;
+  gin[0] = vtl_op_adaptive_max_pool2d_backward(gout, nd->saved[0], &nd->i[1], (int)nd->i[0]);
+  return gin[0] ? VTL_OK : vtl_error_status();
+}
+
+static vtl_status avg_pool2d_bw(vtl_node *nd, vtl_tensor *gout, vtl_tensor **gin) {
+  if (!nd->needs[0]) return VTL_OK;
+  vtl_pool2d_params p = load_pool(nd);
+  gin[0] = vtl_op_avg_pool2d_backward(gout, &nd->i[1], (int)nd->i[0], &p);
+  return gin[0] ? VTL_OK : vtl_error_status();
+}
+
+static vtl_status adaptive_avg_pool2d_bw(vtl_node *nd, vtl_tensor *gout, vtl_tensor **gin) {
+  if (!nd->needs[0]) return VTL_OK;
+  gin[0] = vtl_op_adaptive_avg_pool2d_backward(gout, &nd->i[1], (int)nd->i[0]);
+  return gin[0] ? VTL_OK : vtl_error_status();
+}
+
+/* max-style forward with its indices saved for the backward; the caller's indices (if asked)
+   are another reference to the same tensor */
+static vtl_tensor *max_fn(const char *name, vtl_backward_fn bw, vtl_tensor *x, vtl_tensor *y, vtl_tensor *ix,
+                          vtl_tensor **indices, const vtl_pool2d_params *p) {
+  if (!y) return NULL;
+  if (vtl_ag_needs(&x, 1)) {
+    vtl_node *nd = vtl_ag_node(name, bw, &x, 1);
+    if (!nd) {
+      vtl_tensor_release(y);
+      vtl_tensor_release(ix);
+      return NULL;
+    }
+    vtl_ag_save(nd, ix);
+    store_shape(nd, x);
+    if (p) store_pool(nd, p);
+    vtl_ag_attach(y, nd);
+  }
+  if (indices) *indices = ix;
+  else vtl_tensor_release(ix);
+  return y;
+}
+
+vtl_tensor *vtl_fn_max_pool2d(vtl_tensor *x, const vtl_pool2d_params *p, vtl_tensor **indices) {
+  vtl_tensor *ix = NULL;
+  bool want = indices || vtl_ag_needs(&x, 1);
+  vtl_tensor *y = vtl_op_max_pool2d(x, p, want ? &ix : NULL);
+  return max_fn("MaxPool2dBackward", max_pool2d_bw, x, y, ix, indices, p);
+}
+
+vtl_tensor *vtl_fn_adaptive_max_pool2d(vtl_tensor *x, int64_t oh, int64_t ow, vtl_tensor **indices) {
+  vtl_tensor *ix = NULL;
+  bool want = indices || vtl_ag_needs(&x, 1);
+  vtl_tensor *y = vtl_op_adaptive_max_pool2d(x, oh, ow, want ? &ix : NULL);
+  return max_fn("AdaptiveMaxPool2dBackward", adaptive_max_pool2d_bw, x, y, ix, indices, NULL);
+}
+
+vtl_tensor *vtl_fn_avg_pool2d(vtl_tensor *x, const vtl_pool2d_params *p) {
+  vtl_tensor *y = vtl_op_avg_pool2d(x, p);
+  if (!y || !vtl_ag_needs(&x, 1)) return y;
+  vtl_node *nd = vtl_ag_node("AvgPool2dBackward", avg_pool2d_bw, &x, 1);
+  if (!nd) { vtl_tensor_release(y); return NULL; }
+  store_shape(nd, x);
+  store_pool(nd, p);
+  return vtl_ag_attach(y, nd);
+}
+
+vtl_tensor *vtl_fn_adaptive_avg_pool2d(vtl_tensor *x, int64_t oh, int64_t ow) {
+  vtl_tensor *y = vtl_op_adaptive_avg_pool2d(x, oh, ow);
+  if (!y || !vtl_ag_needs(&x, 1)) return y;
+  vtl_node *nd = vtl_ag_node("AdaptiveAvgPool2dBackward", adaptive_avg_pool2d_bw, &x, 1);
+  if (!nd) { vtl_tensor_release(y); return NULL; }
+  store_shape(nd, x);
+  return vtl_ag_attach(y, nd);
+}

@@ -1,0 +1,119 @@
+/*
+ * Convolution and pooling over (N,C,H,W) tensors, with PyTorch's semantics.
+ *
+ * Three layers, as for every differentiable op:
+ *   - vtl_op_*: argument checks, output allocation and the call into the CPU kernels; forward
+ *     functions return a new tensor, backward functions compute the gradients asked for
+ *     (pointer outputs, NULL = not wanted);
+ *   - vtl_fn_*: the forward op plus an autograd node when an input requires grad;
+ *   - kernels (kernels/cpu/conv.c, kernels/cpu/pool.c): plain functions over contiguous
+ *     buffers described by the shape structs below, free of Lua and of autograd.
+ * Max-pooling indices are i64, 0-based flat positions in each input (H,W) plane at this
+ * level; the Lua binding adds one.
+ */
+#ifndef VTL_NN_CONV_H
+#define VTL_NN_CONV_H
+#include "core.h"
+
+/* ---- parameters ---- */
+
+/* Padding may differ between the start and the end of a dim (padding="same" with an even
+   effective kernel puts the extra row/column at the bottom/right, as PyTorch does). */
+typedef struct {
+  int64_t stride[2];   /* (h, w), >= 1 */
+  int64_t pad[2];      /* top, left; >= 0 */
+  int64_t pad_end[2];  /* bottom, right; >= 0 */
+  int64_t dilation[2]; /* >= 1 */
+  int64_t groups;      /* >= 1, divides C and K */
+} vtl_conv2d_params;
+
+/* Symmetric padding, stride, dilation and groups in one call. */
+vtl_conv2d_params vtl_conv2d_params_make(int64_t stride_h, int64_t stride_w, int64_t pad_h, int64_t pad_w,
+                                         int64_t dil_h, int64_t dil_w, int64_t groups);
+/* padding="same" (PyTorch: stride must be 1; total padding dilation*(k-1), the odd one at the
+   end). Returns VTL_OK or an error naming `op`. */
+vtl_status vtl_conv2d_params_same(vtl_conv2d_params *p, int64_t R, int64_t S, const char *op);
+
+typedef struct {
+  int64_t kernel[2];
+  int64_t stride[2];
+  int64_t pad[2];      /* symmetric; at most half the kernel (PyTorch's rule) */
+  int64_t dilation[2]; /* max_pool2d only */
+  bool ceil_mode;
+  bool count_include_pad; /* avg_pool2d */
+  int64_t divisor_override; /* avg_pool2d; 0 = none */
+} vtl_pool2d_params;
+
+/* ---- shapes handed to the kernels ---- */
+
+/* x: (N,C,H,W), w: (K,C/groups,R,S), b: (K), y: (N,K,OH,OW), all contiguous. */
+typedef struct {
+  vtl_dtype dtype;
+  int64_t N, C, H, W, K, R, S, OH, OW;
+  int64_t stride[2], pad[2], pad_end[2], dilation[2], groups;
+} vtl_conv2d_shape;
+
+/* x: (P,H,W) planes (P = N*C), y: (P,OH,OW), contiguous. */
+typedef struct {
+  vtl_dtype dtype;
+  int64_t P, H, W, OH, OW;
+  int64_t kernel[2], stride[2], pad[2], dilation[2];
+  bool count_include_pad;
+  int64_t divisor_override;
+} vtl_pool2d_shape;
+
+/* ---- op level ---- */
+
+/* y = conv2d(x, w) + b. x (N,C,H,W), w (K,C/groups,R,S), b (K) or NULL; f32 or f64. */
+vtl_tensor *vtl_op_conv2d(vtl_tensor *x, vtl_tensor *w, vtl_tensor *b, const vtl_conv2d_params *p);
+/* Gradients of conv2d given gy (N,K,OH,OW): gx (shape of x), gw (shape of w), gb (K). */
+vtl_status vtl_op_conv2d_backward(vtl_tensor *gy, vtl_tensor *x, vtl_tensor *w, const vtl_conv2d_params *p,
+                                  vtl_tensor **gx, vtl_tensor **gw, vtl_tensor **gb);
+
+/* x (N,C,H,W) or (C,H,W). indices (optional out): i64 0-based flat positions in each plane. */
+vtl_tensor *vtl_op_max_pool2d(vtl_tensor *x, const vtl_pool2d_params *p, vtl_tensor **indices);
+/* gx of shape in_shape (3-D or 4-D): gy scattered (summed) at indices. */
+vtl_tensor *vtl_op_max_pool2d_backward(vtl_tensor *gy, vtl_tensor *indices, const int64_t *in_shape, int in_ndim);
+vtl_tensor *vtl_op_avg_pool2d(vtl_tensor *x, const vtl_pool2d_params *p);
+vtl_tensor *vtl_op_avg_pool2d_backward(vtl_tensor *gy, const int64_t *in_shape, int in_ndim,
+                                       const vtl_pool2d_params *p);
+/* output size (oh, ow) >= 1 */
+vtl_tensor *vtl_op_adaptive_avg_pool2d(vtl_tensor *x, int64_t oh, int64_t ow);
+vtl_tensor *vtl_op_adaptive_avg_pool2d_backward(vtl_tensor *gy, const int64_t *in_shape, int in_ndim);
+vtl_tensor *vtl_op_adaptive_max_pool2d(vtl_tensor *x, int64_t oh, int64_t ow, vtl_tensor **indices);
+/* same scatter as max_pool2d's backward */
+vtl_tensor *vtl_op_adaptive_max_pool2d_backward(vtl_tensor *gy, vtl_tensor *indices, const int64_t *in_shape,
+                                                int in_ndim);
+
+/* ---- differentiable ---- */
+vtl_tensor *vtl_fn_conv2d(vtl_tensor *x, vtl_tensor *w, vtl_tensor *b, const vtl_conv2d_params *p);
+/* indices (optional out) as in vtl_op_max_pool2d */
+vtl_tensor *vtl_fn_max_pool2d(vtl_tensor *x, const vtl_pool2d_params *p, vtl_tensor **indices);
+vtl_tensor *vtl_fn_avg_pool2d(vtl_tensor *x, const vtl_pool2d_params *p);
+vtl_tensor *vtl_fn_adaptive_avg_pool2d(vtl_tensor *x, int64_t oh, int64_t ow);
+vtl_tensor *vtl_fn_adaptive_max_pool2d(vtl_tensor *x, int64_t oh, int64_t ow, vtl_tensor **indices);
+
+/* ---- CPU kernels (contiguous buffers of s->dtype; f32 and f64) ---- */
+
+/* y = conv(x, w) + b (b may be NULL) */
+vtl_status vtl_cpu_conv2d_forward(const vtl_conv2d_shape *s, const void *x, const void *w, const void *b, void *y);
+/* gx = conv2d's input gradient; overwrites gx */
+vtl_status vtl_cpu_conv2d_backward_data(const vtl_conv2d_shape *s, const void *gy, const void *w, void *gx);
+/* gw (and gb when not NULL) = weight and bias gradients; overwrite them */
+vtl_status vtl_cpu_conv2d_backward_weight(const vtl_conv2d_shape *s, const void *gy, const void *x, void *gw,
+                                          void *gb);
+/* Drops the cached oneDNN primitives (they are rebuilt on demand). */
+void vtl_cpu_conv2d_clear_cache(void);
+
+/* idx (optional, i64): argmax position in the plane; NaN propagates like PyTorch */
+void vtl_cpu_max_pool2d_forward(const vtl_pool2d_shape *s, const void *x, void *y, int64_t *idx);
+/* gx (P,H,W) zeroed then gy added at idx (covers adaptive max pooling too) */
+void vtl_cpu_max_pool2d_backward(const vtl_pool2d_shape *s, const void *gy, const int64_t *idx, void *gx);
+void vtl_cpu_avg_pool2d_forward(const vtl_pool2d_shape *s, const void *x, void *y);
+void vtl_cpu_avg_pool2d_backward(const vtl_pool2d_shape *s, const void *gy, void *gx);
+/* adaptive: window of output i is [floor(i*H/OH), ceil((i+1)*H/OH)) */
+void vtl_cpu_adaptive_avg_pool2d_forward(const vtl_pool2d_shape *s, const void *x, void *y);
+void vtl_cpu_adaptive_avg_pool2d_backward(const vtl_pool2d_shape *s, const void *gy, void *gx);
+void vtl_cpu_adaptive_max_pool2d_forward(const vtl_pool2d_shape *s, const void *x, void *y, int64_t *idx);
+
+#endif

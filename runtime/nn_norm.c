@@ -1,0 +1,1200 @@
+/*
+ * nn ops: normalisation, activations, softmax, losses, dropout. Each op checks its arguments
+ * (every message starts with the op's name and names the offending argument and shapes)
+ * before allocating, makes its operands contiguous, and calls the CPU kernels of
+ * kernels/cpu/norm.c and kernels/cpu/activation.c. The vtl_fn_* forms record autograd nodes.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "nn_norm.h"
+#include "ops.h"
+#include "autograd.h"
+
+/* ---- argument checks ---- */
+
+typedef struct { char s[192]; } shape_str;
+
+static shape_str shape_of(const vtl_tensor *t) {
+  shape_str r;
+  vtl_shape_format(t->shape, t->ndim, r.s, sizeof r.s);
+  return r;
+}
+
+static shape_str dims_str(const int64_t *shape, int nd) {
+  shape_str r;
+  vtl_shape_format(shape, nd, r.s, sizeof r.s);
+  return r;
+}
+
+static bool same_shape(const vtl_tensor *a, const vtl_tensor *b) {
+  if (a->ndim != b->ndim) return false;
+  for (int d = 0; d < a->ndim; d++)
+    if (a->shape[d] != b->shape[d]) return false;
+  return true;
+}
+
+static bool is_real(vtl_dtype dt) { return dt == VTL_F32 || dt == VTL_F64; }
+
+static bool on_cpu(const char *op, const char *what, const vtl_tensor *t) {
+  if (vtl_tensor_device(t).type == VTL_CPU) return true;
+  char d[32];
+  vtl_device_format(vtl_tensor_device(t), d, sizeof d);
+  vtl_error_set(VTL_ERR_DEVICE, "%s: %s is on %s; this op runs on CPU tensors only for now", op, what, d);
+  return false;
+}
+
+/* The main input of an op: an f32 or f64 tensor on the CPU. */
+static bool check_input(const char *op, const char *what, const vtl_tensor *t) {
+  if (!t) return vtl_error_set(VTL_ERR_ARG, "%s: %s is missing", op, what), false;
+  if (!is_real(t->dtype))
+    return vtl_error_set(VTL_ERR_ARG, "%s: %s must be f32 or f64, got %s", op, what, vtl_dtype_name(t->dtype)), false;
+  return on_cpu(op, what, t);
+}
+
+/* A float operand that must have the input's dtype (and device). */
+static bool check_like(const char *op, const char *what, const vtl_tensor *t, const vtl_tensor *x) {
+  if (t->dtype != x->dtype)
+    return vtl_error_set(VTL_ERR_ARG, "%s: %s must be %s like the input, got %s", op, what, vtl_dtype_name(x->dtype),
+                         vtl_dtype_name(t->dtype)), false;
+  return on_cpu(op, what, t);
+}
+
+/* An optional per-channel / per-class vector: NULL, or 1-D of length n with x's dtype. */
+static bool check_vec(const char *op, const char *what, const vtl_tensor *t, int64_t n, const char *unit,
+                      const vtl_tensor *x) {
+  if (!t) return true;
+  if (t->ndim != 1 || t->shape[0] != n)
+    return vtl_error_set(VTL_ERR_ARG, "%s: %s of shape %s does not match %lld %s (expected shape {%lld})", op, what,
+                         shape_of(t).s, (long long)n, unit, (long long)n), false;
+  return check_like(op, what, t, x);
+}
+
+static bool check_gout(const char *op, const vtl_tensor *g, const vtl_tensor *like, const char *what) {
+  if (!g) return vtl_error_set(VTL_ERR_ARG, "%s: gout is missing", op), false;
+  if (!same_shape(g, like))
+    return vtl_error_set(VTL_ERR_ARG, "%s: gout of shape %s does not match %s of shape %s", op, shape_of(g).s, what,
+                         shape_of(like).s), false;
+  return check_like(op, "gout", g, like);
+}
+
+static int64_t prod(const int64_t *s, int a, int b) {
+  int64_t p = 1;
+  for (int d = a; d < b; d++) p *= s[d];
+  return p;
+}
+
+/* ---- small helpers ---- */
+
+static void release_all(vtl_tensor **ts, int n) {
+  for (int i = 0; i < n; i++) { vtl_tensor_release(ts[i]); ts[i] = NULL; }
+}
+
+/* Contiguous form of an optional tensor; *ok false (error set) on failure. */
+static vtl_tensor *contig_opt(vtl_tensor *t, bool *ok) {
+  if (!t || !*ok) return NULL;
+  vtl_tensor *c = vtl_op_contiguous(t);
+  if (!c) *ok = false;
+  return c;
+}
+
+static const void *data_or_null(const vtl_tensor *t) { return t ? vtl_tensor_data(t) : NULL; }
+
+static vtl_tensor *new_like(const vtl_tensor *x) { return vtl_tensor_empty(x->shape, x->ndim, x->dtype, vtl_tensor_device(x)); }
+
+static vtl_tensor *new_stats(int64_t n) {
+  return vtl_tensor_empty(&n, 1, VTL_F64, (vtl_device){VTL_CPU, 0});
+}
+
+/* A 0-d tensor of dtype dt holding v. */
+static vtl_tensor *new_scalar(vtl_dtype dt, double v) {
+  vtl_tensor *t = vtl_tensor_empty(NULL, 0, dt, (vtl_device){VTL_CPU, 0});
+  if (t) vtl_store_from_double(vtl_tensor_data(t), dt, v);
+  return t;
+}
+
+/* Saved tensor k of a node, checked against in-place changes; false with the error set. */
+static bool saved(vtl_node *nd, int k, vtl_tensor **t) {
+  *t = vtl_ag_saved(nd, k);
+  return *t || !nd->saved[k];
+}
+
+/* Attaches node nd (when not NULL) to out; on failure releases out and returns NULL. */
+static vtl_tensor *attach(vtl_tensor *out, vtl_node *nd) {
+  if (!vtl_ag_attach(out, nd)) { vtl_tensor_release(out); return NULL; }
+  return out;
+}
+
+/* ---- batch norm ---- */
+
+vtl_tensor *vtl_op_batch_norm(vtl_tensor *x, vtl_tensor *running_mean, vtl_tensor *running_var, vtl_tensor *weight,
+                              vtl_tensor *bias, bool training, double momentum, double eps, vtl_tensor **save_mean,
+                              vtl_tensor **save_invstd) {
+  static const char op[] = "batch_norm";
+  if (save_mean) *save_mean = NULL;
+  if (save_invstd) *save_invstd = NULL;
+  if (!check_input(op, "input", x)) return NULL;
+  if (x->ndim < 2)
+    return vtl_error_set(VTL_ERR_ARG, "%s: input must have at least 2 dims (N, C, ...), got shape %s", op,
+                         shape_of(x).s), NULL;
+  int64_t N = x->shape[0], C = x->shape[1], S = prod(x->shape, 2, x->ndim);
+  if ((running_mean == NULL) != (running_var == NULL))
+    return vtl_error_set(VTL_ERR_ARG, "%s: running_mean and running_var must be given together", op), NULL;
+  if (!check_vec(op, "running_mean", running_mean, C, "channels", x) ||
+      !check_vec(op, "running_var", running_var, C, "channels", x) ||
+      !check_vec(op, "weight", weight, C, "channels", x) || !check_vec(op, "bias", bias, C, "channels", x))
+    return NULL;
+  if (!training && !running_mean)
+    return vtl_error_set(VTL_ERR_ARG, "%s: running_mean and running_var are required in evaluation mode "
+                         "(training = false)", op), NULL;
+  if (training && N * S <= 1)
+    return vtl_error_set(VTL_ERR_ARG, "%s: expected more than 1 value per channel when training, got input of "
+                         "shape %s", op, shape_of(x).s), NULL;
+  if (!(eps >= 0)) return vtl_error_set(VTL_ERR_ARG, "%s: eps must be non-negative, got %g", op, eps), NULL;
+  if (training && running_mean &&
+      (vtl_ag_check_inplace(running_mean, op) != VTL_OK || vtl_ag_check_inplace(running_var, op) != VTL_OK))
+    return NULL;
+
+  bool ok = true;
+  vtl_tensor *xc = contig_opt(x, &ok), *wc = contig_opt(weight, &ok), *bc = contig_opt(bias, &ok);
+  vtl_tensor *out = ok ? new_like(x) : NULL, *mean = out ? new_stats(C) : NULL, *invstd = mean ? new_stats(C) : NULL;
+  double *var = invstd && training ? malloc((size_t)(C ? C : 1) * sizeof(double)) : NULL;
+  if (!invstd || (training && !var)) {
+    if (invstd) vtl_error_set(VTL_ERR_OOM, "%s: out of memory", op);
+    vtl_tensor *ts[6] = {xc, wc, bc, out, mean, invstd};
+    release_all(ts, 6);
+    return NULL;
+  }
+  double *m = vtl_tensor_data(mean), *is = vtl_tensor_data(invstd);
+  if (training) {
+    vtl_cpu_batch_norm_stats(x->dtype, vtl_tensor_data(xc), N, C, S, eps, m, is, var);
+    if (running_mean) {
+      size_t es = vtl_dtype_size(x->dtype);
+      char *rm = vtl_tensor_data(running_mean), *rv = vtl_tensor_data(running_var);
+      int64_t sm = running_mean->strides[0] * (int64_t)es, sv = running_var->strides[0] * (int64_t)es;
+      double M = (double)(N * S);
+      for (int64_t c = 0; c < C; c++) {
+        double om = vtl_load_as_double(rm + c * sm, x->dtype), ov = vtl_load_as_double(rv + c * sv, x->dtype);
+        vtl_store_from_double(rm + c * sm, x->dtype, (1 - momentum) * om + momentum * m[c]);
+        vtl_store_from_double(rv + c * sv, x->dtype, (1 - momentum) * ov + momentum * var[c] * M / (M - 1));
+      }
+    }
+    free(var);
+  } else {
+    size_t es = vtl_dtype_size(x->dtype);
+    const char *rm = vtl_tensor_data(running_mean), *rv = vtl_tensor_data(running_var);
+    for (int64_t c = 0; c < C; c++) {
+      m[c] = vtl_load_as_double(rm + c * running_mean->strides[0] * (int64_t)es, x->dtype);
+      is[c] = 1.0 / sqrt(vtl_load_as_double(rv + c * running_var->strides[0] * (int64_t)es, x->dtype) + eps);
+    }
+  }
+  vtl_cpu_batch_norm_forward(x->dtype, vtl_tensor_data(xc), vtl_tensor_data(out), N, C, S, m, is, data_or_null(wc),
+                             data_or_null(bc));
+  vtl_tensor *tmp[3] = {xc, wc, bc};
+  release_all(tmp, 3);
+  if (save_mean) *save_mean = mean;
+  else vtl_tensor_release(mean);
+  if (save_invstd) *save_invstd = invstd;
+  else vtl_tensor_release(invstd);
+  return out;
+}
+
+static bool check_stats(const char *op, const char *what, const vtl_tensor *t, int64_t n) {
+  if (!t || t->dtype != VTL_F64 || t->ndim != 1 || t->shape[0] != n || !vtl_tensor_is_contiguous(t))
+    return vtl_error_set(VTL_ERR_ARG, "%s: %s must be a contiguous f64 tensor of shape {%lld}, as the forward returns "
+                         "it", op, what, (long long)n), false;
+  return on_cpu(op, what, t);
+}
+
+vtl_status vtl_op_batch_norm_backward(vtl_tensor *gout, vtl_tensor *x, vtl_tensor *weight, vtl_tensor *mean,
+                                      vtl_tensor *invstd, bool training, vtl_tensor **gx, vtl_tensor **gweight,
+                                      vtl_tensor **gbias) {
+  static const char op[] = "batch_norm_backward";
+  if (gx) *gx = NULL;
+  if (gweight) *gweight = NULL;
+  if (gbias) *gbias = NULL;
+  if (!check_input(op, "input", x)) return vtl_error_status();
+  if (x->ndim < 2)
+    return vtl_error_set(VTL_ERR_ARG, "%s: input must have at least 2 dims (N, C, ...), got shape %s", op, shape_of(x).s);
+  int64_t N = x->shape[0], C = x->shape[1], S = prod(x->shape, 2, x->ndim);
+  if (!check_gout(op, gout, x, "input") || !check_vec(op, "weight", weight, C, "channels", x) ||
+      !check_stats(op, "mean", mean, C) || !check_stats(op, "invstd", invstd, C))
+    return vtl_error_status();
+  bool ok = true;
+  vtl_tensor *gc = contig_opt(gout, &ok), *xc = contig_opt(x, &ok), *wc = contig_opt(weight, &ok);
+  int64_t cshape[1] = {C};
+  vtl_tensor *dx = ok && gx ? new_like(x) : NULL;
+  vtl_tensor *dw = ok && gweight ? vtl_tensor_empty(cshape, 1, x->dtype, vtl_tensor_device(x)) : NULL;
+  vtl_tensor *db = ok && gbias ? vtl_tensor_empty(cshape, 1, x->dtype, vtl_tensor_device(x)) : NULL;
+  vtl_tensor *all[6] = {gc, xc, wc, dx, dw, db};
+  if (!ok || (gx && !dx) || (gweight && !dw) || (gbias && !db)) {
+    vtl_status st = vtl_error_status();
+    release_all(all, 6);
+    return st;
+  }
+  vtl_cpu_batch_norm_backward(x->dtype, vtl_tensor_data(gc), vtl_tensor_data(xc), N, C, S, vtl_tensor_data(mean),
+                              vtl_tensor_data(invstd), data_or_null(wc), training, dx ? vtl_tensor_data(dx) : NULL,
+                              dw ? vtl_tensor_data(dw) : NULL, db ? vtl_tensor_data(db) : NULL);
+  release_all(all, 3);
+  if (gx) *gx = dx;
+  if (gweight) *gweight = dw;
+  if (gbias) *gbias = db;
+  return VTL_OK;
+}
+
+/* saved: x, weight, mean, invstd; i[0]: training */
+static vtl_status batch_norm_bw(vtl_node *nd, vtl_tensor *gout, vtl_tensor **gin) {
+  vtl_tensor *x, *w, *mean, *invstd;
+  if (!saved(nd, 0, &x) || !saved(nd, 1, &w) || !saved(nd, 2, &mean) || !saved(nd, 3, &invstd))
+    return vtl_error_status();
+  return vtl_op_batch_norm_backward(gout, x, w, mean, invstd, nd->i[0] != 0, nd->needs[0] ? &gin[0] : NULL,
+                                    nd->needs[1] ? &gin[1] : NULL, nd->needs[2] ? &gin[2] : NULL);
+}
+
+vtl_tensor *vtl_fn_batch_norm(vtl_tensor *x, vtl_tensor *running_mean, vtl_tensor *running_var, vtl_tensor *weight,
+                              vtl_tensor *bias, bool training, double momentum, double eps) {
+  vtl_tensor *mean, *invstd;
+  vtl_tensor *out = vtl_op_batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps, &mean, &invstd);
+  if (!out) return NULL;
+  vtl_tensor *ins[3] = {x, weight, bias};
+  if (vtl_ag_needs(ins, 3)) {
+    vtl_node *nd = vtl_ag_node("BatchNormBackward", batch_norm_bw, ins, 3);
+    if (nd) {
+      vtl_ag_save(nd, x);
+      vtl_ag_save(nd, weight);
+      vtl_ag_save(nd, mean);
+      vtl_ag_save(nd, invstd);
+      nd->i[0] = training;
+      out = attach(out, nd);
+    } else {
+      vtl_tensor_release(out);
+      out = NULL;
+    }
+  }
+  vtl_tensor_release(mean);
+  vtl_tensor_release(invstd);
+  return out;
+}
+
+/* ---- layer norm ---- */
+
+vtl_tensor *vtl_op_layer_norm(vtl_tensor *x, const int64_t *normalized_shape, int nnorm, vtl_tensor *weight,
+                              vtl_tensor *bias, double eps, vtl_tensor **save_mean, vtl_tensor **save_rstd) {
+  static const char op[] = "layer_norm";
+  if (save_mean) *save_mean = NULL;
+  if (save_rstd) *save_rstd = NULL;
+  if (!check_input(op, "input", x)) return NULL;
+  if (nnorm < 1 || nnorm > VTL_MAX_DIMS)
+    return vtl_error_set(VTL_ERR_ARG, "%s: normalized_shape must have 1 to %d dims, got %d", op, VTL_MAX_DIMS, nnorm), NULL;
+  bool match = nnorm <= x->ndim;
+  for (int d = 0; match && d < nnorm; d++) match = x->shape[x->ndim - nnorm + d] == normalized_shape[d];
+  if (!match)
+    return vtl_error_set(VTL_ERR_ARG, "%s: normalized_shape %s does not match the last dims of input of shape %s", op,
+                         dims_str(normalized_shape, nnorm).s, shape_of(x).s), NULL;
+  const char *what[2] = {"weight", "bias"};
+  vtl_tensor *wb[2] = {weight, bias};
+  for (int k = 0; k < 2; k++) {
+    if (!wb[k]) continue;
+    bool same = wb[k]->ndim == nnorm;
+    for (int d = 0; same && d < nnorm; d++) same = wb[k]->shape[d] == normalized_shape[d];
+    if (!same)
+      return vtl_error_set(VTL_ERR_ARG, "%s: %s of shape %s does not match normalized_shape %s", op, what[k],
+                           shape_of(wb[k]).s, dims_str(normalized_shape, nnorm).s), NULL;
+    if (!check_like(op, what[k], wb[k], x)) return NULL;
+  }
+  if (!(eps >= 0)) return vtl_error_set(VTL_ERR_ARG, "%s: eps must be non-negative, got %g", op, eps), NULL;
+  int64_t D = prod(x->shape, x->ndim - nnorm, x->ndim), M = prod(x->shape, 0, x->ndim - nnorm);
+  bool ok = true;
+  vtl_tensor *xc = contig_opt(x, &ok), *wc = contig_opt(weight, &ok), *bc = contig_opt(bias, &ok);
+  vtl_tensor *out = ok ? new_like(x) : NULL, *mean = out ? new_stats(M) : NULL, *rstd = mean ? new_stats(M) : NULL;
+  if (!rstd) {
+    vtl_tensor *ts[5] = {xc, wc, bc, out, mean};
+    release_all(ts, 5);
+    return NULL;
+  }
+  vtl_cpu_layer_norm_forward(x->dtype, vtl_tensor_data(xc), vtl_tensor_data(out), M, D, data_or_null(wc),
+                             data_or_null(bc), eps, vtl_tensor_data(mean), vtl_tensor_data(rstd));
+  vtl_tensor *tmp[3] = {xc, wc, bc};
+  release_all(tmp, 3);
+  if (save_mean) *save_mean = mean;
+  else vtl_tensor_release(mean);
+  if (save_rstd) *save_rstd = rstd;
+  else vtl_tensor_release(rstd);
+  return out;
+}
+
+vtl_status vtl_op_layer_norm_backward(vtl_tensor *gout, vtl_tensor *x, int nnorm, vtl_tensor *weight, vtl_tensor *mean,
+                                      vtl_tensor *rstd, vtl_tensor **gx, vtl_tensor **gweight, vtl_tensor **gbias) {
+  static const char op[] = "layer_norm_backward";
+  if (gx) *gx = NULL;
+  if (gweight) *gweight = NULL;
+  if (gbias) *gbias = NULL;
+  if (!check_input(op, "input", x)) return vtl_error_status();
+  if (nnorm < 1 || nnorm > x->ndim)
+    return vtl_error_set(VTL_ERR_ARG, "%s: %d normalized dims for an input of shape %s", op, nnorm, shape_of(x).s);
+  int64_t D = prod(x->shape, x->ndim - nnorm, x->ndim), M = prod(x->shape, 0, x->ndim - nnorm);
+  const int64_t *ns = x->shape + x->ndim - nnorm;
+  if (!check_gout(op, gout, x, "input") || !check_stats(op, "mean", mean, M) || !check_stats(op, "rstd", rstd, M))
+    return vtl_error_status();
+  if (weight) {
+    bool same = weight->ndim == nnorm;
+    for (int d = 0; same && d < nnorm; d++) same = weight->shape[d] == ns[d];
+    if (!same)
+      return vtl_error_set(VTL_ERR_ARG, "%s: weight of shape %s does not match normalized_shape %s", op,
+                           shape_of(weight).s, dims_str(ns, nnorm).s);
+    if (!check_like(op, "weight", weight, x)) return vtl_error_status();
+  }
+  bool ok = true;
+  vtl_tensor *gc = contig_opt(gout, &ok), *xc = contig_opt(x, &ok), *wc = contig_opt(weight, &ok);
+  vtl_tensor *dx = ok && gx ? new_like(x) : NULL;
+  vtl_tensor *dw = ok && gweight ? vtl_tensor_empty(ns, nnorm, x->dtype, vtl_tensor_device(x)) : NULL;
+  vtl_tensor *db = ok && gbias ? vtl_tensor_empty(ns, nnorm, x->dtype, vtl_tensor_device(x)) : NULL;
+  vtl_tensor *all[6] = {gc, xc, wc, dx, dw, db};
+  if (!ok || (gx && !dx) || (gweight && !dw) || (gbias && !db)) {
+    vtl_status st = vtl_error_status();
+    release_all(all, 6);
+    return st;
+  }
+  vtl_status st = vtl_cpu_layer_norm_backward(x->dtype, vtl_tensor_data(gc), vtl_tensor_data(xc), M, D,
+                                              data_or_null(wc), vtl_tensor_data(mean), vtl_tensor_data(rstd),
+                                              dx ? vtl_tensor_data(dx) : NULL, dw ? vtl_tensor_data(dw) : NULL,
+                                              db ? vtl_tensor_data(db) : NULL);
+  if (st != VTL_OK) {
+    release_all(all, 6);
+    return st;
+  }
+  release_all(all, 3);
+  if (gx) *gx = dx;
+  if (gweight) *gweight = dw;
+  if (gbias) *gbias = db;
+  return VTL_OK;
+}
+
+/* saved: x, weight, mean, rstd; i[0]: nnorm */
+static vtl_status layer_norm_bw(vtl_node *nd, vtl_tensor *gout, vtl_tensor **gin) {
+  vtl_tensor *x, *w, *mean, *rstd;
+  if (!saved(nd, 0, &x) || !saved(nd, 1, &w) || !saved(nd, 2, &mean) || !saved(nd, 3, &rstd)) return vtl_error_status();
+  return vtl_op_layer_norm_backward(gout, x, (int)nd->i[0], w, mean, rstd, nd->needs[0] ? &gin[0] : NULL,
+                                    nd->needs[1] ? &gin[1] : NULL, nd->needs[2] ? &gin[2] : NULL);
+}
+
+vtl_tensor *vtl_fn_layer_norm(vtl_tensor *x, const int64_t *normalized_shape, int nnorm, vtl_tensor *weight,
+                              vtl_tensor *bias, double eps) {
+  vtl_tensor *mean, *rstd;
+  vtl_tensor *out = vtl_op_layer_norm(x, normalized_shape, nnorm, weight, bias, eps, &mean, &rstd);
+  if (!out) return NULL;
+  vtl_tensor *ins[3] = {x, weight, bias};
+  if (vtl_ag_needs(ins, 3)) {
+    vtl_node *nd = vtl_ag_node("LayerNormBackward", layer_norm_bw, ins, 3);
+    if (nd) {
+      vtl_ag_save(nd, x);
+      vtl_ag_save(nd, weight);
+      vtl_ag_save(nd, mean);
+      vtl_ag_save(nd, rstd);
+      nd->i[0] = nnorm;
+      out = attach(out, nd);
+    } else {
+      vtl_tensor_release(out);
+      out = NULL;
+    }
+  }
+  vtl_tensor_release(mean);
+  vtl_tensor_release(rstd);
+  return out;
+}
+
+/* ---- group norm ---- */
+
+static bool check_group_input(const char *op, const vtl_tensor *x, int64_t groups) {
+  if (!check_input(op, "input", x)) return false;
+  if (x->ndim < 2)
+    return vtl_error_set(VTL_ERR_ARG, "%s: input must have at least 2 dims (N, C, ...), got shape %s", op,
+                         shape_of(x).s), false;
+  if (groups < 1) return vtl_error_set(VTL_ERR_ARG, "%s: num_groups must be positive, got %lld", op, (long long)groups), false;
+  if (x->shape[1] % groups)
+    return vtl_error_set(VTL_ERR_ARG, "%s: num_channels %lld of input of shape %s is not divisible by num_groups %lld",
+                         op, (long long)x->shape[1], shape_of(x).s, (long long)groups), false;
+  return true;
+}
+
+vtl_tensor *vtl_op_group_norm(vtl_tensor *x, int64_t groups, vtl_tensor *weight, vtl_tensor *bias, double eps,
+                              vtl_tensor **save_mean, vtl_tensor **save_rstd) {
+  static const char op[] = "group_norm";
+  if (save_mean) *save_mean = NULL;
+  if (save_rstd) *save_rstd = NULL;
+  if (!check_group_input(op, x, groups)) return NULL;
+  int64_t N = x->shape[0], C = x->shape[1], S = prod(x->shape, 2, x->ndim);
+  if (!check_vec(op, "weight", weight, C, "channels", x) || !check_vec(op, "bias", bias, C, "channels", x)) return NULL;
+  if (!(eps >= 0)) return vtl_error_set(VTL_ERR_ARG, "%s: eps must be non-negative, got %g", op, eps), NULL;
+  bool ok = true;
+  vtl_tensor *xc = contig_opt(x, &ok), *wc = contig_opt(weight, &ok), *bc = contig_opt(bias, &ok);
+  vtl_tensor *out = ok ? new_like(x) : NULL;
+  vtl_tensor *mean = out ? new_stats(N * groups) : NULL, *rstd = mean ? new_stats(N * groups) : NULL;
+  if (!rstd) {
+    vtl_tensor *ts[5] = {xc, wc, bc, out, mean};
+    release_all(ts, 5);
+    return NULL;
+  }
+  vtl_cpu_group_norm_forward(x->dtype, vtl_tensor_data(xc), vtl_tensor_data(out), N, C, S, groups, data_or_null(wc),
+                             data_or_null(bc), eps, vtl_tensor_data(mean), vtl_tensor_data(rstd));
+  vtl_tensor *tmp[3] = {xc, wc, bc};
+  release_all(tmp, 3);
+  if (save_mean) *save_mean = mean;
+  else vtl_tensor_release(mean);
+  if (save_rstd) *save_rstd = rstd;
+  else vtl_tensor_release(rstd);
+  return out;
+}
+
+vtl_status vtl_op_group_norm_backward(vtl_tensor *gout, vtl_tensor *x, int64_t groups, vtl_tensor *weight,
+                                      vtl_tensor *mean, vtl_tensor *rstd, vtl_tensor **gx, vtl_tensor **gweight,
+                                      vtl_tensor **gbias) {
+  static const char op[] = "group_norm_backward";
+  if (gx) *gx = NULL;
+  if (gweight) *gweight = NULL;
+  if (gbias) *gbias = NULL;
+  if (!check_group_input(op, x, groups)) return vtl_error_status();
+  int64_t N = x->shape[0], C = x->shape[1], S = prod(x->shape, 2, x->ndim);
+  if (!check_gout(op, gout, x, "input") || !check_vec(op, "weight", weight, C, "channels", x) ||
+      !check_stats(op, "mean", mean, N * groups) || !check_stats(op, "rstd", rstd, N * groups))
+    return vtl_error_status();
+  bool ok = true;
+  vtl_tensor *gc = contig_opt(gout, &ok), *xc = contig_opt(x, &ok), *wc = contig_opt(weight, &ok);
+  int64_t cshape[1] = {C};
+  vtl_tensor *dx = ok && gx ? new_like(x) : NULL;
+  vtl_tensor *dw = ok && gweight ? vtl_tensor_empty(cshape, 1, x->dtype, vtl_tensor_device(x)) : NULL;
+  vtl_tensor *db = ok && gbias ? vtl_tensor_empty(cshape, 1, x->dtype, vtl_tensor_device(x)) : NULL;
+  vtl_tensor *all[6] = {gc, xc, wc, dx, dw, db};
+  vtl_status st = VTL_OK;
+  if (!ok || (gx && !dx) || (gweight && !dw) || (gbias && !db)) st = vtl_error_status();
+  else
+    st = vtl_cpu_group_norm_backward(x->dtype, vtl_tensor_data(gc), vtl_tensor_data(xc), N, C, S, groups,
+                                     data_or_null(wc), vtl_tensor_data(mean), vtl_tensor_data(rstd),
+                                     dx ? vtl_tensor_data(dx) : NULL, dw ? vtl_tensor_data(dw) : NULL,
+                                     db ? vtl_tensor_data(db) : NULL);
+  if (st != VTL_OK) {
+    release_all(all, 6);
+    return st;
+  }
+  release_all(all, 3);
+  if (gx) *gx = dx;
+  if (gweight) *gweight = dw;
+  if (gbias) *gbias = db;
+  return VTL_OK;
+}
+
+/* saved: x, weight, mean, rstd; i[0]: groups */
+static vtl_status group_norm_bw(vtl_node *nd, vtl_tensor *gout, vtl_tensor **gin) {
+  vtl_tensor *x, *w, *mean, *rstd;
+  if (!saved(nd, 0, &x) || !saved(nd, 1, &w) || !saved(nd, 2, &mean) || !saved(nd, 3, &rstd)) return vtl_error_status();
+  return vtl_op_group_norm_backward(gout, x, nd->i[0], w, mean, rstd, nd->needs[0] ? &gin[0] : NULL,
+                                    nd->needs[1] ? &gin[1] : NULL, nd->needs[2] ? &gin[2] : NULL);
+}
+
+vtl_tensor *vtl_fn_group_norm(vtl_tensor *x, int64_t groups, vtl_tensor *weight, vtl_tensor *bias, double eps) {
+  vtl_tensor *mean, *rstd;
+  vtl_tensor *out = vtl_op_group_norm(x, groups, weight, bias, eps, &mean, &rstd);
+  if (!out) return NULL;
+  vtl_tensor *ins[3] = {x, weight, bias};
+  if (vtl_ag_needs(ins, 3)) {
+    vtl_node *nd = vtl_ag_node("GroupNormBackward", group_norm_bw, ins, 3);
+    if (nd) {
+      vtl_ag_save(nd, x);
+      vtl_ag_save(nd, weight);
+      vtl_ag_save(nd, mean);
+      vtl_ag_save(nd, rstd);
+      nd->i[0] = groups;
+      out = attach(out, nd);
+    } else {
+      vtl_tensor_release(out);
+      out = NULL;
+    }
+  }
+  vtl_tensor_release(mean);
+  vtl_tensor_release(rstd);
+  return out;
+}
+
+/* ---- activations ---- */
+
+static const char *act_names[VTL_ACT_COUNT] = {
+  "relu", "relu6", "leaky_relu", "gelu", "gelu", "silu", "hardswish", "hardsigmoid", "softplus", "elu", "sigmoid", "tanh"};
+static const char *act_nodes[VTL_ACT_COUNT] = {
+  "ReluBackward", "Relu6Backward", "LeakyReluBackward", "GeluBackward", "GeluBackward", "SiluBackward",
+  "HardswishBackward", "HardsigmoidBackward", "SoftplusBackward", "EluBackward", "SigmoidBackward", "TanhBackward"};
+
+const char *vtl_activation_name(vtl_activation act) {
+  return (unsigned)act < VTL_ACT_COUNT ? act_names[act] : "activation";
+}
+
+bool vtl_activation_uses_output(vtl_activation act) {
+  return act == VTL_ACT_RELU || act == VTL_ACT_SIGMOID || act == VTL_ACT_TANH || act == VTL_ACT_ELU;
+}
+
+/* params with PyTorch's defaults filled in */
+static void act_params(vtl_activation act, const double *params, double p[2]) {
+  p[0] = act == VTL_ACT_LEAKY_RELU ? 0.01 : 1;
+  p[1] = 20;
+  if (!params) return;
+  if (act == VTL_ACT_LEAKY_RELU || act == VTL_ACT_ELU) p[0] = params[0];
+  if (act == VTL_ACT_SOFTPLUS) { p[0] = params[0]; p[1] = params[1]; }
+}
+
+vtl_tensor *vtl_op_activation(vtl_activation act, vtl_tensor *x, const double *params) {
+  if ((unsigned)act >= VTL_ACT_COUNT) return vtl_error_set(VTL_ERR_ARG, "activation: unknown activation %d", (int)act), NULL;
+  const char *op = act_names[act];
+  if (!check_input(op, "input", x)) return NULL;
+  double p[2];
+  act_params(act, params, p);
+  if (act == VTL_ACT_SOFTPLUS && p[0] == 0) return vtl_error_set(VTL_ERR_ARG, "softplus: beta must not be 0"), NULL;
+  vtl_tensor *xc = vtl_op_contiguous(x);
+  vtl_tensor *out = xc ? new_like(x) : NULL;
+  if (out) vtl_cpu_activation_forward(x->dtype, act, vtl_tensor_data(xc), vtl_tensor_data(out), vtl_tensor_numel(x), p);
+  vtl_tensor_release(xc);
+  return out;
+}
+
+vtl_tensor *vtl_op_activation_backward(vtl_activation act, vtl_tensor *gout, vtl_tensor *s, const double *params) {
+  if ((unsigned)act >= VTL_ACT_COUNT) return vtl_error_set(VTL_ERR_ARG, "activation: unknown activation %d", (int)act), NULL;
+  char op[48];
+  snprintf(op, sizeof op, "%s_backward", act_names[act]);
+  const char *what = vtl_activation_uses_output(act) ? "output" : "input";
+  if (!check_input(op, what, s) || !check_gout(op, gout, s, what)) return NULL;
+  double p[2];
+  act_params(act, params, p);
+  bool ok = true;
+  vtl_tensor *gc = contig_opt(gout, &ok), *sc = contig_opt(s, &ok);
+  vtl_tensor *dx = ok ? new_like(s) : NULL;
+  if (dx)
+    vtl_cpu_activation_backward(s->dtype, act, vtl_tensor_data(gc), vtl_tensor_data(sc), vtl_tensor_data(dx),
+                                vtl_tensor_numel(s), p);
+  vtl_tensor_release(gc);
+  vtl_tensor_release(sc);
+  return dx;
+}
+
+/* saved: input or output; i[0]: activation; f[0..1]: params */
+static vtl_status activation_bw(vtl_node *nd, vtl_tensor *gout, vtl_tensor **gin) {
+  vtl_tensor *s;
+  if (!saved(nd, 0, &s)) return vtl_error_status();
+  if (!nd->needs[0]) return VTL_OK;
+  gin[0] = vtl_op_activation_backward((vtl_activation)nd->i[0], gout, s, nd->f);
+  return gin[0] ? VTL_OK : vtl_error_status();
+}
+
+vtl_tensor *vtl_fn_activation(vtl_activation act, vtl_tensor *x, const double *params) {
+  vtl_tensor *out = vtl_op_activation(act, x, params);
+  if (!out || !vtl_ag_needs(&x, 1)) return out;
+  vtl_node *nd = vtl_ag_node(act_nodes[act], activation_bw, &x, 1);
+  if (!nd) { vtl_tensor_release(out); return NULL; }
+  vtl_ag_save(nd, vtl_activation_uses_output(act) ? out : x);
+  nd->i[0] = act;
+  act_params(act, params, nd->f);
+  return attach(out, nd);
+}
+
+/* ---- softmax ---- */
+
+/* (A, R, B) of x around dim; false with the error set when dim is out of range */
+static bool split_dim(const char *op, const vtl_tensor *x, int dim, int64_t *A, int64_t *R, int64_t *B) {
+  int n = x->ndim ? x->ndim : 1;
+  if (dim < 0 || dim >= n)
+    return vtl_error_set(VTL_ERR_ARG, "%s: dim %d out of range for a %d-D tensor", op, dim + 1, x->ndim), false;
+  if (!x->ndim) { *A = *R = *B = 1; return true; }
+  *A = prod(x->shape, 0, dim);
+  *R = x->shape[dim];
+  *B = prod(x->shape, dim + 1, x->ndim);
+  return true;
+}
+
+vtl_tensor *vtl_op_softmax(vtl_tensor *x, int dim, bool logsm) {
+  const char *op = logsm ? "log_softmax" : "softmax";
+  int64_t A, R, B;
+  if (!check_input(op, "input", x) || !split_dim(op, x, dim, &A, &R, &B)) return NULL;
+  vtl_tensor *xc = vtl_op_contiguous(x);
+  vtl_tensor *out = xc ? new_like(x) : NULL;
+  if (out) vtl_cpu_softmax_forward(x->dtype, vtl_tensor_data(xc), vtl_tensor_data(out), A, R, B, logsm);
+  vtl_tensor_release(xc);
+  return out;
+}
+
+vtl_tensor *vtl_op_softmax_backward(vtl_tensor *gout, vtl_tensor *y, int dim, bool logsm) {
+  const char *op = logsm ? "log_softmax_backward" : "softmax_backward";
+  int64_t A, R, B;
+  if (!check_input(op, "output", y) || !check_gout(op, gout, y, "output") || !split_dim(op, y, dim, &A, &R, &B))
+    return NULL;
+  bool ok = true;
+  vtl_tensor *gc = contig_opt(gout, &ok), *yc = contig_opt(y, &ok);
+  vtl_tensor *dx = ok ? new_like(y) : NULL;
+  if (dx) vtl_cpu_softmax_backward(y->dtype, vtl_tensor_data(gc), vtl_tensor_data(yc), vtl_tensor_data(dx), A, R, B, logsm);
+  vtl_tensor_release(gc);
+  vtl_tensor_release(yc);
+  return dx;
+}
+
+/* saved: output; i[0]: dim, i[1]: log */
+static vtl_status softmax_bw(vtl_node *nd, vtl_tensor *gout, vtl_tensor **gin) {
+  vtl_tensor *y;
+  if (!saved(nd, 0, &y)) return vtl_error_status();
+  if (!nd->needs[0]) return VTL_OK;
+  gin[0] = vtl_op_softmax_backward(gout, y, (int)nd->i[0], nd->i[1] != 0);
+  return gin[0] ? VTL_OK : vtl_error_status();
+}
+
+vtl_tensor *vtl_fn_softmax(vtl_tensor *x, int dim, bool logsm) {
+  vtl_tensor *out = vtl_op_softmax(x, dim, logsm);
+  if (!out || !vtl_ag_needs(&x, 1)) return out;
+  vtl_node *nd = vtl_ag_node(logsm ? "LogSoftmaxBackward" : "SoftmaxBackward", softmax_bw, &x, 1);
+  if (!nd) { vtl_tensor_release(out); return NULL; }
+  vtl_ag_save(nd, out);
+  nd->i[0] = dim;
+  nd->i[1] = logsm;
+  return attach(out, nd);
+}
+
+/* ---- cross entropy and nll loss ---- */
+
+/* Logits or log-probabilities viewed as (N, C, S), with their target and weight made
+   contiguous (class targets as i64). */
+typedef struct {
+  int64_t N, C, S;
+  vtl_tensor *x, *target, *prob, *w; /* owned; target (indices) or prob is NULL */
+  int loss_ndim;                     /* shape of the unreduced loss */
+  int64_t loss_shape[VTL_MAX_DIMS];
+} ce_args;
+
+static void ce_free(ce_args *a) {
+  vtl_tensor *ts[4] = {a->x, a->target, a->prob, a->w};
+  release_all(ts, 4);
+}
+
+static bool check_reduction(const char *op, vtl_reduction red, bool batchmean_ok) {
+  if (red == VTL_REDUCTION_NONE || red == VTL_REDUCTION_MEAN || red == VTL_REDUCTION_SUM ||
+      (batchmean_ok && red == VTL_REDUCTION_BATCHMEAN))
+    return true;
+  return vtl_error_set(VTL_ERR_ARG, "%s: reduction must be 'mean', 'sum' or 'none'%s", op,
+                       batchmean_ok ? " or 'batchmean'" : ""), false;
+}
+
+static bool ce_prepare(const char *op, vtl_tensor *x, vtl_tensor *target, vtl_tensor *weight, int64_t ignore_index,
+                       double smoothing, vtl_reduction red, bool allow_prob, ce_args *a) {
+  memset(a, 0, sizeof *a);
+  if (!check_input(op, "input", x) || !check_reduction(op, red, false)) return false;
+  if (!target) return vtl_error_set(VTL_ERR_ARG, "%s: target is missing", op), false;
+  if (!on_cpu(op, "target", target)) return false;
+  if (x->ndim < 1)
+    return vtl_error_set(VTL_ERR_ARG, "%s: input must be (N, C), (N, C, d1, ...) or (C), got shape %s", op,
+                         shape_of(x).s), false;
+  bool batched = x->ndim >= 2;
+  a->N = batched ? x->shape[0] : 1;
+  a->C = x->shape[batched ? 1 : 0];
+  a->S = batched ? prod(x->shape, 2, x->ndim) : 1;
+  if (batched) {
+    a->loss_ndim = x->ndim - 1;
+    a->loss_shape[0] = x->shape[0];
+    for (int d = 2; d < x->ndim; d++) a->loss_shape[d - 1] = x->shape[d];
+  }
+  if (!(smoothing >= 0 && smoothing <= 1))
+    return vtl_error_set(VTL_ERR_ARG, "%s: label_smoothing must be in [0, 1], got %g", op, smoothing), false;
+  if (!check_vec(op, "weight", weight, a->C, "classes", x)) return false;
+  if (vtl_dtype_is_float(target->dtype)) {
+    if (!allow_prob)
+      return vtl_error_set(VTL_ERR_ARG, "%s: target must hold class indices (an integer tensor), got %s", op,
+                           vtl_dtype_name(target->dtype)), false;
+    if (!same_shape(target, x))
+      return vtl_error_set(VTL_ERR_ARG, "%s: probability target of shape %s does not match input of shape %s", op,
+                           shape_of(target).s, shape_of(x).s), false;
+    if (!check_like(op, "probability target", target, x)) return false;
+  } else {
+    if (target->dtype == VTL_BOOL)
+      return vtl_error_set(VTL_ERR_ARG, "%s: target must hold class indices (i64) or probabilities (float), got bool",
+                           op), false;
+    bool match = target->ndim == a->loss_ndim;
+    if (target->ndim >= 1 && batched && target->shape[0] != a->N)
+      return vtl_error_set(VTL_ERR_ARG, "%s: target of shape %s does not match input batch %lld", op,
+                           shape_of(target).s, (long long)a->N), false;
+    for (int d = 0; match && d < a->loss_ndim; d++) match = target->shape[d] == a->loss_shape[d];
+    if (!match)
+      return vtl_error_set(VTL_ERR_ARG, "%s: target of shape %s does not match input of shape %s (expected target "
+                           "shape %s)", op, shape_of(target).s, shape_of(x).s,
+                           dims_str(a->loss_shape, a->loss_ndim).s), false;
+  }
+  bool ok = true;
+  a->x = contig_opt(x, &ok);
+  a->w = contig_opt(weight, &ok);
+  if (vtl_dtype_is_float(target->dtype)) {
+    a->prob = contig_opt(target, &ok);
+  } else if (ok) {
+    vtl_tensor *t = vtl_op_to_dtype(target, VTL_I64);
+    a->target = contig_opt(t, &ok);
+    vtl_tensor_release(t);
+  }
+  if (!ok) { ce_free(a); return false; }
+  if (a->target) {
+    const int64_t *t = vtl_tensor_data(a->target);
+    int64_t bad = vtl_cpu_check_targets(t, a->N * a->S, a->C, ignore_index);
+    if (bad >= 0) {
+      vtl_error_set(VTL_ERR_ARG, "%s: target %lld out of range for %lld classes (valid: 1..%lld, or ignore_index %lld)",
+                    op, (long long)t[bad], (long long)a->C, (long long)a->C, (long long)ignore_index);
+      ce_free(a);
+      return false;
+    }
+  }
+  return true;
+}
+
+/* The divisor of the mean: summed weights of non-ignored targets, or the number of rows. */
+static double ce_denominator(const ce_args *a, vtl_dtype dt, int64_t ignore_index) {
+  if (!a->target) return (double)(a->N * a->S);
+  return vtl_cpu_target_weight_sum(dt, vtl_tensor_data(a->target), a->N * a->S, data_or_null(a->w), ignore_index);
+}
+
+/* A loss result: the rows tensor for 'none' (already filled), or a 0-d tensor of total / div. */
+static vtl_tensor *reduced(vtl_dtype dt, vtl_reduction red, double total, double div) {
+  if (red == VTL_REDUCTION_SUM) return new_scalar(dt, total);
+  return new_scalar(dt, total / div);
+}
+
+static vtl_tensor *ce_or_nll(bool ce, vtl_tensor *x, vtl_tensor *target, vtl_tensor *weight, int64_t ignore_index,
+                             double smoothing, vtl_reduction red) {
+  const char *op = ce ? "cross_entropy" : "nll_loss";
+  ce_args a;
+  if (!ce_prepare(op, x, target, weight, ignore_index, smoothing, red, ce, &a)) return NULL;
+  vtl_dtype dt = x->dtype;
+  vtl_tensor *rows = NULL;
+  if (red == VTL_REDUCTION_NONE) {
+    rows = vtl_tensor_empty(a.loss_shape, a.loss_ndim, dt, vtl_tensor_device(x));
+    if (!rows) { ce_free(&a); return NULL; }
+  }
+  void *lp = rows ? vtl_tensor_data(rows) : NULL;
+  const int64_t *t = a.target ? vtl_tensor_data(a.target) : NULL;
+  double total = ce ? vtl_cpu_cross_entropy_forward(dt, vtl_tensor_data(a.x), a.N, a.C, a.S, t, data_or_null(a.prob),
+                                                    data_or_null(a.w), ignore_index, smoothing, lp)
+                    : vtl_cpu_nll_loss_forward(dt, vtl_tensor_data(a.x), a.N, a.C, a.S, t, data_or_null(a.w),
+                                               ignore_index, lp);
+  vtl_tensor *out = rows ? rows : reduced(dt, red, total, red == VTL_REDUCTION_MEAN ? ce_denominator(&a, dt, ignore_index) : 1);
+  ce_free(&a);
+  return out;
+}
+
+vtl_tensor *vtl_op_cross_entropy(vtl_tensor *logits, vtl_tensor *target, vtl_tensor *weight, int64_t ignore_index,
+                                 double label_smoothing, vtl_reduction red) {
+  return ce_or_nll(true, logits, target, weight, ignore_index, label_smoothing, red);
+}
+
+vtl_tensor *vtl_op_nll_loss(vtl_tensor *logp, vtl_tensor *target, vtl_tensor *weight, int64_t ignore_index,
+                            vtl_reduction red) {
+  return ce_or_nll(false, logp, target, weight, ignore_index, 0, red);
+}
+
+/* The upstream gradient of a loss: per-row contiguous tensor (*grow) for 'none', otherwise
+   the scalar divided by the reduction's divisor (*gscale). */
+static bool loss_gout(const char *op, vtl_tensor *gout, const vtl_tensor *x, vtl_reduction red, const int64_t *lshape,
+                      int lnd, double div, vtl_tensor **grow, double *gscale) {
+  *grow = NULL;
+  *gscale = 0;
+  if (!gout) return vtl_error_set(VTL_ERR_ARG, "%s: gout is missing", op), false;
+  if (!check_like(op, "gout", gout, x)) return false;
+  if (red == VTL_REDUCTION_NONE) {
+    bool match = gout->ndim == lnd;
+    for (int d = 0; match && d < lnd; d++) match = gout->shape[d] == lshape[d];
+    if (!match)
+      return vtl_error_set(VTL_ERR_ARG, "%s: gout of shape %s does not match the loss of shape %s", op, shape_of(gout).s,
+                           dims_str(lshape, lnd).s), false;
+    *grow = vtl_op_contiguous(gout);
+    return *grow != NULL;
+  }
+  if (vtl_tensor_numel(gout) != 1)
+    return vtl_error_set(VTL_ERR_ARG, "%s: gout of shape %s does not match the reduced loss (one element)", op,
+                         shape_of(gout).s), false;
+  *gscale = vtl_tensor_get_flat(gout, 0) / div;
+  return true;
+}
+
+vtl_status vtl_op_cross_entropy_backward(vtl_tensor *gout, vtl_tensor *logits, vtl_tensor *target, vtl_tensor *weight,
+                                         int64_t ignore_index, double label_smoothing, vtl_reduction red,
+                                         vtl_tensor **glogits, vtl_tensor **gtarget) {
+  static const char op[] = "cross_entropy_backward";
+  if (glogits) *glogits = NULL;
+  if (gtarget) *gtarget = NULL;
+  ce_args a;
+  if (!ce_prepare(op, logits, target, weight, ignore_index, label_smoothing, red, true, &a)) return vtl_error_status();
+  vtl_dtype dt = logits->dtype;
+  double div = red == VTL_REDUCTION_MEAN ? ce_denominator(&a, dt, ignore_index) : 1;
+  vtl_tensor *grow;
+  double gscale;
+  if (!loss_gout(op, gout, logits, red, a.loss_shape, a.loss_ndim, div, &grow, &gscale)) {
+    vtl_status st = vtl_error_status();
+    ce_free(&a);
+    return st;
+  }
+  vtl_tensor *dx = glogits ? new_like(logits) : NULL;
+  vtl_tensor *dp = gtarget && a.prob ? new_like(logits) : NULL;
+  if ((glogits && !dx) || (gtarget && a.prob && !dp)) {
+    vtl_status st = vtl_error_status();
+    vtl_tensor *ts[3] = {grow, dx, dp};
+    release_all(ts, 3);
+    ce_free(&a);
+    return st;
+  }
+  vtl_cpu_cross_entropy_backward(dt, vtl_tensor_data(a.x), a.N, a.C, a.S, a.target ? vtl_tensor_data(a.target) : NULL,
+                                 data_or_null(a.prob), data_or_null(a.w), ignore_index, label_smoothing,
+                                 data_or_null(grow), gscale, dx ? vtl_tensor_data(dx) : NULL,
+                                 dp ? vtl_tensor_data(dp) : NULL);
+  vtl_tensor_release(grow);
+  ce_free(&a);
+  if (glogits) *glogits = dx;
+  if (gtarget) *gtarget = dp;
+  return VTL_OK;
+}
+
+vtl_tensor *vtl_op_nll_loss_backward(vtl_tensor *gout, vtl_tensor *logp, vtl_tensor *target, vtl_tensor *weight,
+                                     int64_t ignore_index, vtl_reduction red) {
+  static const char op[] = "nll_loss_backward";
+  ce_args a;
+  if (!ce_prepare(op, logp, target, weight, ignore_index, 0, red, false, &a)) return NULL;
+  vtl_dtype dt = logp->dtype;
+  double div = red == VTL_REDUCTION_MEAN ? ce_denominator(&a, dt, ignore_index) : 1;
+  vtl_tensor *grow;
+  double gscale;
+  if (!loss_gout(op, gout, logp, red, a.loss_shape, a.loss_ndim, div, &grow, &gscale)) { ce_free(&a); return NULL; }
+  vtl_tensor *dx = new_like(logp);
+  if (dx)
+    vtl_cpu_nll_loss_backward(dt, a.N, a.C, a.S, vtl_tensor_data(a.target), data_or_null(a.w), ignore_index,
+                              data_or_null(grow), gscale, vtl_tensor_data(dx));
+  vtl_tensor_release(grow);
+  ce_free(&a);
+  return dx;
+}
+
+/* saved: logits, target, weight; i[0]: ignore_index, i[1]: reduction; f[0]: label_smoothing */
+static vtl_status cross_entropy_bw(vtl_node *nd, vtl_tensor *gout, vtl_tensor **gin) {
+  vtl_tensor *x, *t, *w;
+  if (!saved(nd, 0, &x) || !saved(nd, 1, &t) || !saved(nd, 2, &w)) return vtl_error_status();
+  return vtl_op_cross_entropy_backward(gout, x, t, w, nd->i[0], nd->f[0], (vtl_reduction)nd->i[1],
+                                       nd->needs[0] ? &gin[0] : NULL, nd->needs[1] ? &gin[1] : NULL);
+}
+
+vtl_tensor *vtl_fn_cross_entropy(vtl_tensor *logits, vtl_tensor *target, vtl_tensor *weight, int64_t ignore_index,
+                                 double label_smoothing, vtl_reduction red) {
+  vtl_tensor *out = vtl_op_cross_entropy(logits, target, weight, ignore_index, label_smoothing, red);
+  vtl_tensor *ins[2] = {logits, target};
+  if (!out || !vtl_ag_needs(ins, 2)) return out;
+  vtl_node *nd = vtl_ag_node("CrossEntropyBackward", cross_entropy_bw, ins, 2);
+  if (!nd) { vtl_tensor_release(out); return NULL; }
+  vtl_ag_save(nd, logits);
+  vtl_ag_save(nd, target);
+  vtl_ag_save(nd, weight);
+  nd->i[0] = ignore_index;
+  nd->i[1] = red;
+  nd->f[0] = label_smoothing;
+  return attach(out, nd);
+}
+
+/* saved: logp, target, weight; i[0]: ignore_index, i[1]: reduction */
+static vtl_status nll_loss_bw(vtl_node *nd, vtl_tensor *gout, vtl_tensor **gin) {
+  vtl_tensor *x, *t, *w;
+  if (!saved(nd, 0, &x) || !saved(nd, 1, &t) || !saved(nd, 2, &w)) return vtl_error_status();
+  if (!nd->needs[0]) return VTL_OK;
+  gin[0] = vtl_op_nll_loss_backward(gout, x, t, w, nd->i[0], (vtl_reduction)nd->i[1]);
+  return gin[0] ? VTL_OK : vtl_error_status();
+}
+
+vtl_tensor *vtl_fn_nll_loss(vtl_tensor *logp, vtl_tensor *target, vtl_tensor *weight, int64_t ignore_index,
+                            vtl_reduction red) {
+  vtl_tensor *out = vtl_op_nll_loss(logp, target, weight, ignore_index, red);
+  if (!out || !vtl_ag_needs(&logp, 1)) return out;
+  vtl_node *nd = vtl_ag_node("NllLossBackward", nll_loss_bw, &logp, 1);
+  if (!nd) { vtl_tensor_release(out); return NULL; }
+  vtl_ag_save(nd, logp);
+  vtl_ag_save(nd, target);
+  vtl_ag_save(nd, weight);
+  nd->i[0] = ignore_index;
+  nd->i[1] = red;
+  return attach(out, nd);
+}
+
+/* ---- elementwise losses ---- */
+
+static const char *loss_names[VTL_LOSS_COUNT] = {"mse_loss", "l1_loss", "smooth_l1_loss", "kl_div"};
+static const char *loss_nodes[VTL_LOSS_COUNT] = {"MseLossBackward", "L1LossBackward", "SmoothL1LossBackward",
+                                                 "KlDivBackward"};
+
+const char *vtl_loss_name(vtl_loss kind) { return (unsigned)kind < VTL_LOSS_COUNT ? loss_names[kind] : "loss"; }
+
+static bool check_pair(const char *op, const vtl_tensor *x, const vtl_tensor *y) {
+  if (!check_input(op, "input", x)) return false;
+  if (!y) return vtl_error_set(VTL_ERR_ARG, "%s: target is missing", op), false;
+  if (!same_shape(x, y))
+    return vtl_error_set(VTL_ERR_ARG, "%s: target of shape %s does not match input of shape %s", op, shape_of(y).s,
+                         shape_of(x).s), false;
+  return check_like(op, "target", y, x);
+}
+
+/* the divisor of a reduced elementwise loss */
+static double pointwise_div(const vtl_tensor *x, vtl_reduction red) {
+  if (red == VTL_REDUCTION_MEAN) return (double)vtl_tensor_numel(x);
+  if (red == VTL_REDUCTION_BATCHMEAN) return x->ndim ? (double)x->shape[0] : 1;
+  return 1;
+}
+
+vtl_tensor *vtl_op_pointwise_loss(vtl_loss kind, vtl_tensor *input, vtl_tensor *target, vtl_reduction red,
+                                  double param) {
+  if ((unsigned)kind >= VTL_LOSS_COUNT) return vtl_error_set(VTL_ERR_ARG, "loss: unknown loss %d", (int)kind), NULL;
+  const char *op = loss_names[kind];
+  if (!check_pair(op, input, target) || !check_reduction(op, red, kind == VTL_LOSS_KL_DIV)) return NULL;
+  if (kind == VTL_LOSS_SMOOTH_L1 && !(param >= 0))
+    return vtl_error_set(VTL_ERR_ARG, "%s: beta must be non-negative, got %g", op, param), NULL;
+  bool ok = true;
+  vtl_tensor *xc = contig_opt(input, &ok), *yc = contig_opt(target, &ok);
+  vtl_tensor *rows = ok && red == VTL_REDUCTION_NONE ? new_like(input) : NULL, *out = NULL;
+  if (ok && (rows || red != VTL_REDUCTION_NONE)) {
+    double total = vtl_cpu_pointwise_loss_forward(input->dtype, kind, vtl_tensor_data(xc), vtl_tensor_data(yc),
+                                                  vtl_tensor_numel(input), param, rows ? vtl_tensor_data(rows) : NULL);
+    out = rows ? rows : reduced(input->dtype, red, total, pointwise_div(input, red));
+  }
+  vtl_tensor_release(xc);
+  vtl_tensor_release(yc);
+  return out;
+}
+
+vtl_status vtl_op_pointwise_loss_backward(vtl_loss kind, vtl_tensor *gout, vtl_tensor *input, vtl_tensor *target,
+                                          vtl_reduction red, double param, vtl_tensor **ginput, vtl_tensor **gtarget) {
+  if (ginput) *ginput = NULL;
+  if (gtarget) *gtarget = NULL;
+  if ((unsigned)kind >= VTL_LOSS_COUNT) return vtl_error_set(VTL_ERR_ARG, "loss: unknown loss %d", (int)kind);
+  char op[48];
+  snprintf(op, sizeof op, "%s_backward", loss_names[kind]);
+  if (!check_pair(op, input, target) || !check_reduction(op, red, kind == VTL_LOSS_KL_DIV)) return vtl_error_status();
+  vtl_tensor *grow;
+  double gscale;
+  if (!loss_gout(op, gout, input, red, input->shape, input->ndim, pointwise_div(input, red), &grow, &gscale))
+    return vtl_error_status();
+  bool ok = true;
+  vtl_tensor *xc = contig_opt(input, &ok), *yc = contig_opt(target, &ok);
+  vtl_tensor *dx = ok && ginput ? new_like(input) : NULL, *dy = ok && gtarget ? new_like(input) : NULL;
+  vtl_tensor *all[5] = {grow, xc, yc, dx, dy};
+  if (!ok || (ginput && !dx) || (gtarget && !dy)) {
+    vtl_status st = vtl_error_status();
+    release_all(all, 5);
+    return st;
+  }
+  vtl_cpu_pointwise_loss_backward(input->dtype, kind, vtl_tensor_data(xc), vtl_tensor_data(yc), vtl_tensor_numel(input),
+                                  param, data_or_null(grow), gscale, dx ? vtl_tensor_data(dx) : NULL,
+                                  dy ? vtl_tensor_data(dy) : NULL);
+  release_all(all, 3);
+  if (ginput) *ginput = dx;
+  if (gtarget) *gtarget = dy;
+  return VTL_OK;
+}
+
+/* saved: input, target; i[0]: kind, i[1]: reduction; f[0]: param */
+static vtl_status pointwise_loss_bw(vtl_node *nd, vtl_tensor *gout, vtl_tensor **gin) {
+  vtl_tensor *x, *y;
+  if (!saved(nd, 0, &x) || !saved(nd, 1, &y)) return vtl_error_status();
+  return vtl_op_pointwise_loss_backward((vtl_loss)nd->i[0], gout, x, y, (vtl_reduction)nd->i[1], nd->f[0],
+                                        nd->needs[0] ? &gin[0] : NULL, nd->needs[1] ? &gin[1] : NULL);
+}
+
+vtl_tensor *vtl_fn_pointwise_loss(vtl_loss kind, vtl_tensor *input, vtl_tensor *target, vtl_reduction red, double param) {
+  vtl_tensor *out = vtl_op_pointwise_loss(kind, input, target, red, param);
+  vtl_tensor *ins[2] = {input, target};
+  if (!out || !vtl_ag_needs(ins, 2)) return out;
+  vtl_node *nd = vtl_ag_node(loss_nodes[kind], pointwise_loss_bw, ins, 2);
+  if (!nd) { vtl_tensor_release(out); return NULL; }
+  vtl_ag_save(nd, input);
+  vtl_ag_save(nd, target);
+  nd->i[0] = kind;
+  nd->i[1] = red;
+  nd->f[0] = param;
+  return attach(out, nd);
+}
+
+/* ---- binary cross entropy with logits ---- */
+
+/* weight or pos_weight broadcast to x's shape, contiguous; NULL stays NULL */
+static bool bce_expand(const char *op, const char *what, vtl_tensor *t, const vtl_tensor *x, vtl_tensor **out) {
+  *out = NULL;
+  if (!t) return true;
+  if (!check_like(op, what, t, x)) return false;
+  bool ok = t->ndim <= x->ndim;
+  for (int d = 0; ok && d < t->ndim; d++) {
+    int64_t s = t->shape[t->ndim - 1 - d];
+    ok = s == 1 || s == x->shape[x->ndim - 1 - d];
+  }
+  if (!ok)
+    return vtl_error_set(VTL_ERR_ARG, "%s: %s of shape %s does not broadcast to input of shape %s", op, what,
+                         shape_of(t).s, shape_of(x).s), false;
+  vtl_tensor *v = vtl_broadcast_to(t, x->shape, x->ndim);
+  *out = v ? vtl_op_contiguous(v) : NULL;
+  vtl_tensor_release(v);
+  return *out != NULL;
+}
+
+typedef struct { vtl_tensor *x, *y, *w, *pw; } bce_args;
+
+static void bce_free(bce_args *a) {
+  vtl_tensor *ts[4] = {a->x, a->y, a->w, a->pw};
+  release_all(ts, 4);
+}
+
+static bool bce_prepare(const char *op, vtl_tensor *x, vtl_tensor *target, vtl_tensor *weight, vtl_tensor *pos_weight,
+                        vtl_reduction red, bce_args *a) {
+  memset(a, 0, sizeof *a);
+  if (!check_pair(op, x, target) || !check_reduction(op, red, false)) return false;
+  bool ok = bce_expand(op, "weight", weight, x, &a->w) && bce_expand(op, "pos_weight", pos_weight, x, &a->pw);
+  a->x = contig_opt(x, &ok);
+  a->y = contig_opt(target, &ok);
+  if (!ok) bce_free(a);
+  return ok;
+}
+
+vtl_tensor *vtl_op_bce_with_logits(vtl_tensor *x, vtl_tensor *target, vtl_tensor *weight, vtl_tensor *pos_weight,
+                                   vtl_reduction red) {
+  static const char op[] = "binary_cross_entropy_with_logits";
+  bce_args a;
+  if (!bce_prepare(op, x, target, weight, pos_weight, red, &a)) return NULL;
+  vtl_tensor *rows = red == VTL_REDUCTION_NONE ? new_like(x) : NULL, *out = NULL;
+  if (rows || red != VTL_REDUCTION_NONE) {
+    double total = vtl_cpu_bce_with_logits_forward(x->dtype, vtl_tensor_data(a.x), vtl_tensor_data(a.y),
+                                                   data_or_null(a.w), data_or_null(a.pw), vtl_tensor_numel(x),
+                                                   rows ? vtl_tensor_data(rows) : NULL);
+    out = rows ? rows : reduced(x->dtype, red, total, pointwise_div(x, red));
+  }
+  bce_free(&a);
+  return out;
+}
+
+vtl_status vtl_op_bce_with_logits_backward(vtl_tensor *gout, vtl_tensor *x, vtl_tensor *target, vtl_tensor *weight,
+                                           vtl_tensor *pos_weight, vtl_reduction red, vtl_tensor **gx,
+                                           vtl_tensor **gtarget) {
+  static const char op[] = "binary_cross_entropy_with_logits_backward";
+  if (gx) *gx = NULL;
+  if (gtarget) *gtarget = NULL;
+  bce_args a;
+  if (!bce_prepare(op, x, target, weight, pos_weight, red, &a)) return vtl_error_status();
+  vtl_tensor *grow;
+  double gscale;
+  if (!loss_gout(op, gout, x, red, x->shape, x->ndim, pointwise_div(x, red), &grow, &gscale)) {
+    vtl_status st = vtl_error_status();
+    bce_free(&a);
+    return st;
+  }
+  vtl_tensor *dx = gx ? new_like(x) : NULL, *dy = gtarget ? new_like(x) : NULL;
+  if ((gx && !dx) || (gtarget && !dy)) {
+    vtl_status st = vtl_error_status();
+    vtl_tensor *ts[3] = {grow, dx, dy};
+    release_all(ts, 3);
+    bce_free(&a);
+    return st;
+  }
+  vtl_cpu_bce_with_logits_backward(x->dtype, vtl_tensor_data(a.x), vtl_tensor_data(a.y), data_or_null(a.w),
+                                   data_or_null(a.pw), vtl_tensor_numel(x), data_or_null(grow), gscale,
+                                   dx ? vtl_tensor_data(dx) : NULL, dy ? vtl_tensor_data(dy) : NULL);
+  vtl_tensor_release(grow);
+  bce_free(&a);
+  if (gx) *gx = dx;
+  if (gtarget) *gtarget = dy;
+  return VTL_OK;
+}
+
+/* saved: x, target, weight, pos_weight; i[0]: reduction */
+static vtl_status bce_bw(vtl_node *nd, vtl_tensor *gout, vtl_tensor **gin) {
+  vtl_tensor *x, *y, *w, *pw;
+  if (!saved(nd, 0, &x) || !saved(nd, 1, &y) || !saved(nd, 2, &w) || !saved(nd, 3, &pw)) return vtl_error_status();
+  return vtl_op_bce_with_logits_backward(gout, x, y, w, pw, (vtl_reduction)nd->i[0], nd->needs[0] ? &gin[0] : NULL,
+                                         nd->needs[1] ? &gin[1] : NULL);
+}
+
+vtl_tensor *vtl_fn_bce_with_logits(vtl_tensor *x, vtl_tensor *target, vtl_tensor *weight, vtl_tensor *pos_weight,
+                                   vtl_reduction red) {
+  vtl_tensor *out = vtl_op_bce_with_logits(x, target, weight, pos_weight, red);
+  vtl_tensor *ins[2] = {x, target};
+  if (!out || !vtl_ag_needs(ins, 2)) return out;
+  vtl_node *nd = vtl_ag_node("BinaryCrossEntropyWithLogitsBackward", bce_bw, ins, 2);
+  if (!nd) { vtl_tensor_release(out); return NULL; }
+  vtl_ag_save(nd, x);
+  vtl_ag_save(nd, target);
+  vtl_ag_save(nd, weight);
+  vtl_ag_save(nd, pos_weight);
+  nd->i[0] = red;
+  return attach(out, nd);
+}
+
+/* ---- dropout ---- */
+
+vtl_tensor *vtl_op_dropout(vtl_tensor *x, double p, bool training, uint64_t seed, uint64_t *offset, vtl_tensor **mask) {
+  static const char op[] = "dropout";
+  if (mask) *mask = NULL;
+  if (!check_input(op, "input", x)) return NULL;
+  if (!(p >= 0 && p <= 1)) return vtl_error_set(VTL_ERR_ARG, "%s: p must be in [0, 1], got %g", op, p), NULL;
+  if (!training || p == 0) return vtl_tensor_retain(x);
+  int64_t n = vtl_tensor_numel(x);
+  vtl_tensor *xc = vtl_op_contiguous(x);
+  vtl_tensor *out = xc ? new_like(x) : NULL;
+  vtl_tensor *m = out ? vtl_tensor_empty(x->shape, x->ndim, VTL_BOOL, vtl_tensor_device(x)) : NULL;
+  if (!m) {
+    vtl_tensor *all[2] = {xc, out};
+    release_all(all, 2);
+    return NULL;
+  }
+  vtl_cpu_dropout_forward(x->dtype, vtl_tensor_data(xc), vtl_tensor_data(out), vtl_tensor_data(m), n, p, seed, *offset);
+  *offset += (uint64_t)(n + 3) / 4;
+  vtl_tensor_release(xc);
+  if (mask) *mask = m;
+  else vtl_tensor_release(m);
+  return out;
+}
+
+vtl_tensor *vtl_op_dropout_backward(vtl_tensor *gout, vtl_tensor *mask, double p) {
+  static const char op[] = "dropout_backward";
+  if (!gout) return vtl_error_set(VTL_ERR_ARG, "%s: gout is missing", op), NULL;
+  if (!check_input(op, "gout", gout)) return NULL;
+  if (!mask || mask->dtype != VTL_BOOL)
+    return vtl_error_set(VTL_ERR_ARG, "%s: mask must be a bool tensor, got %s", op,
+                         mask ? vtl_dtype_name(mask->dtype) : "nothing"), NULL;
+  if (!same_shape(gout, mask))
+    return vtl_error_set(VTL_ERR_ARG, "%s: gout of shape %s does not match mask of shape %s", op, shape_of(gout).s,
+                         shape_of(mask).s), NULL;
+  if (!(p >= 0 && p <= 1)) return vtl_error_set(VTL_ERR_ARG, "%s: p must be in [0, 1], got %g", op, p), NULL;
+  if (!on_cpu(op, "mask", mask)) return NULL;
+  bool ok = true;
+  vtl_tensor *gc = contig_opt(gout, &ok), *mc = contig_opt(mask, &ok);
+  vtl_tensor *dx = ok ? new_like(gout) : NULL;
+  if (dx) vtl_cpu_dropout_backward(gout->dtype, vtl_tensor_data(gc), vtl_tensor_data(mc), vtl_tensor_data(dx),
+                                   vtl_tensor_numel(gout), p);
+  vtl_tensor_release(gc);
+  vtl_tensor_release(mc);
+  return dx;
+}
+
+/* saved: mask; f[0]: p */
+static vtl_status dropout_bw(vtl_node *nd, vtl_tensor *gout, vtl_tensor **gin) {
+  vtl_tensor *m;
+  if (!saved(nd, 0, &m)) return vtl_error_status();
+  if (!nd->needs[0]) return VTL_OK;
+  gin[0] = vtl_op_dropout_backward(gout, m, nd->f[0]);
+  return gin[0] ? VTL_OK : vtl_error_status();
+}
+
+vtl_tensor *vtl_fn_dropout(vtl_tensor *x, double p, bool training, uint64_t seed, uint64_t *offset, vtl_tensor **mask) {
+  vtl_tensor *m;
+  if (mask) *mask = NULL;
+  vtl_tensor *out = vtl_op_dropout(x, p, training, seed, offset, &m);
+  if (!out || !m) return out; /* identity: x itself, which keeps its own grad_fn */
+  if (vtl_ag_needs(&x, 1)) {
+    vtl_node *nd = vtl_ag_node("DropoutBackward", dropout_bw, &x, 1);
+    if (nd) {
+      vtl_ag_save(nd, m);
+      nd->f[0] = p;
+      out = attach(out, nd);
+    } else {
+      vtl_tensor_release(out);
+      out = NULL;
+    }
+  }
+  if (out && mask) *mask = m;
+  else vtl_tensor_release(m);
+  return out;
+}

@@ -1,0 +1,33 @@
+-- One benchmark configuration in vtl: prints "images_per_s peak_rss_mib".
+package.path = "tests/bench/?.lua;" .. package.path
+local vtl = require "vtl"
+local models = require "models"
+local name, batch, size, steps, threads = arg[1], tonumber(arg[2]), tonumber(arg[3]), tonumber(arg[4]), tonumber(arg[5])
+vtl.set_num_threads(threads)
+vtl.seed(0)
+local model = models[name]()
+model:train()
+local opt = vtl.optim.SGD(model:parameters(), {lr = 0.01, momentum = 0.9})
+local x = vtl.randn(batch, 3, size, size)
+local y = vtl.randint(1, 1001, {batch})
+
+local function step()
+  opt:zero_grad()
+  local loss = vtl.nn.functional.cross_entropy(model(x), y)
+  loss:backward()
+  opt:step()
+end
+
+step() -- warm up
+local best = math.huge
+for _ = 1, steps do
+  local t0 = vtl.clock()
+  step()
+  best = math.min(best, vtl.clock() - t0)
+end
+local rss = 0
+for line in io.lines("/proc/self/status") do
+  local v = line:match("^VmHWM:%s+(%d+)")
+  if v then rss = tonumber(v) / 1024 end
+end
+print(string.format("%.3f %.1f", batch / best, rss))

@@ -1,0 +1,28 @@
+# One benchmark configuration in PyTorch: prints "images_per_s peak_rss_mib".
+import resource, sys, time, torch
+sys.path.insert(0, __file__.rsplit("/", 1)[0])
+import models
+
+name, batch, size, steps, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+torch.set_num_threads(threads)
+torch.manual_seed(0)
+model = {"resnet18": models.ResNet18, "mobilenet_v2": models.MobileNetV2}[name]()
+model.train()
+opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+x = torch.randn(batch, 3, size, size)
+y = torch.randint(0, 1000, (batch,))
+
+def step():
+    opt.zero_grad(set_to_none=True)
+    loss = torch.nn.functional.cross_entropy(model(x), y)
+    loss.backward()
+    opt.step()
+
+step()  # warm up
+best = float("inf")
+for _ in range(steps):
+    t0 = time.perf_counter()
+    step()
+    best = min(best, time.perf_counter() - t0)
+rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print("%.3f %.1f" % (batch / best, rss))
