@@ -14,6 +14,8 @@
 #endif
 #include <math.h>
 #include <omp.h>
+#include "parallel.h"
+#include "philox.h"
 #include "iter.h"
 #include "nn_norm.h"
 
@@ -33,38 +35,9 @@ INLINE double sgn(double v) { return v > 0 ? 1 : v < 0 ? -1 : v; } /* NaN stays 
 #define INV_SQRT_2PI 0.3989422804014327   /* 1/sqrt(2 pi) */
 #define GELU_K 0.044715
 
-/* This thread's share [lo, hi) of [0, n). */
-static inline void thread_range(int64_t n, int64_t *lo, int64_t *hi) {
-  int64_t nt = omp_get_num_threads(), id = omp_get_thread_num();
-  *lo = n * id / nt;
-  *hi = n * (id + 1) / nt;
-}
-
-/* Runs CALL (which reads lo, hi) over [0, n), split over the pool above `grain` elements. */
-#define PARALLEL_RANGE(n, grain, CALL)                                 \
-  do {                                                                 \
-    const int64_t n_ = (n), g_ = (grain);                              \
-    _Pragma("omp parallel if (n_ > g_ && !omp_in_parallel())")         \
-    {                                                                  \
-      int64_t lo, hi;                                                  \
-      thread_range(n_, &lo, &hi);                                      \
-      CALL;                                                            \
-    }                                                                  \
-  } while (0)
-
-/* The same for a range body returning a partial sum; evaluates to the total. */
-#define PARALLEL_SUM(total, n, grain, CALL)                            \
-  do {                                                                 \
-    const int64_t n_ = (n), g_ = (grain);                              \
-    double t_ = 0;                                                     \
-    _Pragma("omp parallel if (n_ > g_ && !omp_in_parallel()) reduction(+ : t_)") \
-    {                                                                  \
-      int64_t lo, hi;                                                  \
-      thread_range(n_, &lo, &hi);                                      \
-      t_ += CALL;                                                      \
-    }                                                                  \
-    (total) = t_;                                                      \
-  } while (0)
+/* parallel over [0, n) above `grain` items */
+#define PARALLEL_RANGE(n, grain, CALL) VTL_PARALLEL_RANGE(n, (n) > (grain), CALL)
+#define PARALLEL_SUM(total, n, grain, CALL) VTL_PARALLEL_SUM(total, n, (n) > (grain), CALL)
 
 /* Activations compute in the data's own precision, so that f32 loops run 8 or 16 lanes wide:
    inside MAP1/MAP2, v (and gv) are float for f32 data and double for f64, K(c) is the constant
@@ -294,24 +267,6 @@ void vtl_cpu_bce_with_logits_backward(vtl_dtype dt, const void *x, const void *y
  * seed, counter = offset + block): element i uses 32-bit word i % 4 of block i / 4, as a 24-bit
  * fraction u, and is kept when u < 1 - p. Results do not depend on the thread count. */
 
-static inline void philox4x32(uint64_t counter, uint64_t seed, uint32_t out[4]) {
-  uint32_t c0 = (uint32_t)counter, c1 = (uint32_t)(counter >> 32), c2 = 0, c3 = 0;
-  uint32_t k0 = (uint32_t)seed, k1 = (uint32_t)(seed >> 32);
-  for (int r = 0; r < 10; r++) {
-    uint64_t p0 = (uint64_t)0xD2511F53u * c0, p1 = (uint64_t)0xCD9E8D57u * c2;
-    uint32_t n0 = (uint32_t)(p1 >> 32) ^ c1 ^ k0, n2 = (uint32_t)(p0 >> 32) ^ c3 ^ k1;
-    c1 = (uint32_t)p1;
-    c3 = (uint32_t)p0;
-    c0 = n0;
-    c2 = n2;
-    k0 += 0x9E3779B9u;
-    k1 += 0xBB67AE85u;
-  }
-  out[0] = c0;
-  out[1] = c1;
-  out[2] = c2;
-  out[3] = c3;
-}
 
 /* blocks [lo, hi) of 4 elements */
 INLINE void dropout_fwd(vtl_dtype dt, const void *x, void *out, uint8_t *mask, int64_t n, double p, uint64_t seed,
@@ -320,7 +275,7 @@ INLINE void dropout_fwd(vtl_dtype dt, const void *x, void *out, uint8_t *mask, i
   uint32_t thr = (uint32_t)ceil(keep * 16777216.0); /* u < keep  <=>  24-bit word < thr */
   for (int64_t b = lo; b < hi; b++) {
     uint32_t r[4];
-    philox4x32(offset + (uint64_t)b, seed, r);
+    vtl_philox4x32(offset + (uint64_t)b, seed, r);
     for (int j = 0; j < 4 && 4 * b + j < n; j++) {
       int64_t i = 4 * b + j;
       uint8_t k = (r[j] >> 8) < thr;

@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <omp.h>
+#include "parallel.h"
 #include "iter.h"
 #include "nn_norm.h"
 
@@ -31,40 +32,11 @@ INLINE void st(void *p, int64_t i, vtl_dtype dt, double v) {
 INLINE double ldopt(const void *p, int64_t i, vtl_dtype dt, double def) { return p ? ld(p, i, dt) : def; }
 INLINE double ex(double v, vtl_dtype dt) { return dt == VTL_F32 ? (double)vtl_cpu_expf((float)v) : exp(v); }
 
-/* This thread's share [lo, hi) of [0, n). */
-static inline void thread_range(int64_t n, int64_t *lo, int64_t *hi) {
-  int64_t nt = omp_get_num_threads(), id = omp_get_thread_num();
-  *lo = n * id / nt;
-  *hi = n * (id + 1) / nt;
-}
-
 /* Runs CALL (which reads lo, hi) for each thread's share of [0, n) items, in parallel when
    `work` (elements touched) exceeds the grain. CALL names the dtype literally: the body is
    inlined once per dtype. */
-#define PARALLEL_RANGE(n, work, CALL)                                   \
-  do {                                                                  \
-    const int64_t n_ = (n), w_ = (work);                                \
-    _Pragma("omp parallel if (w_ > VTL_GRAIN && !omp_in_parallel())")   \
-    {                                                                   \
-      int64_t lo, hi;                                                   \
-      thread_range(n_, &lo, &hi);                                       \
-      CALL;                                                             \
-    }                                                                   \
-  } while (0)
-
-/* The same for a body returning a partial sum, stored in total. */
-#define PARALLEL_SUM(total, n, work, CALL)                                        \
-  do {                                                                            \
-    const int64_t n_ = (n), w_ = (work);                                          \
-    double t_ = 0;                                                                \
-    _Pragma("omp parallel if (w_ > VTL_GRAIN && !omp_in_parallel()) reduction(+ : t_)") \
-    {                                                                             \
-      int64_t lo, hi;                                                             \
-      thread_range(n_, &lo, &hi);                                                 \
-      t_ += CALL;                                                                 \
-    }                                                                             \
-    (total) = t_;                                                                 \
-  } while (0)
+#define PARALLEL_RANGE(n, work, CALL) VTL_PARALLEL_RANGE(n, (work) > VTL_GRAIN, CALL)
+#define PARALLEL_SUM(total, n, work, CALL) VTL_PARALLEL_SUM(total, n, (work) > VTL_GRAIN, CALL)
 
 #define DISPATCH_RANGE(dt, n, work, FN, ...)                                      \
   do {                                                                            \
@@ -275,7 +247,7 @@ vtl_status vtl_cpu_layer_norm_backward(vtl_dtype dt, const void *g, const void *
 #pragma omp parallel num_threads(nt)
   {
     int64_t lo, hi;
-    thread_range(M, &lo, &hi);
+    vtl_thread_range(M, &lo, &hi);
     double *aw = acc ? acc + (size_t)omp_get_thread_num() * 2 * (size_t)D : NULL, *ab = aw ? aw + D : NULL;
     if (dt == VTL_F32) ln_backward(VTL_F32, g, x, D, w, mean, rstd, dx, aw, ab, lo, hi);
     else ln_backward(VTL_F64, g, x, D, w, mean, rstd, dx, aw, ab, lo, hi);

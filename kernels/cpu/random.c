@@ -4,19 +4,7 @@
 #include <omp.h>
 #include "iter.h"
 #include "backend.h"
-
-static inline void philox(uint64_t counter, uint64_t seed, uint32_t out[4]) {
-  uint32_t c0 = (uint32_t)counter, c1 = (uint32_t)(counter >> 32), c2 = 0, c3 = 0;
-  uint32_t k0 = (uint32_t)seed, k1 = (uint32_t)(seed >> 32);
-  for (int r = 0; r < 10; r++) {
-    uint64_t p0 = (uint64_t)0xD2511F53u * c0, p1 = (uint64_t)0xCD9E8D57u * c2;
-    uint32_t n0 = (uint32_t)(p1 >> 32) ^ c1 ^ k0, n2 = (uint32_t)(p0 >> 32) ^ c3 ^ k1;
-    c1 = (uint32_t)p1; c3 = (uint32_t)p0;
-    c0 = n0; c2 = n2;
-    k0 += 0x9E3779B9u; k1 += 0xBB67AE85u;
-  }
-  out[0] = c0; out[1] = c1; out[2] = c2; out[3] = c3;
-}
+#include "philox.h"
 
 /* uniform double in [0, 1) from 53 random bits */
 static inline double u53(uint32_t hi, uint32_t lo) {
@@ -33,7 +21,7 @@ vtl_status vtl_cpu_random(vtl_tensor *out, int kind, double lo, double hi, uint6
 #pragma omp parallel for num_threads(nt) schedule(static)
   for (int64_t b = 0; b < (n + 1) / 2; b++) {
     uint32_t r[4];
-    philox(offset + (uint64_t)b, seed, r);
+    vtl_philox4x32(offset + (uint64_t)b, seed, r);
     double v[2];
     int64_t iv[2] = {0, 0};
     if (kind == 0) {
@@ -56,7 +44,8 @@ vtl_status vtl_cpu_random(vtl_tensor *out, int kind, double lo, double hi, uint6
     }
     for (int j = 0; j < 2 && 2 * b + j < n; j++) {
       char *dst = p + (2 * b + j) * (int64_t)es;
-      if (kind == 2 && dt == VTL_I64) *(int64_t *)dst = iv[j];
+      if (dt == VTL_F32) *(float *)dst = (float)v[j];
+      else if (kind == 2 && dt == VTL_I64) *(int64_t *)dst = iv[j];
       else vtl_store_from_double(dst, dt, v[j]);
     }
   }
