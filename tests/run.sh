@@ -10,7 +10,7 @@ py=.venv/bin/python
 for g in tests/ref/gen_*.py; do
   [ -e "$g" ] || continue
   stamp="$VTL_FIXTURES/.$(basename "$g").stamp"
-  if [ ! -f "$stamp" ] || [ "$g" -nt "$stamp" ]; then
+  if [ ! -f "$stamp" ] || [ "$g" -nt "$stamp" ] || [ tests/ref/reflib.py -nt "$stamp" ]; then
     "$py" "$g" "$VTL_FIXTURES" && touch "$stamp" || echo "reference generator $g failed"
   fi
 done

@@ -4,113 +4,37 @@
 -- (accumulation, retain_graph, grad mode, detach, in-place checks, custom functions, memory).
 local T = require "testlib"
 local vtl = require "vtl"
-
-local MAX_REPORTED = 5 -- mismatching elements listed per failure
-
-local function numel(shape)
-  local n = 1
-  for _, s in ipairs(shape) do n = n * s end
-  return n
-end
-
-local function shape_str(shape) return "{" .. table.concat(shape, ",") .. "}" end
-
--- A tensor from a fixture spec {dtype, shape, data (flat)}.
-local function build(spec)
-  if numel(spec.shape) == 0 then return vtl.zeros(spec.shape, {dtype = spec.dtype}) end
-  local t = vtl.tensor(spec.data, {dtype = spec.dtype})
-  if #spec.shape == 0 then return t:reshape({}) end
-  return t:view(spec.shape)
-end
-
-local function flatten(v, out)
-  if type(v) == "table" then
-    for i = 1, #v do flatten(v[i], out) end
-  else
-    out[#out + 1] = v
-  end
-  return out
-end
-
--- flat position (1-based) → "[i,j,k]" (1-based coordinates)
-local function coords(shape, pos)
-  if #shape == 0 then return "[]" end
-  local c, rem = {}, pos - 1
-  for d = #shape, 1, -1 do
-    c[d] = rem % shape[d] + 1
-    rem = rem // shape[d]
-  end
-  return "[" .. table.concat(c, ",") .. "]"
-end
-
-local function fmt(v)
-  if type(v) == "boolean" then return tostring(v) end
-  if math.type(v) == "integer" then return tostring(v) end
-  return string.format("%.9g", v)
-end
-
--- nil when got matches the spec want (dtype, shape, values within |got - want| <= tol (1 + |want|)),
--- else a message naming what differs and the first mismatching elements.
-local function compare(got, want, tol, what)
-  if not vtl.is_tensor(got) then return string.format("%s: expected a tensor, got %s", what, type(got)) end
-  if got.dtype ~= want.dtype then return string.format("%s: dtype %s, want %s", what, got.dtype, want.dtype) end
-  if shape_str(got.shape) ~= shape_str(want.shape) then
-    return string.format("%s: shape %s, want %s", what, shape_str(got.shape), shape_str(want.shape))
-  end
-  local g = flatten(got:totable(), {})
-  local w = want.data
-  if #g ~= #w then return string.format("%s: %d values, want %d", what, #g, #w) end
-  local bad, lines = 0, {}
-  for i = 1, #w do
-    local a, b = g[i], w[i]
-    if not (a == b or (a ~= a and b ~= b) or math.abs(a - b) <= tol * (1 + math.abs(b))) then
-      bad = bad + 1
-      if bad <= MAX_REPORTED then
-        lines[#lines + 1] = string.format("    at %s got %s want %s", coords(want.shape, i), fmt(a), fmt(b))
-      end
-    end
-  end
-  if bad == 0 then return nil end
-  return string.format("%s: %d of %d values differ (tol %g), first:\n%s", what, bad, #w, tol, table.concat(lines, "\n"))
-end
+local R = require "reflib"
 
 -- Checks tensor got against tensor want (same dtype and shape, values within tol).
-local function close(got, want, tol, what)
-  T.truthy(vtl.is_tensor(got), (what or "value") .. ": expected a tensor, got " .. type(got))
-  local spec = {dtype = want.dtype, shape = want.shape, data = flatten(want:totable(), {})}
-  local msg = compare(got, spec, tol or 1e-6, what or "tensor")
-  if msg then error(msg, 2) end
-end
+local close = R.check
 
 -- ---- reference cases ----
 
 local function run_case(c)
-  local names = {}
-  for k in pairs(c.inputs) do names[#names + 1] = k end
-  table.sort(names)
-  local src = "local vtl, " .. table.concat(names, ", ") .. " = ...\n" .. c.expr
-  local fn, err = load(src, "=" .. c.name, "t")
+  local names = R.sorted_keys(c.inputs)
+  local fn, err = R.compile(c.name, c.expr, {"vtl", table.unpack(names)})
   if not fn then error(string.format("case '%s': bad expression: %s", c.name, err), 0) end
   local req = {}
   for _, k in ipairs(c.requires) do req[k] = true end
   local args, byname = {}, {}
   for i, k in ipairs(names) do
-    local t = build(c.inputs[k])
+    local t = R.tensor(c.inputs[k])
     if req[k] then t:requires_grad_() end
     args[i], byname[k] = t, t
   end
   local function fail(msg) error(string.format("case '%s' (%s): %s", c.name, c.expr, msg), 0) end
   local ok, out = xpcall(function() return fn(vtl, table.unpack(args, 1, #names)) end, debug.traceback)
   if not ok then fail("forward raised: " .. tostring(out)) end
-  local msg = compare(out, c.want, c.tol, "forward")
+  local msg = R.compare(out, c.want, c.tol, "forward")
   if msg then fail(msg) end
   if not out.requires_grad then fail("the result does not require grad") end
-  local bok, berr = pcall(out.backward, out, build(c.g))
+  local bok, berr = pcall(out.backward, out, R.tensor(c.g))
   if not bok then fail("backward raised: " .. tostring(berr)) end
   for _, k in ipairs(c.requires) do
     local gr = byname[k].grad
     if gr == nil then fail(string.format("input %s has no .grad after backward", k)) end
-    msg = compare(gr, c.grads[k], c.tol, "grad of " .. k)
+    msg = R.compare(gr, c.grads[k], c.tol, "grad of " .. k)
     if msg then fail(msg) end
   end
   for _, k in ipairs(names) do
@@ -118,23 +42,7 @@ local function run_case(c)
   end
 end
 
-local dir = os.getenv("VTL_FIXTURES") or "build/fixtures"
-local path = dir .. "/autograd_ref.lua"
-local chunk, lerr = loadfile(path, "t")
-if not chunk then
-  T.test("autograd_ref fixtures", function()
-    error("cannot load " .. path .. " (" .. tostring(lerr) .. "); run: .venv/bin/python tests/ref/gen_autograd.py "
-          .. dir, 0)
-  end)
-else
-  local cases = chunk()
-  T.test("autograd_ref fixtures", function()
-    T.truthy(#cases >= 250, "expected at least 250 cases, found " .. #cases)
-  end)
-  for _, c in ipairs(cases) do
-    T.test("autograd_ref: " .. c.name, function() run_case(c) end)
-  end
-end
+R.cases("autograd_ref", 250, run_case)
 
 -- ---- gradcheck (f64, central differences) ----
 
@@ -144,7 +52,7 @@ local function r64(...) return vtl.randn({...}, {dtype = "f64", generator = gen}
 local function p64(lo, hi, ...) return vtl.rand({...}, {dtype = "f64", generator = gen}) * (hi - lo) + lo end
 -- distinct values, shuffled (no ties for max/min/sort/topk/norm inf)
 local function spread64(...)
-  local n = numel({...})
+  local n = R.numel({...})
   local v = vtl.rand({n}, {dtype = "f64", generator = gen}):sort() -- (values)
   local perm = vtl.rand({n}, {dtype = "f64", generator = gen}):argsort()
   local t = vtl.arange(n, {dtype = "f64"}):index_select(1, perm) * 0.3 + v * 0.1

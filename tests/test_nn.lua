@@ -10,7 +10,7 @@ local F = nn.functional
 local dir = (os.getenv("VTL_FIXTURES") or "build/fixtures") .. "/nn"
 local ok_ref, ref = pcall(dofile, dir .. "/nn_ref.lua")
 
-local function shape_str(shape) return "{" .. table.concat(shape, ",") .. "}" end
+local shape_str = require("reflib").shape_str
 
 -- ---- PyTorch parity ----
 

@@ -8,6 +8,7 @@
 -- reductions, 1e-5 for pointwise ops and softmax, f64 1e-10; finite differences 1e-6.
 local T = require "testlib"
 local vtl = require "vtl"
+local R = require "reflib"
 
 -- vtl.nn.functional once the Lua library exposes it; the C functions themselves otherwise
 local F = (function()
@@ -26,108 +27,24 @@ if not F or not F.batch_norm then
   return
 end
 
-local MAX_REPORTED = 5
-
-local function numel(shape)
-  local n = 1
-  for _, s in ipairs(shape) do n = n * s end
-  return n
-end
-
-local function shape_str(shape) return "{" .. table.concat(shape, ",") .. "}" end
-
-local function build(spec)
-  if numel(spec.shape) == 0 then return vtl.zeros(spec.shape, {dtype = spec.dtype}) end
-  local t = vtl.tensor(spec.data, {dtype = spec.dtype})
-  if #spec.shape == 0 then return t:reshape({}) end
-  return t:view(spec.shape)
-end
-
-local function flatten(v, out)
-  if type(v) == "table" then
-    for i = 1, #v do flatten(v[i], out) end
-  else
-    out[#out + 1] = v
-  end
-  return out
-end
-
--- Raises naming the first mismatches when tensor got differs from want (a fixture spec or a
--- tensor) in dtype, shape or values.
-local function check(got, want, tol, what)
-  if not vtl.is_tensor(got) then error(string.format("%s: expected a tensor, got %s", what, type(got)), 2) end
-  if got.dtype ~= want.dtype then error(string.format("%s: dtype %s, want %s", what, got.dtype, want.dtype), 2) end
-  if shape_str(got.shape) ~= shape_str(want.shape) then
-    error(string.format("%s: shape %s, want %s", what, shape_str(got.shape), shape_str(want.shape)), 2)
-  end
-  local g = flatten(got:totable(), {})
-  local w = vtl.is_tensor(want) and flatten(want:totable(), {}) or want.data
-  local bad, lines = 0, {}
-  for i = 1, #w do
-    local a, b = g[i], w[i]
-    local ok = a == b or (a ~= a and b ~= b) or math.abs(a - b) <= tol * (1 + math.abs(b))
-    if not ok then
-      bad = bad + 1
-      if bad <= MAX_REPORTED then lines[#lines + 1] = string.format("    at %d got %.9g want %.9g", i, a, b) end
-    end
-  end
-  if bad > 0 then
-    error(string.format("%s: %d of %d values differ (tol %g), first:\n%s", what, bad, #w, tol,
-                        table.concat(lines, "\n")), 2)
-  end
-end
+local check = R.check
 
 local has_autograd = vtl.is_tensor(vtl.zeros(1)) and type(vtl.zeros(1).requires_grad_) == "function"
 
 -- ---- PyTorch reference cases ----
 
-local function run_expr(c, src, args)
-  local names = {}
-  for k in pairs(args) do names[#names + 1] = k end
-  table.sort(names)
-  local fn = assert(load("local F, " .. table.concat(names, ", ") .. " = ...\n" .. src, "=" .. c.name, "t"))
-  local vals = {}
-  for i, k in ipairs(names) do vals[i] = args[k] end
-  return fn(F, table.unpack(vals, 1, #names))
-end
-
-local function inputs_of(c)
-  local ins = {}
-  for k, spec in pairs(c.inputs) do ins[k] = build(spec) end
-  return ins
-end
+local function run_expr(c, src, args) return R.run(c.name, src, "F", F, args) end
 
 local function run_case(c)
   -- forward, and the inputs it updates in place (batch_norm's running statistics)
-  local ins = inputs_of(c)
+  local ins = R.tensors(c.inputs)
   check(run_expr(c, c.call, ins), c.want.out, c.tol, c.name .. " output")
   for i, name in ipairs(c.post) do check(ins[name], c.want.post[i], c.tol, c.name .. " " .. name .. " after the call") end
-  -- raw backward functions
-  ins = inputs_of(c)
-  local raw = table.pack(run_expr(c, c.raw, ins))
-  T.eq(raw.n, #c.grads, c.name .. ": number of gradients from the raw backward")
-  for i, name in ipairs(c.grads) do check(raw[i], c.want.grads[i], c.tol, c.name .. " raw grad of " .. name) end
-  -- autograd: out:backward(gout)
-  if not has_autograd then return end
-  ins = inputs_of(c)
-  for _, name in ipairs(c.grads) do ins[name]:requires_grad_() end
-  local out = run_expr(c, c.call, ins)
-  out:backward(ins.gout)
-  for i, name in ipairs(c.grads) do check(ins[name].grad, c.want.grads[i], c.tol, c.name .. " autograd grad of " .. name) end
+  -- raw backward functions, and autograd: out:backward(gout)
+  R.check_grads(c, F, has_autograd)
 end
 
-local dir = os.getenv("VTL_FIXTURES") or "build/fixtures"
-local path = dir .. "/nn_norm_ref.lua"
-local chunk, lerr = loadfile(path, "t")
-if not chunk then
-  T.test("nn_norm_ref fixtures", function()
-    error("cannot load " .. path .. " (" .. tostring(lerr) .. "); run: .venv/bin/python tests/ref/gen_nn_norm.py " .. dir, 0)
-  end)
-else
-  local cases = chunk()
-  T.test("nn_norm_ref fixtures", function() T.truthy(#cases >= 200, "expected at least 200 cases, found " .. #cases) end)
-  for _, c in ipairs(cases) do T.test("nn_norm_ref: " .. c.name, function() run_case(c) end) end
-end
+R.cases("nn_norm_ref", 200, run_case)
 
 T.test("autograd is available for end-to-end gradients", function()
   T.truthy(has_autograd, "x:requires_grad_() missing: only raw backward functions were checked")
@@ -138,22 +55,7 @@ end)
 local EPS, FD_TOL = 1e-6, 1e-6
 
 -- d/dt of sum(f() * gout) for every element of t, by central differences.
-local function numeric_grad(f, t, gout)
-  local flat = t:view(-1)
-  local g = vtl.zeros(t.shape, {dtype = "f64"})
-  local gflat = g:view(-1)
-  local function L() return (f() * gout):sum():item() end
-  for k = 1, flat:numel() do
-    local orig = flat[k]:item()
-    flat[k] = orig + EPS
-    local up = L()
-    flat[k] = orig - EPS
-    local down = L()
-    flat[k] = orig
-    gflat[k] = (up - down) / (2 * EPS)
-  end
-  return g
-end
+local function numeric_grad(f, t, gout) return R.numeric_grad(f, t, gout, EPS) end
 
 local function randn64(...) return vtl.randn({...}, {dtype = "f64"}) end
 local function rand64(...) return vtl.rand({...}, {dtype = "f64"}) end

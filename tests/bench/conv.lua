@@ -1,23 +1,14 @@
 -- Times convolution and pooling in vtl; prints "name seconds" lines (best of several runs), in
 -- the format of tests/bench/tensor_ops.lua; tests/bench/conv.py times the same cases in PyTorch.
 -- Usage: vtl tests/bench/conv.lua [threads]
+package.path = "tests/bench/?.lua;" .. package.path
 local vtl = require "vtl"
+local B = require "benchlib"
 local F = vtl.nn.functional
 local threads = tonumber(arg[1]) or vtl.get_num_threads()
 vtl.set_num_threads(threads)
 
-local function best(fn, reps)
-  fn() -- warm up (builds and caches the primitives)
-  local b = math.huge
-  for _ = 1, reps do
-    local t0 = vtl.clock()
-    fn()
-    b = math.min(b, vtl.clock() - t0)
-  end
-  return b
-end
-
-local function report(name, t) print(string.format("%s %.9f", name, t)) end
+local best, report = B.best, B.report
 
 -- ResNet-18 layers at batch 32 on 64x64 images, and MobileNetV2 depthwise layers
 local convs = {

@@ -1,27 +1,16 @@
 # Times the same convolutions and pooling in PyTorch; prints "name seconds" lines.
 # Usage: python3 tests/bench/conv.py [threads]
+import os
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchlib import best, report  # noqa: E402
+
 threads = int(sys.argv[1]) if len(sys.argv) > 1 else torch.get_num_threads()
 torch.set_num_threads(threads)
-
-
-def best(fn, reps):
-    fn()
-    b = float("inf")
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        b = min(b, time.perf_counter() - t0)
-    return b
-
-
-def report(name, t):
-    print("%s %.9f" % (name, t))
 
 
 convs = [

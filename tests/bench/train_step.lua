@@ -2,6 +2,7 @@
 package.path = "tests/bench/?.lua;" .. package.path
 local vtl = require "vtl"
 local models = require "models"
+local B = require "benchlib"
 local name, batch, size, steps, threads = arg[1], tonumber(arg[2]), tonumber(arg[3]), tonumber(arg[4]), tonumber(arg[5])
 vtl.set_num_threads(threads)
 vtl.seed(0)
@@ -18,13 +19,7 @@ local function step()
   opt:step()
 end
 
-step() -- warm up
-local best = math.huge
-for _ = 1, steps do
-  local t0 = vtl.clock()
-  step()
-  best = math.min(best, vtl.clock() - t0)
-end
+local best = B.best(step, steps)
 local rss = 0
 for line in io.lines("/proc/self/status") do
   local v = line:match("^VmHWM:%s+(%d+)")

@@ -1,7 +1,8 @@
 # One benchmark configuration in PyTorch: prints "images_per_s peak_rss_mib".
-import resource, sys, time, torch
+import resource, sys, torch
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 import models
+from benchlib import best
 
 name, batch, size, steps, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 torch.set_num_threads(threads)
@@ -18,11 +19,6 @@ def step():
     loss.backward()
     opt.step()
 
-step()  # warm up
-best = float("inf")
-for _ in range(steps):
-    t0 = time.perf_counter()
-    step()
-    best = min(best, time.perf_counter() - t0)
+t = best(step, steps)
 rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-print("%.3f %.1f" % (batch / best, rss))
+print("%.3f %.1f" % (batch / t, rss))

@@ -16,11 +16,13 @@ and records all parameters: want[t][i] is parameter i's flat data after step t.
 Events: {before = t, kind = "add_group", group = {params = {...}, <options>}} and
 {before = t, kind = "set_lr", group = g, lr = x}.
 """
-import math
 import os
 import sys
 
 import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from reflib import fixtures_dir, lua_num, lua_value, write_lua  # noqa: E402
 
 STEPS = 20
 SHAPES = [(4, 5), (5,), (3, 2, 4), (6,)]
@@ -107,30 +109,14 @@ def run(opt_name, groups, missing, events):
 # ---- Lua serialisation ----
 
 def lua_val(v):
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int):
-        return str(v)
-    if isinstance(v, float):
-        if math.isnan(v):
-            return "0/0"
-        if math.isinf(v):
-            return "1/0" if v > 0 else "-1/0"
-        return repr(v)
-    if isinstance(v, str):
-        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(v, dict):
-        return "{" + ", ".join(f"{k} = {lua_val(x)}" for k, x in v.items()) + "}"
-    if isinstance(v, (list, tuple)):
-        return "{" + ", ".join(lua_val(x) for x in v) + "}"
+    """lua_value, with a tensor as its flat list of values."""
     if isinstance(v, torch.Tensor):
-        return "{" + ", ".join(repr(float(x)) for x in v.reshape(-1).tolist()) + "}"
-    raise TypeError(type(v))
+        return "{" + ", ".join(lua_num(x, True) for x in v.reshape(-1).tolist()) + "}"
+    return lua_value(v)
 
 
 def main():
-    out_dir = sys.argv[1] if len(sys.argv) > 1 else "build/fixtures"
-    os.makedirs(out_dir, exist_ok=True)
+    out_dir = fixtures_dir()
     lines = ["-- written by tests/ref/gen_optim.py (torch " + torch.__version__ + ")", "return {"]
     lines.append(f"steps = {STEPS},")
     lines.append("params = {" + ", ".join(
@@ -149,10 +135,7 @@ def main():
         lines.append("  }},")
     lines.append("},")
     lines.append("}")
-    path = os.path.join(out_dir, "optim_ref.lua")
-    with open(path + ".tmp", "w") as f:
-        f.write("\n".join(lines) + "\n")
-    os.replace(path + ".tmp", path)
+    write_lua(os.path.join(out_dir, "optim_ref.lua"), "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
