@@ -46,6 +46,7 @@ void lvtl_open_sys(lua_State *L);
 void lvtl_open_autograd(lua_State *L);
 void lvtl_open_nn_conv(lua_State *L);
 void lvtl_open_nn_norm(lua_State *L);
+void lvtl_open_image(lua_State *L);
 
 int luaopen_vtl_core(lua_State *L);
 #endif
