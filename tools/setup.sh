@@ -26,7 +26,7 @@ fi
 
 # Python packages used by the reference generators, in a venv that also sees Debian's torch.
 venv="$here/.venv"
-pip_pkgs=(safetensors==0.4.5)
+pip_pkgs=(safetensors==0.4.5 scikit-image==0.24.0 scipy==1.13.1 'numpy<2')
 if [ ! -x "$venv/bin/python" ]; then
   /usr/bin/python3 -m venv --system-site-packages "$venv"
 fi
