@@ -79,7 +79,7 @@ ifneq ($(file < $(BUILD)/.objs),$(LIB_OBJ))
 endif
 $(BUILD)/libvtl.a $(BUILD)/vtl/core.so: $(BUILD)/.objs
 
-.PHONY: all setup test test-asan test-ref bench bench-train demo install clean info-backend
+.PHONY: all setup test test-asan test-ref bench bench-train bench-infer demo install clean info-backend
 all: info-backend $(VTL_BIN) $(BUILD)/vtl/core.so
 
 info-backend:
@@ -124,6 +124,9 @@ bench: setup all
 
 bench-train: setup all
 	@bash tests/bench/train.sh
+
+bench-infer: setup all
+	@bash tests/bench/infer.sh
 
 demo: setup all
 	./$(VTL_BIN) examples/tensor_tour.lua

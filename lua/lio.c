@@ -16,6 +16,7 @@
 #include <lauxlib.h>
 #include "lvtl.h"
 #include "io.h"
+#include "io_pth.h"
 
 #define LVTL_LOADSTATE_MT "vtl.LoadState"
 
@@ -107,6 +108,19 @@ static int io_save(lua_State *L) {
     return luaL_error(L, "save: %s: an .npy file holds one tensor; pass a tensor, or use a .safetensors path for a "
                       "table of tensors", path);
   if (!lua_isnoneornil(L, 3)) luaL_argexpected(L, lua_type(L, 3) == LUA_TTABLE, 3, "table of metadata strings");
+  /* vtl.save(path, model:state_dict()) passes state_dict's second result, the list of key names
+     in order; safetensors stores names sorted, so that list carries nothing to write */
+  if (lua_istable(L, 3) && luaL_len(L, 3) > 0) {
+    lua_Integer len = luaL_len(L, 3), count = 0;
+    int names_only = 1;
+    lua_pushnil(L);
+    while (lua_next(L, 3)) {
+      count++;
+      names_only &= lua_type(L, -2) == LUA_TNUMBER && lua_type(L, -1) == LUA_TSTRING;
+      lua_pop(L, 1);
+    }
+    if (names_only && count == len) { lua_pushnil(L); lua_replace(L, 3); }
+  }
   lua_settop(L, 3);
   int n = check_tensors(L, 2, path);
   int nmeta = lua_isnil(L, 3) ? 0 : check_metadata(L, 3, path);
@@ -144,11 +158,12 @@ static int io_save(lua_State *L) {
   return 0;
 }
 
-/* vtl.load(path): the format is told by the file's first bytes (the .npy magic), not its name.
-   ---Reads a safetensors or .npy file.
+/* vtl.load(path): the format is told by the file's first bytes (zip or legacy PyTorch, the .npy
+   magic, else safetensors), not its name.
+   ---Reads a safetensors, .npy or PyTorch (torch.save) file.
    ---@param path string
-   ---@return table<string, vtl.Tensor>|vtl.Tensor tensors  a table for safetensors, a tensor for .npy
-   ---@return table<string, string>? metadata  safetensors only (empty table when the file has none) */
+   ---@return table<string, vtl.Tensor>|vtl.Tensor|any value  a table for safetensors, a tensor for .npy, what was saved for .pth
+   ---@return table? extra  safetensors: the metadata (empty when none); .pth: each dict's key order */
 static int io_load(lua_State *L) {
   const char *path = luaL_checkstring(L, 1);
   int npy = vtl_npy_sniff(path);
@@ -159,14 +174,9 @@ static int io_load(lua_State *L) {
     lvtl_pushtensor(L, t);
     return 1;
   }
-  FILE *f = fopen(path, "rb");
-  if (f) {
-    unsigned char m[4] = {0};
-    size_t k = fread(m, 1, 4, f);
-    fclose(f);
-    if (k == 4 && memcmp(m, "PK\x03\x04", 4) == 0)
-      return luaL_error(L, "load: %s: a zip archive (a PyTorch .pth/.pt checkpoint?), not safetensors or .npy", path);
-  }
+  int pth = vtl_pth_sniff(path); /* a zip archive (torch.save) or PyTorch's legacy format */
+  if (pth < 0) return io_error(L);
+  if (pth) return lvtl_load_pth(L, path);
   vtl_tensor_dict *d = lua_newuserdatauv(L, sizeof *d, 0);
   memset(d, 0, sizeof *d);
   luaL_setmetatable(L, LVTL_LOADSTATE_MT);

@@ -67,6 +67,7 @@ int luaopen_vtl_core(lua_State *L) {
   lua_newtable(L);
   lvtl_open_tensor(L);
   lvtl_open_io(L);
+  lvtl_open_io_pth(L);
   lvtl_open_image(L);
   lvtl_open_autograd(L);
   lua_newtable(L); /* nn: the C functional ops */

@@ -42,6 +42,9 @@ void lvtl_setfuncs(lua_State *L, const luaL_Reg *l);
 /* Module parts, each adds its functions to the table on top of the stack. */
 void lvtl_open_tensor(lua_State *L);
 void lvtl_open_io(lua_State *L);
+void lvtl_open_io_pth(lua_State *L);
+/* Pushes a torch.save checkpoint's value and its dicts' key order (lio_pth.c); returns 2. */
+int lvtl_load_pth(lua_State *L, const char *path);
 void lvtl_open_sys(lua_State *L);
 void lvtl_open_autograd(lua_State *L);
 void lvtl_open_nn_conv(lua_State *L);

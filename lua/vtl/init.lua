@@ -7,7 +7,8 @@ for k, v in pairs(core) do
   if k ~= "nn" then vtl[k] = v end -- vtl.nn is the Lua library (lua/vtl/nn), built on core.nn
 end
 
-local lazy = {autograd = "vtl.autograd", nn = "vtl.nn", optim = "vtl.optim", transforms = "vtl.transforms", data = "vtl.data"}
+local lazy = {autograd = "vtl.autograd", nn = "vtl.nn", optim = "vtl.optim", transforms = "vtl.transforms", data = "vtl.data",
+              models = "vtl.models", hub = "vtl.hub"}
 return setmetatable(vtl, {
   __index = function(t, k)
     local name = lazy[k]

@@ -38,7 +38,9 @@ local function append(self, m)
   return self
 end
 
+-- extend(modules) appends modules; on a class, extend("Name") makes a subclass as for any Module
 local function extend(self, ms)
+  if type(ms) == "string" then return Module.extend(self, ms) end
   for _, m in ipairs(ms) do append(self, m) end
   return self
 end
