@@ -317,3 +317,19 @@ test("an empty shape table makes a 0-d tensor and options still apply", function
   T.eq(vtl.ones({}, {dtype = "f64"}).dtype, "f64")
   T.eq(vtl.zeros({dtype = "u8"}).dtype, "u8")
 end)
+
+test("large f32 products (the oneDNN GEMM path) agree with f64, transposed operands included", function()
+  vtl.seed(5)
+  local a, b = vtl.randn(260, 300, {dtype = "f64"}), vtl.randn(300, 280, {dtype = "f64"})
+  local want = a:matmul(b)
+  local cases = {
+    {a:float(), b:float()},
+    {a:t():contiguous():float():t(), b:float()},
+    {a:float(), b:t():contiguous():float():t()},
+    {a:t():contiguous():float():t(), b:t():contiguous():float():t()},
+  }
+  for i, c in ipairs(cases) do
+    local got = c[1]:matmul(c[2]):double()
+    T.truthy((got - want):abs():max():item() < 1e-3, "case " .. i)
+  end
+end)
