@@ -11,7 +11,6 @@ local M = {}
 
 local function zoo() return require "vtl.models" end
 
-local function shape_str(t) return "{" .. table.concat(t.shape, ",") .. "}" end
 
 local Conv2dNormActivation, SqueezeExcitation = mobile.Conv2dNormActivation, mobile.SqueezeExcitation
 local make_divisible = mobile.make_divisible
@@ -92,33 +91,7 @@ function EfficientNet:init(opts)
   end)
 end
 
----Features before pooling: (N, 1280, H/32, W/32).
-function EfficientNet:forward_features(x)
-  if x.ndim ~= 4 then self:raise("expected a 4-D (N,C,H,W) input, got shape %s", shape_str(x)) end
-  return self.features(x)
-end
-
----Pooling, dropout and the classifier; pre_logits: the pooled features after dropout.
-function EfficientNet:forward_head(x, pre_logits)
-  x = self.avgpool(x):flatten(2)
-  if pre_logits then return self.classifier[1](x) end
-  return self.classifier(x)
-end
-
-function EfficientNet:forward(x) return self:forward_head(self:forward_features(x)) end
-
----The final Linear (classifier.1).
-function EfficientNet:get_classifier() return self.classifier[2] end
-
----Replaces classifier.1 with a new Linear(1280, num_classes) (0: an Identity).
----@param num_classes integer
-function EfficientNet:reset_classifier(num_classes)
-  if math.type(num_classes) ~= "integer" or num_classes < 0 then
-    error("reset_classifier: expected a number of classes >= 0, got " .. tostring(num_classes), 2)
-  end
-  self.num_classes = num_classes
-  self.classifier[2] = num_classes > 0 and nn.Linear(self.num_features, num_classes) or nn.Identity()
-end
+mobile.features_head_methods(EfficientNet)
 
 ---Layer groups: "stem", "stage1".."stage7" (features.1-7), "final_conv", "head" (classifier).
 function EfficientNet:layer_groups()

@@ -132,6 +132,33 @@ function InvertedResidual:forward(x)
   return self.conv(x)
 end
 
+---Installs the methods of a model made of `features`, `avgpool` and `classifier` =
+---Sequential(Dropout, Linear): forward_features (pre-pool features), forward_head (pooling,
+---dropout, classifier; pre_logits: the pooled features after dropout), forward,
+---get_classifier (classifier.1) and reset_classifier(n) (a new Linear; 0: an Identity).
+---@param Class table
+function M.features_head_methods(Class)
+  function Class:forward_features(x)
+    if x.ndim ~= 4 then self:raise("expected a 4-D (N,C,H,W) input, got shape %s", shape_str(x)) end
+    return self.features(x)
+  end
+  function Class:forward_head(x, pre_logits)
+    x = self.avgpool(x):flatten(2)
+    if pre_logits then return self.classifier[1](x) end
+    return self.classifier(x)
+  end
+  function Class:forward(x) return self:forward_head(self:forward_features(x)) end
+  function Class:get_classifier() return self.classifier[2] end
+  function Class:reset_classifier(num_classes)
+    if math.type(num_classes) ~= "integer" or num_classes < 0 then
+      error("reset_classifier: expected a number of classes >= 0, got " .. tostring(num_classes), 2)
+    end
+    self.num_classes = num_classes
+    self.classifier[2] = num_classes > 0 and nn.Linear(self.num_features, num_classes) or nn.Identity()
+  end
+end
+
+
 ---@class vtl.models.MobileNetV2: vtl.nn.Module
 local MobileNetV2 = nn.Module:extend("MobileNetV2")
 M.MobileNetV2 = MobileNetV2
@@ -162,33 +189,7 @@ function MobileNetV2:init(opts)
   M.init_weights(self, function(m) init.normal_(m.weight, 0, 0.01); init.zeros_(m.bias) end)
 end
 
----Features before pooling: (N, 1280, H/32, W/32).
-function MobileNetV2:forward_features(x)
-  if x.ndim ~= 4 then self:raise("expected a 4-D (N,C,H,W) input, got shape %s", shape_str(x)) end
-  return self.features(x)
-end
-
----Pooling, dropout and the classifier; pre_logits: the pooled features after dropout.
-function MobileNetV2:forward_head(x, pre_logits)
-  x = self.avgpool(x):flatten(2)
-  if pre_logits then return self.classifier[1](x) end
-  return self.classifier(x)
-end
-
-function MobileNetV2:forward(x) return self:forward_head(self:forward_features(x)) end
-
----The final Linear (classifier.1).
-function MobileNetV2:get_classifier() return self.classifier[2] end
-
----Replaces classifier.1 with a new Linear(1280, num_classes) (0: an Identity).
----@param num_classes integer
-function MobileNetV2:reset_classifier(num_classes)
-  if math.type(num_classes) ~= "integer" or num_classes < 0 then
-    error("reset_classifier: expected a number of classes >= 0, got " .. tostring(num_classes), 2)
-  end
-  self.num_classes = num_classes
-  self.classifier[2] = num_classes > 0 and nn.Linear(self.num_features, num_classes) or nn.Identity()
-end
+M.features_head_methods(MobileNetV2)
 
 ---Layer groups: "stem", "stage1".. (blocks by output channels), "final_conv", "head" (classifier).
 function MobileNetV2:layer_groups() return M.feature_groups(self, self.classifier) end

@@ -11,7 +11,6 @@ local M = {}
 
 local function zoo() return require "vtl.models" end
 
-local function shape_str(t) return "{" .. table.concat(t.shape, ",") .. "}" end
 
 -- output channels and stride of each conv-BN-ReLU layer
 local LAYERS = {{32, 1}, {64, 2}, {64, 1}, {128, 2}, {128, 1}}
@@ -41,33 +40,7 @@ function SmallCNN:init(opts)
   end
 end
 
----Features before pooling: (N, 128, H/4, W/4).
-function SmallCNN:forward_features(x)
-  if x.ndim ~= 4 then self:raise("expected a 4-D (N,C,H,W) input, got shape %s", shape_str(x)) end
-  return self.features(x)
-end
-
----Pooling, dropout and the classifier; pre_logits: the pooled features after dropout.
-function SmallCNN:forward_head(x, pre_logits)
-  x = self.avgpool(x):flatten(2)
-  if pre_logits then return self.classifier[1](x) end
-  return self.classifier(x)
-end
-
-function SmallCNN:forward(x) return self:forward_head(self:forward_features(x)) end
-
----The final Linear (classifier.1).
-function SmallCNN:get_classifier() return self.classifier[2] end
-
----Replaces classifier.1 with a new Linear(128, num_classes) (0: an Identity).
----@param num_classes integer
-function SmallCNN:reset_classifier(num_classes)
-  if math.type(num_classes) ~= "integer" or num_classes < 0 then
-    error("reset_classifier: expected a number of classes >= 0, got " .. tostring(num_classes), 2)
-  end
-  self.num_classes = num_classes
-  self.classifier[2] = num_classes > 0 and nn.Linear(self.num_features, num_classes) or nn.Identity()
-end
+mobile.features_head_methods(SmallCNN)
 
 ---Layer groups: "stem" (features.0), "stage1" (features.1-2), "stage2" (features.3-4), "head".
 function SmallCNN:layer_groups()
