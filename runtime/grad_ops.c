@@ -522,15 +522,21 @@ vtl_status vtl_fn_topk(vtl_tensor *x, int64_t k, int dim, bool largest, vtl_tens
   return VTL_OK;
 }
 
-vtl_tensor *vtl_fn_gather(vtl_tensor *x, int dim, vtl_tensor *index) {
-  vtl_tensor *out = vtl_op_gather(x, dim, index);
-  vtl_node *nd = record(&out, "GatherBackward", gather_bw, &x, 1);
+/* Records an op that picks x's entries along dim by index: the backward scatters back at the
+   saved index (as i64). */
+static vtl_tensor *record_indexed(vtl_tensor *out, vtl_tensor *x, int dim, vtl_tensor *index, const char *name,
+                                  vtl_backward_fn bw) {
+  vtl_node *nd = record(&out, name, bw, &x, 1);
   if (!nd) return out;
   nd->i[0] = dim;
   vtl_tensor *i64 = vtl_op_to_dtype(index, VTL_I64);
   vtl_ag_save(nd, i64);
   vtl_tensor_release(i64);
   return vtl_ag_attach(out, nd);
+}
+
+vtl_tensor *vtl_fn_gather(vtl_tensor *x, int dim, vtl_tensor *index) {
+  return record_indexed(vtl_op_gather(x, dim, index), x, dim, index, "GatherBackward", gather_bw);
 }
 
 static vtl_status index_select_bw(vtl_node *n, vtl_tensor *g, vtl_tensor **gin) {
@@ -547,14 +553,7 @@ static vtl_status index_select_bw(vtl_node *n, vtl_tensor *g, vtl_tensor **gin) 
   return finish(&s, &gin[0], z);
 }
 vtl_tensor *vtl_fn_index_select(vtl_tensor *x, int dim, vtl_tensor *index) {
-  vtl_tensor *out = vtl_op_index_select(x, dim, index);
-  vtl_node *nd = record(&out, "IndexSelectBackward", index_select_bw, &x, 1);
-  if (!nd) return out;
-  nd->i[0] = dim;
-  vtl_tensor *i64 = vtl_op_to_dtype(index, VTL_I64);
-  vtl_ag_save(nd, i64);
-  vtl_tensor_release(i64);
-  return vtl_ag_attach(out, nd);
+  return record_indexed(vtl_op_index_select(x, dim, index), x, dim, index, "IndexSelectBackward", index_select_bw);
 }
 
 static vtl_status mask_index_bw(vtl_node *n, vtl_tensor *g, vtl_tensor **gin) {

@@ -235,11 +235,8 @@ function EfficientNetLite:get_classifier() return self._fc end
 ---returns pooled features).
 ---@param num_classes integer
 function EfficientNetLite:reset_classifier(num_classes)
-  if math.type(num_classes) ~= "integer" or num_classes < 0 then
-    error("reset_classifier: expected a number of classes >= 0, got " .. tostring(num_classes), 2)
-  end
+  self._fc = registry.classifier(HEAD, num_classes)
   self.num_classes = num_classes
-  self._fc = num_classes > 0 and nn.Linear(HEAD, num_classes) or nn.Identity()
 end
 
 ---Layer groups from input to output, for freezing and per-group learning rates: "stem",

@@ -150,11 +150,8 @@ function M.features_head_methods(Class)
   function Class:forward(x) return self:forward_head(self:forward_features(x)) end
   function Class:get_classifier() return self.classifier[2] end
   function Class:reset_classifier(num_classes)
-    if math.type(num_classes) ~= "integer" or num_classes < 0 then
-      error("reset_classifier: expected a number of classes >= 0, got " .. tostring(num_classes), 2)
-    end
+    self.classifier[2] = registry.classifier(self.num_features, num_classes)
     self.num_classes = num_classes
-    self.classifier[2] = num_classes > 0 and nn.Linear(self.num_features, num_classes) or nn.Identity()
   end
 end
 
@@ -296,11 +293,8 @@ function MobileNetV3:get_classifier() return self.classifier[4] end
 ---Replaces classifier.3 with a new Linear(1280 | 1024, num_classes) (0: an Identity).
 ---@param num_classes integer
 function MobileNetV3:reset_classifier(num_classes)
-  if math.type(num_classes) ~= "integer" or num_classes < 0 then
-    error("reset_classifier: expected a number of classes >= 0, got " .. tostring(num_classes), 2)
-  end
+  self.classifier[4] = registry.classifier(self.head_hidden_size, num_classes)
   self.num_classes = num_classes
-  self.classifier[4] = num_classes > 0 and nn.Linear(self.head_hidden_size, num_classes) or nn.Identity()
 end
 
 ---Layer groups: "stem", "stage1".. (blocks by output channels), "final_conv", "head" (classifier).

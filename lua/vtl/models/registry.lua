@@ -19,7 +19,21 @@ end
 
 ---@param name string
 ---@return table|nil entry
-function R.get(name) return R.entries[name] end
+function R.get(name) ---A classifier for reset_classifier: Linear(in_features, num_classes), or an Identity for 0
+---(the model then returns pooled features). Raises, blaming reset_classifier's caller, on a
+---count that is not an integer >= 0.
+---@param in_features integer
+---@param num_classes integer
+---@return table module
+function R.classifier(in_features, num_classes)
+  if math.type(num_classes) ~= "integer" or num_classes < 0 then
+    error("reset_classifier: expected a number of classes >= 0, got " .. tostring(num_classes), 3)
+  end
+  local nn = require "vtl.nn"
+  return num_classes > 0 and nn.Linear(in_features, num_classes) or nn.Identity()
+end
+
+return R.entries[name] end
 
 ---@return string[] sorted names
 function R.names()
@@ -33,6 +47,20 @@ end
 ---@return string
 function R.weights_dir()
   return os.getenv("VTL_WEIGHTS") or ((os.getenv("HOME") or ".") .. "/.cache/vtl/weights")
+end
+
+---A classifier for reset_classifier: Linear(in_features, num_classes), or an Identity for 0
+---(the model then returns pooled features). Raises, blaming reset_classifier's caller, on a
+---count that is not an integer >= 0.
+---@param in_features integer
+---@param num_classes integer
+---@return table module
+function R.classifier(in_features, num_classes)
+  if math.type(num_classes) ~= "integer" or num_classes < 0 then
+    error("reset_classifier: expected a number of classes >= 0, got " .. tostring(num_classes), 3)
+  end
+  local nn = require "vtl.nn"
+  return num_classes > 0 and nn.Linear(in_features, num_classes) or nn.Identity()
 end
 
 return R

@@ -160,11 +160,8 @@ function ResNet:get_classifier() return self.fc end
 ---returns pooled features).
 ---@param num_classes integer
 function ResNet:reset_classifier(num_classes)
-  if math.type(num_classes) ~= "integer" or num_classes < 0 then
-    error("reset_classifier: expected a number of classes >= 0, got " .. tostring(num_classes), 2)
-  end
+  self.fc = registry.classifier(self.num_features, num_classes)
   self.num_classes = num_classes
-  self.fc = num_classes > 0 and nn.Linear(self.num_features, num_classes) or nn.Identity()
 end
 
 ---Layer groups from input to output: "stem" (conv1, bn1), "layer1".."layer4", "head" (fc).

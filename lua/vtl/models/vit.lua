@@ -185,11 +185,8 @@ function VisionTransformer:get_classifier() return self.head end
 ---Replaces head with a new Linear(dim, num_classes) (0: an Identity).
 ---@param num_classes integer
 function VisionTransformer:reset_classifier(num_classes)
-  if math.type(num_classes) ~= "integer" or num_classes < 0 then
-    error("reset_classifier: expected a number of classes >= 0, got " .. tostring(num_classes), 2)
-  end
+  self.head = registry.classifier(self.embed_dim, num_classes)
   self.num_classes = num_classes
-  self.head = num_classes > 0 and nn.Linear(self.embed_dim, num_classes) or nn.Identity()
 end
 
 ---Parameter names exempt from weight decay (as timm): the position embedding and class token.
