@@ -253,88 +253,163 @@ end
 
 -- ---- DataLoader ----
 
+local core = require "vtl.core"
+
 local DataLoader = {}
 DataLoader.__index = DataLoader
 DataLoader.__name = "vtl.data.DataLoader"
 DataLoader.__len = function(self)
-  local n = len_of(self.dataset)
+  local n = self.sampler and #self.sampler or len_of(self.dataset)
   if self.drop_last then return n // self.batch_size end
   return (n + self.batch_size - 1) // self.batch_size
 end
 
 ---Batches of a dataset: {input = N×... (stacked inputs), target = i64 N (numbers) or stacked
----tensors, index = i64 N (1-based sample indices)}. opts: batch_size (1), shuffle (false),
----drop_last (false), seed (0). The order of epoch e and each sample's generator depend only on
----(seed, e, index).
+---tensors, index = i64 N (1-based sample indices), group = list (when the dataset returns a
+---third value per sample)}. opts: batch_size (1), shuffle (false), drop_last (false), seed (0),
+---sampler (an object with sampler:indices(epoch) and #sampler, instead of shuffle),
+---num_workers (0: batches are made in the calling thread; n: n worker threads, each with its
+---own Lua state holding a copy of the dataset), prefetch (2: batches each worker may make ahead),
+---batch_transform (fn(batch, generator) -> batch, e.g. MixUp; runs in the workers).
+---Every sample's generator derives from (seed, epoch, index) and a batch_transform's from
+---(seed, epoch, batch number), so the batches do not depend on num_workers.
 ---@param opts? table
 function data.DataLoader(ds, opts)
   opts = opts or {}
   local bs = opts.batch_size or 1
   if math.type(bs) ~= "integer" or bs < 1 then error("DataLoader: batch_size must be a positive integer", 2) end
   if type(ds) ~= "table" or type(ds.get) ~= "function" then error("DataLoader: expected a dataset (a table with get)", 2) end
-  return setmetatable({dataset = ds, batch_size = bs, shuffle = opts.shuffle or false,
-                       drop_last = opts.drop_last or false, seed = opts.seed or 0, skipped = 0}, DataLoader)
+  local nw = opts.num_workers or 0
+  if math.type(nw) ~= "integer" or nw < 0 or nw > 256 then
+    error("DataLoader: num_workers must be an integer between 0 and 256, got " .. tostring(nw), 2)
+  end
+  local prefetch = opts.prefetch or 2
+  if math.type(prefetch) ~= "integer" or prefetch < 1 then
+    error("DataLoader: prefetch must be a positive integer, got " .. tostring(prefetch), 2)
+  end
+  local seed = opts.seed or 0
+  if math.type(seed) ~= "integer" then error("DataLoader: seed must be an integer, got " .. tostring(seed), 2) end
+  local sampler = opts.sampler
+  if sampler ~= nil and (type(sampler) ~= "table" or type(sampler.indices) ~= "function") then
+    error("DataLoader: sampler must be an object with indices(epoch)", 2)
+  end
+  if sampler and opts.shuffle then error("DataLoader: give either shuffle or a sampler, not both", 2) end
+  local bt = opts.batch_transform
+  if bt ~= nil and not (type(bt) == "function" or (type(bt) == "table" and getmetatable(bt) and getmetatable(bt).__call)) then
+    error("DataLoader: batch_transform must be callable", 2)
+  end
+  return setmetatable({dataset = ds, batch_size = bs, shuffle = opts.shuffle or false, sampler = sampler,
+                       drop_last = opts.drop_last or false, seed = seed, num_workers = nw,
+                       prefetch = prefetch, batch_transform = bt, skipped = 0}, DataLoader)
 end
 
 ---The sample order of an epoch (a list of 1-based indices).
 function DataLoader:order(epoch)
+  epoch = epoch or 1
+  if self.sampler then return self.sampler:indices(epoch) end
   local n = len_of(self.dataset)
-  if self.shuffle then return permutation(n, vtl.Generator(mix(self.seed, epoch or 1, 0x51))) end
+  if self.shuffle then return permutation(n, vtl.Generator(mix(self.seed, epoch, 0x51))) end
   local o = {}
   for i = 1, n do o[i] = i end
   return o
 end
 
-local function collate(inputs, targets, indices)
+local function collate(inputs, targets, indices, groups)
   local ok, input = pcall(vtl.stack, inputs)
   if not ok then
     error("DataLoader: cannot batch samples of different shapes (add a Resize or crop transform): " .. tostring(input), 3)
   end
   local batch = {input = input, index = vtl.tensor(indices, {dtype = "i64"})}
   if #targets > 0 then
+    if #targets ~= #inputs then error("DataLoader: some samples have targets and some do not", 3) end
     if vtl.is_tensor(targets[1]) then batch.target = vtl.stack(targets)
     else batch.target = vtl.tensor(targets, {dtype = math.type(targets[1]) == "integer" and "i64" or "f32"}) end
   end
+  if #groups > 0 then batch.group = groups end
   return batch
+end
+
+-- Batch k of an epoch plan {dataset, batches, epoch, seed, batch_transform}: the collated
+-- batch and the number of samples the dataset skipped, or false when all were skipped. The
+-- same function runs in the calling thread and in the workers.
+function data._make_batch(plan, k)
+  local ds, epoch, seed = plan.dataset, plan.epoch, plan.seed
+  local inputs, targets, indices, groups, skipped = {}, {}, {}, {}, 0
+  for _, i in ipairs(plan.batches[k]) do
+    local x, y, g = ds:get(i, vtl.Generator(mix(seed, epoch, i)))
+    if x == nil then skipped = skipped + 1
+    else
+      inputs[#inputs + 1] = x
+      if y ~= nil then targets[#targets + 1] = y end
+      if g ~= nil then groups[#groups + 1] = g end
+      indices[#indices + 1] = i
+    end
+  end
+  if #inputs == 0 then return {false, skipped} end
+  local batch = collate(inputs, targets, indices, groups)
+  if plan.batch_transform then batch = plan.batch_transform(batch, vtl.Generator(mix(seed, epoch, 0xB7, k))) end
+  return {batch, skipped}
+end
+
+function DataLoader:plan(epoch)
+  local order = self:order(epoch)
+  local n, bs, batches = #order, self.batch_size, {}
+  for pos = 0, n - 1, bs do
+    if self.drop_last and n - pos < bs then break end
+    local b = {}
+    for k = pos + 1, math.min(pos + bs, n) do b[#b + 1] = order[k] end
+    batches[#batches + 1] = b
+  end
+  return {dataset = self.dataset, batches = batches, epoch = epoch, seed = self.seed,
+          batch_transform = self.batch_transform}
 end
 
 ---Iterates the batches of epoch `epoch` (default 1): `for batch in loader:iter(epoch) do`.
 ---Samples a dataset skips (get returns nil) are left out and counted in loader.skipped, which
----holds the count of the last finished epoch.
+---holds the count of the last finished epoch. Leaving the loop early (break, error) stops the
+---workers.
 function DataLoader:iter(epoch)
   epoch = epoch or 1
-  local order = self:order(epoch)
-  local n, bs, pos, skipped, done = #order, self.batch_size, 0, 0, false
-  return function()
-    if done then return nil end
-    while pos < n do
-      if self.drop_last and n - pos < bs then break end
-      local inputs, targets, indices = {}, {}, {}
-      local last = math.min(pos + bs, n)
-      for k = pos + 1, last do
-        local i = order[k]
-        local x, y = self.dataset:get(i, vtl.Generator(mix(self.seed, epoch, i)))
-        if x == nil then skipped = skipped + 1
-        else
-          inputs[#inputs + 1] = x
-          if y ~= nil then targets[#targets + 1] = y end
-          indices[#indices + 1] = i
-        end
-      end
-      pos = last
-      if #inputs > 0 then
-        if #targets > 0 and #targets ~= #inputs then error("DataLoader: some samples have targets and some do not") end
-        return collate(inputs, targets, indices)
-      end
-    end
+  local plan = self:plan(epoch)
+  local nb, k, skipped, done = #plan.batches, 0, 0, false
+  local workers
+  if self.num_workers > 0 and nb > 0 then
+    workers = core.loader_start(plan, {workers = math.min(self.num_workers, nb), window = self.num_workers * self.prefetch,
+                                       batches = nb, module = "vtl.data", fn = "_make_batch"})
+  end
+  local function finish()
+    if done then return end
     done = true
+    if workers then workers:close() end
     self.skipped = skipped
     if skipped > 0 then
       io.stderr:write(string.format("DataLoader: epoch %d: skipped %d unreadable sample%s\n", epoch, skipped,
         skipped == 1 and "" or "s"))
     end
+  end
+  local function step()
+    while not done and k < nb do
+      k = k + 1
+      local r
+      if workers then
+        local ok, res = pcall(workers.next, workers)
+        if not ok then
+          workers:close()
+          done = true
+          error("DataLoader: worker: " .. tostring(res), 2)
+        end
+        r = res
+      else
+        r = data._make_batch(plan, k)
+      end
+      skipped = skipped + r[2]
+      if r[1] then return r[1] end
+    end
+    finish()
     return nil
   end
+  local closer = setmetatable({}, {__close = function() if workers and not done then done = true; workers:close() end end})
+  return step, nil, nil, closer
 end
 
 return data
