@@ -79,7 +79,7 @@ ifneq ($(file < $(BUILD)/.objs),$(LIB_OBJ))
 endif
 $(BUILD)/libvtl.a $(BUILD)/vtl/core.so: $(BUILD)/.objs
 
-.PHONY: all setup test test-asan test-ref bench bench-train bench-infer demo install clean info-backend
+.PHONY: all setup test test-asan test-ref bench bench-train bench-infer bench-loader demo install clean info-backend
 all: info-backend $(VTL_BIN) $(BUILD)/vtl/core.so
 
 info-backend:
@@ -127,6 +127,9 @@ bench-train: setup all
 
 bench-infer: setup all
 	@bash tests/bench/infer.sh
+
+bench-loader: setup all
+	@bash tests/bench/loader.sh
 
 demo: setup all
 	./$(VTL_BIN) examples/tensor_tour.lua

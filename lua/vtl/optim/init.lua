@@ -16,6 +16,7 @@ return {
   AdamW = adam.AdamW,
   RMSprop = require "vtl.optim.rmsprop",
   param_groups_no_decay = require("vtl.optim.groups").param_groups_no_decay,
+  lr_scheduler = require "vtl.optim.lr_scheduler",
   flatten_state_dict = state.flatten,
   unflatten_state_dict = state.unflatten,
 }
