@@ -87,6 +87,10 @@ static void setsignal(int sig, void (*handler)(int)) {
 static void lstop(lua_State *L, lua_Debug *ar) {
   (void)ar;
   lua_sethook(L, NULL, 0, 0);
+  if (lvtl_interrupt_deferred > 0) { /* raised when the critical section ends */
+    lvtl_interrupt_pending = 1;
+    return;
+  }
   luaL_error(L, "interrupted!");
 }
 

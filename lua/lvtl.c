@@ -1,6 +1,7 @@
 /* The vtl.core module: tensors, files, and system functions (clock, threads, build info). */
 #include <lua.h>
 #include <lauxlib.h>
+#include <unistd.h>
 #include "lvtl.h"
 
 static void collect_on_oom(void *ud) { lua_gc((lua_State *)ud, LUA_GCCOLLECT); }
@@ -15,6 +16,30 @@ static int l_set_num_threads(lua_State *L) {
 }
 
 static int l_get_num_threads(lua_State *L) { lua_pushinteger(L, vtl_get_num_threads()); return 1; }
+
+/* isatty(fd = 1): whether a standard stream is a terminal (progress bars redraw in place only there). */
+static int l_isatty(lua_State *L) {
+  lua_Integer fd = luaL_optinteger(L, 1, 1);
+  luaL_argcheck(L, fd >= 0 && fd <= 2, 1, "fd must be 0, 1 or 2");
+  lua_pushboolean(L, isatty((int)fd));
+  return 1;
+}
+
+/* Ctrl-C inside a critical section (an optimizer step, a checkpoint write) is held back until
+   the section ends, so an interrupted run never stops with half-updated weights. The host's
+   SIGINT hook reads these. */
+int lvtl_interrupt_deferred, lvtl_interrupt_pending;
+
+/* defer_interrupts(on): enters (true) or leaves (false) a critical section; leaving the
+   outermost one raises "interrupted!" when Ctrl-C came meanwhile. */
+static int l_defer_interrupts(lua_State *L) {
+  if (lua_toboolean(L, 1)) lvtl_interrupt_deferred++;
+  else if (lvtl_interrupt_deferred > 0 && --lvtl_interrupt_deferred == 0 && lvtl_interrupt_pending) {
+    lvtl_interrupt_pending = 0;
+    return luaL_error(L, "interrupted!");
+  }
+  return 0;
+}
 
 static int l_memory_allocated(lua_State *L) { lua_pushinteger(L, (lua_Integer)vtl_alloc_bytes()); return 1; }
 
@@ -52,7 +77,8 @@ static int l_build_info(lua_State *L) {
 
 static const luaL_Reg sys_funcs[] = {
   {"clock", l_clock}, {"set_num_threads", l_set_num_threads}, {"get_num_threads", l_get_num_threads},
-  {"memory_allocated", l_memory_allocated}, {"build_info", l_build_info}, {NULL, NULL}};
+  {"memory_allocated", l_memory_allocated}, {"build_info", l_build_info}, {"isatty", l_isatty},
+  {"defer_interrupts", l_defer_interrupts}, {NULL, NULL}};
 
 void lvtl_open_sys(lua_State *L) {
   luaL_setfuncs(L, sys_funcs, 0);

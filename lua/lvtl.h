@@ -54,4 +54,6 @@ void lvtl_open_image(lua_State *L);
 void lvtl_open_loader(lua_State *L);
 
 int luaopen_vtl_core(lua_State *L);
+/* Ctrl-C held back while > 0 (see defer_interrupts in lvtl.c); pending when one came meanwhile. */
+extern int lvtl_interrupt_deferred, lvtl_interrupt_pending;
 #endif

@@ -335,6 +335,7 @@ end
 function data._make_batch(plan, k)
   local ds, epoch, seed = plan.dataset, plan.epoch, plan.seed
   local inputs, targets, indices, groups, skipped = {}, {}, {}, {}, 0
+  k = k + (plan.offset or 0)
   for _, i in ipairs(plan.batches[k]) do
     local x, y, g = ds:get(i, vtl.Generator(mix(seed, epoch, i)))
     if x == nil then skipped = skipped + 1
@@ -365,13 +366,19 @@ function DataLoader:plan(epoch)
 end
 
 ---Iterates the batches of epoch `epoch` (default 1): `for batch in loader:iter(epoch) do`.
----Samples a dataset skips (get returns nil) are left out and counted in loader.skipped, which
----holds the count of the last finished epoch. Leaving the loop early (break, error) stops the
----workers.
-function DataLoader:iter(epoch)
+---opts.start: the first batch number (default 1; a resumed epoch skips the batches it had
+---done, which are the same ones). Samples a dataset skips (get returns nil) are left out and
+---counted in loader.skipped, which holds the count of the last finished epoch. Leaving the
+---loop early (break, error) stops the workers.
+---@param epoch? integer
+---@param opts? {start: integer}
+function DataLoader:iter(epoch, opts)
   epoch = epoch or 1
+  local start = opts and opts.start or 1
+  if math.type(start) ~= "integer" or start < 1 then error("DataLoader:iter: start must be a positive integer", 2) end
   local plan = self:plan(epoch)
-  local nb, k, skipped, done = #plan.batches, 0, 0, false
+  plan.offset = math.min(start - 1, #plan.batches)
+  local nb, k, skipped, done = #plan.batches - plan.offset, 0, 0, false
   local workers
   if self.num_workers > 0 and nb > 0 then
     workers = core.loader_start(plan, {workers = math.min(self.num_workers, nb), window = self.num_workers * self.prefetch,
