@@ -1,0 +1,324 @@
+-- vtl.io.load_idx, FashionMNIST/IDXDataset, CSVDataset, class-aware sampling, MixUp/CutMix
+-- and the preview grid, against NumPy, Python's csv module, timm and scipy (fixtures by
+-- tests/ref/gen_datasets.py).
+local T = require "testlib"
+local vtl = require "vtl"
+local data = require "vtl.data"
+local mixing = require "vtl.mixing"
+local test = T.test
+
+local FIX = os.getenv("VTL_FIXTURES") or "build/fixtures"
+local DIR = FIX .. "/datasets/"
+local ok_ref, ref = pcall(dofile, FIX .. "/datasets_ref.lua")
+if not ok_ref then
+  test("datasets fixtures", function()
+    error("cannot load " .. FIX .. "/datasets_ref.lua; run .venv/bin/python tests/ref/gen_datasets.py " .. FIX, 0)
+  end)
+  return
+end
+
+local function maxdiff(a, b)
+  T.eq(table.concat(a.shape, ","), table.concat(b.shape, ","), "shape")
+  if a:numel() == 0 then return 0 end
+  return (a:to("f64") - b:to("f64")):abs():max():item()
+end
+
+local function joined(t) return table.concat(t, ",") end
+
+-- ---- IDX ----
+
+test("load_idx: every element type, plain and gzip, as NumPy reads it", function()
+  local want_dtype = {u8 = "u8", i8 = "i32", i16 = "i32", i32 = "i32", f32 = "f32", f64 = "f64", empty = "u8"}
+  for _, c in ipairs(ref.idx) do
+    local want = vtl.load(DIR .. c.npy)
+    for _, suffix in ipairs {"", ".gz"} do
+      local got = vtl.io.load_idx(DIR .. c.file .. suffix)
+      local stem = c.npy:sub(1, -5)
+      T.eq(got.dtype, want_dtype[stem], c.file .. suffix .. " dtype")
+      T.eq(joined(got.shape), joined(c.shape), c.file .. suffix .. " shape")
+      T.eq(maxdiff(got, want), 0, c.file .. suffix .. " values")
+    end
+  end
+end)
+
+test("load_idx: malformed files give an error naming the file, never a crash", function()
+  for _, c in ipairs(ref.idx_bad) do
+    local path = DIR .. c.file
+    local ok, err = pcall(vtl.io.load_idx, path)
+    T.truthy(not ok, c.file .. " should fail")
+    T.truthy(tostring(err):find("load_idx: " .. path, 1, true), c.file .. ": error does not name the file: " .. tostring(err))
+    T.truthy(tostring(err):find(c.err, 1, true), c.file .. ": expected '" .. c.err .. "' in: " .. tostring(err))
+  end
+  T.raises(function() vtl.io.load_idx(DIR .. "no_such_file.idx") end, "cannot open")
+  T.raises(function() vtl.io.load_idx(DIR) end, "not a regular file")
+  T.raises(function() vtl.io.load_idx() end, "load_idx: path (argument 1) must be a string, got no value")
+  T.raises(function() vtl.io.load_idx(3) end, "must be a string, got number")
+end)
+
+-- ---- Fashion-MNIST ----
+
+test("FashionMNIST: the Debian package's files as NumPy reads them", function()
+  for _, split in ipairs {"train", "test"} do
+    local r = ref.fmnist[split]
+    T.truthy(r, "no reference for the " .. split .. " split (is dataset-fashion-mnist installed?)")
+    local ds = data.FashionMNIST {split = split}
+    T.eq(#ds, r.n)
+    T.eq(#ds.classes, 10)
+    T.eq(ds.classes[1], "T-shirt/top"); T.eq(ds.classes[10], "Ankle boot")
+    T.eq(ds.class_to_idx["Sneaker"], 8)
+    T.eq(joined(data.class_counts(ds)), joined(r.counts))
+    for k = 1, 16 do
+      T.eq(ds.targets[k], r.first_labels[k] + 1, split .. " first labels")
+      T.eq(ds.targets[r.n - 16 + k], r.last_labels[k] + 1, split .. " last labels")
+    end
+    T.eq(ds.images:to("i64"):sum():item(), r.total, split .. " pixel sum")
+    local k = 0
+    for i = 1, r.n, r.step do
+      k = k + 1
+      local img = ds:get(i)
+      T.eq(img:to("i64"):sum():item(), r.sums[k], split .. " image " .. i .. " sum")
+    end
+    local first, y = ds:get(1)
+    T.eq(first.dtype, "u8"); T.eq(joined(first.shape), "28,28,1")
+    T.eq(y, r.first_labels[1] + 1)
+    T.eq(maxdiff(first:view(28, 28), vtl.load(DIR .. "fmnist_" .. split .. "_first.npy")), 0)
+    T.eq(maxdiff(ds:get(r.n):view(28, 28), vtl.load(DIR .. "fmnist_" .. split .. "_last.npy")), 0)
+  end
+end)
+
+test("FashionMNIST/IDXDataset: transforms, options and errors", function()
+  local TF = require "vtl.transforms"
+  local ds = data.FashionMNIST {split = "test", transform = TF.Compose {TF.Resize({32, 32}), TF.ToTensor()}}
+  local x = ds:get(3)
+  T.eq(x.dtype, "f32"); T.eq(joined(x.shape), "1,32,32")
+  local loader = data.DataLoader(ds, {batch_size = 16})
+  local b = loader:iter(1)()
+  T.eq(joined(b.input.shape), "16,1,32,32")
+  T.eq(b.target[1]:item(), ref.fmnist.test.first_labels[1] + 1)
+  T.raises(function() data.FashionMNIST {split = "val"} end, "split must be \"train\" or \"test\", got val")
+  T.raises(function() data.FashionMNIST {root = DIR .. "nowhere"} end, "train-images-idx3-ubyte(.gz) not found")
+  T.raises(function() ds:get(0) end, "index 0 out of range 1..10000")
+  T.raises(function() ds:get(10001) end, "out of range")
+  -- generic pair, labels counted from 1, no labels
+  local idx = DIR .. "u8.idx"
+  local plain = data.IDXDataset(idx)
+  T.eq(#plain, 4); T.eq(plain.targets, nil)
+  T.eq(joined(plain:get(2).shape), "5,3,1")
+  T.raises(function() data.IDXDataset(idx, DIR .. "i8.idx") end, "has 4 images but")
+  T.raises(function() data.IDXDataset(DIR .. "f32.idx") end, "expected u8 images")
+  T.raises(function() data.IDXDataset(DIR .. "bad_magic.idx") end, "IDXDataset: load_idx: " .. DIR .. "bad_magic.idx")
+  T.raises(function() data.IDXDataset(idx, nil, {label_base = 0.5}) end, "label_base must be an integer")
+  T.raises(function() data.IDXDataset(5) end, "images_path must be a path string, got number")
+  T.raises(function() data.IDXDataset(idx, nil, {transform = 3}) end, "transform must be callable")
+end)
+
+-- ---- CSV ----
+
+test("parse_csv: the rows Python's csv module wrote and reads back", function()
+  local text = T.readfile(DIR .. "csvimg/labels.csv")
+  local rows = data.parse_csv(text, ",", "labels.csv")
+  T.eq(#rows, #ref.csv_rows)
+  for r, want in ipairs(ref.csv_rows) do
+    T.eq(#rows[r], #want, "row " .. r .. " field count")
+    for c = 1, #want do T.eq(rows[r][c], want[c], string.format("row %d field %d", r, c)) end
+  end
+  -- line numbers count the newlines inside quoted fields
+  T.eq(rows[1].line, 1); T.eq(rows[2].line, 2); T.eq(rows[4].line, 4); T.eq(rows[5].line, 6); T.eq(rows[6].line, 8)
+  local semi = data.parse_csv(T.readfile(DIR .. "ints.csv"), ";")
+  for r, want in ipairs(ref.csv_ints_rows) do T.eq(joined(semi[r]), joined(want)) end
+  -- small cases: CR line ends, a missing last newline, blank lines, an empty quoted field, a BOM
+  local rs = data.parse_csv("\239\187\191a,b\r1,\"\"\r\r\n2,3")
+  T.eq(#rs, 3); T.eq(rs[1][1], "a"); T.eq(rs[2][2], ""); T.eq(rs[3][2], "3"); T.eq(rs[3].line, 4)
+  T.eq(#data.parse_csv(""), 0)
+  T.eq(joined(data.parse_csv("x,\n")[1]), "x,")
+  T.eq(#data.parse_csv("x,\n")[1], 2)
+  T.raises(function() data.parse_csv('a,b\n1,"2\n3,4', ",", "t.csv") end, "t.csv: line 2, column 3: unterminated quoted field")
+  T.raises(function() data.parse_csv('a,b\n1,"2"x\n', ",", "t.csv") end, "line 2, column 6: unexpected character 'x'")
+  T.raises(function() data.parse_csv('a,b\n"x\ny",2\n3,4"\n', ",", "t.csv") end, "line 4, column 4: quote inside an unquoted field")
+  T.raises(function() data.parse_csv("a", "ab") end, "delimiter must be one character")
+  T.raises(function() data.parse_csv(nil) end, "text must be a string")
+end)
+
+test("CSVDataset: names as labels, groups, images relative to the file", function()
+  local csv = DIR .. "csvimg/labels.csv"
+  local ds = data.CSVDataset(csv, {group_cols = {"site", "note, with comma"}})
+  T.eq(#ds, 6)
+  T.eq(joined(ds.classes), "bird,cat,dog")
+  T.eq(joined(ds.targets), "2,3,2,1,3,1")
+  T.eq(joined(data.class_counts(ds)), "2,2,2")
+  for i = 1, 6 do
+    local img, y, g = ds:get(i)
+    T.eq(maxdiff(img, vtl.load(DIR .. "csvimg_" .. i .. ".npy")), 0, "image " .. i)
+    T.eq(y, ds.targets[i])
+    T.eq(g.site, ref.csv_rows[i + 1][3]); T.eq(g["note, with comma"], ref.csv_rows[i + 1][4])
+    T.truthy(g == ds.groups[i])
+  end
+  T.eq(ds.groups[3].site, "north, east")
+  local given = data.CSVDataset(csv, {classes = {"dog", "cat", "bird", "fish"}})
+  T.eq(joined(given.targets), "2,1,2,3,1,3")
+  T.eq(#given.classes, 4)
+  T.eq(select(3, given:get(1)), nil)
+  local sub = data.Subset(ds, {3, 1})
+  T.eq(sub.groups[1].site, "north, east")
+  local _, _, g = sub:get(1)
+  T.eq(g.site, "north, east")
+  local unlabelled = data.CSVDataset(csv, {label_col = false})
+  T.eq(unlabelled.targets, nil)
+  T.eq(select(2, unlabelled:get(1)), nil)
+  local by_number = data.CSVDataset(csv, {path_col = 1, label_col = 2})
+  T.eq(joined(by_number.targets), joined(ds.targets))
+  T.raises(function() data.CSVDataset(csv, {label_col = 3}) end,
+    "CSVDataset: " .. csv .. ": line 6, column 3 (site): empty label")
+end)
+
+test("CSVDataset: integer labels, label_base, delimiter, absolute paths", function()
+  local csv = DIR .. "ints.csv"
+  local ds = data.CSVDataset(csv, {path_col = "file", label_col = "y", group_cols = {"scanner"}, delimiter = ";"})
+  local want = {}
+  for i, v in ipairs(ref.csv_ints) do want[i] = v + 1 end
+  T.eq(joined(ds.targets), joined(want))
+  T.eq(joined(ds.classes), "0,1,2")
+  T.eq(ds.groups[2].scanner, "s1")
+  T.eq(maxdiff(ds:get(3), vtl.load(DIR .. "csvimg_3.npy")), 0)
+  local one = data.CSVDataset(csv, {path_col = "file", label_col = "y", delimiter = ";", label_base = -1})
+  T.eq(one.targets[1], ref.csv_ints[1] + 2)
+  local names = data.CSVDataset(csv, {path_col = "file", label_col = "y", delimiter = ";", label_type = "names"})
+  T.eq(joined(names.classes), "0,1,2")
+  T.raises(function() data.CSVDataset(csv, {path_col = "file", label_col = "y", delimiter = ";", label_base = 1}) end,
+    "line 3, column 2 (y): label 0 is outside 1.. (label_base 1)")
+  T.raises(function() data.CSVDataset(csv, {path_col = "file", label_col = "y", delimiter = ";", classes = {"a", "b"}}) end,
+    "label 2 is outside 0..1")
+end)
+
+test("CSVDataset: bad files and options give errors naming the file, line and column", function()
+  local tmp = os.tmpname()
+  local function with(text, opts)
+    T.writefile(tmp, text)
+    return data.CSVDataset(tmp, opts)
+  end
+  T.raises(function() with("") end, "CSVDataset: " .. tmp .. ": empty file (a header row is required)")
+  T.raises(function() with("path,label\n") end, "no rows after the header")
+  T.raises(function() with("path,label\na.png,1,extra\n") end, tmp .. ": line 2: 3 fields, the header has 2")
+  T.raises(function() with("file,label\na.png,1\n") end, 'path_col "path" is not a column (header: file, label)')
+  T.raises(function() with("path,label\na.png,1\n", {label_col = 5}) end, "label_col 5 is outside the 2 columns")
+  T.raises(function() with("path,label\n,1\n") end, "line 2, column 1 (path): empty path")
+  T.raises(function() with('path,label\n"a.png,1\n') end, tmp .. ": line 2, column 1: unterminated quoted field")
+  T.raises(function() with("path,label\na.png,cat\n", {classes = {"dog"}}) end,
+    'line 2, column 2 (label): label "cat" is not one of the given classes')
+  T.raises(function() with("path,label\na.png,x\n", {label_type = "integers"}) end, 'label "x" is not an integer')
+  T.raises(function() with("path,label\na.png,x\n", {label_type = "int"}) end, "label_type must be")
+  T.raises(function() with("path,label\na.png,x\n", {group_cols = {"site"}}) end, 'group_cols[1] "site" is not a column')
+  T.raises(function() with("path,label\na.png,x\n", {on_error = "ignore"}) end, "on_error must be")
+  T.raises(function() data.CSVDataset(tmp .. ".missing") end, "CSVDataset: cannot open " .. tmp .. ".missing")
+  T.raises(function() data.CSVDataset(42) end, "csv must be a path string, got number")
+  -- an unreadable image: raise naming it, or skip and count
+  local ds = with("path,label\nmissing.png,a\n" .. DIR .. "csvimg/a.png,b\n")
+  T.raises(function() ds:get(1) end, "CSVDataset: sample 1: image.load:")
+  T.raises(function() ds:get(3) end, "index 3 out of range 1..2")
+  local skip = with("path,label\nmissing.png,a\n" .. DIR .. "csvimg/a.png,b\n", {on_error = "skip"})
+  T.eq(skip:get(1), nil); T.eq(skip.skipped, 1)
+  T.eq(select(2, skip:get(2)), 2)
+  os.remove(tmp)
+end)
+
+-- ---- sampling ----
+
+local function labelled(labels)
+  local n = #labels
+  return data.TensorDataset(vtl.arange(1, n + 1):float(), vtl.tensor(labels, {dtype = "i64"}))
+end
+
+test("class_counts and sample_per_class: k per class, seeded, uniform within a class", function()
+  local labels = {}
+  for i = 1, 200 do labels[i] = (i * 7) % 5 + 1 end
+  for i = 201, 230 do labels[i] = 3 end
+  local ds = labelled(labels)
+  local counts = data.class_counts(ds)
+  T.eq(joined(counts), "40,40,70,40,40")
+  local sub = data.sample_per_class(ds, 6, {seed = 3})
+  T.eq(#sub, 30)
+  T.eq(joined(data.class_counts(sub)), "6,6,6,6,6")
+  local seen = {}
+  for k, i in ipairs(sub.indices) do
+    T.truthy(not seen[i], "index twice"); seen[i] = true
+    T.eq(sub.targets[k], labels[i])
+    if k > 1 then T.truthy(i > sub.indices[k - 1], "indices in dataset order") end
+  end
+  T.eq(joined(data.sample_per_class(ds, 6, {seed = 3}).indices), joined(sub.indices))
+  T.truthy(joined(data.sample_per_class(ds, 6, {seed = 4}).indices) ~= joined(sub.indices), "seeds differ")
+  -- every sample of a class is equally likely: over seeds, the picks cover class 1 evenly
+  local hits, class1 = {}, 0
+  for i = 1, 200 do if labels[i] == 1 then hits[i] = 0; class1 = class1 + 1 end end
+  for seed = 1, 200 do
+    for _, i in ipairs(data.sample_per_class(ds, 4, {seed = seed}).indices) do
+      if hits[i] then hits[i] = hits[i] + 1 end
+    end
+  end
+  -- each class-1 sample is picked with probability 4/40 per seed: 20 expected of 200, sd 4.2
+  for i, h in pairs(hits) do T.truthy(h >= 5 and h <= 38, "sample " .. i .. " picked " .. h .. " times of 200") end
+  T.raises(function() data.sample_per_class(ds, 41) end, "class 1 has 40 samples, fewer than k = 41")
+  T.eq(#data.sample_per_class(ds, 41, {allow_fewer = true}), 4 * 40 + 41)
+  T.raises(function() data.sample_per_class(ds, 0) end, "k must be a positive integer")
+  T.raises(function() data.sample_per_class(data.TensorDataset(vtl.zeros(3)), 1) end, "has no targets")
+  T.raises(function() data.class_counts(5) end, "class_counts: expected a dataset, got number")
+  local fm = data.sample_per_class(data.FashionMNIST {split = "test"}, 10, {seed = 1})
+  T.eq(#fm, 100)
+  T.eq(joined(data.class_counts(fm)), "10,10,10,10,10,10,10,10,10,10")
+  T.eq(fm.classes[1], "T-shirt/top")
+end)
+
+test("WeightedRandomSampler: frequencies follow the weights (chi-squared), seeded per epoch", function()
+  local w = {1, 0, 3, 0.5, 2.5, 1}
+  local total = 8
+  local s = data.WeightedRandomSampler(w, 20000, {seed = 7})
+  T.eq(#s, 20000)
+  local idx = s:indices(1)
+  T.eq(#idx, 20000)
+  local cnt = {0, 0, 0, 0, 0, 0}
+  for _, i in ipairs(idx) do cnt[i] = cnt[i] + 1 end
+  T.eq(cnt[2], 0, "a zero weight is never drawn")
+  local chi2 = 0
+  for i, wi in ipairs(w) do
+    if wi > 0 then
+      local e = 20000 * wi / total
+      chi2 = chi2 + (cnt[i] - e) ^ 2 / e
+    end
+  end
+  -- 4 degrees of freedom: P(chi2 > 18.47) = 0.001
+  T.truthy(chi2 < 18.47, "chi-squared " .. chi2 .. " for counts " .. joined(cnt))
+  T.eq(joined(s:indices(1)), joined(idx), "same epoch, same indices")
+  T.truthy(joined(s:indices(2)) ~= joined(idx), "epochs differ")
+  T.truthy(joined(data.WeightedRandomSampler(w, 20000, {seed = 8}):indices(1)) ~= joined(idx), "seeds differ")
+  -- without replacement: distinct indices, the heavy ones first more often
+  local nr = data.WeightedRandomSampler({1, 1, 1, 10, 0}, 4, {replacement = false, seed = 1})
+  local first4 = 0
+  for e = 1, 400 do
+    local ix = nr:indices(e)
+    T.eq(#ix, 4)
+    local seen = {}
+    for _, i in ipairs(ix) do T.truthy(not seen[i] and i ~= 5, "distinct, positive weight"); seen[i] = true end
+    if ix[1] == 4 then first4 = first4 + 1 end
+  end
+  -- P(first draw = 4) = 10/13 = 0.77; 400 trials: sd 8.4
+  T.truthy(first4 > 270 and first4 < 345, "index 4 first in " .. first4 .. " of 400 epochs")
+  -- class-balanced weights on an imbalanced set: classes drawn about equally
+  local labels = {}
+  for i = 1, 300 do labels[i] = i <= 250 and 1 or (i <= 290 and 2 or 3) end
+  local ds = labelled(labels)
+  local bw = data.class_balanced_weights(ds)
+  T.close(bw[1], 1 / 250, 1e-12); T.close(bw[300], 1 / 10, 1e-12)
+  local per = {0, 0, 0}
+  for _, i in ipairs(data.WeightedRandomSampler(bw, 9000, {seed = 2}):indices(1)) do per[labels[i]] = per[labels[i]] + 1 end
+  local chi = 0
+  for c = 1, 3 do chi = chi + (per[c] - 3000) ^ 2 / 3000 end
+  T.truthy(chi < 13.8, "balanced classes: chi-squared " .. chi .. " for " .. joined(per)) -- 2 dof, p = 0.001
+  T.raises(function() data.WeightedRandomSampler({}, 3) end, "weights must be a non-empty list")
+  T.raises(function() data.WeightedRandomSampler({1, -1}, 3) end, "weights[2] = -1 must be a finite non-negative number")
+  T.raises(function() data.WeightedRandomSampler({0, 0}, 3) end, "sum to 0")
+  T.raises(function() data.WeightedRandomSampler({1, 2}, 0) end, "num_samples must be a positive integer")
+  T.raises(function() data.WeightedRandomSampler({1, 0, 2}, 3, {replacement = false}) end,
+    "cannot draw 3 samples without replacement from 2 positive weights")
+  T.raises(function() s:indices(1.5) end, "epoch must be an integer")
+  local tw = data.WeightedRandomSampler(vtl.tensor({0, 1}), 5)
+  T.eq(joined(tw:indices(3)), "2,2,2,2,2")
+end)
