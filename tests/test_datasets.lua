@@ -322,3 +322,130 @@ test("WeightedRandomSampler: frequencies follow the weights (chi-squared), seede
   local tw = data.WeightedRandomSampler(vtl.tensor({0, 1}), 5)
   T.eq(joined(tw:indices(3)), "2,2,2,2,2")
 end)
+
+-- ---- MixUp / CutMix ----
+
+test("MixUp/CutMix: timm's Mixup on the same batch, λ and box centre", function()
+  local F = vtl.nn.functional
+  T.eq(#ref.mix, 6)
+  for _, c in ipairs(ref.mix) do
+    local x = vtl.load(DIR .. "mix" .. c.k .. "_x.npy")
+    local batch = {input = x, target = vtl.tensor(c.target, {dtype = "i64"}), index = vtl.arange(1, x.shape[1] + 1)}
+    local m = mixing.MixUpCutMix {mixup_alpha = 1, cutmix_alpha = 1, num_classes = c.num_classes,
+                                  label_smoothing = c.smoothing}
+    local out, info = m:apply(batch, {lam = c.lam, cutmix = c.cutmix, cy = c.cy, cx = c.cx})
+    local what = "case " .. c.k .. (c.cutmix and " (cutmix)" or " (mixup)")
+    T.truthy(maxdiff(out.input, vtl.load(DIR .. "mix" .. c.k .. "_xm.npy")) <= 1e-6, what .. ": input")
+    local ym = vtl.load(DIR .. "mix" .. c.k .. "_ym.npy")
+    T.eq(out.target.dtype, "f32")
+    T.truthy(maxdiff(out.target, ym) <= 1e-6, what .. ": soft targets")
+    T.truthy(maxdiff(out.target:sum(2), vtl.ones({x.shape[1]})) <= 1e-6, what .. ": rows sum to 1")
+    T.truthy(out.index == batch.index, "other fields kept")
+    T.eq(info.lam_sampled, c.lam)
+    if c.cutmix then
+      local b = info.box
+      T.close(info.lam, 1 - b.height * b.width / (x.shape[3] * x.shape[4]), 1e-12, what .. ": corrected λ")
+      T.truthy(info.lam ~= c.lam or b.height * b.width == 0, what .. ": λ corrected")
+    else
+      T.eq(info.lam, c.lam)
+    end
+    -- soft targets go through cross_entropy as torch computes it
+    local ce = F.cross_entropy(vtl.load(DIR .. "mix" .. c.k .. "_logits.npy"), out.target):item()
+    T.close(ce, c.ce, 1e-5, what .. ": cross_entropy with probability targets")
+  end
+end)
+
+test("CutMix box: clipped at the borders, λ from the area kept", function()
+  -- centre at the corner: the box is cut by the image edges
+  local box, lam = mixing.cutmix_box(10, 20, 0.75, 1, 1)
+  -- cut 5×10 (√0.25 = 0.5), half sizes 2 and 5, centre (0, 0) 0-based: rows 0..2, cols 0..5
+  T.eq(box.top, 1); T.eq(box.left, 1); T.eq(box.height, 2); T.eq(box.width, 5)
+  T.close(lam, 1 - 10 / 200, 1e-15)
+  box, lam = mixing.cutmix_box(10, 20, 0.75, 6, 11)
+  T.eq(box.top, 4); T.eq(box.left, 6); T.eq(box.height, 4); T.eq(box.width, 10)
+  T.close(lam, 0.8, 1e-15)
+  box, lam = mixing.cutmix_box(10, 20, 1, 5, 5)
+  T.eq(box.height * box.width, 0); T.eq(lam, 1)
+end)
+
+test("MixUp/CutMix sampling: λ ~ Beta(α, α) (scipy's CDF), switch and prob rates, seeded", function()
+  for _, a in ipairs {0.2, 1.0, 2.0} do
+    local gen = vtl.Generator(100 + math.floor(a * 10))
+    local n, draws = 4000, {}
+    for i = 1, n do draws[i] = mixing.beta(a, a, gen) end
+    table.sort(draws)
+    local want = ref.beta_cdf[a]
+    local worst = 0
+    for j, q in ipairs(ref.beta_grid) do
+      local below = 0
+      for _, v in ipairs(draws) do if v <= q then below = below + 1 else break end end
+      worst = math.max(worst, math.abs(below / n - want[j]))
+    end
+    -- Kolmogorov-Smirnov at the grid points: 1.95 / √n is the 0.1% level
+    T.truthy(worst < 1.95 / math.sqrt(n), string.format("alpha %g: max CDF difference %.4f", a, worst))
+    T.truthy(draws[1] >= 0 and draws[n] <= 1)
+  end
+  local x = vtl.rand({4, 3, 8, 8})
+  local batch = {input = x, target = vtl.tensor({1, 2, 3, 1}, {dtype = "i64"})}
+  local m = mixing.MixUpCutMix {mixup_alpha = 0.8, cutmix_alpha = 1.0, switch_prob = 0.3, prob = 0.6, num_classes = 3}
+  local gen = vtl.Generator(9)
+  local mixed, cut, centres = 0, 0, {}
+  for _ = 1, 2000 do
+    local _, info = m(batch, gen)
+    if info.lam_sampled ~= 1 then
+      mixed = mixed + 1
+      if info.cutmix then
+        cut = cut + 1
+        centres[#centres + 1] = info.cy
+        T.truthy(info.cy >= 1 and info.cy <= 8 and info.cx >= 1 and info.cx <= 8)
+      end
+    end
+  end
+  -- mixed: Binomial(2000, 0.6), sd 22; cutmix among mixed: p = 0.3
+  T.truthy(math.abs(mixed - 1200) < 90, "mixed " .. mixed .. " of 2000")
+  T.truthy(math.abs(cut / mixed - 0.3) < 0.05, "cutmix share " .. cut / mixed)
+  local rows = {0, 0, 0, 0, 0, 0, 0, 0}
+  for _, cy in ipairs(centres) do rows[cy] = rows[cy] + 1 end
+  for r = 1, 8 do T.truthy(rows[r] > #centres / 8 * 0.6, "centre row " .. r .. " drawn " .. rows[r] .. " times") end
+  -- same generator state, same batch; unmixed batches still get (smoothed) soft targets
+  local a1, i1 = m(batch, vtl.Generator(5))
+  local a2, i2 = m(batch, vtl.Generator(5))
+  T.eq(maxdiff(a1.input, a2.input), 0); T.eq(i1.lam_sampled, i2.lam_sampled)
+  local never = mixing.MixUp {alpha = 1, num_classes = 3, prob = 0, label_smoothing = 0.3}
+  local nb, ni = never(batch)
+  T.truthy(nb.input == x); T.eq(ni.lam, 1)
+  T.close(nb.target[1][1]:item(), 0.8, 1e-6); T.close(nb.target[1][2]:item(), 0.1, 1e-6)
+  -- CutMix alone always cuts; MixUp alone never does; an odd batch works (the middle sample mixes with itself)
+  local odd = {input = vtl.rand({3, 1, 6, 6}), target = vtl.tensor({1, 2, 3}, {dtype = "i64"})}
+  local cb, ci = mixing.CutMix {alpha = 1, num_classes = 3}(odd, vtl.Generator(1))
+  T.truthy(ci.cutmix)
+  T.eq(maxdiff(cb.input[2], odd.input[2]), 0)
+  T.close(cb.target[2][2]:item(), 1, 1e-6)
+  local mb, mi = mixing.MixUp {alpha = 0.5, num_classes = 3}(odd, vtl.Generator(1))
+  T.truthy(not mi.cutmix)
+  T.truthy(maxdiff(mb.input[1], odd.input[1] * mi.lam + odd.input[3] * (1 - mi.lam)) < 1e-6)
+  -- soft targets in: mixed as probabilities
+  local soft = {input = odd.input, target = cb.target}
+  local sb, si = mixing.MixUp {alpha = 1, num_classes = 3}(soft, vtl.Generator(2))
+  T.truthy(maxdiff(sb.target[1], cb.target[1] * si.lam + cb.target[3] * (1 - si.lam)) < 1e-6)
+end)
+
+test("MixUp/CutMix: bad options and batches are clear errors", function()
+  T.raises(function() mixing.MixUp {alpha = 1} end, "MixUp: num_classes must be a positive integer, got nil")
+  T.raises(function() mixing.MixUp {alpha = 0, num_classes = 3} end, "MixUp: alpha must be positive")
+  T.raises(function() mixing.CutMix {alpha = -1, num_classes = 3} end, "CutMix: alpha must be a number in [0, inf], got -1")
+  T.raises(function() mixing.MixUpCutMix {mixup_alpha = 0, cutmix_alpha = 0, num_classes = 3} end, "must be positive")
+  T.raises(function() mixing.MixUpCutMix {num_classes = 3, switch_prob = 2} end, "switch_prob must be a number in [0, 1]")
+  T.raises(function() mixing.MixUp {num_classes = 3, label_smoothing = "x"} end, "label_smoothing must be a number")
+  T.raises(function() mixing.MixUp(3) end, "MixUp: expected an options table")
+  local m = mixing.MixUp {num_classes = 3}
+  T.raises(function() m(5) end, "MixUp: expected a batch table")
+  T.raises(function() m({input = vtl.rand({2, 3, 4})}) end, "batch.input must be a float N×C×H×W tensor, got f32 {2,3,4}")
+  T.raises(function() m({input = vtl.rand({2, 1, 4, 4})}) end, "batch.target must be a tensor, got nil")
+  T.raises(function() m({input = vtl.rand({2, 1, 4, 4}), target = vtl.tensor({1, 4}, {dtype = "i64"})}) end,
+    "batch.target[2] = 4 is outside the classes 1..3")
+  T.raises(function() m({input = vtl.rand({2, 1, 4, 4}), target = vtl.tensor({1, 2, 3}, {dtype = "i64"})}) end,
+    "batch.input has 2 samples but batch.target has 3")
+  T.raises(function() m({input = vtl.rand({2, 1, 4, 4}), target = vtl.rand({2, 4})}) end,
+    "batch.target must be class numbers (N) or soft targets (N×3), got f32 {2,4}")
+end)
