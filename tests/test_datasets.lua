@@ -449,3 +449,91 @@ test("MixUp/CutMix: bad options and batches are clear errors", function()
   T.raises(function() m({input = vtl.rand({2, 1, 4, 4}), target = vtl.rand({2, 4})}) end,
     "batch.target must be class numbers (N) or soft targets (N×3), got f32 {2,4}")
 end)
+
+-- ---- preview ----
+
+test("preview: font table, text rendering", function()
+  local P = require "vtl.preview"
+  local n = 0
+  for code = 32, 126 do
+    local g = P.FONT[string.char(code)]
+    T.truthy(g, "no glyph for " .. string.char(code))
+    T.eq(#g, 7)
+    for _, row in ipairs(g) do T.truthy(#row == 5 and not row:find("[^.#]"), "glyph " .. string.char(code)) end
+    n = n + 1
+  end
+  T.eq(n, 95)
+  T.eq(P.glyph("\200"), P.FONT["?"])
+  -- ink pixels: the glyph's '#' count times scale², placed after the margin
+  for _, s in ipairs {1, 3} do
+    local img = P.render_text("A1", 40, {scale = s, pad = 2})
+    T.eq(joined(img.shape), (7 * s + 4) .. ",40,3")
+    local ink = 0
+    for _, ch in ipairs {"A", "1"} do
+      for _, row in ipairs(P.FONT[ch]) do for _ in row:gmatch("#") do ink = ink + 1 end end
+    end
+    T.eq((img:narrow(3, 1, 1):eq(0)):to("i64"):sum():item(), ink * s * s)
+    T.eq(img:narrow(1, 1, 2):min():item(), 255, "top margin blank")
+    -- top-left pixel of 'A' (row ".###.") is blank, the next one ink
+    T.eq(img[3][3][1]:item(), 255); T.eq(img[3][3 + s][1]:item(), 0)
+  end
+  T.eq(P.render_text("WWWWWWWW", 20):eq(0):to("i64"):sum():item() // 3,
+    P.render_text("WWW", 20):eq(0):to("i64"):sum():item() // 3, "text that does not fit is cut")
+end)
+
+test("preview: the grid's tiles are the samples, labelled, un-normalized", function()
+  local P = require "vtl.preview"
+  local TF = require "vtl.transforms"
+  local path = os.tmpname() .. ".png"
+  local ds = data.FashionMNIST {split = "test"}
+  local grid, layout = P.preview(ds, 10, path, {cols = 4})
+  local png = vtl.image.load(path)
+  T.eq(joined(png.shape), joined(grid.shape))
+  T.eq(maxdiff(png, grid), 0)
+  -- 3 rows × 4 columns of 84×84 tiles (zoom 3) with an 11-pixel label strip, 2-pixel gaps
+  T.eq(joined(png.shape), (3 * (84 + 11 + 2) + 2) .. "," .. (4 * (84 + 2) + 2) .. ",3")
+  for k = 1, 10 do
+    local e = layout[k]
+    T.eq(e.index, k); T.eq(e.label, ds.classes[ds.targets[k]])
+    local tile = png:narrow(1, e.top, e.height):narrow(2, e.left, e.width)
+    local img = ds:get(k)
+    for _, at in ipairs {{1, 1}, {14, 14}, {28, 28}, {5, 20}} do
+      local want = img[at[1]][at[2]][1]:item()
+      for dy = 0, 2 do
+        T.eq(tile[(at[1] - 1) * 3 + 1 + dy][(at[2] - 1) * 3 + 1][2]:item(), want, "tile " .. k)
+      end
+    end
+    local strip = png:narrow(1, e.label_top, 11):narrow(2, e.label_left, e.label_width)
+    T.eq(maxdiff(strip, P.render_text(e.label, e.label_width)), 0, "label " .. k)
+  end
+  -- a normalized float chain: the tiles are the original pixels again (within rounding)
+  local mean, std = {0.28}, {0.35}
+  local fds = data.FashionMNIST {split = "test", transform = TF.Compose {TF.ToTensor(), TF.Normalize(mean, std)}}
+  local sub = data.Subset(fds, {7, 3})
+  local g2, l2 = P.preview(sub, 2, path, {zoom = 1})
+  for k, i in ipairs {7, 3} do
+    local e = l2[k]
+    local tile = g2:narrow(1, e.top, e.height):narrow(2, e.left, e.width)
+    T.truthy(maxdiff(tile:narrow(3, 1, 1), ds:get(i)) <= 1, "un-normalized tile " .. k)
+  end
+  local g3 = P.preview(sub, 2, path, {zoom = 1, mean = {0}, std = {1}})
+  T.truthy(maxdiff(g3, g2) > 50, "explicit mean/std are used")
+  -- random augmentation follows (seed, epoch, index) like the loader; repeats show later epochs
+  local flip = data.FashionMNIST {split = "test", transform = TF.Compose {TF.RandomHorizontalFlip(0.5), TF.ToTensor()}}
+  local _, l4 = P.preview(flip, 6, path, {indices = {1, 1, 1, 1, 1, 1}, zoom = 1, seed = 3, epoch = 2})
+  local g4 = vtl.image.load(path)
+  local mix = data.mix_seed
+  for k = 1, 6 do
+    local e = l4[k]
+    local want = vtl.image.to_u8(flip:get(1, vtl.Generator(mix(3, 1 + k, 1))))
+    T.eq(maxdiff(g4:narrow(1, e.top, 28):narrow(2, e.left, 28):narrow(3, 1, 1), want), 0, "epoch " .. (1 + k))
+  end
+  T.raises(function() P.preview(ds, 0, path) end, "preview: n must be a positive integer, got 0")
+  T.raises(function() P.preview({}, 2, path) end, "preview: expected a dataset")
+  T.raises(function() P.preview(ds, 2, 5) end, "preview: path must be a string, got number")
+  T.raises(function() P.preview(sub, 3, path) end, "n = 3 but the dataset has 2 samples")
+  T.raises(function() P.preview(ds, 2, path, {indices = {1, 0}}) end, "indices[2] = 0 out of range 1..10000")
+  T.raises(function() P.preview(ds, 2, path, {mean = {0.5}}) end, "give both mean and std")
+  T.raises(function() P.preview(data.TensorDataset(vtl.zeros(3, 4)), 1, path) end, "a float image must be C×H×W, got {4}")
+  os.remove(path)
+end)
