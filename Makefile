@@ -36,7 +36,7 @@ endif
 WARN     := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wno-unused-parameter -Wno-type-limits
 CFLAGS   += -std=gnu11 $(OPT) $(ARCH) -g -fPIC -fopenmp $(WARN) -Iruntime -Ikernels -Ilua $(INCDIRS) \
             -DVTL_LUA_DIR='"$(PREFIX)/share/vtl/lua"'
-LDLIBS   += $(DEPLIBS) -L$(BLASDIR) -Wl,-rpath,$(BLASDIR) -lopenblas -ldnnl -lcjson -lstb -llua5.4 -lreadline -lm -lpthread -fopenmp
+LDLIBS   += $(DEPLIBS) -L$(BLASDIR) -Wl,-rpath,$(BLASDIR) -lopenblas -ldnnl -lcjson -lstb -lz -llua5.4 -lreadline -lm -lpthread -fopenmp
 
 ifeq ($(SAN),1)
   BUILD  := build-san

@@ -5,6 +5,7 @@
  *   vtl.save("x.npy", x)
  *   local tensors, metadata = vtl.load("model.safetensors")
  *   local x = vtl.load("x.npy")
+ *   local images = vtl.io.load_idx("train-images-idx3-ubyte.gz")   -- u8 60000×28×28
  *
  * Every argument is checked before anything is written. Loading goes through a userdata that
  * owns the C results until each tensor is boxed, so an error midway leaks nothing.
@@ -196,7 +197,22 @@ static int io_load(lua_State *L) {
   return 2;
 }
 
+/* vtl.io.load_idx(path)
+   ---Reads an IDX file (the MNIST format; gzip-compressed when it starts with the gzip magic).
+   ---Element types load as: unsigned byte -> u8, signed byte/short/int -> i32, float -> f32,
+   ---double -> f64.
+   ---@param path string
+   ---@return vtl.Tensor */
+static int io_load_idx(lua_State *L) {
+  if (lua_type(L, 1) != LUA_TSTRING)
+    return luaL_error(L, "load_idx: path (argument 1) must be a string, got %s", luaL_typename(L, 1));
+  const char *path = lua_tostring(L, 1);
+  lvtl_box *b = lvtl_newbox(L);
+  return lvtl_fillbox(L, b, vtl_idx_load(path));
+}
+
 static const luaL_Reg io_funcs[] = {{"save", io_save}, {"load", io_load}, {NULL, NULL}};
+static const luaL_Reg io_table_funcs[] = {{"load_idx", io_load_idx}, {NULL, NULL}};
 
 void lvtl_open_io(lua_State *L) {
   if (luaL_newmetatable(L, LVTL_LOADSTATE_MT)) {
@@ -207,4 +223,7 @@ void lvtl_open_io(lua_State *L) {
   }
   lua_pop(L, 1);
   lvtl_setfuncs(L, io_funcs);
+  lua_newtable(L);
+  luaL_setfuncs(L, io_table_funcs, 0);
+  lua_setfield(L, -2, "io");
 }

@@ -50,4 +50,9 @@ vtl_status vtl_npy_save(const char *path, vtl_tensor *t);
    when it cannot be opened or read. */
 int vtl_npy_sniff(const char *path);
 
+/* Reads an IDX file (the MNIST format), plain or gzip-compressed (told by its first bytes).
+   Element types load as: unsigned byte -> u8, signed byte and short -> i32, int -> i32,
+   float -> f32, double -> f64. Sizes are validated against the file before allocating. */
+vtl_tensor *vtl_idx_load(const char *path);
+
 #endif

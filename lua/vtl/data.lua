@@ -12,6 +12,12 @@ local vtl = require "vtl"
 
 local data = {}
 
+-- file-backed datasets (IDXDataset, FashionMNIST, CSVDataset, parse_csv) and class-aware
+-- sampling (class_counts, sample_per_class, class_balanced_weights, WeightedRandomSampler)
+for _, m in ipairs {"vtl.datasets", "vtl.sampling"} do
+  for k, v in pairs(require(m)) do data[k] = v end
+end
+
 local function len_of(ds) return #ds end
 
 -- ---- ImageFolder ----
@@ -157,7 +163,13 @@ function data.Subset(ds, indices)
     end
     if targets then targets[k] = ds.targets[i] end
   end
-  return setmetatable({dataset = ds, indices = {table.unpack(indices)}, targets = targets, classes = ds.classes}, Subset)
+  local groups
+  if type(ds.groups) == "table" then
+    groups = {}
+    for k, i in ipairs(indices) do groups[k] = ds.groups[i] end
+  end
+  return setmetatable({dataset = ds, indices = {table.unpack(indices)}, targets = targets, classes = ds.classes,
+                       groups = groups}, Subset)
 end
 
 function Subset:get(i, gen)
