@@ -365,3 +365,29 @@ test("Learner arguments are checked", function()
   vtl.save(TMP .. "/bad/checkpoint.safetensors", {x = vtl.zeros({1})}, {learner = "{not json"})
   T.raises(function() learn:load(TMP .. "/bad") end, "damaged learner metadata")
 end)
+
+test("lr_find sweeps exponentially, suggests the valley and restores the weights", function()
+  local learn = learner {opt = "sgd"}
+  local before = learn.model:state_dict()["classifier.1.weight"]:clone()
+  local g0 = vtl.default_generator:get_state()
+  local r = learn:lr_find {num_it = 30, start_lr = 1e-5, end_lr = 100}
+  T.truthy(#r.lrs >= 5 and #r.lrs <= 30, "points " .. #r.lrs)
+  T.close(r.lrs[1], 1e-5, 1e-12)
+  for i = 2, #r.lrs do T.close(r.lrs[i] / r.lrs[i - 1], (1e7) ^ (1 / 29), 1e-9) end
+  if #r.lrs < 30 then T.truthy(r.losses[#r.losses] > 4 * math.min(table.unpack(r.losses)) or r.losses[#r.losses] ~= r.losses[#r.losses], "stopped on divergence") end
+  T.truthy(r.suggestion >= r.lrs[1] and r.suggestion <= r.lrs[#r.lrs])
+  T.eq(r.suggestion, r.lrs[r.index])
+  -- the valley on a curve rising for 4 points, falling over points 5..20, then rising: the
+  -- longest decreasing sequence has 17 points (one of 1..4, then 5..20); counted from the point
+  -- before it (3) as fastai does: 3 + floor(17/3) + floor(17/3/2) = 10
+  local curve = {}
+  for i = 1, 4 do curve[i] = 3 + 0.01 * i end
+  for i = 5, 20 do curve[i] = 3 - 0.1 * (i - 5) end
+  for i = 21, 30 do curve[i] = 1.5 + 0.3 * (i - 20) end
+  T.eq(train._valley(curve), 10)
+  T.truthy(learn.model:state_dict()["classifier.1.weight"]:eq(before):all():item(), "weights restored")
+  T.eq(next(learn.opt.state), nil, "optimizer state restored (none before)")
+  local g1 = vtl.default_generator:get_state()
+  T.eq(g1.offset, g0.offset)
+  T.raises(function() learn:lr_find {start_lr = 1, end_lr = 0.1} end, "0 < start_lr < end_lr")
+end)

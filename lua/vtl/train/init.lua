@@ -492,6 +492,100 @@ function Learner:fine_tune(epochs, opts)
   return self:_run(phases, {phase = 1, epoch = 1, batch = 0})
 end
 
+-- ---- learning-rate finder ----
+
+-- fastai's "valley": the longest run of decreasing losses (by a longest-decreasing-subsequence
+-- count), and the point two thirds of the way down it.
+local function valley(losses)
+  local n = #losses
+  local lds, best_end = {}, 1
+  for i = 1, n do
+    lds[i] = 1
+    for j = 1, i - 1 do
+      if losses[i] < losses[j] and lds[i] < lds[j] + 1 then lds[i] = lds[j] + 1 end
+    end
+    if lds[i] > lds[best_end] then best_end = i end
+  end
+  -- counted from the point before the run, as fastai does
+  local best_start = best_end - lds[best_end]
+  local sections = (best_end - best_start) / 3
+  return math.max(1, math.min(n, best_start + math.floor(sections) + math.floor(sections / 2)))
+end
+
+---Learning-rate range test: trains num_it (100) batches with the rate growing exponentially from
+---start_lr (1e-7) to end_lr (10), recording the loss smoothed as fastai does (beta 0.98, bias
+---corrected); stops when it exceeds 4 times its minimum (stop_div) or is NaN. Weights,
+---optimizer state and the random generator are restored afterwards. Returns {lrs, losses,
+---suggestion = the "valley" rate, index}; opts.plot = a PNG path draws the curve.
+---@param opts? {start_lr: number|nil, end_lr: number|nil, num_it: integer|nil, stop_div: boolean|nil, plot: string|nil}
+function Learner:lr_find(opts)
+  opts = opts or {}
+  local lo, hi, n = opts.start_lr or 1e-7, opts.end_lr or 10, opts.num_it or 100
+  if type(lo) ~= "number" or type(hi) ~= "number" or lo <= 0 or hi <= lo then
+    fail("lr_find: need 0 < start_lr < end_lr", 2)
+  end
+  if math.type(n) ~= "integer" or n < 2 then fail("lr_find: num_it must be an integer >= 2", 2) end
+  if not self.train_dl then fail("lr_find: the Learner has no training data", 2) end
+  -- what the sweep changes, to put back
+  local saved_model = {}
+  for k, t in pairs(self.model:state_dict()) do saved_model[k] = t:clone() end
+  local saved_state, saved_groups = self.opt.state, {}
+  for k, g in ipairs(self.opt.param_groups) do
+    saved_groups[k] = {lr = g.lr, initial_lr = g.initial_lr, momentum = g.momentum, betas = g.betas}
+  end
+  local saved_rng = vtl.default_generator:get_state()
+  local was = self.model.training
+  self.opt.state = {}
+  local lrs, losses = {}, {}
+  local ok, err = pcall(function()
+    self.model:train()
+    local avg, best, i, epoch = 0, math.huge, 0, 0
+    while i < n do
+      epoch = epoch + 1
+      local got = false
+      for b in self.train_dl:iter(epoch) do
+        got = true
+        i = i + 1
+        local lr = lo * (hi / lo) ^ ((i - 1) / (n - 1))
+        for _, g in ipairs(self.opt.param_groups) do g.lr = lr end
+        local loss = self.loss_fn(self.model(b.input), b.target)
+        local l = item(loss)
+        loss:backward()
+        self.opt:step()
+        self.opt:zero_grad()
+        avg = 0.98 * avg + 0.02 * l
+        local smooth = avg / (1 - 0.98 ^ i)
+        lrs[#lrs + 1], losses[#losses + 1] = lr, smooth
+        if smooth ~= smooth or (opts.stop_div ~= false and smooth > 4 * best) then i = n; break end
+        best = math.min(best, smooth)
+        if i >= n then break end
+      end
+      if not got then fail("lr_find: the training set gives no batches", 0) end
+    end
+  end)
+  -- put everything back
+  self.model:load_state_dict(saved_model)
+  self.opt.state = saved_state
+  for k, g in ipairs(self.opt.param_groups) do
+    for key, v in pairs(saved_groups[k]) do g[key] = v end
+  end
+  vtl.default_generator:set_state(saved_rng)
+  self.model:train(was)
+  if not ok then error(err, 0) end
+  -- the diverging tail is left out of the suggestion
+  local keep = #losses
+  while keep > 1 and (losses[keep] ~= losses[keep] or losses[keep] > 4 * math.min(table.unpack(losses, 1, keep - 1))) do keep = keep - 1 end
+  local idx = valley({table.unpack(losses, 1, keep)})
+  local res = {lrs = lrs, losses = losses, suggestion = lrs[idx], index = idx}
+  if opts.plot then
+    res.plot = require("vtl.plot").lines({{x = lrs, y = losses, label = "smoothed loss"}},
+      {path = opts.plot, logx = true, xlabel = "learning rate", ylabel = "loss", title = "lr_find",
+       marker = {x = lrs[idx], label = string.format("valley %.2g", lrs[idx])}})
+  end
+  self.lr_find_result = res
+  return res
+end
+
 -- ---- evaluation and prediction ----
 
 ---Loss and metrics of the model on a dataset or loader (default: the validation data), in eval
@@ -678,6 +772,7 @@ function Learner:load(dir)
 end
 
 M.Learner_class = Learner
+M._valley = valley
 
 ---Learner.resume(dir, learner_opts): a Learner made from learner_opts that loads the
 ---checkpoint in dir and finishes its training.
