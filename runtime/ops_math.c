@@ -410,6 +410,7 @@ vtl_tensor *vtl_op_reduce(vtl_reduce_op op, vtl_tensor *x, uint32_t dims, bool k
 vtl_tensor *vtl_op_cumsum(vtl_tensor *x, int dim) {
   const vtl_backend *be = backend_of("cumsum", &x, 1);
   if (!be) return NULL;
+  if (!be->cumsum) return vtl_require_cpu("cumsum", x), NULL;
   if (x->ndim && !vtl_check_dim("cumsum", dim, x->ndim)) return NULL;
   int64_t A = 1, R = x->ndim ? x->shape[dim] : 1, B = 1;
   for (int d = 0; d < dim; d++) A *= x->shape[d];
@@ -462,6 +463,7 @@ vtl_status vtl_op_topk(vtl_tensor *x, int64_t k, int dim, bool largest, bool sor
   (void)sorted; /* results are always sorted */
   const vtl_backend *be = backend_of("sort", &x, 1);
   if (!be) return vtl_error_status();
+  if (!be->sort) return vtl_require_cpu("sort", x);
   if (x->ndim && !vtl_check_dim("sort", dim, x->ndim)) return vtl_error_status();
   if (x->dtype == VTL_BOOL) return vtl_error_set(VTL_ERR_ARG, "sort: not supported for bool tensors");
   int nd = x->ndim, perm[VTL_MAX_DIMS];
@@ -503,7 +505,7 @@ vtl_status vtl_op_sort(vtl_tensor *x, int dim, bool descending, vtl_tensor **val
 }
 
 vtl_status vtl_op_unique(vtl_tensor *x, vtl_tensor **values, vtl_tensor **inverse, vtl_tensor **counts) {
-  if (vtl_tensor_device(x).type != VTL_CPU) return vtl_error_set(VTL_ERR_DEVICE, "unique: only cpu tensors");
+  if (vtl_require_cpu("unique", x) != VTL_OK) return vtl_error_status();
   int64_t n = vtl_tensor_numel(x);
   vtl_tensor *flat = vtl_op_reshape(x, &n, 1);
   vtl_tensor *sv = NULL, *si = NULL;
