@@ -33,6 +33,9 @@ ifneq ($(DEPS_ROOT),)
   DEPLIBS := -L$(DEPS_ROOT)$(LIBDIR) -Wl,-rpath,$(DEPS_ROOT)$(LIBDIR)
 endif
 
+# nvcc: warnings on (186, an unsigned compared with zero, comes from templates over all dtypes)
+NVCCFLAGS ?= -O3 -std=c++17 -Xcompiler -fPIC,-Wall,-Wextra,-Wno-unused-parameter -diag-suppress 186 \
+             -Iruntime -Ikernels -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90
 WARN     := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wno-unused-parameter -Wno-type-limits
 CFLAGS   += -std=gnu11 $(OPT) $(ARCH) -g -fPIC -fopenmp $(WARN) -Iruntime -Ikernels -Ilua $(INCDIRS) \
             -DVTL_LUA_DIR='"$(PREFIX)/share/vtl/lua"'
@@ -52,7 +55,7 @@ CUDA_SRC    := $(wildcard kernels/cuda/*.cu)
 ifeq ($(CUDA_ON),1)
   CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC))
   CFLAGS  += -DVTL_HAVE_CUDA=1 -I$(CUDA_HOME)/include
-  LDLIBS  += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudart
+  LDLIBS  += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublas -lcudart -lstdc++
   CUDA_OBJ := $(patsubst %.cu,$(BUILD)/%.o,$(CUDA_SRC))
   BACKEND_MSG := CUDA backend: on ($(NVCC))
 else
@@ -67,7 +70,7 @@ VTL_BIN  := $(if $(filter 1,$(SAN)),vtl-san,vtl)
 BUILD_DESC := $(strip $(OPT) $(ARCH) -fopenmp $(if $(filter 1,$(SAN)),asan+ubsan) $(if $(filter 1,$(CUDA_ON)),cuda))
 
 # objects are rebuilt when the flags change
-FLAGS_TXT := $(strip $(CC) $(CFLAGS) $(LDLIBS) $(BUILD_DESC))
+FLAGS_TXT := $(strip $(CC) $(CFLAGS) $(LDLIBS) $(BUILD_DESC) $(if $(filter 1,$(CUDA_ON)),$(NVCC) $(NVCCFLAGS)))
 ifneq ($(file < $(BUILD)/.flags),$(FLAGS_TXT))
   $(shell mkdir -p $(BUILD))
   $(file > $(BUILD)/.flags,$(FLAGS_TXT))
@@ -91,8 +94,7 @@ $(BUILD)/%.o: %.c
 
 $(BUILD)/%.o: %.cu
 	@mkdir -p $(dir $@)
-	$(NVCC) -O2 -std=c++17 -Xcompiler -fPIC -Iruntime -Ikernels -gencode arch=compute_80,code=sm_80 \
-	  -gencode arch=compute_90,code=sm_90 -c $< -o $@
+	$(NVCC) $(NVCCFLAGS) -MMD -MP -c $< -o $@
 
 $(BUILD)/libvtl.a: $(LIB_OBJ)
 	@rm -f $@

@@ -326,7 +326,11 @@ static int l_tensor(lua_State *L) {
   if (src) {
     dt = src->dtype;
     read_opts(L, lua_istable(L, 2) ? 2 : 0, &dt, &dev, "tensor");
-    RETURN_TENSOR(vtl_op_to_dtype(vtl_op_clone(src), dt)); /* clone then convert */
+    lvtl_box *b = newbox(L);
+    vtl_tensor *c = vtl_device_eq(dev, vtl_tensor_device(src)) ? vtl_op_clone(src) : vtl_tensor_to_device(src, dev);
+    vtl_tensor *r = c ? vtl_op_to_dtype(c, dt) : NULL;
+    vtl_tensor_release(c);
+    return fill_box(L, b, r);
   }
   int64_t shape[VTL_MAX_DIMS];
   int nd = 0, kind = 0;
@@ -342,6 +346,11 @@ static int l_tensor(lua_State *L) {
   int64_t pos = 0;
   char path[256] = "";
   nested_fill(L, 1, 0, shape, nd, t, &pos, path, sizeof path);
+  if (dev.type != VTL_CPU) {
+    vtl_tensor *d = vtl_tensor_to_device(t, dev);
+    vtl_tensor_release(t);
+    t = d;
+  }
   return fill_box(L, b, t);
 }
 
@@ -544,18 +553,23 @@ static void push_scalar(lua_State *L, const vtl_tensor *x, const void *p) {
   else lua_pushnumber(L, vtl_load_as_double(p, x->dtype));
 }
 
-static void require_cpu(lua_State *L, const vtl_tensor *x, const char *fn) {
-  if (vtl_tensor_device(x).type != VTL_CPU) luaL_error(L, "%s: tensor is on a GPU; call :cpu() first", fn);
+/* x itself when its bytes are in host memory, else a host copy kept alive in a box pushed
+   on the stack (so an error raised later frees it). */
+static vtl_tensor *host_view(lua_State *L, vtl_tensor *x) {
+  if (vtl_tensor_device(x).type == VTL_CPU) return x;
+  lvtl_box *b = newbox(L);
+  fill_box(L, b, vtl_tensor_to_device(x, (vtl_device){VTL_CPU, 0}));
+  return b->t;
 }
 
 static int t_item(lua_State *L) {
   vtl_tensor *x = lvtl_checktensor(L, 1);
-  require_cpu(L, x, "item");
   if (vtl_tensor_numel(x) != 1) {
     char s[128];
     vtl_shape_format(x->shape, x->ndim, s, sizeof s);
     return luaL_error(L, "item: tensor of shape %s has %d elements, expected exactly one", s, (int)vtl_tensor_numel(x));
   }
+  x = host_view(L, x);
   push_scalar(L, x, vtl_tensor_data(x));
   return 1;
 }
@@ -571,8 +585,7 @@ static void totable_rec(lua_State *L, const vtl_tensor *x, int d, int64_t off) {
   }
 }
 static int t_totable(lua_State *L) {
-  vtl_tensor *x = lvtl_checktensor(L, 1);
-  require_cpu(L, x, "totable");
+  vtl_tensor *x = host_view(L, lvtl_checktensor(L, 1));
   totable_rec(L, x, 0, x->offset);
   return 1;
 }
@@ -581,7 +594,7 @@ static int t_tostring(lua_State *L) {
   lvtl_box *b = luaL_checkudata(L, 1, LVTL_TENSOR_MT);
   if (!b->t) { lua_pushliteral(L, "tensor(<freed>)"); return 1; }
   char *s = vtl_tensor_format(b->t);
-  if (!s) return luaL_error(L, "tostring: out of memory");
+  if (!s) return vtl_tensor_device(b->t).type != VTL_CPU ? lvtl_error(L) : luaL_error(L, "tostring: out of memory");
   lua_pushstring(L, s);
   free(s);
   return 1;
@@ -601,7 +614,13 @@ static int t_to(lua_State *L) {
   }
   if (!vtl_device_eq(dev, vtl_tensor_device(x))) {
     if (!vtl_backend_get(dev)) return lvtl_error(L);
-    return luaL_error(L, "to: copies between devices are not available in this build");
+    if (vtl_requires_grad(x) && vtl_grad_enabled())
+      return luaL_error(L, "to: copies between devices do not record gradients yet; detach() the tensor first");
+    lvtl_box *b = newbox(L);
+    vtl_tensor *m = vtl_tensor_to_device(x, dev);
+    vtl_tensor *r = m ? vtl_fn_to_dtype(m, dt) : NULL;
+    vtl_tensor_release(m);
+    return fill_box(L, b, r);
   }
   RETURN_TENSOR(vtl_fn_to_dtype(x, dt));
 }

@@ -3,6 +3,7 @@
 #include <lauxlib.h>
 #include <unistd.h>
 #include "lvtl.h"
+#include "backend.h"
 
 static void collect_on_oom(void *ud) { lua_gc((lua_State *)ud, LUA_GCCOLLECT); }
 
@@ -75,6 +76,79 @@ static int l_build_info(lua_State *L) {
   return 1;
 }
 
+/* ---- vtl.cuda: devices, synchronisation and the caching allocator ---- */
+
+/* the CUDA device named by the optional argument at idx: nil (cuda:0), an index N or "cuda:N" */
+static vtl_device cuda_arg(lua_State *L, int idx, const char *fn) {
+  vtl_device d = {VTL_CUDA, 0};
+  if (lua_isnoneornil(L, idx)) return d;
+  if (lua_type(L, idx) == LUA_TSTRING) {
+    const char *s = lua_tostring(L, idx);
+    if (!vtl_device_parse(s, &d) || d.type != VTL_CUDA)
+      luaL_argerror(L, idx, lua_pushfstring(L, "%s: expected a CUDA device (cuda or cuda:N), got '%s'", fn, s));
+    return d;
+  }
+  int isnum;
+  lua_Integer i = lua_tointegerx(L, idx, &isnum);
+  if (!isnum || i < 0 || i > 1023)
+    luaL_argerror(L, idx, lua_pushfstring(L, "%s: expected a device index (0, 1, ...) or 'cuda:N'", fn));
+  d.index = (int)i;
+  return d;
+}
+
+/* the CUDA backend for device d, or raises "cuda: ..." naming why there is none */
+static const vtl_backend *cuda_backend(lua_State *L, vtl_device d) {
+  const vtl_backend *be = vtl_backend_get(d);
+  if (!be) lvtl_error(L);
+  return be;
+}
+
+static int cuda_device_count(lua_State *L) {
+  const vtl_backend *be = vtl_backend_of_type(VTL_CUDA);
+  lua_pushinteger(L, be && be->device_count ? be->device_count() : 0);
+  return 1;
+}
+
+static int cuda_is_available(lua_State *L) {
+  const vtl_backend *be = vtl_backend_of_type(VTL_CUDA);
+  lua_pushboolean(L, be && be->device_count && be->device_count() > 0);
+  return 1;
+}
+
+static int cuda_synchronize(lua_State *L) {
+  vtl_device d = cuda_arg(L, 1, "synchronize");
+  lvtl_check(L, cuda_backend(L, d)->synchronize(d.index));
+  return 0;
+}
+
+/* frees the cached blocks of every device; without CUDA there is nothing to free */
+static int cuda_empty_cache(lua_State *L) {
+  const vtl_backend *be = vtl_backend_of_type(VTL_CUDA);
+  size_t n = 0;
+  int count = be && be->device_count ? be->device_count() : 0;
+  for (int i = 0; i < count; i++) n += be->empty_cache(i);
+  lua_pushinteger(L, (lua_Integer)n);
+  return 1;
+}
+
+static int cuda_memory_stats(lua_State *L) {
+  vtl_device d = cuda_arg(L, 1, "memory_stats");
+  size_t used = 0, cached = 0, peak = 0;
+  cuda_backend(L, d)->memory_stats(d.index, &used, &cached, &peak);
+  lua_createtable(L, 0, 3);
+  lua_pushinteger(L, (lua_Integer)used);
+  lua_setfield(L, -2, "allocated");
+  lua_pushinteger(L, (lua_Integer)cached);
+  lua_setfield(L, -2, "cached");
+  lua_pushinteger(L, (lua_Integer)peak);
+  lua_setfield(L, -2, "peak");
+  return 1;
+}
+
+static const luaL_Reg cuda_funcs[] = {
+  {"is_available", cuda_is_available}, {"device_count", cuda_device_count}, {"synchronize", cuda_synchronize},
+  {"empty_cache", cuda_empty_cache}, {"memory_stats", cuda_memory_stats}, {NULL, NULL}};
+
 static const luaL_Reg sys_funcs[] = {
   {"clock", l_clock}, {"set_num_threads", l_set_num_threads}, {"get_num_threads", l_get_num_threads},
   {"memory_allocated", l_memory_allocated}, {"build_info", l_build_info}, {"isatty", l_isatty},
@@ -82,11 +156,17 @@ static const luaL_Reg sys_funcs[] = {
 
 void lvtl_open_sys(lua_State *L) {
   luaL_setfuncs(L, sys_funcs, 0);
+  lua_newtable(L);
+  luaL_setfuncs(L, cuda_funcs, 0);
+  lua_setfield(L, -2, "cuda");
   lua_pushstring(L, VTL_VERSION);
   lua_setfield(L, -2, "version");
 }
 
 int luaopen_vtl_core(lua_State *L) {
+#ifdef VTL_HAVE_CUDA
+  vtl_cuda_init(); /* registers the CUDA backend */
+#endif
   /* Tensor memory paces the incremental collector (see gc_pressure in ltensor.c); the
      generational mode would let garbage tensors age into the old generation unseen. */
   lua_gc(L, LUA_GCINC, 0, 0, 0);

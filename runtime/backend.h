@@ -74,10 +74,31 @@ typedef struct vtl_backend {
      contiguous bool tensor */
   vtl_status (*nonzero_flat)(vtl_tensor *out, const vtl_tensor *mask);
   vtl_status (*fused)(vtl_fused_op op, vtl_tensor *y, const vtl_tensor *a, const vtl_tensor *b, double value);
+  /* dtypes (bit 1 << vtl_dtype) that matmul takes as they are; the op layer converts others
+     (f16/bf16 to f32, integers to i64) before the call */
+  unsigned matmul_dtypes;
+
+  /* Device management; NULL on the CPU. */
+  /* devices of this type the process can use (0 when none) */
+  int (*device_count)(void);
+  /* n bytes between host memory and device memory of device dev, in either direction;
+     returns once the bytes have arrived */
+  vtl_status (*copy_host)(void *dst, const void *src, size_t n, int dev, bool to_device);
+  /* waits for all work queued on device dev */
+  vtl_status (*synchronize)(int dev);
+  /* bytes held by tensors, bytes kept by the caching allocator, peak of the first */
+  void (*memory_stats)(int dev, size_t *allocated, size_t *cached, size_t *peak);
 } vtl_backend;
 
+/* The backend of dev, or NULL with an error naming the device ("cuda: this build has no
+   CUDA backend", "cuda: no CUDA device is available", "cuda:3: no such device ..."). */
 const vtl_backend *vtl_backend_get(vtl_device dev);
+/* The registered backend of a device type, or NULL (no error set). */
+const vtl_backend *vtl_backend_of_type(vtl_device_type type);
 void vtl_backend_register(vtl_device_type type, const vtl_backend *be);
 extern const vtl_backend vtl_cpu_backend;
+/* Registers the CUDA backend (kernels/cuda/backend.cu; present in CUDA builds only). Safe to
+   call more than once; without a device the backend reports "no CUDA device is available". */
+void vtl_cuda_init(void);
 
 #endif

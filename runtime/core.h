@@ -114,7 +114,16 @@ void vtl_contiguous_strides(const int64_t *shape, int ndim, int64_t *strides);
 /* "{2,3,4}" */
 void vtl_shape_format(const int64_t *shape, int ndim, char *buf, size_t n);
 
-/* Reads element i (in row-major logical order) as double / writes one; any dtype. */
+/* t on device dev: t itself (retained) when it is there already, else a contiguous copy. */
+vtl_tensor *vtl_tensor_to_device(vtl_tensor *t, vtl_device dev);
+/* VTL_OK when t's data lives in host memory; otherwise sets and returns an error
+   "<op>: GPU tensors are not supported yet; call :cpu()". For code that reads or writes
+   tensor bytes on the host. */
+vtl_status vtl_require_cpu(const char *op, const vtl_tensor *t);
+/* "<op>: tensors are on different devices (cpu and cuda:0)" when a and b differ (NULLs pass). */
+vtl_status vtl_check_same_device(const char *op, const vtl_tensor *a, const vtl_tensor *b);
+
+/* Reads element i (in row-major logical order) as double / writes one; any dtype; CPU tensors. */
 double vtl_tensor_get_flat(const vtl_tensor *t, int64_t i);
 double vtl_load_as_double(const void *p, vtl_dtype dt);
 void vtl_store_from_double(void *p, vtl_dtype dt, double v);

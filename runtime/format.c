@@ -125,7 +125,8 @@ static void emit(const fmt_t *f, sbuf *b, int d, int64_t *idx, int indent) {
   sb_add(b, "]");
 }
 
-char *vtl_tensor_format(const vtl_tensor *t) {
+/* t's values (t on the CPU), labelled with device dev when that is not the CPU */
+static char *format_host(const vtl_tensor *t, vtl_device dev) {
   sbuf b = {0};
   fmt_t f = {.t = t};
   int64_t idx[VTL_MAX_DIMS] = {0};
@@ -134,9 +135,7 @@ char *vtl_tensor_format(const vtl_tensor *t) {
   if (t->dtype == VTL_BOOL) f.mode = 4;
   else if (!vtl_dtype_is_float(t->dtype)) f.mode = 3;
   sb_add(&b, "tensor(");
-  if (t->storage->device.type != VTL_CPU) {
-    sb_add(&b, "<on %s>", t->storage->device.type == VTL_CUDA ? "cuda" : "?");
-  } else if (numel > 0) {
+  if (numel > 0) {
     if (f.mode < 3) {
       double mx = 0, mn = 0;
       int allint = 1, any = 0;
@@ -179,12 +178,23 @@ char *vtl_tensor_format(const vtl_tensor *t) {
   char shape[256];
   vtl_shape_format(t->shape, t->ndim, shape, sizeof shape);
   sb_add(&b, ", shape=%s, dtype=%s", shape, vtl_dtype_name(t->dtype));
-  if (t->storage->device.type != VTL_CPU) {
-    char dev[32];
-    vtl_device_format(t->storage->device, dev, sizeof dev);
-    sb_add(&b, ", device=%s", dev);
+  if (dev.type != VTL_CPU) {
+    char ds[32];
+    vtl_device_format(dev, ds, sizeof ds);
+    sb_add(&b, ", device=%s", ds);
   }
   sb_add(&b, ")");
   if (b.oom) { free(b.s); return NULL; }
   return b.s;
+}
+
+/* Device tensors are copied to the host to be printed. */
+char *vtl_tensor_format(const vtl_tensor *t) {
+  vtl_device dev = vtl_tensor_device(t);
+  if (dev.type == VTL_CPU) return format_host(t, dev);
+  vtl_tensor *h = vtl_tensor_to_device((vtl_tensor *)t, (vtl_device){VTL_CPU, 0});
+  if (!h) return NULL;
+  char *s = format_host(h, dev);
+  vtl_tensor_release(h);
+  return s;
 }

@@ -354,19 +354,14 @@ static vtl_status atomic_write_elems(atomic_file *a, const vtl_tensor *t) {
   return VTL_OK;
 }
 
-/* A contiguous CPU version of t (new reference) or NULL with the error set. */
+/* A contiguous CPU version of t (new reference) or NULL with the error set. Device tensors
+   are copied to the host: a file never records where a tensor lived. */
 static vtl_tensor *contiguous_cpu(const char *path, const char *name, vtl_tensor *t) {
   char nb[NAME_SHOWN];
   if (vtl_tensor_device(t).type != VTL_CPU) {
-    char dev[32];
-    vtl_device_format(vtl_tensor_device(t), dev, sizeof dev);
-    if (name)
-      vtl_error_set(VTL_ERR_DEVICE, "save: %s: tensor '%s' is on %s; only CPU tensors can be saved (copy it to the "
-                    "CPU first)", path, shown(name, nb), dev);
-    else
-      vtl_error_set(VTL_ERR_DEVICE, "save: %s: the tensor is on %s; only CPU tensors can be saved (copy it to the "
-                    "CPU first)", path, dev);
-    return NULL;
+    vtl_tensor *h = vtl_tensor_to_device(t, (vtl_device){VTL_CPU, 0});
+    if (!h) rewrap_error("save", path, name ? shown(name, nb) : "tensor");
+    return h;
   }
   if (vtl_tensor_is_contiguous(t)) return vtl_tensor_retain(t);
   vtl_tensor *c = vtl_op_contiguous(t);

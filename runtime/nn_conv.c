@@ -14,24 +14,13 @@ static const char *shape_str(const int64_t *shape, int ndim, char *buf, size_t n
 
 /* All tensors (NULL skipped) on one device, and that device's kernels present. */
 static vtl_status check_devices(const char *op, vtl_tensor *const *ts, int n) {
-  vtl_device d = {VTL_CPU, 0};
-  int first = -1;
+  const vtl_tensor *first = NULL;
   for (int i = 0; i < n; i++) {
     if (!ts[i]) continue;
-    if (first < 0) { first = i; d = vtl_tensor_device(ts[i]); continue; }
-    if (!vtl_device_eq(d, vtl_tensor_device(ts[i]))) {
-      char a[32], b[32];
-      vtl_device_format(d, a, sizeof a);
-      vtl_device_format(vtl_tensor_device(ts[i]), b, sizeof b);
-      return vtl_error_set(VTL_ERR_DEVICE, "%s: expected all tensors on the same device, got %s and %s", op, a, b);
-    }
+    if (!first) { first = ts[i]; continue; }
+    if (vtl_check_same_device(op, first, ts[i]) != VTL_OK) return vtl_error_status();
   }
-  if (d.type != VTL_CPU) {
-    char a[32];
-    vtl_device_format(d, a, sizeof a);
-    return vtl_error_set(VTL_ERR_DEVICE, "%s: not implemented for %s tensors yet", op, a);
-  }
-  return VTL_OK;
+  return vtl_require_cpu(op, first);
 }
 
 static vtl_status check_float(const char *op, const char *what, const vtl_tensor *t) {

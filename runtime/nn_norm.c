@@ -38,11 +38,8 @@ static bool same_shape(const vtl_tensor *a, const vtl_tensor *b) {
 static bool is_real(vtl_dtype dt) { return dt == VTL_F32 || dt == VTL_F64; }
 
 static bool on_cpu(const char *op, const char *what, const vtl_tensor *t) {
-  if (vtl_tensor_device(t).type == VTL_CPU) return true;
-  char d[32];
-  vtl_device_format(vtl_tensor_device(t), d, sizeof d);
-  vtl_error_set(VTL_ERR_DEVICE, "%s: %s is on %s; this op runs on CPU tensors only for now", op, what, d);
-  return false;
+  (void)what;
+  return vtl_require_cpu(op, t) == VTL_OK;
 }
 
 /* The main input of an op: an f32 or f64 tensor on the CPU. */

@@ -8,8 +8,6 @@
 static vtl_tensor *checked_index(const char *op, vtl_tensor *index, int64_t size, int dim) {
   if (index->dtype != VTL_I64 && index->dtype != VTL_I32 && index->dtype != VTL_U8)
     return vtl_error_set(VTL_ERR_ARG, "%s: index must be an integer tensor, got %s", op, vtl_dtype_name(index->dtype)), NULL;
-  if (vtl_tensor_device(index).type != VTL_CPU)
-    return vtl_error_set(VTL_ERR_DEVICE, "%s: index tensors must be on the cpu here", op), NULL;
   vtl_tensor *c = vtl_op_contiguous(index);
   vtl_tensor *t = c ? vtl_op_to_dtype(c, VTL_I64) : NULL;
   vtl_tensor_release(c);
@@ -26,6 +24,7 @@ static vtl_tensor *checked_index(const char *op, vtl_tensor *index, int64_t size
 }
 
 vtl_tensor *vtl_op_gather(vtl_tensor *x, int dim, vtl_tensor *index) {
+  if (vtl_require_cpu("gather", x) || vtl_require_cpu("gather", index)) return NULL;
   if (x->ndim == 0) return vtl_error_set(VTL_ERR_ARG, "gather: cannot gather from a 0-d tensor"), NULL;
   if (!vtl_check_dim("gather", dim, x->ndim)) return NULL;
   if (index->ndim != x->ndim)
@@ -44,6 +43,7 @@ vtl_tensor *vtl_op_gather(vtl_tensor *x, int dim, vtl_tensor *index) {
 }
 
 vtl_tensor *vtl_op_index_select(vtl_tensor *x, int dim, vtl_tensor *index) {
+  if (vtl_require_cpu("index_select", x) || vtl_require_cpu("index_select", index)) return NULL;
   if (x->ndim == 0) return vtl_error_set(VTL_ERR_ARG, "index_select: cannot index a 0-d tensor"), NULL;
   if (!vtl_check_dim("index_select", dim, x->ndim)) return NULL;
   if (index->ndim > 1) return vtl_error_set(VTL_ERR_ARG, "index_select: index must be 1-D, got %d-D", index->ndim), NULL;
@@ -66,6 +66,7 @@ vtl_tensor *vtl_op_index_select(vtl_tensor *x, int dim, vtl_tensor *index) {
 
 vtl_status vtl_op_scatter_(vtl_tensor *x, int dim, vtl_tensor *index, vtl_tensor *src, bool accumulate) {
   const char *op = accumulate ? "scatter_add" : "scatter";
+  if (vtl_require_cpu(op, x) || vtl_require_cpu(op, index) || vtl_require_cpu(op, src)) return vtl_error_status();
   if (x->ndim == 0) return vtl_error_set(VTL_ERR_ARG, "%s: cannot scatter into a 0-d tensor", op);
   if (!vtl_check_dim(op, dim, x->ndim)) return vtl_error_status();
   if (index->ndim != x->ndim || src->ndim != x->ndim)
@@ -78,8 +79,6 @@ vtl_status vtl_op_scatter_(vtl_tensor *x, int dim, vtl_tensor *index, vtl_tensor
       return vtl_error_set(VTL_ERR_ARG, "%s: index size %lld exceeds input size %lld in dim %d", op,
                            (long long)index->shape[d], (long long)x->shape[d], d + 1);
   }
-  if (!vtl_device_eq(vtl_tensor_device(x), vtl_tensor_device(src)))
-    return vtl_error_set(VTL_ERR_DEVICE, "%s: src is on another device", op);
   vtl_tensor *ix = checked_index(op, index, x->shape[dim], dim);
   if (!ix) return vtl_error_status();
   vtl_tensor *s = vtl_op_to_dtype(src, x->dtype);
@@ -97,6 +96,8 @@ vtl_tensor *vtl_op_scatter(vtl_tensor *x, int dim, vtl_tensor *index, vtl_tensor
 }
 
 vtl_status vtl_op_index_copy_(vtl_tensor *x, int dim, vtl_tensor *index, vtl_tensor *src) {
+  if (vtl_require_cpu("index_copy", x) || vtl_require_cpu("index_copy", index) || vtl_require_cpu("index_copy", src))
+    return vtl_error_status();
   if (x->ndim == 0) return vtl_error_set(VTL_ERR_ARG, "index_copy: cannot index a 0-d tensor");
   if (!vtl_check_dim("index_copy", dim, x->ndim)) return vtl_error_status();
   if (index->ndim > 1) return vtl_error_set(VTL_ERR_ARG, "index_copy: index must be 1-D, got %d-D", index->ndim);
@@ -126,6 +127,7 @@ vtl_status vtl_op_index_copy_(vtl_tensor *x, int dim, vtl_tensor *index, vtl_ten
 
 /* Flat positions (0-based, in x's logical order) where mask (broadcast to shape) is true. */
 static vtl_tensor *mask_positions(const char *op, vtl_tensor *mask, const int64_t *shape, int nd) {
+  if (vtl_require_cpu(op, mask)) return NULL;
   if (mask->dtype != VTL_BOOL)
     return vtl_error_set(VTL_ERR_ARG, "%s: mask must be a bool tensor, got %s", op, vtl_dtype_name(mask->dtype)), NULL;
   vtl_tensor *m = vtl_broadcast_to(mask, shape, nd);
@@ -151,6 +153,7 @@ static vtl_tensor *mask_positions(const char *op, vtl_tensor *mask, const int64_
 }
 
 vtl_tensor *vtl_op_masked_select(vtl_tensor *x, vtl_tensor *mask) {
+  if (vtl_require_cpu("masked_select", x)) return NULL;
   int64_t shape[VTL_MAX_DIMS];
   int nd = vtl_broadcast_shape("masked_select", x, mask, shape);
   if (nd < 0) return NULL;
@@ -168,6 +171,7 @@ vtl_tensor *vtl_op_masked_select(vtl_tensor *x, vtl_tensor *mask) {
 }
 
 vtl_status vtl_op_masked_scatter_(vtl_tensor *x, vtl_tensor *mask, vtl_tensor *src) {
+  if (vtl_require_cpu("masked_scatter_", x) || vtl_require_cpu("masked_scatter_", src)) return vtl_error_status();
   vtl_tensor *pos = mask_positions("masked_scatter", mask, x->shape, x->ndim);
   if (!pos) return vtl_error_status();
   int64_t k = vtl_tensor_numel(pos), ns = vtl_tensor_numel(src);
@@ -214,6 +218,7 @@ static int mask_leading(const char *op, const vtl_tensor *x, const vtl_tensor *m
 }
 
 vtl_tensor *vtl_op_mask_index(vtl_tensor *x, vtl_tensor *mask) {
+  if (vtl_require_cpu("index", x) || vtl_require_cpu("index", mask)) return NULL;
   int k = mask_leading("index", x, mask);
   if (k < 0) return NULL;
   int64_t shape[VTL_MAX_DIMS];
@@ -228,6 +233,8 @@ vtl_tensor *vtl_op_mask_index(vtl_tensor *x, vtl_tensor *mask) {
 }
 
 vtl_status vtl_op_mask_assign_(vtl_tensor *x, vtl_tensor *mask, vtl_tensor *src, double value) {
+  if (vtl_require_cpu("index assignment", x) || vtl_require_cpu("index assignment", mask) || vtl_require_cpu("index assignment", src))
+    return vtl_error_status();
   int k = mask_leading("index assignment", x, mask);
   if (k < 0) return vtl_error_status();
   /* the mask over every element: trailing dims added and expanded */
@@ -267,6 +274,7 @@ vtl_status vtl_op_mask_assign_(vtl_tensor *x, vtl_tensor *mask, vtl_tensor *src,
 }
 
 vtl_tensor *vtl_op_nonzero(vtl_tensor *x) {
+  if (vtl_require_cpu("nonzero", x)) return NULL;
   vtl_tensor *m = x->dtype == VTL_BOOL ? vtl_tensor_retain(x) : vtl_op_binary_scalar(VTL_BIN_NE, x, 0, false, false);
   if (!m) return NULL;
   vtl_tensor *pos = mask_positions("nonzero", m, x->shape, x->ndim);
@@ -299,8 +307,7 @@ vtl_tensor *vtl_op_cat(vtl_tensor *const *xs, int n, int dim) {
   int64_t total = 0;
   for (int i = 0; i < n; i++) {
     const vtl_tensor *x = xs[i];
-    if (!vtl_device_eq(vtl_tensor_device(x), vtl_tensor_device(ref)))
-      return vtl_error_set(VTL_ERR_DEVICE, "cat: tensors are on different devices"), NULL;
+    if (vtl_check_same_device("cat", ref, x) != VTL_OK) return NULL;
     dt = vtl_dtype_promote(dt, x->dtype);
     if (x->ndim == 1 && x->shape[0] == 0 && ref->ndim != 1) continue;
     int ok = x->ndim == ref->ndim;

@@ -18,15 +18,9 @@ const char *vtl_binary_name(vtl_binary_op op) { return binary_names[op]; }
 
 /* The backend of the tensors' common device, or NULL with an error naming the op. */
 static const vtl_backend *backend_of(const char *op, vtl_tensor *const *ts, int n) {
-  vtl_device d = vtl_tensor_device(ts[0]);
   for (int i = 1; i < n; i++)
-    if (ts[i] && !vtl_device_eq(d, vtl_tensor_device(ts[i]))) {
-      char a[32], b[32];
-      vtl_device_format(d, a, sizeof a);
-      vtl_device_format(vtl_tensor_device(ts[i]), b, sizeof b);
-      return vtl_error_set(VTL_ERR_DEVICE, "%s: expected all tensors on the same device, got %s and %s", op, a, b), NULL;
-    }
-  return vtl_backend_get(d);
+    if (vtl_check_same_device(op, ts[0], ts[i]) != VTL_OK) return NULL;
+  return vtl_backend_get(vtl_tensor_device(ts[0]));
 }
 
 /* dtype the kernels compute in: half types in f32, bool arithmetic in u8 */
@@ -112,9 +106,11 @@ static int check_int_divisor(vtl_binary_op op, vtl_dtype cdt, vtl_tensor *b) {
   if (!z) return 0;
   vtl_tensor *any = vtl_op_reduce(VTL_RED_ANY, z, 0, false, 0, NULL);
   vtl_tensor_release(z);
-  if (!any) return 0;
-  int has_zero = *(uint8_t *)vtl_tensor_data(any);
+  vtl_tensor *host = any ? vtl_tensor_to_device(any, (vtl_device){VTL_CPU, 0}) : NULL;
   vtl_tensor_release(any);
+  if (!host) return 0;
+  int has_zero = *(uint8_t *)vtl_tensor_data(host);
+  vtl_tensor_release(host);
   if (has_zero) return vtl_error_set(VTL_ERR_ARG, "%s: integer division by zero", binary_names[op]), 0;
   return 1;
 }
@@ -414,6 +410,7 @@ vtl_tensor *vtl_op_reduce(vtl_reduce_op op, vtl_tensor *x, uint32_t dims, bool k
 vtl_tensor *vtl_op_cumsum(vtl_tensor *x, int dim) {
   const vtl_backend *be = backend_of("cumsum", &x, 1);
   if (!be) return NULL;
+  if (!be->cumsum) return vtl_require_cpu("cumsum", x), NULL;
   if (x->ndim && !vtl_check_dim("cumsum", dim, x->ndim)) return NULL;
   int64_t A = 1, R = x->ndim ? x->shape[dim] : 1, B = 1;
   for (int d = 0; d < dim; d++) A *= x->shape[d];
@@ -466,6 +463,7 @@ vtl_status vtl_op_topk(vtl_tensor *x, int64_t k, int dim, bool largest, bool sor
   (void)sorted; /* results are always sorted */
   const vtl_backend *be = backend_of("sort", &x, 1);
   if (!be) return vtl_error_status();
+  if (!be->sort) return vtl_require_cpu("sort", x);
   if (x->ndim && !vtl_check_dim("sort", dim, x->ndim)) return vtl_error_status();
   if (x->dtype == VTL_BOOL) return vtl_error_set(VTL_ERR_ARG, "sort: not supported for bool tensors");
   int nd = x->ndim, perm[VTL_MAX_DIMS];
@@ -507,7 +505,7 @@ vtl_status vtl_op_sort(vtl_tensor *x, int dim, bool descending, vtl_tensor **val
 }
 
 vtl_status vtl_op_unique(vtl_tensor *x, vtl_tensor **values, vtl_tensor **inverse, vtl_tensor **counts) {
-  if (vtl_tensor_device(x).type != VTL_CPU) return vtl_error_set(VTL_ERR_DEVICE, "unique: only cpu tensors");
+  if (vtl_require_cpu("unique", x) != VTL_OK) return vtl_error_status();
   int64_t n = vtl_tensor_numel(x);
   vtl_tensor *flat = vtl_op_reshape(x, &n, 1);
   vtl_tensor *sv = NULL, *si = NULL;
@@ -597,6 +595,7 @@ vtl_tensor *vtl_op_matmul(vtl_tensor *a, vtl_tensor *b) {
   if (!eb) goto done;
   vtl_dtype res = vtl_dtype_promote(a->dtype, b->dtype);
   vtl_dtype kdt = vtl_dtype_is_float(res) ? (res == VTL_F64 ? VTL_F64 : VTL_F32) : VTL_I64;
+  if (be->matmul_dtypes >> res & 1) kdt = res; /* e.g. f16/bf16 straight to a GPU GEMM */
   ca = vtl_op_to_dtype(ea, kdt);
   cb = ca ? vtl_op_to_dtype(eb, kdt) : NULL;
   if (!cb) goto done;

@@ -21,12 +21,13 @@ vtl_tensor *vtl_op_full(const int64_t *shape, int ndim, double value, vtl_dtype 
   return t;
 }
 
-/* Values computed on the host then placed on the device. */
+/* Values computed on the host then placed on the device; the last one is `last` when
+   has_last (linspace ends exactly at its end). */
 static vtl_tensor *from_host_values(int64_t n, vtl_dtype dt, vtl_device dev, double start, double step,
-                                    const char *op) {
-  if (dev.type != VTL_CPU) return vtl_error_set(VTL_ERR_DEVICE, "%s: only cpu tensors can be created here", op), NULL;
+                                    bool has_last, double last) {
+  if (!vtl_backend_get(dev)) return NULL;
   int64_t shape[1] = {n};
-  vtl_tensor *t = vtl_tensor_empty(shape, 1, dt, dev);
+  vtl_tensor *t = vtl_tensor_empty(shape, 1, dt, (vtl_device){VTL_CPU, 0});
   if (!t) return NULL;
   char *p = vtl_tensor_data(t);
   size_t es = vtl_dtype_size(dt);
@@ -34,7 +35,10 @@ static vtl_tensor *from_host_values(int64_t n, vtl_dtype dt, vtl_device dev, dou
     if (dt == VTL_I64) ((int64_t *)p)[i] = (int64_t)start + i * (int64_t)step;
     else vtl_store_from_double(p + i * (int64_t)es, dt, start + (double)i * step);
   }
-  return t;
+  if (has_last && n > 0) vtl_store_from_double(p + (n - 1) * (int64_t)es, dt, last);
+  vtl_tensor *r = vtl_tensor_to_device(t, dev);
+  vtl_tensor_release(t);
+  return r;
 }
 
 vtl_tensor *vtl_op_arange(double start, double end, double step, vtl_dtype dt, vtl_device dev) {
@@ -44,15 +48,12 @@ vtl_tensor *vtl_op_arange(double start, double end, double step, vtl_dtype dt, v
   double nf = ceil((end - start) / step);
   if (nf < 0) nf = 0;
   if (nf > 4e18) return vtl_error_set(VTL_ERR_ARG, "arange: too many elements"), NULL;
-  return from_host_values((int64_t)nf, dt, dev, start, step, "arange");
+  return from_host_values((int64_t)nf, dt, dev, start, step, false, 0);
 }
 
 vtl_tensor *vtl_op_linspace(double start, double end, int64_t steps, vtl_dtype dt, vtl_device dev) {
   if (steps < 0) return vtl_error_set(VTL_ERR_ARG, "linspace: steps must be non-negative, got %lld", (long long)steps), NULL;
-  vtl_tensor *t = from_host_values(steps, dt, dev, start, steps > 1 ? (end - start) / (double)(steps - 1) : 0, "linspace");
-  /* the last value is exactly end */
-  if (t && steps > 1) vtl_store_from_double((char *)vtl_tensor_data(t) + (steps - 1) * (int64_t)vtl_dtype_size(dt), dt, end);
-  return t;
+  return from_host_values(steps, dt, dev, start, steps > 1 ? (end - start) / (double)(steps - 1) : 0, steps > 1, end);
 }
 
 vtl_tensor *vtl_op_eye(int64_t n, int64_t m, vtl_dtype dt, vtl_device dev) {
@@ -79,6 +80,7 @@ vtl_tensor *vtl_op_random(const int64_t *shape, int ndim, int kind, double lo, d
   vtl_tensor *t = vtl_tensor_empty(shape, ndim, dt, dev);
   if (!t) return NULL;
   const vtl_backend *be = vtl_backend_get(dev);
+  if (!be->random) { vtl_tensor_release(t); return vtl_error_set(VTL_ERR_DEVICE, "%s: not supported on %s", names[kind], be->name), NULL; }
   if (be->random(t, kind, lo, hi, seed, *offset) != VTL_OK) { vtl_tensor_release(t); return NULL; }
   *offset += (uint64_t)(vtl_tensor_numel(t) + 1) / 2;
   return t;
@@ -94,8 +96,7 @@ static bool overlaps_differently(const vtl_tensor *a, const vtl_tensor *b) {
 }
 
 vtl_status vtl_op_copy_(vtl_tensor *dst, const vtl_tensor *src) {
-  if (!vtl_device_eq(vtl_tensor_device(dst), vtl_tensor_device(src)))
-    return vtl_error_set(VTL_ERR_DEVICE, "copy_: tensors are on different devices");
+  if (vtl_check_same_device("copy_", dst, src) != VTL_OK) return vtl_error_status();
   vtl_tensor *s = vtl_broadcast_to(src, dst->shape, dst->ndim);
   if (!s) {
     char a[128], b[128];

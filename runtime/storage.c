@@ -36,6 +36,14 @@ vtl_storage *vtl_storage_new(size_t nbytes, vtl_device dev) {
   }
   if (!p) {
     free(s);
+    if (be->memory_stats) {
+      size_t used = 0, cached = 0, peak = 0;
+      char d[32];
+      be->memory_stats(dev.index, &used, &cached, &peak);
+      vtl_device_format(dev, d, sizeof d);
+      return vtl_error_set(VTL_ERR_OOM, "out of memory on %s: cannot allocate %zu bytes (%zu bytes allocated by tensors, "
+                           "%zu bytes cached)", d, nbytes, used, cached), NULL;
+    }
     return vtl_error_set(VTL_ERR_OOM, "cannot allocate %zu bytes on %s (%zu bytes held by tensors)",
                          nbytes, be->name, vtl_alloc_bytes()), NULL;
   }
@@ -53,7 +61,7 @@ void vtl_storage_retain(vtl_storage *s) { __atomic_add_fetch(&s->refcount, 1, __
 void vtl_storage_release(vtl_storage *s) {
   if (!s) return;
   if (__atomic_sub_fetch(&s->refcount, 1, __ATOMIC_ACQ_REL) != 0) return;
-  const vtl_backend *be = vtl_backend_get(s->device);
+  const vtl_backend *be = vtl_backend_of_type(s->device.type);
   if (be) be->free(s->data, s->nbytes ? s->nbytes : 1, s->device.index);
   if (s->device.type == VTL_CPU) __atomic_sub_fetch(&alloc_bytes, s->nbytes, __ATOMIC_RELAXED);
   free(s);

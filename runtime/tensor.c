@@ -6,16 +6,27 @@
 #include <omp.h>
 #include "core.h"
 #include "backend.h"
+#include "ops.h"
 
 /* ---- devices and backends ---- */
 static const vtl_backend *backends[2] = {&vtl_cpu_backend, NULL};
 
 void vtl_backend_register(vtl_device_type type, const vtl_backend *be) { backends[type] = be; }
 
+const vtl_backend *vtl_backend_of_type(vtl_device_type type) {
+  return (unsigned)type < 2 ? backends[type] : NULL;
+}
+
 const vtl_backend *vtl_backend_get(vtl_device dev) {
-  const vtl_backend *be = (unsigned)dev.type < 2 ? backends[dev.type] : NULL;
-  if (!be) vtl_error_set(VTL_ERR_DEVICE, "device %s is not available (vtl was built without CUDA)",
-                         dev.type == VTL_CUDA ? "cuda" : "?");
+  if (dev.type == VTL_CPU) return backends[VTL_CPU];
+  if (dev.type != VTL_CUDA) return vtl_error_set(VTL_ERR_DEVICE, "unknown device type %d", (int)dev.type), NULL;
+  const vtl_backend *be = backends[VTL_CUDA];
+  if (!be) return vtl_error_set(VTL_ERR_DEVICE, "cuda: this build has no CUDA backend"), NULL;
+  int n = be->device_count ? be->device_count() : 0;
+  if (n <= 0) return vtl_error_set(VTL_ERR_DEVICE, "cuda: no CUDA device is available"), NULL;
+  if (dev.index < 0 || dev.index >= n)
+    return vtl_error_set(VTL_ERR_DEVICE, "cuda:%d: no such device (%d CUDA device%s visible)", dev.index, n,
+                         n == 1 ? "" : "s"), NULL;
   return be;
 }
 
@@ -189,6 +200,54 @@ double vtl_tensor_get_flat(const vtl_tensor *t, int64_t i) {
     i /= t->shape[d];
   }
   return vtl_load_as_double((const char *)t->storage->data + off * (int64_t)vtl_dtype_size(t->dtype), t->dtype);
+}
+
+/* ---- devices of tensors ---- */
+vtl_status vtl_require_cpu(const char *op, const vtl_tensor *t) {
+  if (!t || vtl_tensor_device(t).type == VTL_CPU) return VTL_OK;
+  return vtl_error_set(VTL_ERR_DEVICE, "%s: GPU tensors are not supported yet; call :cpu()", op);
+}
+
+vtl_status vtl_check_same_device(const char *op, const vtl_tensor *a, const vtl_tensor *b) {
+  if (!a || !b || vtl_device_eq(vtl_tensor_device(a), vtl_tensor_device(b))) return VTL_OK;
+  char da[32], db[32];
+  vtl_device_format(vtl_tensor_device(a), da, sizeof da);
+  vtl_device_format(vtl_tensor_device(b), db, sizeof db);
+  return vtl_error_set(VTL_ERR_DEVICE, "%s: tensors are on different devices (%s and %s)", op, da, db);
+}
+
+/* Bytes of a contiguous tensor src copied into a new tensor on dev; one side is the host. */
+static vtl_tensor *copy_across(const vtl_tensor *src, vtl_device dev) {
+  vtl_device sd = vtl_tensor_device(src);
+  const vtl_backend *gpu = vtl_backend_get(dev.type == VTL_CPU ? sd : dev);
+  if (!gpu) return NULL;
+  if (!gpu->copy_host) return vtl_error_set(VTL_ERR_DEVICE, "to: the %s backend cannot copy to or from the host", gpu->name), NULL;
+  vtl_tensor *t = vtl_tensor_empty(src->shape, src->ndim, src->dtype, dev);
+  if (!t) return NULL;
+  size_t n = (size_t)vtl_tensor_numel(src) * vtl_dtype_size(src->dtype);
+  vtl_status st = n == 0 ? VTL_OK
+                  : dev.type == VTL_CPU ? gpu->copy_host(vtl_tensor_data(t), vtl_tensor_data(src), n, sd.index, false)
+                                        : gpu->copy_host(vtl_tensor_data(t), vtl_tensor_data(src), n, dev.index, true);
+  if (st != VTL_OK) { vtl_tensor_release(t); return NULL; }
+  return t;
+}
+
+vtl_tensor *vtl_tensor_to_device(vtl_tensor *t, vtl_device dev) {
+  vtl_device sd = vtl_tensor_device(t);
+  if (vtl_device_eq(sd, dev)) return vtl_tensor_retain(t);
+  if (!vtl_backend_get(dev)) return NULL;
+  vtl_tensor *c = vtl_op_contiguous(t);
+  if (!c) return NULL;
+  vtl_tensor *r;
+  if (sd.type != VTL_CPU && dev.type != VTL_CPU) { /* between two GPUs: through the host */
+    vtl_tensor *h = copy_across(c, (vtl_device){VTL_CPU, 0});
+    r = h ? copy_across(h, dev) : NULL;
+    vtl_tensor_release(h);
+  } else {
+    r = copy_across(c, dev);
+  }
+  vtl_tensor_release(c);
+  return r;
 }
 
 /* ---- threads and time ---- */

@@ -1,4 +1,5 @@
--- Runs tests/test_*.lua (or the files given as arguments) and prints "N passed, N failed".
+-- Runs tests/test_*.lua (or the files given as arguments) and prints "N passed, N failed,
+-- N skipped" (skipped: registered with skip(name, reason), e.g. GPU tests without a GPU).
 package.path = "tests/?.lua;" .. package.path
 local T = require "testlib"
 local files = {}
@@ -9,7 +10,7 @@ else
   for f in p:lines() do files[#files + 1] = f end
   p:close()
 end
-local passed, failed = 0, 0
+local passed, failed, skipped = 0, 0, 0
 local filter = os.getenv("VTL_TEST_FILTER")
 for _, f in ipairs(files) do
   T.tests = {}
@@ -20,7 +21,10 @@ for _, f in ipairs(files) do
     local ok, lerr = xpcall(chunk, debug.traceback)
     if not ok then print("FAIL " .. f .. " (load): " .. lerr); failed = failed + 1 end
     for _, t in ipairs(T.tests) do
-      if not filter or t.name:find(filter, 1, true) then
+      if t.skip and (not filter or t.name:find(filter, 1, true)) then
+        skipped = skipped + 1
+        print(string.format("SKIP %s :: %s (%s)", f, t.name, t.skip))
+      elseif not filter or t.name:find(filter, 1, true) then
         local t0 = os.clock()
         local tok, terr = xpcall(t.fn, debug.traceback)
         collectgarbage()
@@ -31,5 +35,5 @@ for _, f in ipairs(files) do
     end
   end
 end
-print(string.format("lua: %d passed, %d failed", passed, failed))
+print(string.format("lua: %d passed, %d failed, %d skipped", passed, failed, skipped))
 os.exit(failed == 0 and 0 or 1)

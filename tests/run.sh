@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 export VTL=${VTL:-./vtl}
 export VTL_FIXTURES=${VTL_FIXTURES:-$PWD/build/fixtures}
 mkdir -p "$VTL_FIXTURES"
-py=.venv/bin/python
+py=${VTL_PY:-.venv/bin/python} # VTL_PY: another Python with torch (GPU machines)
 for g in tests/ref/gen_*.py; do
   [ -e "$g" ] || continue
   stamp="$VTL_FIXTURES/.$(basename "$g").stamp"

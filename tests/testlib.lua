@@ -5,6 +5,12 @@ local M = {tests = {}}
 ---@param fn fun()
 function M.test(name, fn) M.tests[#M.tests + 1] = {name = name, fn = fn} end
 
+-- Registers a test that cannot run here (no GPU, ...); the runner counts it as skipped, never
+-- as passed, and prints the reason.
+---@param name string
+---@param reason string
+function M.skip(name, reason) M.tests[#M.tests + 1] = {name = name, skip = reason} end
+
 local function fail(msg, level) error(msg, (level or 1) + 2) end
 
 function M.eq(got, want, msg)
@@ -17,8 +23,9 @@ function M.truthy(v, msg) if not v then fail(msg or "expected a true value") end
 function M.close(got, want, tol, msg)
   tol = tol or 1e-6
   local vtl = require "vtl"
-  local g = vtl.is_tensor(got) and got:totable() or got
-  local w = vtl.is_tensor(want) and want:totable() or want
+  local g, w = got, want -- (a 0-d bool tensor's totable() is false: no and/or here)
+  if vtl.is_tensor(got) then g = got:totable() end
+  if vtl.is_tensor(want) then w = want:totable() end
   if vtl.is_tensor(got) and vtl.is_tensor(want) then
     local gs, ws = table.concat(got.shape, ","), table.concat(want.shape, ",")
     if gs ~= ws then fail(string.format("%sshape {%s} ~= {%s}", msg and msg .. ": " or "", gs, ws)) end

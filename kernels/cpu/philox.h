@@ -4,7 +4,14 @@
 #define VTL_CPU_PHILOX_H
 #include <stdint.h>
 
-static inline void vtl_philox4x32(uint64_t counter, uint64_t seed, uint32_t out[4]) {
+/* shared with the CUDA kernels (kernels/cuda/random.cu), so both devices draw the same stream */
+#ifdef __CUDACC__
+#define VTL_PHILOX_FN static inline __host__ __device__
+#else
+#define VTL_PHILOX_FN static inline
+#endif
+
+VTL_PHILOX_FN void vtl_philox4x32(uint64_t counter, uint64_t seed, uint32_t out[4]) {
   uint32_t c0 = (uint32_t)counter, c1 = (uint32_t)(counter >> 32), c2 = 0, c3 = 0;
   uint32_t k0 = (uint32_t)seed, k1 = (uint32_t)(seed >> 32);
   for (int r = 0; r < 10; r++) {

@@ -25,16 +25,17 @@ vtl_status vtl_cpu_random(vtl_tensor *out, int kind, double lo, double hi, uint6
     double v[2];
     int64_t iv[2] = {0, 0};
     if (kind == 0) {
-      v[0] = lo + (hi - lo) * u53(r[0], r[1]);
-      v[1] = lo + (hi - lo) * u53(r[2], r[3]);
+      /* explicit fused multiply-adds: the GPU kernel rounds the same way (kernels/cuda/random.cu) */
+      v[0] = fma(hi - lo, u53(r[0], r[1]), lo);
+      v[1] = fma(hi - lo, u53(r[2], r[3]), lo);
       /* rounding to f32 can reach hi; keep the interval half-open */
       for (int j = 0; j < 2; j++)
         if (dt == VTL_F32 && (float)v[j] >= (float)hi && hi > lo) v[j] = nextafterf((float)hi, (float)lo);
     } else if (kind == 1) {
       double u1 = 1.0 - u53(r[0], r[1]), u2 = u53(r[2], r[3]);
       double rad = sqrt(-2.0 * log(u1));
-      v[0] = lo + hi * rad * cos(2 * M_PI * u2);
-      v[1] = lo + hi * rad * sin(2 * M_PI * u2);
+      v[0] = fma(hi * rad, cos(2 * M_PI * u2), lo);
+      v[1] = fma(hi * rad, sin(2 * M_PI * u2), lo);
     } else {
       for (int j = 0; j < 2; j++) {
         uint64_t x = (uint64_t)r[2 * j] << 32 | r[2 * j + 1];

@@ -1,0 +1,222 @@
+// The CUDA backend: per-device compute streams and cuBLAS handles, a caching allocator, copies
+// to and from the host, and the backend table registered by vtl_cuda_init.
+//
+// Allocator: blocks are rounded up to a size class (8 classes per power of two, at least
+// 512 bytes) and kept on per-device free lists by class when released. All work of a device
+// runs on its one compute stream, so a block handed out again is only touched by work queued
+// after the work that used it before. On a failed cudaMalloc the storage layer empties the
+// cache, runs the OOM hook (a full Lua GC), empties it again and retries once.
+#include <mutex>
+#include <unordered_map>
+#include <vector>
+#include "common.cuh"
+
+extern "C" int vtl_cuda_device_count(void); // cuda_info.cu
+
+#define MAX_DEVICES 64
+
+namespace {
+
+struct device_state {
+  std::mutex mu;
+  cudaStream_t stream = nullptr;
+  cublasHandle_t blas = nullptr;
+  std::unordered_map<size_t, std::vector<void *>> bins; // size class -> free blocks
+  size_t allocated = 0, cached = 0, peak = 0;
+};
+
+device_state devices[MAX_DEVICES];
+int device_total = -1; // cached count of visible devices
+std::once_flag count_once;
+thread_local int current_device = -1;
+
+int count_devices() {
+  std::call_once(count_once, [] {
+    int n = vtl_cuda_device_count();
+    device_total = n > MAX_DEVICES ? MAX_DEVICES : n;
+  });
+  return device_total;
+}
+
+size_t size_class(size_t n) {
+  if (n <= 512) return 512;
+  int e = 63 - __builtin_clzll((unsigned long long)n);
+  size_t step = (size_t)1 << (e >= 3 ? e - 3 : 0);
+  if (step < 512) step = 512;
+  return (n + step - 1) & ~(step - 1);
+}
+
+vtl_status set_device(int dev) {
+  if (dev < 0 || dev >= count_devices())
+    return vtl_error_set(VTL_ERR_DEVICE, "cuda:%d: no such device (%d visible)", dev, count_devices());
+  if (current_device == dev) return VTL_OK;
+  cudaError_t e = cudaSetDevice(dev);
+  if (e != cudaSuccess) return vtl_cu_error(e, "cudaSetDevice");
+  current_device = dev;
+  return VTL_OK;
+}
+
+} // namespace
+
+vtl_status vtl_cu_error(cudaError_t e, const char *what) {
+  const char *msg = cudaGetErrorString(e);
+  cudaGetLastError(); // clear a non-sticky error so later calls do not report it again
+  if (e == cudaErrorMemoryAllocation) return vtl_error_set(VTL_ERR_OOM, "cuda: out of memory (%s)", what);
+  return vtl_error_set(VTL_ERR_DEVICE, "cuda: %s failed: %s", what, msg);
+}
+
+cudaStream_t vtl_cu_stream(int dev) {
+  if (set_device(dev) != VTL_OK) return nullptr;
+  device_state &d = devices[dev];
+  std::lock_guard<std::mutex> g(d.mu);
+  if (!d.stream) {
+    cudaError_t e = cudaStreamCreateWithFlags(&d.stream, cudaStreamNonBlocking);
+    if (e != cudaSuccess) { d.stream = nullptr; vtl_cu_error(e, "cudaStreamCreate"); return nullptr; }
+  }
+  return d.stream;
+}
+
+cublasHandle_t vtl_cu_blas(int dev) {
+  cudaStream_t s = vtl_cu_stream(dev);
+  if (!s) return nullptr;
+  device_state &d = devices[dev];
+  std::lock_guard<std::mutex> g(d.mu);
+  if (!d.blas) {
+    cublasStatus_t st = cublasCreate(&d.blas);
+    if (st != CUBLAS_STATUS_SUCCESS) {
+      d.blas = nullptr;
+      vtl_error_set(VTL_ERR_DEVICE, "cuda: cublasCreate failed (status %d)", (int)st);
+      return nullptr;
+    }
+    cublasSetStream(d.blas, s);
+    // exact f32 products (no TF32), as the CPU computes them
+    cublasSetMathMode(d.blas, CUBLAS_DEFAULT_MATH);
+  }
+  return d.blas;
+}
+
+void *vtl_cu_alloc(size_t n, int dev) {
+  if (dev < 0 || dev >= count_devices()) return nullptr;
+  size_t r = size_class(n);
+  device_state &d = devices[dev];
+  {
+    std::lock_guard<std::mutex> g(d.mu);
+    auto it = d.bins.find(r);
+    if (it != d.bins.end() && !it->second.empty()) {
+      void *p = it->second.back();
+      it->second.pop_back();
+      d.cached -= r;
+      d.allocated += r;
+      if (d.allocated > d.peak) d.peak = d.allocated;
+      return p;
+    }
+  }
+  if (set_device(dev) != VTL_OK) return nullptr;
+  void *p = nullptr;
+  cudaError_t e = cudaMalloc(&p, r);
+  if (e != cudaSuccess) {
+    cudaGetLastError(); // out of memory is not sticky; clear it
+    return nullptr;
+  }
+  std::lock_guard<std::mutex> g(d.mu);
+  d.allocated += r;
+  if (d.allocated > d.peak) d.peak = d.allocated;
+  return p;
+}
+
+void vtl_cu_free(void *p, size_t n, int dev) {
+  if (!p || dev < 0 || dev >= MAX_DEVICES) return;
+  size_t r = size_class(n);
+  device_state &d = devices[dev];
+  std::lock_guard<std::mutex> g(d.mu);
+  d.bins[r].push_back(p);
+  d.allocated -= r;
+  d.cached += r;
+}
+
+namespace {
+
+size_t cu_empty_cache(int dev) {
+  if (dev < 0 || dev >= count_devices()) return 0;
+  device_state &d = devices[dev];
+  std::vector<void *> all;
+  size_t n;
+  {
+    std::lock_guard<std::mutex> g(d.mu);
+    for (auto &kv : d.bins) all.insert(all.end(), kv.second.begin(), kv.second.end());
+    d.bins.clear();
+    n = d.cached;
+    d.cached = 0;
+  }
+  if (all.empty() || set_device(dev) != VTL_OK) return n;
+  if (d.stream) cudaStreamSynchronize(d.stream); // queued work may still read freed blocks
+  for (void *p : all) cudaFree(p);
+  cudaGetLastError();
+  return n;
+}
+
+void *cu_alloc(size_t n, int dev) { return vtl_cu_alloc(n, dev); }
+void cu_free(void *p, size_t n, int dev) { vtl_cu_free(p, n, dev); }
+
+vtl_status cu_copy_host(void *dst, const void *src, size_t n, int dev, bool to_device) {
+  cudaStream_t s = vtl_cu_stream(dev);
+  if (!s) return vtl_error_status();
+  cudaError_t e = cudaMemcpyAsync(dst, src, n, to_device ? cudaMemcpyHostToDevice : cudaMemcpyDeviceToHost, s);
+  if (e != cudaSuccess) return vtl_cu_error(e, to_device ? "copy to the device" : "copy to the host");
+  // the host buffer may be freed or read as soon as this returns
+  e = cudaStreamSynchronize(s);
+  if (e != cudaSuccess) return vtl_cu_error(e, to_device ? "copy to the device" : "copy to the host");
+  return VTL_OK;
+}
+
+vtl_status cu_synchronize(int dev) {
+  cudaStream_t s = vtl_cu_stream(dev);
+  if (!s) return vtl_error_status();
+  cudaError_t e = cudaStreamSynchronize(s);
+  return e == cudaSuccess ? VTL_OK : vtl_cu_error(e, "synchronize");
+}
+
+void cu_memory_stats(int dev, size_t *allocated, size_t *cached, size_t *peak) {
+  *allocated = *cached = *peak = 0;
+  if (dev < 0 || dev >= MAX_DEVICES) return;
+  device_state &d = devices[dev];
+  std::lock_guard<std::mutex> g(d.mu);
+  *allocated = d.allocated;
+  *cached = d.cached;
+  *peak = d.peak;
+}
+
+vtl_backend cuda_backend;
+
+} // namespace
+
+extern "C" void vtl_cuda_init(void) {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    vtl_backend &b = cuda_backend;
+    b.name = "cuda";
+    b.alloc = cu_alloc;
+    b.free = cu_free;
+    b.empty_cache = cu_empty_cache;
+    b.unary = vtl_cu_unary;
+    b.binary = vtl_cu_binary;
+    b.where = vtl_cu_where;
+    b.lerp = vtl_cu_lerp;
+    b.fill = vtl_cu_fill;
+    b.reduce = vtl_cu_reduce;
+    b.cumsum = nullptr;
+    b.matmul = vtl_cu_matmul;
+    b.gather = nullptr;
+    b.scatter = nullptr;
+    b.sort = nullptr;
+    b.random = vtl_cu_random;
+    b.nonzero_flat = nullptr;
+    b.fused = vtl_cu_fused;
+    b.matmul_dtypes = 1u << VTL_F32 | 1u << VTL_F64 | 1u << VTL_F16 | 1u << VTL_BF16 | 1u << VTL_I64;
+    b.device_count = count_devices;
+    b.copy_host = cu_copy_host;
+    b.synchronize = cu_synchronize;
+    b.memory_stats = cu_memory_stats;
+    vtl_backend_register(VTL_CUDA, &cuda_backend);
+  });
+}

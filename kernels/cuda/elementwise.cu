@@ -1,0 +1,349 @@
+// CUDA elementwise kernels: unary, binary, where, lerp, fill and the fused optimizer updates.
+// Each op computes in the compute dtype the op layer chose, with the expressions of
+// kernels/cpu/elementwise.c, so results match the CPU's (transcendental functions within the
+// few ulp CUDA's math library allows). Operands are strided views (broadcast dims have
+// stride 0); a flat path serves one-dim walks whose operands all have the compute dtype.
+#include <math.h>
+#include "common.cuh"
+
+namespace {
+
+template <class C> struct is_float_t { static constexpr bool value = false; };
+template <> struct is_float_t<float> { static constexpr bool value = true; };
+template <> struct is_float_t<double> { static constexpr bool value = true; };
+
+__device__ __forceinline__ int64_t ipow(int64_t b, int64_t e) {
+  if (e < 0) return b == 1 ? 1 : b == -1 ? (e & 1 ? -1 : 1) : 0;
+  uint64_t r = 1, x = (uint64_t)b;
+  while (e) { if (e & 1) r *= x; x *= x; e >>= 1; }
+  return (int64_t)r;
+}
+__device__ __forceinline__ int64_t imod(int64_t a, int64_t b) {
+  if (b == -1) return 0;
+  int64_t r = a % b;
+  return (r != 0 && ((r < 0) != (b < 0))) ? r + b : r;
+}
+__device__ __forceinline__ int64_t ifloordiv(int64_t a, int64_t b) {
+  if (b == -1) return (int64_t)(0 - (uint64_t)a);
+  int64_t q = a / b;
+  return (a % b != 0 && ((a < 0) != (b < 0))) ? q - 1 : q;
+}
+__device__ __forceinline__ double fmodpy(double a, double b) {
+  double r = fmod(a, b);
+  return (r != 0 && ((r < 0) != (b < 0))) ? r + b : r;
+}
+__device__ __forceinline__ double sgn(double x) { return (double)((x > 0) - (x < 0)); }
+
+// x: one element in compute type C; p0, p1: clamp bounds
+template <class C> __device__ __forceinline__ C unary_apply(int op, C x, double p0, double p1) {
+  if constexpr (is_float_t<C>::value) {
+    constexpr bool F = sizeof(C) == 4;
+    switch (op) {
+    case VTL_UN_NEG: return -x;
+    case VTL_UN_ABS: return x < 0 ? -x : x;
+    case VTL_UN_SIGN: return (C)sgn(x);
+    case VTL_UN_RELU: return x > 0 ? x : (x != x ? x : (C)0);
+    case VTL_UN_SQUARE: return x * x;
+    case VTL_UN_CLAMP: return (C)(x < p0 ? p0 : x > p1 ? p1 : (double)x);
+    case VTL_UN_FLOOR: return (C)floor((double)x);
+    case VTL_UN_CEIL: return (C)ceil((double)x);
+    case VTL_UN_ROUND: return (C)rint((double)x);
+    case VTL_UN_TRUNC: return (C)trunc((double)x);
+    case VTL_UN_EXP: return F ? (C)expf((float)x) : (C)exp((double)x);
+    case VTL_UN_LOG: return F ? (C)logf((float)x) : (C)log((double)x);
+    case VTL_UN_LOG2: return F ? (C)log2f((float)x) : (C)log2((double)x);
+    case VTL_UN_SQRT: return F ? (C)sqrtf((float)x) : (C)sqrt((double)x);
+    case VTL_UN_RSQRT: return F ? (C)(1.0f / sqrtf((float)x)) : (C)(1.0 / sqrt((double)x));
+    case VTL_UN_SIGMOID: return F ? (C)(1.0f / (1.0f + expf(-(float)x))) : (C)(1.0 / (1.0 + exp(-(double)x)));
+    case VTL_UN_TANH: return F ? (C)tanhf((float)x) : (C)tanh((double)x);
+    case VTL_UN_SIN: return F ? (C)sinf((float)x) : (C)sin((double)x);
+    case VTL_UN_COS: return F ? (C)cosf((float)x) : (C)cos((double)x);
+    case VTL_UN_LOG1P: return F ? (C)log1pf((float)x) : (C)log1p((double)x);
+    case VTL_UN_EXPM1: return F ? (C)expm1f((float)x) : (C)expm1((double)x);
+    case VTL_UN_RECIPROCAL: return (C)1 / x;
+    case VTL_UN_ERF: return F ? (C)erff((float)x) : (C)erf((double)x);
+    case VTL_UN_ISNAN: return (C)(x != x);
+    case VTL_UN_ISINF: return (C)(isinf(x) ? 1 : 0);
+    default: return x;
+    }
+  } else {
+    switch (op) {
+    case VTL_UN_NEG: return (C)(0 - x);
+    case VTL_UN_ABS: return x < 0 ? (C)(0 - x) : x;
+    case VTL_UN_SIGN: return (C)((x > 0) - (x < 0));
+    case VTL_UN_RELU: return x > 0 ? x : (C)0;
+    case VTL_UN_SQUARE: return (C)(x * x);
+    case VTL_UN_CLAMP: return (C)((double)x < p0 ? p0 : (double)x > p1 ? p1 : (double)x);
+    case VTL_UN_LOGICAL_NOT: return (C)!x;
+    default: return x; // floor, ceil, round, trunc of integers
+    }
+  }
+}
+
+template <class C> __device__ __forceinline__ C binary_apply(int op, C x, C y) {
+  if constexpr (is_float_t<C>::value) {
+    constexpr bool F = sizeof(C) == 4;
+    switch (op) {
+    case VTL_BIN_ADD: return x + y;
+    case VTL_BIN_SUB: return x - y;
+    case VTL_BIN_MUL: return x * y;
+    case VTL_BIN_DIV: return x / y;
+    case VTL_BIN_POW: return (C)pow((double)x, (double)y);
+    case VTL_BIN_MAXIMUM: return x != x || y != y ? x + y : x > y ? x : y;
+    case VTL_BIN_MINIMUM: return x != x || y != y ? x + y : x < y ? x : y;
+    case VTL_BIN_REMAINDER: return (C)fmodpy(x, y);
+    case VTL_BIN_FLOOR_DIVIDE: return (C)floor((double)(C)(x / y));
+    case VTL_BIN_ATAN2: return F ? (C)atan2f((float)x, (float)y) : (C)atan2((double)x, (double)y);
+    case VTL_BIN_EQ: return (C)(x == y);
+    case VTL_BIN_NE: return (C)(x != y);
+    case VTL_BIN_LT: return (C)(x < y);
+    case VTL_BIN_LE: return (C)(x <= y);
+    case VTL_BIN_GT: return (C)(x > y);
+    case VTL_BIN_GE: return (C)(x >= y);
+    default: return x;
+    }
+  } else {
+    switch (op) {
+    case VTL_BIN_ADD: return (C)(x + y);
+    case VTL_BIN_SUB: return (C)(x - y);
+    case VTL_BIN_MUL: return (C)(x * y);
+    case VTL_BIN_POW: return (C)ipow(x, y);
+    case VTL_BIN_MAXIMUM: return x > y ? x : y;
+    case VTL_BIN_MINIMUM: return x < y ? x : y;
+    case VTL_BIN_REMAINDER: return (C)imod(x, y);
+    case VTL_BIN_FLOOR_DIVIDE: return (C)ifloordiv(x, y);
+    case VTL_BIN_EQ: return (C)(x == y);
+    case VTL_BIN_NE: return (C)(x != y);
+    case VTL_BIN_LT: return (C)(x < y);
+    case VTL_BIN_LE: return (C)(x <= y);
+    case VTL_BIN_GT: return (C)(x > y);
+    case VTL_BIN_GE: return (C)(x >= y);
+    case VTL_BIN_LOGICAL_AND: return (C)(x && y);
+    case VTL_BIN_LOGICAL_OR: return (C)(x || y);
+    case VTL_BIN_LOGICAL_XOR: return (C)(!x != !y);
+    default: return x;
+    }
+  }
+}
+
+// out (op 0) = op(x (op 1)); x converted to C, the result from C to out's dtype. FLAT: one dim,
+// every operand of dtype CDT.
+template <class C, int CDT, bool FLAT>
+__global__ void unary_kernel(vtl_cu_iter it, int op, double p0, double p1) {
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < it.numel; i += (int64_t)gridDim.x * blockDim.x) {
+    if (FLAT) {
+      C x = *(const C *)(it.base[1] + i * it.st[1][0]);
+      *(C *)(it.base[0] + i * it.st[0][0]) = unary_apply<C>(op, x, p0, p1);
+    } else {
+      int64_t off[VTL_CU_MAXOPS];
+      cu_offsets(it, i, off);
+      C x = cu_load<C, CDT>(it.base[1] + off[1], it.dt[1]);
+      cu_store<C, CDT>(it.base[0] + off[0], it.dt[0], unary_apply<C>(op, x, p0, p1));
+    }
+  }
+}
+
+template <class C, int CDT, bool FLAT> __global__ void binary_kernel(vtl_cu_iter it, int op) {
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < it.numel; i += (int64_t)gridDim.x * blockDim.x) {
+    if (FLAT) {
+      C x = *(const C *)(it.base[1] + i * it.st[1][0]), y = *(const C *)(it.base[2] + i * it.st[2][0]);
+      *(C *)(it.base[0] + i * it.st[0][0]) = binary_apply<C>(op, x, y);
+    } else {
+      int64_t off[VTL_CU_MAXOPS];
+      cu_offsets(it, i, off);
+      C x = cu_load<C, CDT>(it.base[1] + off[1], it.dt[1]), y = cu_load<C, CDT>(it.base[2] + off[2], it.dt[2]);
+      cu_store<C, CDT>(it.base[0] + off[0], it.dt[0], binary_apply<C>(op, x, y));
+    }
+  }
+}
+
+// a copy with conversion: out = (dtype of out) x
+__global__ void copy_kernel(vtl_cu_iter it) {
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < it.numel; i += (int64_t)gridDim.x * blockDim.x) {
+    int64_t off[VTL_CU_MAXOPS];
+    cu_offsets(it, i, off);
+    cu_cast(it.base[0] + off[0], it.dt[0], it.base[1] + off[1], it.dt[1]);
+  }
+}
+
+// out = cond ? a : b; a and b converted to the compute dtype cdt first, then to out's dtype
+__global__ void where_kernel(vtl_cu_iter it, int cdt) {
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < it.numel; i += (int64_t)gridDim.x * blockDim.x) {
+    int64_t off[VTL_CU_MAXOPS];
+    cu_offsets(it, i, off);
+    uint8_t c;
+    cu_cast((char *)&c, VTL_BOOL, it.base[1] + off[1], it.dt[1]);
+    int o = c ? 2 : 3;
+    uint64_t v = 0;
+    cu_cast((char *)&v, cdt, it.base[o] + off[o], it.dt[o]);
+    cu_cast(it.base[0] + off[0], it.dt[0], (const char *)&v, cdt);
+  }
+}
+
+// out = a + w * (b - a)
+template <class C, int CDT> __global__ void lerp_kernel(vtl_cu_iter it) {
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < it.numel; i += (int64_t)gridDim.x * blockDim.x) {
+    int64_t off[VTL_CU_MAXOPS];
+    cu_offsets(it, i, off);
+    C a = cu_load<C, CDT>(it.base[1] + off[1], it.dt[1]), b = cu_load<C, CDT>(it.base[2] + off[2], it.dt[2]);
+    C w = cu_load<C, CDT>(it.base[3] + off[3], it.dt[3]);
+    cu_store<C, CDT>(it.base[0] + off[0], it.dt[0], fma(w, b - a, a));
+  }
+}
+
+// every element of out = the bit pattern `bits` (element size T)
+template <class T> __global__ void fill_kernel(vtl_cu_iter it, T bits) {
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < it.numel; i += (int64_t)gridDim.x * blockDim.x) {
+    int64_t off[VTL_CU_MAXOPS];
+    cu_offsets(it, i, off);
+    *(T *)(it.base[0] + off[0]) = bits;
+  }
+}
+
+// y (ops 0 and 1) updated in place with a (op 2) and b (op 3); rounding as kernels/cpu
+template <class C, int CDT> __global__ void fused_kernel(vtl_cu_iter it, int op, C v) {
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < it.numel; i += (int64_t)gridDim.x * blockDim.x) {
+    int64_t off[VTL_CU_MAXOPS];
+    cu_offsets(it, i, off);
+    C y = cu_load<C, CDT>(it.base[1] + off[1], it.dt[1]), a = cu_load<C, CDT>(it.base[2] + off[2], it.dt[2]);
+    C b = cu_load<C, CDT>(it.base[3] + off[3], it.dt[3]);
+    C r;
+    if (op == VTL_FUSED_AXPY) r = fma(v, a, y);
+    else if (op == VTL_FUSED_ADDCMUL) r = fma(v * a, b, y);
+    else r = y + (v * a) / b;
+    cu_store<C, CDT>(it.base[0] + off[0], it.dt[0], r);
+  }
+}
+
+// launches kernel over the iterator's elements (kernel(it, args...)); checks the launch
+template <class K, class... Args>
+vtl_status launch(K kernel, const vtl_cu_iter &it, cudaStream_t s, const char *what, Args... args) {
+  kernel<<<vtl_cu_blocks(it.numel), 256, 0, s>>>(it, args...);
+  VTL_CU_LAUNCHED(what);
+  return VTL_OK;
+}
+
+template <class C, int CDT>
+vtl_status run_unary(const vtl_cu_iter &it, cudaStream_t s, int op, double p0, double p1, bool flat) {
+  if (flat) return launch(unary_kernel<C, CDT, true>, it, s, "unary", op, p0, p1);
+  return launch(unary_kernel<C, CDT, false>, it, s, "unary", op, p0, p1);
+}
+
+template <class C, int CDT> vtl_status run_binary(const vtl_cu_iter &it, cudaStream_t s, int op, bool flat) {
+  if (flat) return launch(binary_kernel<C, CDT, true>, it, s, "binary", op);
+  return launch(binary_kernel<C, CDT, false>, it, s, "binary", op);
+}
+
+bool is_logical(int op) { return op >= VTL_BIN_LOGICAL_AND; }
+
+} // namespace
+
+vtl_status vtl_cu_unary(vtl_unary_op op, vtl_tensor *out, const vtl_tensor *x, vtl_dtype compute, const double *params) {
+  cudaStream_t s = vtl_cu_stream(vtl_cu_device(out));
+  if (!s) return vtl_error_status();
+  const vtl_tensor *ts[2] = {out, x};
+  vtl_cu_iter it;
+  vtl_cu_iter_make(&it, 2, ts);
+  if (it.numel == 0) return VTL_OK;
+  if (op == VTL_UN_COPY) {
+    size_t es = vtl_dtype_size(out->dtype);
+    if (out->dtype == x->dtype && it.nd <= 1 && it.st[0][0] == (int64_t)es && it.st[1][0] == (int64_t)es) {
+      cudaError_t e = cudaMemcpyAsync(it.base[0], it.base[1], (size_t)it.numel * es, cudaMemcpyDeviceToDevice, s);
+      return e == cudaSuccess ? VTL_OK : vtl_cu_error(e, "copy");
+    }
+    return launch(copy_kernel, it, s, "copy");
+  }
+  double p0 = params ? params[0] : 0, p1 = params ? params[1] : 0;
+  // isnan/isinf/logical_not write bool; the result is stored from the compute type either way
+  bool flat = vtl_cu_iter_flat(&it, compute) && (out->dtype == compute);
+  switch (compute) {
+  case VTL_F32: return run_unary<float, VTL_F32>(it, s, op, p0, p1, flat);
+  case VTL_F64: return run_unary<double, VTL_F64>(it, s, op, p0, p1, flat);
+  case VTL_I64: return run_unary<int64_t, VTL_I64>(it, s, op, p0, p1, flat);
+  case VTL_I32: return run_unary<int32_t, VTL_I32>(it, s, op, p0, p1, flat);
+  case VTL_U8: return run_unary<uint8_t, VTL_U8>(it, s, op, p0, p1, flat);
+  case VTL_BOOL: return run_unary<uint8_t, VTL_BOOL>(it, s, op, p0, p1, flat);
+  default: return vtl_error_set(VTL_ERR_ARG, "unary: not supported for %s on cuda", vtl_dtype_name(compute));
+  }
+}
+
+vtl_status vtl_cu_binary(vtl_binary_op op, vtl_tensor *out, const vtl_tensor *a, const vtl_tensor *b, vtl_dtype compute) {
+  if (op == VTL_BIN_DIV || op == VTL_BIN_ATAN2) {
+    if (compute != VTL_F32 && compute != VTL_F64)
+      return vtl_error_set(VTL_ERR_ARG, "binary op: not supported for %s", vtl_dtype_name(compute));
+  }
+  cudaStream_t s = vtl_cu_stream(vtl_cu_device(out));
+  if (!s) return vtl_error_status();
+  const vtl_tensor *ts[3] = {out, a, b};
+  vtl_cu_iter it;
+  vtl_cu_iter_make(&it, 3, ts);
+  if (it.numel == 0) return VTL_OK;
+  vtl_dtype key = is_logical(op) ? VTL_BOOL : compute;
+  // compare and logical ops write bool: flat only when the output is of the compute dtype too
+  bool flat = vtl_cu_iter_flat(&it, key);
+  switch (key) {
+  case VTL_F32: return run_binary<float, VTL_F32>(it, s, op, flat);
+  case VTL_F64: return run_binary<double, VTL_F64>(it, s, op, flat);
+  case VTL_I64: return run_binary<int64_t, VTL_I64>(it, s, op, flat);
+  case VTL_I32: return run_binary<int32_t, VTL_I32>(it, s, op, flat);
+  case VTL_U8: return run_binary<uint8_t, VTL_U8>(it, s, op, flat);
+  case VTL_BOOL: return run_binary<uint8_t, VTL_BOOL>(it, s, op, flat);
+  default: return vtl_error_set(VTL_ERR_ARG, "binary op: not supported for %s on cuda", vtl_dtype_name(compute));
+  }
+}
+
+vtl_status vtl_cu_where(vtl_tensor *out, const vtl_tensor *cond, const vtl_tensor *a, const vtl_tensor *b, vtl_dtype compute) {
+  cudaStream_t s = vtl_cu_stream(vtl_cu_device(out));
+  if (!s) return vtl_error_status();
+  const vtl_tensor *ts[4] = {out, cond, a, b};
+  vtl_cu_iter it;
+  vtl_cu_iter_make(&it, 4, ts);
+  if (it.numel == 0) return VTL_OK;
+  return launch(where_kernel, it, s, "where", (int)compute);
+}
+
+vtl_status vtl_cu_lerp(vtl_tensor *out, const vtl_tensor *a, const vtl_tensor *b, const vtl_tensor *w) {
+  cudaStream_t s = vtl_cu_stream(vtl_cu_device(out));
+  if (!s) return vtl_error_status();
+  const vtl_tensor *ts[4] = {out, a, b, w};
+  vtl_cu_iter it;
+  vtl_cu_iter_make(&it, 4, ts);
+  if (it.numel == 0) return VTL_OK;
+  if (out->dtype == VTL_F64) return launch(lerp_kernel<double, VTL_F64>, it, s, "lerp");
+  return launch(lerp_kernel<float, VTL_F32>, it, s, "lerp");
+}
+
+vtl_status vtl_cu_fill(vtl_tensor *out, double value) {
+  cudaStream_t s = vtl_cu_stream(vtl_cu_device(out));
+  if (!s) return vtl_error_status();
+  // the bit pattern the CPU kernel writes (kernels/cpu/elementwise.c cpu_fill)
+  uint64_t bits = 0;
+  vtl_store_from_double(&bits, out->dtype, value);
+  if (out->dtype == VTL_I64 && value == (double)(int64_t)value) bits = (uint64_t)(int64_t)value;
+  const vtl_tensor *ts[1] = {out};
+  vtl_cu_iter it;
+  vtl_cu_iter_make(&it, 1, ts);
+  if (it.numel == 0) return VTL_OK;
+  size_t es = vtl_dtype_size(out->dtype);
+  if (it.nd <= 1 && it.st[0][0] == (int64_t)es && (bits == 0 || es == 1)) {
+    cudaError_t e = cudaMemsetAsync(it.base[0], (int)(bits & 0xff), (size_t)it.numel * es, s);
+    return e == cudaSuccess ? VTL_OK : vtl_cu_error(e, "fill");
+  }
+  switch (es) {
+  case 1: return launch(fill_kernel<uint8_t>, it, s, "fill", (uint8_t)bits);
+  case 2: return launch(fill_kernel<uint16_t>, it, s, "fill", (uint16_t)bits);
+  case 4: return launch(fill_kernel<uint32_t>, it, s, "fill", (uint32_t)bits);
+  default: return launch(fill_kernel<uint64_t>, it, s, "fill", bits);
+  }
+}
+
+vtl_status vtl_cu_fused(vtl_fused_op op, vtl_tensor *y, const vtl_tensor *a, const vtl_tensor *b, double value) {
+  cudaStream_t s = vtl_cu_stream(vtl_cu_device(y));
+  if (!s) return vtl_error_status();
+  const vtl_tensor *ts[4] = {y, y, a, b ? b : a};
+  vtl_cu_iter it;
+  vtl_cu_iter_make(&it, 4, ts);
+  if (it.numel == 0) return VTL_OK;
+  if (y->dtype == VTL_F64) return launch(fused_kernel<double, VTL_F64>, it, s, "fused", (int)op, value);
+  return launch(fused_kernel<float, VTL_F32>, it, s, "fused", (int)op, (float)value);
+}

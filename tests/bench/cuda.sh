@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# GPU ops in vtl and PyTorch on the same GPU in one run: seconds per call of each and the
+# throughput ratio vtl/PyTorch (above 1 means vtl is faster). PY picks the Python with torch.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+VTL=${VTL:-./vtl}
+PY=${PY:-${VTL_PY:-python3}}
+echo "gpu: $(nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null | head -1)"
+vt=$("$VTL" tests/bench/cuda_ops.lua | sort)
+pt=$("$PY" tests/bench/cuda_ops.py | sort)
+if [ -z "$vt" ] || [ -z "$pt" ]; then echo "no timings from one side (no GPU, or no torch in $PY)"; exit 1; fi
+printf '%-18s %12s %12s %8s\n' op vtl_ms torch_ms ratio
+join <(echo "$vt") <(echo "$pt") | while read -r name a b; do
+  awk -v n="$name" -v a="$a" -v b="$b" 'BEGIN { printf "%-18s %12.4f %12.4f %7.2fx\n", n, a*1e3, b*1e3, b/a }'
+done

@@ -1,0 +1,40 @@
+-- Times tensor ops on the GPU in vtl; prints "name seconds" lines (seconds per call) read by
+-- tests/bench/cuda.sh. Each timing is a batch of calls closed by a synchronize, the best of
+-- three batches; tests/bench/cuda_ops.py times the same ops in PyTorch.
+package.path = "tests/bench/?.lua;" .. package.path
+local vtl = require "vtl"
+local B = require "benchlib"
+
+if not vtl.cuda.is_available() then
+  io.stderr:write("cuda_ops: no CUDA device; nothing to time\n")
+  os.exit(0)
+end
+
+---Seconds per call of fn: the best of three batches of `reps` calls, each closed by a synchronize.
+---@param fn fun()
+---@param reps integer
+---@return number
+local function per_call(fn, reps)
+  fn()
+  vtl.cuda.synchronize()
+  local b = math.huge
+  for _ = 1, 3 do
+    local t0 = vtl.clock()
+    for _ = 1, reps do fn() end
+    vtl.cuda.synchronize()
+    b = math.min(b, (vtl.clock() - t0) / reps)
+  end
+  return b
+end
+
+vtl.seed(0)
+local n = 4096
+local a, b = vtl.randn(n, n, {device = "cuda"}), vtl.randn(n, n, {device = "cuda"})
+B.report("add_4096", per_call(function() local _ = a + b end, 50))
+B.report("mul_4096", per_call(function() local _ = a * b end, 50))
+B.report("sum_4096", per_call(function() local _ = a:sum() end, 50))
+B.report("sum_dim1_4096", per_call(function() local _ = a:sum(1) end, 50))
+B.report("sum_dim2_4096", per_call(function() local _ = a:sum(2) end, 50))
+B.report("matmul_f32_4096", per_call(function() local _ = a:matmul(b) end, 10))
+local ah, bh = a:bfloat16(), b:bfloat16()
+B.report("matmul_bf16_4096", per_call(function() local _ = ah:matmul(bh) end, 20))

@@ -1,0 +1,47 @@
+"""Times tensor ops on the GPU in PyTorch; prints "name seconds" lines (seconds per call) read
+by tests/bench/cuda.sh. The twin of tests/bench/cuda_ops.lua: same ops, sizes and timing (the
+best of three batches of calls, each closed by a synchronize). TF32 is off, as in vtl."""
+import sys
+import time
+
+import torch
+
+
+def per_call(fn, reps):
+    fn()
+    torch.cuda.synchronize()
+    b = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        torch.cuda.synchronize()
+        b = min(b, (time.perf_counter() - t0) / reps)
+    return b
+
+
+def report(name, t):
+    print("%s %.9f" % (name, t))
+
+
+def main():
+    if not torch.cuda.is_available():
+        print("cuda_ops.py: no CUDA device; nothing to time", file=sys.stderr)
+        return
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.manual_seed(0)
+    n = 4096
+    a = torch.randn(n, n, device="cuda")
+    b = torch.randn(n, n, device="cuda")
+    report("add_4096", per_call(lambda: a + b, 50))
+    report("mul_4096", per_call(lambda: a * b, 50))
+    report("sum_4096", per_call(lambda: a.sum(), 50))
+    report("sum_dim1_4096", per_call(lambda: a.sum(0), 50))
+    report("sum_dim2_4096", per_call(lambda: a.sum(1), 50))
+    report("matmul_f32_4096", per_call(lambda: a @ b, 10))
+    ah, bh = a.bfloat16(), b.bfloat16()
+    report("matmul_bf16_4096", per_call(lambda: ah @ bh, 20))
+
+
+if __name__ == "__main__":
+    main()

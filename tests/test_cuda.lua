@@ -1,0 +1,453 @@
+-- The CUDA backend against the CPU backend (ggml's test-backend-ops way): every op of the
+-- backend table runs on the same inputs on both devices and the results are compared with
+-- stated tolerances. Without a GPU the device tests are registered as skipped, and the error
+-- paths that need no GPU still run.
+local T = require "testlib"
+local vtl = require "vtl"
+
+local HAVE = vtl.cuda.is_available()
+local REASON = vtl.build_info().cuda and "no CUDA device is visible (vtl.cuda.is_available() is false)"
+  or "this build has no CUDA backend"
+
+-- registers a GPU test: run when a device is present, skipped with the reason otherwise
+local function gpu_test(name, fn)
+  if HAVE then T.test(name, fn) else T.skip(name, REASON) end
+end
+
+-- ---------------------------------------------------------------- error paths without a GPU
+
+if not HAVE then
+  T.test("without a device: moving a tensor to cuda names why", function()
+    local want = vtl.build_info().cuda and "cuda: no CUDA device is available" or "cuda: this build has no CUDA backend"
+    T.raises(function() return vtl.ones(2, 2):cuda() end, want)
+    T.raises(function() return vtl.ones(2):to("cuda:0") end, want)
+    T.raises(function() return vtl.zeros(3, {device = "cuda"}) end, want)
+    T.raises(function() return vtl.tensor({1, 2}, {device = "cuda"}) end, want)
+    T.raises(function() return vtl.arange(4, {device = "cuda"}) end, want)
+    T.raises(function() return vtl.cuda.memory_stats() end, want)
+    T.raises(function() return vtl.cuda.synchronize() end, want)
+    T.eq(vtl.cuda.device_count(), 0)
+    T.eq(vtl.cuda.is_available(), false)
+    T.eq(vtl.cuda.empty_cache(), 0)
+    -- the process goes on: CPU work still runs
+    T.eq(vtl.ones(2):sum():item(), 2.0)
+  end)
+end
+
+T.test("vtl.cuda: bad arguments are named", function()
+  T.raises(function() return vtl.cuda.memory_stats("cpu") end, "memory_stats: expected a CUDA device")
+  T.raises(function() return vtl.cuda.memory_stats(-1) end, "memory_stats: expected a device index")
+  T.raises(function() return vtl.cuda.synchronize({}) end, "synchronize: expected a device index")
+  T.raises(function() return vtl.ones(2):to("gpu") end, "neither a dtype")
+  T.raises(function() return vtl.ones(2):to("cuda:x") end, "neither a dtype")
+  T.raises(function() return vtl.zeros(2, {device = "tpu"}) end, "unknown device 'tpu'")
+end)
+
+-- ---------------------------------------------------------------- helpers for device tests
+
+local FLOATS = {"f32", "f64", "f16", "bf16"}
+local ALL = {"f32", "f64", "f16", "bf16", "i64", "i32", "u8", "bool"}
+-- relative tolerance of a result dtype (transcendentals differ by a few ulp between libraries)
+local TOL = {f32 = 2e-5, f64 = 1e-12, f16 = 2e-3, bf16 = 1e-2, i64 = 0, i32 = 0, u8 = 0, bool = 0}
+
+-- random input of a dtype: floats normal, integers in [lo, hi)
+local function input(shape, dt, lo, hi)
+  if dt == "bool" then return vtl.randint(0, 2, shape):to("bool") end
+  if dt == "f32" or dt == "f64" or dt == "f16" or dt == "bf16" then return vtl.randn(shape):to(dt) end
+  return vtl.randint(lo or -20, hi or 20, shape):to(dt)
+end
+local function uinput(shape, dt) -- u8 cannot hold negatives
+  if dt == "u8" then return input(shape, dt, 0, 40) end
+  return input(shape, dt)
+end
+
+-- the GPU result moved back, compared with the CPU result: same shape, dtype and values
+local function same(gpu, cpu, tol, what)
+  T.eq(gpu.device, "cuda:0", what .. " device")
+  T.eq(gpu.dtype, cpu.dtype, what .. " dtype")
+  T.close(gpu:cpu(), cpu, tol or TOL[cpu.dtype] or 1e-6, what)
+end
+
+-- a strided view of x with the same values: a transposed copy transposed back
+local function strided(x)
+  if x:dim() < 2 then return x end
+  return x:transpose(1, 2):contiguous():transpose(1, 2)
+end
+
+-- ---------------------------------------------------------------- copies and memory
+
+gpu_test("copies: every dtype round-trips bit for bit, from contiguous and strided sources", function()
+  for _, dt in ipairs(ALL) do
+    local x = input({5, 7}, dt)
+    local g = x:cuda()
+    T.eq(g.device, "cuda:0")
+    T.eq(g.dtype, dt)
+    T.truthy(x:eq(g:cpu()):all():item(), dt .. " round trip")
+    local v = x:t()
+    T.truthy(v:eq(v:to("cuda:0"):to("cpu")):all():item(), dt .. " transposed view")
+    T.truthy(x:eq(x:to(g):cpu()):all():item(), dt .. " to(other tensor)")
+    local gt = g:t() -- a strided view on the GPU copied to the host
+    T.truthy(gt:cpu():eq(x:t()):all():item(), dt .. " strided GPU view to host")
+  end
+  -- dtype and device in one call, and to() with a tensor of another dtype
+  local x = vtl.randn(3, 4)
+  local h = x:to("cuda", "f16")
+  T.eq(h.dtype, "f16")
+  T.truthy(h:cpu():eq(x:half()):all():item())
+  local empty = vtl.zeros(0, 3):cuda()
+  T.eq(table.concat(empty:cpu().shape, ","), "0,3")
+end)
+
+gpu_test("copies: creation on the device, item, totable and printing copy through the host", function()
+  local a = vtl.arange(6, {device = "cuda"})
+  T.eq(a.device, "cuda:0")
+  T.close(a:cpu(), vtl.arange(6), 0)
+  T.close(vtl.linspace(0, 1, 5, {device = "cuda"}):cpu(), vtl.linspace(0, 1, 5), 0)
+  T.close(vtl.eye(3, {device = "cuda"}):cpu(), vtl.eye(3), 0)
+  T.close(vtl.full({2, 2}, 7, {device = "cuda"}):cpu(), vtl.full({2, 2}, 7), 0)
+  T.close(vtl.tensor({{1, 2}, {3, 4}}, {device = "cuda"}):cpu(), vtl.tensor({{1, 2}, {3, 4}}), 0)
+  local g = vtl.tensor({1.5, 2.5}):cuda()
+  T.eq(g[2]:item(), 2.5)
+  T.close(g:totable(), {1.5, 2.5}, 0)
+  local s = tostring(g)
+  T.truthy(s:find("device=cuda:0", 1, true), s)
+  T.truthy(s:find("1.5", 1, true), s)
+end)
+
+gpu_test("tensors on different devices: the op names both devices", function()
+  local a, b = vtl.ones(2), vtl.ones(2):cuda()
+  T.raises(function() return a + b end, "add: tensors are on different devices (cpu and cuda:0)")
+  T.raises(function() return b:matmul(vtl.ones(2, 2)) end, "matmul: tensors are on different devices (cuda:0 and cpu)")
+  T.raises(function() return vtl.where(b:gt(0), a, a) end, "where: tensors are on different devices")
+  T.raises(function() return b:copy_(a) end, "copy_: tensors are on different devices")
+  T.raises(function() return vtl.cat({a, b}) end, "cat: tensors are on different devices")
+end)
+
+gpu_test("ops without a GPU kernel yet raise a clear error", function()
+  local x = vtl.randn(2, 3, 8, 8):cuda()
+  local w = vtl.randn(4, 3, 3, 3):cuda()
+  T.raises(function() return vtl.nn.functional.conv2d(x, w) end, "GPU tensors are not supported yet; call :cpu()")
+  T.raises(function() return x:cumsum(1) end, "cumsum: GPU tensors are not supported yet")
+  T.raises(function() return x:sort() end, "sort: GPU tensors are not supported yet")
+  T.raises(function() return x:gather(1, vtl.ones(1, 1, 1, 1, {dtype = "i64"})) end, "gather: GPU tensors are not supported yet")
+  T.raises(function() return x:nonzero() end, "nonzero: GPU tensors are not supported yet")
+  -- the process goes on
+  T.close(x:sum():cpu(), x:cpu():sum(), 1e-5)
+end)
+
+gpu_test("memory: statistics return to the baseline, empty_cache frees the cache", function()
+  collectgarbage()
+  vtl.cuda.synchronize()
+  local base = vtl.cuda.memory_stats()
+  local x = vtl.zeros(1024, 1024, {device = "cuda"}) -- 4 MiB
+  local st = vtl.cuda.memory_stats()
+  T.truthy(st.allocated >= base.allocated + 4 * 1024 * 1024, "allocated grows")
+  T.truthy(st.peak >= st.allocated, "peak")
+  x = nil -- luacheck: ignore
+  collectgarbage()
+  collectgarbage()
+  local after = vtl.cuda.memory_stats()
+  T.eq(after.allocated, base.allocated, "allocated back to the baseline")
+  T.truthy(after.cached >= 4 * 1024 * 1024, "the block is cached")
+  vtl.cuda.empty_cache()
+  T.eq(vtl.cuda.memory_stats().cached, 0, "cache emptied")
+  -- a freed block is handed out again: the cache shrinks by what the new tensor takes
+  local y = vtl.zeros(1000, {device = "cuda"})
+  y = nil -- luacheck: ignore
+  collectgarbage()
+  local before = vtl.cuda.memory_stats()
+  local z = vtl.zeros(1000, {device = "cuda"})
+  local now = vtl.cuda.memory_stats()
+  T.truthy(now.allocated > before.allocated, "allocated grows")
+  T.eq(before.cached - now.cached, now.allocated - before.allocated, "taken from the cache")
+  T.eq(z:sum():item(), 0.0)
+end)
+
+gpu_test("memory: an impossible allocation raises the numbers and the process goes on", function()
+  local err = T.raises(function() return vtl.empty(250000000000000, {device = "cuda"}) end,
+    "out of memory on cuda:0: cannot allocate 1000000000000000 bytes")
+  T.truthy(err:find("bytes allocated by tensors", 1, true), err)
+  T.truthy(err:find("bytes cached", 1, true), err)
+  local x = vtl.ones(1000, {device = "cuda"})
+  T.eq(x:sum():item(), 1000.0)
+end)
+
+-- ---------------------------------------------------------------- elementwise
+
+local UNARY = {
+  {"neg", ALL}, {"abs", ALL}, {"sign", ALL}, {"exp", FLOATS}, {"log", FLOATS}, {"log2", FLOATS},
+  {"sqrt", FLOATS}, {"rsqrt", FLOATS}, {"sigmoid", FLOATS}, {"tanh", FLOATS}, {"relu", ALL},
+  {"floor", ALL}, {"ceil", ALL}, {"round", ALL}, {"trunc", ALL}, {"sin", FLOATS}, {"cos", FLOATS},
+  {"log1p", FLOATS}, {"expm1", FLOATS}, {"reciprocal", FLOATS}, {"square", ALL}, {"erf", FLOATS},
+  {"logical_not", {"bool"}}, {"isnan", ALL}, {"isinf", ALL},
+}
+
+gpu_test("unary ops: every op and dtype, contiguous and strided, against the CPU", function()
+  for _, u in ipairs(UNARY) do
+    local name, dts = u[1], u[2]
+    for _, dt in ipairs(dts) do
+      local ok = not (dt == "bool" and name ~= "logical_not" and name ~= "isnan" and name ~= "isinf")
+      if ok then
+        local x = uinput({6, 5}, dt)
+        if name == "log" or name == "log2" or name == "sqrt" or name == "rsqrt" or name == "log1p" then
+          if dt ~= "u8" and dt ~= "bool" then x = x:abs() end
+        end
+        for _, view in ipairs({"contiguous", "strided"}) do
+          local xc = view == "strided" and strided(x) or x
+          local want = xc[name](xc)
+          local got = xc:cuda()[name](xc:cuda())
+          same(got, want, nil, name .. " " .. dt .. " " .. view)
+        end
+        if name ~= "isnan" and name ~= "isinf" and name ~= "logical_not" and vtl.is_tensor(x) and
+          (dt == "f32" or dt == "f64" or name == "neg" or name == "abs" or name == "square") and dt ~= "bool" then
+          local a, g = x:clone(), x:cuda() -- in place on both devices
+          a[name .. "_"](a)
+          g[name .. "_"](g)
+          same(g, a, nil, name .. "_ " .. dt)
+        end
+      end
+    end
+  end
+  -- clamp with bounds, and special values
+  for _, dt in ipairs({"f32", "f64", "i64", "i32"}) do
+    local x = input({4, 6}, dt)
+    same(x:cuda():clamp(-1, 2), x:clamp(-1, 2), nil, "clamp " .. dt)
+  end
+  local sp = vtl.tensor({0 / 0, 1 / 0, -1 / 0, -0.0, 0.0, 1e-40, -3.5, 2.5})
+  for _, name in ipairs({"exp", "log", "sqrt", "sigmoid", "relu", "round", "sign", "isnan", "isinf", "abs"}) do
+    same(sp:cuda()[name](sp:cuda()), sp[name](sp), nil, name .. " special values")
+  end
+end)
+
+local BINARY = {
+  {"add", ALL}, {"sub", {"f32", "f64", "f16", "bf16", "i64", "i32", "u8"}}, {"mul", ALL},
+  {"div", ALL}, {"pow", {"f32", "f64", "i64", "i32"}}, {"maximum", ALL}, {"minimum", ALL},
+  {"remainder", {"f32", "f64", "i64", "i32", "u8"}}, {"floor_divide", {"f32", "f64", "i64", "i32", "u8"}},
+  {"atan2", FLOATS}, {"eq", ALL}, {"ne", ALL}, {"lt", ALL}, {"le", ALL}, {"gt", ALL}, {"ge", ALL},
+  {"logical_and", {"bool"}}, {"logical_or", {"bool"}}, {"logical_xor", {"bool"}},
+}
+
+gpu_test("binary ops: every op and dtype, broadcast, strided, scalar and in-place, against the CPU", function()
+  for _, b in ipairs(BINARY) do
+    local name, dts = b[1], b[2]
+    for _, dt in ipairs(dts) do
+      local x, y = uinput({3, 1, 4}, dt), uinput({1, 5, 4}, dt)
+      if name == "remainder" or name == "floor_divide" then
+        y = vtl.randint(1, 6, {1, 5, 4}):to(dt) -- integer division by zero is refused on both devices
+      end
+      if name == "pow" then
+        x = vtl.randint(-3, 4, {3, 1, 4}):to(dt)
+        y = vtl.randint(0, 4, {1, 5, 4}):to(dt)
+        if dt == "f32" or dt == "f64" then x = x + 0.5 end
+      end
+      same(x:cuda()[name](x:cuda(), y:cuda()), x[name](x, y), nil, name .. " " .. dt .. " broadcast")
+      local p, q = uinput({6, 7}, dt), uinput({6, 7}, dt)
+      if name == "remainder" or name == "floor_divide" then q = vtl.randint(1, 6, {6, 7}):to(dt) end
+      if name == "pow" then p = vtl.randint(0, 3, {6, 7}):to(dt); q = vtl.randint(0, 3, {6, 7}):to(dt) end
+      local ps, qs = strided(p), strided(q)
+      same(ps:cuda()[name](ps:cuda(), qs:cuda()), ps[name](ps, qs), nil, name .. " " .. dt .. " strided")
+      if dt ~= "bool" and name ~= "pow" then
+        same(p:cuda()[name](p:cuda(), 3), p[name](p, 3), nil, name .. " " .. dt .. " scalar")
+        same(p:cuda()[name](p:cuda(), 1.5), p[name](p, 1.5), nil, name .. " " .. dt .. " float scalar")
+      end
+    end
+  end
+  -- mixed dtypes promote as on the CPU
+  local a, b = vtl.randn(4, 3), vtl.randint(-5, 5, {4, 3})
+  same(a:cuda() + b:cuda(), a + b, nil, "f32 + i64")
+  same(a:half():cuda() * b:to("i32"):cuda(), a:half() * b:to("i32"), nil, "f16 * i32")
+  same(a:bfloat16():cuda() + a:half():cuda(), a:bfloat16() + a:half(), nil, "bf16 + f16")
+  -- in place, on a strided view
+  for _, name in ipairs({"add_", "sub_", "mul_", "div_", "maximum_"}) do
+    local x, y = vtl.randn(5, 6), vtl.randn(6)
+    local g = x:cuda()
+    local gv, cv = g:t(), x:t()
+    local yv = y:view(6, 1)
+    cv[name](cv, yv)
+    gv[name](gv, yv:cuda())
+    same(g, x, nil, name .. " on a transposed view")
+  end
+  T.raises(function() return vtl.tensor({4, 5}):cuda():remainder(vtl.tensor({1, 0}):cuda()) end, "integer division by zero")
+end)
+
+gpu_test("where, lerp, fill, masked_fill and the fused updates against the CPU", function()
+  for _, dt in ipairs(ALL) do
+    local c = vtl.randn(4, 1, 6):gt(0)
+    local a, b = uinput({1, 5, 6}, dt), uinput({4, 5, 1}, dt)
+    same(vtl.where(c:cuda(), a:cuda(), b:cuda()), vtl.where(c, a, b), 0, "where " .. dt)
+    local x = uinput({5, 6}, dt)
+    local m = vtl.randn(5, 6):gt(0)
+    same(x:cuda():masked_fill(m:cuda(), 1), x:masked_fill(m, 1), 0, "masked_fill " .. dt)
+    local f, g = x:clone(), x:cuda()
+    f:t():fill_(3)
+    g:t():fill_(3)
+    same(g, f, 0, "fill_ strided " .. dt)
+    g:zero_()
+    T.eq(g:ne(0):any():item(), false, "zero_ " .. dt)
+  end
+  same(vtl.where(vtl.tensor({true, false}):cuda(), vtl.tensor({1, 2}):cuda(), vtl.tensor({1.5, 2.5}):cuda()),
+    vtl.where(vtl.tensor({true, false}), vtl.tensor({1, 2}), vtl.tensor({1.5, 2.5})), 0, "where promotes")
+  for _, dt in ipairs({"f32", "f64", "f16", "bf16"}) do
+    local a, b, w = vtl.randn(3, 4):to(dt), vtl.randn(4):to(dt), vtl.rand(3, 1):to(dt)
+    same(a:cuda():lerp(b:cuda(), w:cuda()), a:lerp(b, w), nil, "lerp " .. dt)
+    same(a:cuda():lerp(b:cuda(), 0.25), a:lerp(b, 0.25), nil, "lerp scalar " .. dt)
+  end
+  for _, dt in ipairs({"f32", "f64"}) do
+    local y, a, b = vtl.randn(6, 5):to(dt), vtl.randn(6, 5):to(dt), vtl.rand(5):to(dt) + 0.5
+    local gy = y:cuda()
+    y:add_(a, 0.3); gy:add_(a:cuda(), 0.3)
+    same(gy, y, dt == "f32" and 1e-7 or 1e-15, "add_ alpha " .. dt)
+    y:addcmul_(a, b, -0.7); gy:addcmul_(a:cuda(), b:cuda(), -0.7)
+    same(gy, y, dt == "f32" and 1e-7 or 1e-15, "addcmul_ " .. dt)
+    y:addcdiv_(a, b, 0.01); gy:addcdiv_(a:cuda(), b:cuda(), 0.01)
+    same(gy, y, dt == "f32" and 1e-7 or 1e-15, "addcdiv_ " .. dt)
+  end
+end)
+
+-- ---------------------------------------------------------------- reductions
+
+gpu_test("reductions: every op over all dims, one dim, several dims and long rows, against the CPU", function()
+  local shapes = {
+    {{4, 6, 5}, {"all", 1, 2, 3, {1, 3}, {2, 3}}},
+    {{3, 40000}, {2, "all"}},     -- few outputs over long rows: the split path
+    {{5000, 8}, {1}},             -- long strided columns
+    {{64, 300, 80}, {2}},         -- many outputs side by side: a thread per output
+  }
+  local ops = {"sum", "mean", "prod", "logsumexp", "any", "all", "var", "std"}
+  for _, sd in ipairs(shapes) do
+    local shape, dimsets = sd[1], sd[2]
+    for _, dt in ipairs({"f32", "f64", "bf16", "i64"}) do
+      local x = dt == "i64" and vtl.randint(-3, 4, shape) or vtl.randn(shape):to(dt)
+      local big = x:numel() > 1000
+      local g = x:cuda()
+      for _, d in ipairs(dimsets) do
+        local dims = d ~= "all" and d or nil
+        for _, op in ipairs(ops) do
+          local skip = (op == "prod" and big) or ((op == "var" or op == "std" or op == "logsumexp") and dt == "i64")
+          if not skip then
+            local want = x[op](x, dims)
+            local got = g[op](g, dims)
+            local tol = dt == "bf16" and 2e-2 or dt == "f32" and 1e-4 or dt == "f64" and 1e-10 or 0
+            same(got, want, tol, ("%s %s {%s} dims %s"):format(op, dt, table.concat(shape, ","),
+              type(dims) == "table" and table.concat(dims, ",") or tostring(dims)))
+          end
+        end
+        if dims and type(dims) ~= "table" then
+          for _, op in ipairs({"max", "min"}) do
+            local wv, wi = x[op](x, dims)
+            local gv, gi = g[op](g, dims)
+            same(gv, wv, 0, op .. " values " .. dt)
+            same(gi, wi, 0, op .. " indices " .. dt)
+          end
+          same(g:argmax(dims), x:argmax(dims), 0, "argmax " .. dt)
+          same(g:argmin(dims, true), x:argmin(dims, true), 0, "argmin keepdim " .. dt)
+          if dt ~= "i64" then
+            for _, p in ipairs({1, 2, 3, 0, "inf"}) do
+              same(g:norm(p, dims), x:norm(p, dims), dt == "bf16" and 2e-2 or 1e-4, "norm " .. tostring(p) .. " " .. dt)
+            end
+          end
+        end
+      end
+      same(g:max(), x:max(), 0, "max all " .. dt)
+      same(g:argmin(), x:argmin(), 0, "argmin all " .. dt)
+    end
+  end
+  -- ties pick the first index, NaN wins and its first index is returned, as on the CPU
+  local t = vtl.randint(0, 3, {7, 50})
+  for _, op in ipairs({"argmax", "argmin"}) do same(t:cuda()[op](t:cuda(), 2), t[op](t, 2), 0, op .. " ties") end
+  local n = vtl.randn(4, 9)
+  n[{2, 3}] = 0 / 0
+  n[{2, 7}] = 0 / 0
+  local wv, wi = n:max(2)
+  local gv, gi = n:cuda():max(2)
+  same(gv, wv, 0, "max with NaN")
+  same(gi, wi, 0, "max index with NaN")
+  same(n:cuda():logsumexp(2), n:logsumexp(2), 1e-5, "logsumexp with NaN")
+  local inf = vtl.tensor({{1, 1 / 0, 2}, {-1 / 0, -1 / 0, -1 / 0}})
+  same(inf:cuda():logsumexp(2), inf:logsumexp(2), 0, "logsumexp with infinities")
+  same(vtl.zeros(0, 3):cuda():sum(1), vtl.zeros(0, 3):sum(1), 0, "sum over an empty dim")
+  same(vtl.zeros(0, 3):cuda():mean(1), vtl.zeros(0, 3):mean(1), 0, "mean over an empty dim")
+end)
+
+-- ---------------------------------------------------------------- matmul
+
+gpu_test("matmul: shapes, batches, broadcast and transposed views against the CPU", function()
+  local cases = {
+    {{7, 5}, {5, 3}}, {{1, 64}, {64, 1}}, {{33, 130}, {130, 65}}, {{4, 7, 5}, {4, 5, 3}},
+    {{4, 7, 5}, {5, 3}}, {{7, 5}, {4, 5, 3}}, {{2, 3, 6, 4}, {3, 4, 5}}, {{2, 1, 6, 4}, {1, 3, 4, 5}},
+    {{5}, {5, 3}}, {{7, 5}, {5}}, {{5}, {5}}, {{3, 0}, {0, 4}},
+  }
+  for _, c in ipairs(cases) do
+    for _, dt in ipairs({"f32", "f64", "i64"}) do
+      local a = dt == "i64" and vtl.randint(-5, 5, c[1]) or vtl.randn(c[1]):to(dt)
+      local b = dt == "i64" and vtl.randint(-5, 5, c[2]) or vtl.randn(c[2]):to(dt)
+      local what = ("matmul %s {%s} x {%s}"):format(dt, table.concat(c[1], ","), table.concat(c[2], ","))
+      same(a:cuda():matmul(b:cuda()), a:matmul(b), dt == "f32" and 1e-5 or dt == "f64" and 1e-12 or 0, what)
+    end
+  end
+  -- transposed operands (column-major to cuBLAS), both and either
+  local a, b = vtl.randn(40, 30), vtl.randn(50, 40)
+  same(a:t():cuda():matmul(b:t():cuda()), a:t():matmul(b:t()), 1e-5, "a^T b^T")
+  local at, bt = a:cuda():t(), b:cuda():t()
+  same(at:matmul(bt), a:t():matmul(b:t()), 1e-5, "transposed views made on the GPU")
+  local x, y = vtl.randn(3, 8, 6), vtl.randn(3, 8, 5)
+  same(x:cuda():transpose(2, 3):matmul(y:cuda()), x:transpose(2, 3):matmul(y), 1e-5, "batched transposed")
+  -- a sliced operand with a leading dimension larger than its width
+  local wide = vtl.randn(9, 20)
+  local s = wide[{{}, {3, 12}}]
+  local r = vtl.randn(10, 4)
+  same(s:cuda():matmul(r:cuda()), s:matmul(r), 1e-5, "sliced operand")
+  -- half precision: inputs f16/bf16, products in f32, rounded once like the CPU path
+  for _, dt in ipairs({"f16", "bf16"}) do
+    for _, c in ipairs({{{64, 96}, {96, 48}}, {{3, 16, 32}, {3, 32, 8}}, {{16, 32}, {3, 32, 8}}}) do
+      local p, q = vtl.randn(c[1]):to(dt), vtl.randn(c[2]):to(dt)
+      local got, want = p:cuda():matmul(q:cuda()), p:matmul(q)
+      T.eq(got.dtype, dt)
+      same(got, want, dt == "f16" and 4e-3 or 2e-2, "matmul " .. dt)
+      same(p:cuda():matmul(q:cuda()):float(), p:float():matmul(q:float()), dt == "f16" and 4e-3 or 2e-2,
+        "matmul " .. dt .. " against f32 products")
+    end
+  end
+  local z = vtl.randn(4, 4)
+  same(z:half():cuda():matmul(z:cuda()), z:half():matmul(z), 1e-5, "f16 with f32 promotes to f32")
+end)
+
+-- ---------------------------------------------------------------- random
+
+gpu_test("random: seeded fills on the GPU equal the CPU's", function()
+  for _, dt in ipairs({"f32", "f64", "bf16", "f16"}) do
+    vtl.seed(1234)
+    local c = vtl.rand({1001}, {dtype = dt, low = -2, high = 3})
+    local cn = vtl.randn({777}, {dtype = dt, mean = 1, std = 2})
+    vtl.seed(1234)
+    local g = vtl.rand({1001}, {dtype = dt, low = -2, high = 3, device = "cuda"})
+    local gn = vtl.randn({777}, {dtype = dt, mean = 1, std = 2, device = "cuda"})
+    same(g, c, 0, "rand " .. dt)
+    same(gn, cn, dt == "f64" and 1e-14 or 1e-6, "randn " .. dt)
+  end
+  for _, dt in ipairs({"i64", "i32", "u8", "f32"}) do
+    local gc, gg = vtl.Generator(99), vtl.Generator(99)
+    local c = vtl.randint(0, 200, {513}, {dtype = dt, generator = gc})
+    local g = vtl.randint(0, 200, {513}, {dtype = dt, generator = gg, device = "cuda"})
+    same(g, c, 0, "randint " .. dt)
+    T.eq(gc:get_state().offset, gg:get_state().offset, "generators advance alike")
+  end
+  local big = vtl.randint(-1000000000000, 1000000000000, {64}, {generator = vtl.Generator(5)})
+  same(vtl.randint(-1000000000000, 1000000000000, {64}, {generator = vtl.Generator(5), device = "cuda"}), big, 0, "randint wide")
+  same(vtl.rand_like(vtl.zeros(3, 3):cuda(), {generator = vtl.Generator(7)}),
+    vtl.rand_like(vtl.zeros(3, 3), {generator = vtl.Generator(7)}), 0, "rand_like")
+end)
+
+-- ---------------------------------------------------------------- saving
+
+gpu_test("save: GPU tensors are written from the host and load on the CPU", function()
+  local dir = os.getenv("TMPDIR") or "/tmp"
+  local path = ("%s/vtl_cuda_%d.safetensors"):format(dir, os.time())
+  local w = vtl.randn(3, 4)
+  vtl.save(path, {w = w:cuda(), b = vtl.arange(5):cuda():t()})
+  local t = vtl.load(path)
+  os.remove(path)
+  T.eq(t.w.device, "cpu")
+  T.close(t.w, w, 0)
+  T.close(t.b, vtl.arange(5), 0)
+end)
