@@ -27,7 +27,7 @@ LIBDIR    := /usr/lib/x86_64-linux-gnu
 INCDIRS   := -I/usr/include/lua5.4 -I/usr/include/stb -I$(LIBDIR)/../../include/x86_64-linux-gnu/openblas-openmp
 BLASDIR   := $(LIBDIR)/openblas-openmp
 ifneq ($(DEPS_ROOT),)
-  INCDIRS := -I$(DEPS_ROOT)/usr/include -I$(DEPS_ROOT)/usr/include/lua5.4 -I$(DEPS_ROOT)/usr/include/stb \
+  INCDIRS := -I$(DEPS_ROOT)/usr/include -I$(DEPS_ROOT)/usr/include/x86_64-linux-gnu -I$(DEPS_ROOT)/usr/include/lua5.4 -I$(DEPS_ROOT)/usr/include/stb \
              -I$(DEPS_ROOT)/usr/include/x86_64-linux-gnu/openblas-openmp $(INCDIRS)
   BLASDIR := $(DEPS_ROOT)$(LIBDIR)/openblas-openmp
   DEPLIBS := -L$(DEPS_ROOT)$(LIBDIR) -Wl,-rpath,$(DEPS_ROOT)$(LIBDIR)
