@@ -242,27 +242,46 @@ static void gaussian_weights(float *k, int n, double sigma) {
 // u8 rounded half to even
 vtl_status vtl_cpu_image_gaussian_blur(const vtl_image_view *src, const vtl_image_view *dst, int kx, int ky,
                                        double sx, double sy) {
+  int64_t C = src->c, H = src->h, W = src->w, rows = C * H;
   float *wx = malloc(sizeof *wx * (size_t)(kx + ky));
-  float *tmp = malloc(sizeof *tmp * (size_t)(src->c * src->h * src->w));
-  if (!wx || !tmp) {
+  float *tmp = malloc(sizeof *tmp * (size_t)(rows * W));
+  int64_t *ix = malloc(sizeof *ix * (size_t)(W * kx + H * ky)); /* source offsets per output and tap */
+  if (!wx || !tmp || !ix) {
     free(wx);
     free(tmp);
+    free(ix);
     return vtl_error_set(VTL_ERR_OOM, "gaussian_blur: out of memory");
   }
   float *wy = wx + kx;
+  int64_t *iy = ix + W * kx;
   gaussian_weights(wx, kx, sx);
   gaussian_weights(wy, ky, sy);
-  int64_t C = src->c, H = src->h, W = src->w, rows = C * H;
+  for (int64_t x = 0; x < W; x++)
+    for (int j = 0; j < kx; j++) ix[x * kx + j] = reflect_index(x - kx / 2 + j, W) * src->sw;
+  for (int64_t y = 0; y < H; y++)
+    for (int j = 0; j < ky; j++) iy[y * ky + j] = reflect_index(y - ky / 2 + j, H) * W;
   /* along the width into tmp (C,H,W) */
   #pragma omp parallel for schedule(static) ROWS_PARALLEL(rows, W * kx)
   for (int64_t row = 0; row < rows; row++) {
     int64_t c = row / H, y = row % H;
     int64_t sb = c * src->sc + y * src->sh;
     float *t = tmp + row * W;
-    for (int64_t x = 0; x < W; x++) {
-      float acc = 0;
-      for (int j = 0; j < kx; j++) acc += wx[j] * vtl_px_load(src, sb + reflect_index(x - kx / 2 + j, W) * src->sw);
-      t[x] = acc;
+    if (src->dtype == VTL_U8) {
+      const uint8_t *s = (const uint8_t *)src->data + sb;
+      for (int64_t x = 0; x < W; x++) {
+        const int64_t *o = ix + x * kx;
+        float acc = 0;
+        for (int j = 0; j < kx; j++) acc += wx[j] * (float)s[o[j]];
+        t[x] = acc;
+      }
+    } else {
+      const float *s = (const float *)src->data + sb;
+      for (int64_t x = 0; x < W; x++) {
+        const int64_t *o = ix + x * kx;
+        float acc = 0;
+        for (int j = 0; j < kx; j++) acc += wx[j] * s[o[j]];
+        t[x] = acc;
+      }
     }
   }
   /* along the height into dst */
@@ -270,14 +289,17 @@ vtl_status vtl_cpu_image_gaussian_blur(const vtl_image_view *src, const vtl_imag
   for (int64_t row = 0; row < rows; row++) {
     int64_t c = row / H, y = row % H;
     int64_t db = c * dst->sc + y * dst->sh;
+    const float *plane = tmp + c * H * W;
+    const int64_t *o = iy + y * ky;
     for (int64_t x = 0; x < W; x++) {
       float acc = 0;
-      for (int j = 0; j < ky; j++) acc += wy[j] * tmp[(c * H + reflect_index(y - ky / 2 + j, H)) * W + x];
+      for (int j = 0; j < ky; j++) acc += wy[j] * plane[o[j] + x];
       vtl_px_store(dst, db + x * dst->sw, acc, VTL_PX_ROUND);
     }
   }
   free(wx);
   free(tmp);
+  free(ix);
   return VTL_OK;
 }
 
