@@ -10,6 +10,7 @@
  */
 #include <dirent.h>
 #include <errno.h>
+#include <math.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <lua.h>
@@ -212,6 +213,229 @@ static int image_normalize(lua_State *L) {
   return lvtl_fillbox(L, b, vtl_image_normalize(t, mean, sd, nm));
 }
 
+/* ---- colour and geometry ops ---- */
+
+/* a number or a list of 1..64 numbers at idx into out (fn and what name it in errors); the count */
+static int number_list(lua_State *L, int idx, double *out, const char *fn, const char *what) {
+  if (lua_type(L, idx) == LUA_TNUMBER) {
+    out[0] = lua_tonumber(L, idx);
+    return 1;
+  }
+  if (!lua_istable(L, idx))
+    return luaL_error(L, "%s: %s must be a number or a list of numbers, got %s", fn, what, luaL_typename(L, idx));
+  lua_Integer n = luaL_len(L, idx);
+  if (n < 1 || n > 64) return luaL_error(L, "%s: %s must have 1 to 64 entries, got %d", fn, what, (int)n);
+  for (lua_Integer i = 1; i <= n; i++) {
+    lua_geti(L, idx, i);
+    if (!lua_isnumber(L, -1))
+      return luaL_error(L, "%s: %s[%d] must be a number, got %s", fn, what, (int)i, luaL_typename(L, -1));
+    out[i - 1] = lua_tonumber(L, -1);
+    lua_pop(L, 1);
+  }
+  return (int)n;
+}
+
+/* an integer, or an integer-valued float, at idx (what names it) */
+static lua_Integer int_arg(lua_State *L, int idx, const char *fn, const char *what) {
+  int isnum;
+  lua_Integer v = lua_tointegerx(L, idx, &isnum);
+  if (!isnum) luaL_error(L, "%s: %s must be an integer, got %s", fn, what,
+                         lua_type(L, idx) == LUA_TNUMBER ? "a fraction" : luaL_typename(L, idx));
+  return v;
+}
+
+static double num_arg(lua_State *L, int idx, const char *fn, const char *what) {
+  if (lua_type(L, idx) != LUA_TNUMBER) luaL_error(L, "%s: %s must be a number, got %s", fn, what, luaL_typename(L, idx));
+  return lua_tonumber(L, idx);
+}
+
+/* image.pad(img, padding [, {mode = "constant"|"edge"|"reflect"|"symmetric", fill = 0}]):
+   padding is n (all sides), {left_right, top_bottom} or {left, top, right, bottom} as torchvision */
+static int image_pad(lua_State *L) {
+  const char *fn = "pad";
+  vtl_tensor *t = lvtl_checktensor(L, 1);
+  lua_Integer p[4] = {0, 0, 0, 0}; /* left, top, right, bottom */
+  if (lua_type(L, 2) == LUA_TNUMBER) {
+    p[0] = p[1] = p[2] = p[3] = int_arg(L, 2, fn, "padding");
+  } else if (lua_istable(L, 2)) {
+    lua_Integer n = luaL_len(L, 2);
+    if (n != 1 && n != 2 && n != 4) return luaL_error(L, "pad: padding must have 1, 2 or 4 entries, got %d", (int)n);
+    lua_Integer v[4];
+    for (lua_Integer i = 1; i <= n; i++) {
+      lua_geti(L, 2, i);
+      v[i - 1] = int_arg(L, -1, fn, "padding entries");
+      lua_pop(L, 1);
+    }
+    if (n == 1) p[0] = p[1] = p[2] = p[3] = v[0];
+    else if (n == 2) { p[0] = p[2] = v[0]; p[1] = p[3] = v[1]; }
+    else for (int i = 0; i < 4; i++) p[i] = v[i];
+  } else {
+    return luaL_error(L, "pad: padding must be an integer or a list of 1, 2 or 4 integers, got %s", luaL_typename(L, 2));
+  }
+  int o = opts_arg(L, 3);
+  vtl_pad_mode mode = VTL_PAD_CONSTANT;
+  double fill = 0;
+  if (o) {
+    if (lua_getfield(L, o, "mode") != LUA_TNIL) {
+      static const char *const modes[] = {"constant", "edge", "reflect", "symmetric", NULL};
+      const char *m = lua_tostring(L, -1);
+      int i = 0;
+      while (m && modes[i] && strcmp(modes[i], m) != 0) i++;
+      if (!m || !modes[i])
+        return luaL_error(L, "pad: option 'mode' must be \"constant\", \"edge\", \"reflect\" or \"symmetric\", got %s",
+                          m ? m : luaL_typename(L, -1));
+      mode = (vtl_pad_mode)i;
+    }
+    if (lua_getfield(L, o, "fill") != LUA_TNIL) fill = num_arg(L, -1, fn, "option 'fill'");
+    lua_pop(L, 2);
+  }
+  lvtl_box *b = lvtl_newbox(L);
+  return lvtl_fillbox(L, b, vtl_image_pad(t, p[1], p[0], p[3], p[2], mode, fill));
+}
+
+/* image.warp(img, matrix [, {size = {h, w}, interpolation = "nearest"|"bilinear", fill = n|{...}}]):
+   matrix is torchvision's inverse affine matrix (6 numbers, output -> input, centred pixel
+   coordinates); without fill the outside is 0 and not blended */
+static int image_warp(lua_State *L) {
+  const char *fn = "warp";
+  vtl_tensor *t = lvtl_checktensor(L, 1);
+  double m[64];
+  if (number_list(L, 2, m, fn, "matrix") != 6) return luaL_error(L, "warp: matrix must have 6 numbers");
+  int o = opts_arg(L, 3);
+  int64_t h, w;
+  if (t->ndim == 3 && t->dtype == VTL_U8) { h = t->shape[0]; w = t->shape[1]; }
+  else { h = t->shape[t->ndim - 2 >= 0 ? t->ndim - 2 : 0]; w = t->shape[t->ndim - 1 >= 0 ? t->ndim - 1 : 0]; }
+  vtl_interp mode = VTL_INTERP_NEAREST;
+  double fill[64];
+  int nfill = 0;
+  if (o) {
+    if (lua_getfield(L, o, "size") != LUA_TNIL) {
+      if (!lua_istable(L, -1) || luaL_len(L, -1) != 2) return luaL_error(L, "warp: option 'size' must be {h, w}");
+      lua_geti(L, -1, 1);
+      h = int_arg(L, -1, fn, "size[1]");
+      lua_geti(L, -2, 2);
+      w = int_arg(L, -1, fn, "size[2]");
+      lua_pop(L, 2);
+    }
+    lua_pop(L, 1);
+    if (lua_getfield(L, o, "interpolation") != LUA_TNIL) {
+      const char *s = lua_tostring(L, -1);
+      if (s && strcmp(s, "nearest") == 0) mode = VTL_INTERP_NEAREST;
+      else if (s && strcmp(s, "bilinear") == 0) mode = VTL_INTERP_BILINEAR;
+      else return luaL_error(L, "warp: option 'interpolation' must be \"nearest\" or \"bilinear\", got %s", s ? s : luaL_typename(L, -1));
+    }
+    lua_pop(L, 1);
+    if (lua_getfield(L, o, "fill") != LUA_TNIL) nfill = number_list(L, lua_gettop(L), fill, fn, "option 'fill'");
+    lua_pop(L, 1);
+  }
+  lvtl_box *b = lvtl_newbox(L);
+  return lvtl_fillbox(L, b, vtl_image_warp(t, m, h, w, mode, nfill ? fill : NULL, nfill));
+}
+
+static int adjust(lua_State *L, vtl_adjust what, const char *fn) {
+  vtl_tensor *t = lvtl_checktensor(L, 1);
+  double f = num_arg(L, 2, fn, "factor");
+  lvtl_box *b = lvtl_newbox(L);
+  return lvtl_fillbox(L, b, vtl_image_adjust(t, what, f));
+}
+static int image_adjust_brightness(lua_State *L) { return adjust(L, VTL_ADJUST_BRIGHTNESS, "adjust_brightness"); }
+static int image_adjust_contrast(lua_State *L) { return adjust(L, VTL_ADJUST_CONTRAST, "adjust_contrast"); }
+static int image_adjust_saturation(lua_State *L) { return adjust(L, VTL_ADJUST_SATURATION, "adjust_saturation"); }
+static int image_adjust_sharpness(lua_State *L) { return adjust(L, VTL_ADJUST_SHARPNESS, "adjust_sharpness"); }
+
+static int image_adjust_hue(lua_State *L) {
+  vtl_tensor *t = lvtl_checktensor(L, 1);
+  double f = num_arg(L, 2, "adjust_hue", "hue factor");
+  lvtl_box *b = lvtl_newbox(L);
+  return lvtl_fillbox(L, b, vtl_image_adjust_hue(t, f));
+}
+
+/* image.rgb_to_grayscale(img [, out_channels = 1]) */
+static int image_rgb_to_grayscale(lua_State *L) {
+  vtl_tensor *t = lvtl_checktensor(L, 1);
+  lua_Integer n = lua_isnoneornil(L, 2) ? 1 : int_arg(L, 2, "rgb_to_grayscale", "output channels");
+  if (n != 1 && n != 3) return luaL_error(L, "rgb_to_grayscale: output channels must be 1 or 3, got %d", (int)n);
+  lvtl_box *b = lvtl_newbox(L);
+  return lvtl_fillbox(L, b, vtl_image_grayscale(t, (int)n));
+}
+
+static int image_invert(lua_State *L) {
+  vtl_tensor *t = lvtl_checktensor(L, 1);
+  lvtl_box *b = lvtl_newbox(L);
+  return lvtl_fillbox(L, b, vtl_image_point(t, VTL_POINT_INVERT, 0));
+}
+
+static int image_posterize(lua_State *L) {
+  vtl_tensor *t = lvtl_checktensor(L, 1);
+  lua_Integer bits = int_arg(L, 2, "posterize", "bits");
+  if (bits < 0 || bits > 8) return luaL_error(L, "posterize: bits must be in 0..8, got %d", (int)bits);
+  lvtl_box *b = lvtl_newbox(L);
+  return lvtl_fillbox(L, b, vtl_image_point(t, VTL_POINT_POSTERIZE, (double)bits));
+}
+
+static int image_solarize(lua_State *L) {
+  vtl_tensor *t = lvtl_checktensor(L, 1);
+  double thr = num_arg(L, 2, "solarize", "threshold");
+  lvtl_box *b = lvtl_newbox(L);
+  return lvtl_fillbox(L, b, vtl_image_point(t, VTL_POINT_SOLARIZE, thr));
+}
+
+static int image_autocontrast(lua_State *L) {
+  vtl_tensor *t = lvtl_checktensor(L, 1);
+  lvtl_box *b = lvtl_newbox(L);
+  return lvtl_fillbox(L, b, vtl_image_autocontrast(t));
+}
+
+static int image_equalize(lua_State *L) {
+  vtl_tensor *t = lvtl_checktensor(L, 1);
+  lvtl_box *b = lvtl_newbox(L);
+  return lvtl_fillbox(L, b, vtl_image_equalize(t));
+}
+
+/* an int or {x, y} pair (or {n}) at idx into v[2] */
+static void pair_arg(lua_State *L, int idx, double v[2], const char *fn, const char *what) {
+  double tmp[64];
+  int n = number_list(L, idx, tmp, fn, what);
+  if (n > 2) luaL_error(L, "%s: %s must be a number or {x, y}, got %d entries", fn, what, n);
+  v[0] = tmp[0];
+  v[1] = tmp[n - 1];
+}
+
+/* image.gaussian_blur(img, kernel_size, sigma): kernel_size k or {kx, ky} (odd), sigma s or
+   {sx, sy}; sigma defaults to 0.3 * ((k - 1) * 0.5 - 1) + 0.8 as torchvision */
+static int image_gaussian_blur(lua_State *L) {
+  const char *fn = "gaussian_blur";
+  vtl_tensor *t = lvtl_checktensor(L, 1);
+  double k[2], s[2];
+  pair_arg(L, 2, k, fn, "kernel size");
+  if (k[0] != floor(k[0]) || k[1] != floor(k[1]) || !(k[0] >= 1 && k[0] <= 4095) || !(k[1] >= 1 && k[1] <= 4095))
+    return luaL_error(L, "gaussian_blur: kernel size must be odd positive integers, got %g×%g", k[0], k[1]);
+  if (lua_isnoneornil(L, 3)) {
+    s[0] = k[0] * 0.15 + 0.35;
+    s[1] = k[1] * 0.15 + 0.35;
+  } else {
+    pair_arg(L, 3, s, fn, "sigma");
+  }
+  lvtl_box *b = lvtl_newbox(L);
+  return lvtl_fillbox(L, b, vtl_image_gaussian_blur(t, (int)k[0], (int)k[1], s[0], s[1]));
+}
+
+/* image.erase(img, top, left, h, w, value): value a number, a list of C numbers or an f32 C×h×w
+   tensor; top and left 1-based */
+static int image_erase(lua_State *L) {
+  const char *fn = "erase";
+  vtl_tensor *t = lvtl_checktensor(L, 1);
+  lua_Integer top = int_arg(L, 2, fn, "top"), left = int_arg(L, 3, fn, "left");
+  lua_Integer h = int_arg(L, 4, fn, "height"), w = int_arg(L, 5, fn, "width");
+  double v[64];
+  int nv = 0;
+  vtl_tensor *noise = NULL;
+  if (lvtl_totensor(L, 6)) noise = lvtl_totensor(L, 6);
+  else nv = number_list(L, 6, v, fn, "value");
+  lvtl_box *b = lvtl_newbox(L);
+  return lvtl_fillbox(L, b, vtl_image_erase(t, top - 1, left - 1, h, w, v, nv, noise));
+}
+
 /* image.listdir(path) -> {{name = "a.jpg", dir = false}, ...} in directory order, without "."
    and ".."; symbolic links are followed. For datasets that walk folders. */
 static int image_listdir(lua_State *L) {
@@ -247,7 +471,12 @@ static const luaL_Reg image_funcs[] = {
   {"load", image_load}, {"save", image_save}, {"info", image_info}, {"set_limits", image_set_limits},
   {"get_limits", image_get_limits}, {"resize", image_resize}, {"crop", image_crop}, {"hflip", image_hflip},
   {"vflip", image_vflip}, {"to_tensor", image_to_tensor}, {"to_u8", image_to_u8}, {"normalize", image_normalize},
-  {"listdir", image_listdir},
+  {"listdir", image_listdir}, {"pad", image_pad}, {"warp", image_warp},
+  {"adjust_brightness", image_adjust_brightness}, {"adjust_contrast", image_adjust_contrast},
+  {"adjust_saturation", image_adjust_saturation}, {"adjust_sharpness", image_adjust_sharpness},
+  {"adjust_hue", image_adjust_hue}, {"rgb_to_grayscale", image_rgb_to_grayscale}, {"invert", image_invert},
+  {"posterize", image_posterize}, {"solarize", image_solarize}, {"autocontrast", image_autocontrast},
+  {"equalize", image_equalize}, {"gaussian_blur", image_gaussian_blur}, {"erase", image_erase},
   {NULL, NULL}};
 
 /* Adds the `image` table to the module table on top of the stack. */

@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -366,6 +367,263 @@ vtl_tensor *vtl_image_normalize(vtl_tensor *img, const double *mean, const doubl
   vtl_tensor *t = image_new(VTL_F32, 3, s.c, s.h, s.w, &d);
   if (!t) return NULL;
   vtl_cpu_image_affine(&s, &d, 1.0f, 1.0f, m, sd);
+  return t;
+}
+
+/* ---- colour and geometry ops ---- */
+
+/* A view of an image for the colour ops: 1 or 3 channels. */
+static vtl_status color_view(const char *op, vtl_tensor *img, vtl_image_view *v) {
+  if (image_view(op, img, v) != VTL_OK) return vtl_error_status();
+  if (v->c != 1 && v->c != 3)
+    return vtl_error_set(VTL_ERR_ARG, "%s: image must have 1 or 3 channels, got %lld", op, (long long)v->c);
+  return VTL_OK;
+}
+
+/* A new image of img's layout, dtype and size, with its view in d. */
+static vtl_tensor *image_like(vtl_tensor *img, const vtl_image_view *s, vtl_image_view *d) {
+  return image_new(img->dtype, img->ndim, s->c, s->h, s->w, d);
+}
+
+/* A contiguous copy of img (the colour ops' result when they leave an image unchanged). */
+static vtl_tensor *image_copy(vtl_tensor *img, const vtl_image_view *s) {
+  vtl_image_view d;
+  vtl_tensor *t = image_like(img, s, &d);
+  if (t) vtl_cpu_image_crop(s, &d, 0, 0, 0);
+  return t;
+}
+
+#define IMAGE_MAX_SIDE ((int64_t)1 << 24)
+
+vtl_tensor *vtl_image_pad(vtl_tensor *img, int64_t top, int64_t left, int64_t bottom, int64_t right,
+                          vtl_pad_mode mode, double fill) {
+  vtl_image_view s, d;
+  if (image_view("pad", img, &s) != VTL_OK) return NULL;
+  if (top < -IMAGE_MAX_SIDE || top > IMAGE_MAX_SIDE || left < -IMAGE_MAX_SIDE || left > IMAGE_MAX_SIDE ||
+      bottom < -IMAGE_MAX_SIDE || bottom > IMAGE_MAX_SIDE || right < -IMAGE_MAX_SIDE || right > IMAGE_MAX_SIDE) {
+    vtl_error_set(VTL_ERR_ARG, "pad: padding of more than %lld pixels", (long long)IMAGE_MAX_SIDE);
+    return NULL;
+  }
+  int64_t oh = s.h + top + bottom, ow = s.w + left + right;
+  if (oh < 1 || ow < 1) {
+    vtl_error_set(VTL_ERR_ARG, "pad: padding {top %lld, left %lld, bottom %lld, right %lld} leaves an empty image from %lld×%lld",
+                  (long long)top, (long long)left, (long long)bottom, (long long)right, (long long)s.h, (long long)s.w);
+    return NULL;
+  }
+  if (mode != VTL_PAD_CONSTANT && (s.h < 1 || s.w < 1)) {
+    vtl_error_set(VTL_ERR_ARG, "pad: cannot pad an empty image by mirroring or repeating its edge");
+    return NULL;
+  }
+  vtl_tensor *t = image_new(img->dtype, img->ndim, s.c, oh, ow, &d);
+  if (!t) return NULL;
+  vtl_cpu_image_pad(&s, &d, top, left, mode, fill);
+  return t;
+}
+
+vtl_tensor *vtl_image_warp(vtl_tensor *img, const double m[6], int64_t oh, int64_t ow, vtl_interp mode,
+                           const double *fill, int nfill) {
+  vtl_image_view s, d;
+  if (image_view("warp", img, &s) != VTL_OK) return NULL;
+  if (mode != VTL_INTERP_NEAREST && mode != VTL_INTERP_BILINEAR) {
+    vtl_error_set(VTL_ERR_ARG, "warp: interpolation must be nearest or bilinear");
+    return NULL;
+  }
+  if (oh < 1 || ow < 1 || oh > IMAGE_MAX_SIDE || ow > IMAGE_MAX_SIDE) {
+    vtl_error_set(VTL_ERR_ARG, "warp: output size must be 1..%lld per side, got %lld×%lld", (long long)IMAGE_MAX_SIDE,
+                  (long long)oh, (long long)ow);
+    return NULL;
+  }
+  if (s.h < 1 || s.w < 1) {
+    vtl_error_set(VTL_ERR_ARG, "warp: cannot warp an empty image (%lld×%lld)", (long long)s.h, (long long)s.w);
+    return NULL;
+  }
+  if (fill && nfill != 1 && nfill != s.c) {
+    vtl_error_set(VTL_ERR_ARG, "warp: fill has %d values for an image of %lld channels", nfill, (long long)s.c);
+    return NULL;
+  }
+  if (s.c > 64) {
+    vtl_error_set(VTL_ERR_ARG, "warp: at most 64 channels, got %lld", (long long)s.c);
+    return NULL;
+  }
+  float f[64];
+  if (fill)
+    for (int64_t c = 0; c < s.c; c++) f[c] = (float)fill[nfill == 1 ? 0 : c];
+  vtl_tensor *t = image_new(img->dtype, img->ndim, s.c, oh, ow, &d);
+  if (!t) return NULL;
+  vtl_cpu_image_warp(&s, &d, m, mode, fill ? f : NULL);
+  return t;
+}
+
+vtl_tensor *vtl_image_adjust(vtl_tensor *img, vtl_adjust what, double factor) {
+  static const char *const names[] = {"adjust_brightness", "adjust_contrast", "adjust_saturation", "adjust_sharpness"};
+  const char *op = names[what];
+  vtl_image_view s, d, o;
+  if (color_view(op, img, &s) != VTL_OK) return NULL;
+  if (!(factor >= 0) || !isfinite(factor)) {
+    vtl_error_set(VTL_ERR_ARG, "%s: factor must be a finite number >= 0, got %g", op, factor);
+    return NULL;
+  }
+  if ((what == VTL_ADJUST_SATURATION && s.c == 1) || (what == VTL_ADJUST_SHARPNESS && (s.h <= 2 || s.w <= 2)))
+    return image_copy(img, &s);
+  vtl_tensor *t = image_like(img, &s, &d);
+  if (!t) return NULL;
+  switch (what) {
+  case VTL_ADJUST_BRIGHTNESS: vtl_cpu_image_blend(&s, NULL, 0.0f, factor, &d); break;
+  case VTL_ADJUST_CONTRAST: vtl_cpu_image_blend(&s, NULL, (float)vtl_cpu_image_gray_mean(&s), factor, &d); break;
+  case VTL_ADJUST_SATURATION:
+  case VTL_ADJUST_SHARPNESS: {
+    bool sat = what == VTL_ADJUST_SATURATION;
+    vtl_tensor *other = sat ? image_new(img->dtype, 2, 1, s.h, s.w, &o) : image_like(img, &s, &o);
+    if (!other) {
+      vtl_tensor_release(t);
+      return NULL;
+    }
+    if (sat) vtl_cpu_image_grayscale(&s, &o);
+    else vtl_cpu_image_smooth3(&s, &o);
+    vtl_cpu_image_blend(&s, &o, 0.0f, factor, &d);
+    vtl_tensor_release(other);
+    break;
+  }
+  }
+  return t;
+}
+
+vtl_tensor *vtl_image_adjust_hue(vtl_tensor *img, double hue) {
+  vtl_image_view s, d;
+  if (color_view("adjust_hue", img, &s) != VTL_OK) return NULL;
+  if (!(hue >= -0.5 && hue <= 0.5)) {
+    vtl_error_set(VTL_ERR_ARG, "adjust_hue: hue factor must be in [-0.5, 0.5], got %g", hue);
+    return NULL;
+  }
+  if (s.c == 1) return image_copy(img, &s);
+  vtl_tensor *t = image_like(img, &s, &d);
+  if (t) vtl_cpu_image_hue(&s, &d, hue);
+  return t;
+}
+
+vtl_tensor *vtl_image_grayscale(vtl_tensor *img, int out_channels) {
+  vtl_image_view s, d;
+  if (color_view("rgb_to_grayscale", img, &s) != VTL_OK) return NULL;
+  if (out_channels != 1 && out_channels != 3) {
+    vtl_error_set(VTL_ERR_ARG, "rgb_to_grayscale: output channels must be 1 or 3, got %d", out_channels);
+    return NULL;
+  }
+  int ndim = img->ndim == 2 && out_channels == 1 ? 2 : 3;
+  vtl_tensor *t = image_new(img->dtype, ndim, out_channels, s.h, s.w, &d);
+  if (!t) return NULL;
+  if (s.c == 3) {
+    vtl_cpu_image_grayscale(&s, &d);
+  } else {
+    vtl_image_view one = d;
+    one.c = 1;
+    for (int c = 0; c < out_channels; c++) {
+      one.data = (char *)d.data + (size_t)(c * d.sc) * vtl_dtype_size(d.dtype);
+      vtl_cpu_image_crop(&s, &one, 0, 0, 0);
+    }
+  }
+  return t;
+}
+
+vtl_tensor *vtl_image_point(vtl_tensor *img, vtl_point_op op, double param) {
+  static const char *const names[] = {"invert", "posterize", "solarize"};
+  const char *fn = names[op];
+  vtl_image_view s, d;
+  if (color_view(fn, img, &s) != VTL_OK) return NULL;
+  if (op == VTL_POINT_POSTERIZE) {
+    if (img->dtype != VTL_U8) {
+      vtl_error_set(VTL_ERR_ARG, "posterize: expected a u8 image, got %s", vtl_dtype_name(img->dtype));
+      return NULL;
+    }
+    if (!(param >= 0 && param <= 8) || param != floor(param)) {
+      vtl_error_set(VTL_ERR_ARG, "posterize: bits must be an integer in 0..8, got %g", param);
+      return NULL;
+    }
+  }
+  if (op == VTL_POINT_SOLARIZE) {
+    double bound = img->dtype == VTL_U8 ? 255 : 1;
+    if (!(param <= bound) || isnan(param)) {
+      vtl_error_set(VTL_ERR_ARG, "solarize: threshold %g is above the image's maximum value %g", param, bound);
+      return NULL;
+    }
+  }
+  vtl_tensor *t = image_like(img, &s, &d);
+  if (t) vtl_cpu_image_point(&s, &d, op, param);
+  return t;
+}
+
+vtl_tensor *vtl_image_autocontrast(vtl_tensor *img) {
+  vtl_image_view s, d;
+  if (color_view("autocontrast", img, &s) != VTL_OK) return NULL;
+  vtl_tensor *t = image_like(img, &s, &d);
+  if (t) vtl_cpu_image_autocontrast(&s, &d);
+  return t;
+}
+
+vtl_tensor *vtl_image_equalize(vtl_tensor *img) {
+  vtl_image_view s, d;
+  if (color_view("equalize", img, &s) != VTL_OK) return NULL;
+  if (img->dtype != VTL_U8) {
+    vtl_error_set(VTL_ERR_ARG, "equalize: expected a u8 image, got %s", vtl_dtype_name(img->dtype));
+    return NULL;
+  }
+  vtl_tensor *t = image_like(img, &s, &d);
+  if (t) vtl_cpu_image_equalize(&s, &d);
+  return t;
+}
+
+vtl_tensor *vtl_image_gaussian_blur(vtl_tensor *img, int kx, int ky, double sx, double sy) {
+  vtl_image_view s, d;
+  if (image_view("gaussian_blur", img, &s) != VTL_OK) return NULL;
+  if (kx < 1 || ky < 1 || kx % 2 == 0 || ky % 2 == 0 || kx > 4095 || ky > 4095) {
+    vtl_error_set(VTL_ERR_ARG, "gaussian_blur: kernel size must be odd and in 1..4095, got %d×%d", kx, ky);
+    return NULL;
+  }
+  if (!(sx > 0) || !(sy > 0) || !isfinite(sx) || !isfinite(sy)) {
+    vtl_error_set(VTL_ERR_ARG, "gaussian_blur: sigma must be positive, got %g, %g", sx, sy);
+    return NULL;
+  }
+  if (s.h < 1 || s.w < 1) return image_copy(img, &s);
+  vtl_tensor *t = image_like(img, &s, &d);
+  if (!t) return NULL;
+  if (vtl_cpu_image_gaussian_blur(&s, &d, kx, ky, sx, sy) != VTL_OK) {
+    vtl_tensor_release(t);
+    return NULL;
+  }
+  return t;
+}
+
+vtl_tensor *vtl_image_erase(vtl_tensor *img, int64_t top, int64_t left, int64_t h, int64_t w,
+                            const double *values, int nvalues, vtl_tensor *noise) {
+  vtl_image_view s, d, n;
+  if (image_view("erase", img, &s) != VTL_OK) return NULL;
+  if (top < 0 || left < 0 || h < 0 || w < 0 || top + h > s.h || left + w > s.w) {
+    vtl_error_set(VTL_ERR_ARG, "erase: region of %lld×%lld at (%lld, %lld) is not inside the %lld×%lld image", (long long)h,
+                  (long long)w, (long long)top + 1, (long long)left + 1, (long long)s.h, (long long)s.w);
+    return NULL;
+  }
+  float v[64];
+  if (noise) {
+    if (image_view("erase", noise, &n) != VTL_OK) return NULL;
+    if (noise->dtype != VTL_F32 || noise->ndim != 3 || n.c != s.c || n.h != h || n.w != w) {
+      vtl_error_set(VTL_ERR_ARG, "erase: noise must be an f32 tensor of shape {%lld, %lld, %lld}", (long long)s.c,
+                    (long long)h, (long long)w);
+      return NULL;
+    }
+  } else {
+    if (nvalues != 1 && nvalues != s.c) {
+      vtl_error_set(VTL_ERR_ARG, "erase: value has %d entries for an image of %lld channels", nvalues, (long long)s.c);
+      return NULL;
+    }
+    if (nvalues > 64) {
+      vtl_error_set(VTL_ERR_ARG, "erase: at most 64 values, got %d", nvalues);
+      return NULL;
+    }
+    for (int i = 0; i < nvalues; i++) v[i] = (float)values[i];
+  }
+  vtl_tensor *t = image_like(img, &s, &d);
+  if (!t) return NULL;
+  vtl_cpu_image_crop(&s, &d, 0, 0, 0);
+  vtl_cpu_image_erase(&d, top, left, h, w, v, nvalues, noise ? &n : NULL);
   return t;
 }
 
