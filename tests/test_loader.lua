@@ -266,3 +266,18 @@ test("ship_copy: what cannot be sent is named", function()
   end
   T.raises(function() core.ship_copy({freed}) end, "freed")
 end)
+
+test("MixUp/CutMix as a batch transform: the same soft targets with 0 and 2 workers", function()
+  local g = vtl.Generator(2)
+  local ds = data.TensorDataset(vtl.rand({24, 3, 8, 8}, {generator = g}), vtl.randint(1, 5, {24}, {generator = g}))
+  local mix = TF.MixUpCutMix {mixup_alpha = 0.4, cutmix_alpha = 1.0, num_classes = 4, label_smoothing = 0.1}
+  local a = batches(data.DataLoader(ds, {batch_size = 8, shuffle = true, seed = 5, batch_transform = mix}))
+  local b = batches(data.DataLoader(ds, {batch_size = 8, shuffle = true, seed = 5, batch_transform = mix, num_workers = 2}))
+  T.eq(#a, 3)
+  for i = 1, 3 do
+    T.eq(table.concat(a[i].target.shape, ","), "8,4")
+    T.truthy(a[i].input:eq(b[i].input):all():item(), "inputs of batch " .. i)
+    T.truthy(a[i].target:eq(b[i].target):all():item(), "soft targets of batch " .. i)
+    T.close(a[i].target:sum(2), vtl.ones({8}), 1e-6)
+  end
+end)

@@ -1165,4 +1165,17 @@ function T.train_transform(cfg, opts)
   return T.Compose(steps)
 end
 
+-- ---- batch-level mixing and previews (their own modules) ----
+
+---MixUp{alpha, num_classes, label_smoothing}, CutMix{...}, MixUpCutMix{...}: called as
+---mix(batch, generator) on a batch {input = N×C×H×W, target = N class numbers}; give one as a
+---DataLoader's batch_transform. See vtl.mixing.
+function T.MixUp(opts) return require("vtl.mixing").MixUp(opts) end
+function T.CutMix(opts) return require("vtl.mixing").CutMix(opts) end
+function T.MixUpCutMix(opts) return require("vtl.mixing").MixUpCutMix(opts) end
+
+---T.preview(ds, n, "grid.png", opts): a PNG grid of n augmented samples with their labels
+---(see vtl.preview).
+function T.preview(ds, n, path, opts) return require("vtl.preview").preview(ds, n, path, opts) end
+
 return T
