@@ -86,7 +86,7 @@ ifneq ($(file < $(BUILD)/.objs),$(LIB_OBJ))
 endif
 $(BUILD)/libvtl.a $(BUILD)/vtl/core.so: $(BUILD)/.objs
 
-.PHONY: all setup test test-asan test-ref bench bench-train bench-infer bench-loader demo install clean info-backend
+.PHONY: all setup test test-asan test-ref bench bench-train bench-infer bench-loader bench-finetune demo install clean info-backend
 all: info-backend $(VTL_BIN) $(BUILD)/vtl/core.so
 
 info-backend:
@@ -136,6 +136,9 @@ bench-infer: setup all
 
 bench-loader: setup all
 	@bash tests/bench/loader.sh
+
+bench-finetune: setup all
+	@bash tests/bench/finetune.sh
 
 demo: setup all
 	./$(VTL_BIN) examples/tensor_tour.lua

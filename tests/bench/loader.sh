@@ -24,7 +24,7 @@ v=$("$VTL" tests/bench/loader.lua jpeg "$tmp/jpeg" "$workers" "$epochs" | awk '{
 p=$("$PY" tests/bench/loader.py jpeg "$tmp/jpeg" "$workers" "$epochs" | awk '{print $2}')
 row "jpeg rrc224+flip+jitter ($n files)" "$v" "$p"
 # Fashion-MNIST: torchvision reads the raw IDX files from <root>/FashionMNIST/raw
-fm=$("$VTL" -e 'io.write(require("vtl.data").fashion_mnist_dir and require("vtl.data").fashion_mnist_dir() or "")' 2>/dev/null || true)
+fm=$("$VTL" -e 'io.write(require("vtl.data").FASHION_MNIST_ROOT or "")' 2>/dev/null || true)
 if [ -n "$fm" ] && [ -d "$fm" ]; then
   mkdir -p "$tmp/fm/FashionMNIST/raw"
   for f in train-images-idx3-ubyte train-labels-idx1-ubyte t10k-images-idx3-ubyte t10k-labels-idx1-ubyte; do
