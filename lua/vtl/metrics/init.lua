@@ -316,7 +316,8 @@ end
 ---scikit-learn's classification_report with labels 1..K. The returned table holds
 ---`classes` (one {name, precision, recall, f1, support} per class), `accuracy`,
 ---`macro_avg` and `weighted_avg` ({precision, recall, f1, support}) and `text`, the report
----laid out as scikit-learn prints it.
+---laid out as scikit-learn prints it (whose accuracy row reads "micro avg" when a class is in
+---neither pred nor target).
 ---@param pred vtl.Tensor|integer[]
 ---@param target vtl.Tensor|integer[]
 ---@param opts? {class_names?: string[], digits?: integer, num_classes?: integer, zero_division?: 0|1}
@@ -357,7 +358,13 @@ function M.classification_report(pred, target, opts)
     lines[#lines + 1] = string.format(row_fmt, c.name, c.precision, c.recall, c.f1, c.support)
   end
   lines[#lines + 1] = "\n"
-  lines[#lines + 1] = string.format("%" .. width .. "s " .. (" %9s"):rep(2) .. " " .. num .. " %9d\n", "accuracy", "", "", rep.accuracy, d.n)
+  local all_seen = true -- scikit-learn prints "micro avg" when a class is in neither pred nor target
+  for c = 1, d.k do if np[c] + nt[c] == 0 then all_seen = false end end
+  if all_seen then
+    lines[#lines + 1] = string.format("%" .. width .. "s " .. (" %9s"):rep(2) .. " " .. num .. " %9d\n", "accuracy", "", "", rep.accuracy, d.n)
+  else
+    lines[#lines + 1] = string.format(row_fmt, "micro avg", rep.accuracy, rep.accuracy, rep.accuracy, d.n)
+  end
   local a = rep.macro_avg
   lines[#lines + 1] = string.format(row_fmt, "macro avg", a.precision, a.recall, a.f1, a.support)
   a = rep.weighted_avg
