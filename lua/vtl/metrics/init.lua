@@ -219,7 +219,8 @@ M.recall = prf_metric("recall", 2)
 M.f1 = prf_metric("f1", 3)
 
 ---Fraction of samples whose predicted class is the target; with opts.topk = k (scores only),
----fraction whose target is among the k highest scores.
+---fraction whose target is among the k highest scores (fewer than k classes score strictly
+---higher, so ties count in the target's favour).
 ---@param pred vtl.Tensor|integer[]
 ---@param target vtl.Tensor|integer[]
 ---@param opts? {topk?: integer, num_classes?: integer}
@@ -233,12 +234,9 @@ function M.accuracy(pred, target, opts)
   local d = prepare("accuracy", pred, target, opts, k ~= nil and k > 1)
   local hits = 0
   if k ~= nil and k > 1 then
-    local _, idx = d.scores:topk(math.min(k, d.k), 2)
-    local rows = idx:totable()
-    for i = 1, d.n do
-      local row, y = rows[i], d.target[i]
-      for j = 1, #row do if row[j] == y then hits = hits + 1; break end end
-    end
+    -- a hit when fewer than k classes score strictly higher than the target
+    local ts = d.scores:gather(2, vtl.tensor(d.target, {dtype = "i64"}):view(d.n, 1))
+    hits = d.scores:gt(ts):sum(2):lt(k):sum():item()
   else
     for i = 1, d.n do if d.pred[i] == d.target[i] then hits = hits + 1 end end
   end
@@ -376,8 +374,7 @@ end
 -- ---- ranking metrics (scores per class) ----
 
 -- Scores and targets for the ranking metrics: a binary problem (1-D scores for class 2, or two
--- columns) or a K-column one. Returns d (with d.k) and the columns sorted by decreasing score:
--- vals[i][c], idx[i][c].
+-- columns) or a K-column one. Returns d (with d.k) and the f64 score columns (N, 1 or K).
 local function prepare_ranking(fname, scores, target, opts)
   local k = check_num_classes(fname, opts)
   if not vtl.is_tensor(scores) or not FLOAT_DTYPES[scores.dtype] then
@@ -402,27 +399,29 @@ local function prepare_ranking(fname, scores, target, opts)
   if s.shape[1] ~= #t then fail(fname, string.format("scores have %d samples but target has %d", s.shape[1], #t)) end
   if #t == 0 then fail(fname, "no samples (scores and target are empty)") end
   check_range(fname, "target", t, k)
-  local vals, idx = s:to("f64"):sort(1, true)
-  return {target = t, n = #t, k = k, binary = k == 2}, vals:totable(), idx:totable()
+  return {target = t, n = #t, k = k, binary = k == 2}, s:to("f64")
 end
 
--- For column c of the sorted scores: calls fn(tp, fp) at the end of each run of equal scores
--- (the distinct thresholds, highest first); returns the number of positives (target == cls).
-local function sweep(d, vals, idx, c, cls, fn)
+-- Sorts column c of the scores (highest first) and calls fn(tp, fp) at the end of each run of
+-- equal scores (the distinct thresholds); returns the numbers of positives (target == cls) and
+-- negatives. One column at a time keeps memory at N values for any K.
+local function sweep(d, s, c, cls, fn)
+  local v, i = s:select(2, c):sort(1, true)
+  local vals, idx = v:totable(), i:totable()
   local tp, fp, n = 0, 0, d.n
   local t = d.target
-  for i = 1, n do
-    if t[idx[i][c]] == cls then tp = tp + 1 else fp = fp + 1 end
-    if i == n or vals[i + 1][c] ~= vals[i][c] then fn(tp, fp) end
+  for j = 1, n do
+    if t[idx[j]] == cls then tp = tp + 1 else fp = fp + 1 end
+    if j == n or vals[j + 1] ~= vals[j] then fn(tp, fp) end
   end
   return tp, n - tp
 end
 
 -- Area under the ROC curve for column c against class cls (trapezoids between thresholds, ties
 -- as diagonal steps), NaN when the class has no positives or no negatives.
-local function auc_column(d, vals, idx, c, cls)
+local function auc_column(d, s, c, cls)
   local area, ptp, pfp = 0, 0, 0
-  local pos, neg = sweep(d, vals, idx, c, cls, function(tp, fp)
+  local pos, neg = sweep(d, s, c, cls, function(tp, fp)
     area = area + (fp - pfp) * (tp + ptp)
     ptp, pfp = tp, fp
   end)
@@ -432,12 +431,12 @@ end
 
 -- Average precision for column c against class cls: sum over thresholds of
 -- (recall step) × precision; 0 when the class has no positives (scikit-learn).
-local function ap_column(d, vals, idx, c, cls)
+local function ap_column(d, s, c, cls)
   local npos = 0
   for i = 1, d.n do if d.target[i] == cls then npos = npos + 1 end end
   if npos == 0 then return 0.0, 0 end
   local ap, prev = 0.0, 0.0
-  sweep(d, vals, idx, c, cls, function(tp, fp)
+  sweep(d, s, c, cls, function(tp, fp)
     local rc = tp / npos
     ap = ap + (rc - prev) * (tp / (tp + fp))
     prev = rc
@@ -452,10 +451,10 @@ local function ranking_metric(fname, column, skip_nan)
     if average ~= "macro" and average ~= "weighted" and average ~= "none" then
       fail(fname, "average must be \"macro\", \"weighted\" or \"none\", got " .. tostring(average))
     end
-    local d, vals, idx = prepare_ranking(fname, scores, target, opts)
-    if d.binary then return (column(d, vals, idx, 1, 2)) end
+    local d, s = prepare_ranking(fname, scores, target, opts)
+    if d.binary then return (column(d, s, 1, 2)) end
     local per, support = {}, {}
-    for c = 1, d.k do per[c], support[c] = column(d, vals, idx, c, c) end
+    for c = 1, d.k do per[c], support[c] = column(d, s, c, c) end
     if average == "none" then return f64(per) end
     local s, sw, cnt = 0.0, 0, 0
     for c = 1, d.k do
