@@ -226,6 +226,7 @@ test("metrics: bad input gives clear errors", function()
   T.raises(function() metrics.average_precision(vtl.zeros({2, 1}), i64 {1, 1}) end, "scores need at least 2 columns")
   T.raises(function() metrics.roc_auc(s, i64 {1, 2}, {average = "micro"}) end, "metrics.roc_auc: average must be")
   T.raises(function() metrics.expected_calibration_error(s, i64 {1, 2}, {n_bins = 0}) end, "n_bins must be a positive integer")
+  T.raises(function() metrics.expected_calibration_error(s * 3, i64 {1, 2}) end, "metrics.expected_calibration_error: probs must be probabilities in [0,1]")
   T.raises(function() metrics.by_group(p, y, {1, 2}) end, "metrics.by_group: groups has 2 entries but target has 3")
   T.raises(function() metrics.by_group(p, y, {1, 2, {}}) end, "metrics.by_group: groups[3] must be an integer or a string")
   T.raises(function() metrics.by_group(p, y, {1, 2, 3}, {metrics = {"nope"}}) end, "metrics.by_group: metrics[1]: metrics.get: unknown metric 'nope'")
@@ -238,6 +239,7 @@ test("detection metrics: bad input gives clear errors", function()
   T.raises(function() metrics.box_iou(a, a, {format = "yxyx"}) end, "metrics.box_iou: format must be")
   T.raises(function() metrics.mask_iou(vtl.zeros({1, 2, 2}), vtl.zeros({1, 3, 2})) end, "metrics.mask_iou: masks differ in size")
   T.raises(function() metrics.mask_iou(vtl.zeros({2, 2}), vtl.zeros({1, 2, 2})) end, "metrics.mask_iou: a must be 3-D (N,H,W)")
+  T.raises(function() metrics.mask_iou(vtl.zeros({1, 2, 2}), {}) end, "metrics.mask_iou: b must be a tensor (N,H,W), got table")
   local gt = {{boxes = a, labels = i64 {1}}}
   local det = {{boxes = a, scores = vtl.tensor({0.5}), labels = i64 {1}}}
   local map = metrics.mean_average_precision
@@ -249,6 +251,13 @@ test("detection metrics: bad input gives clear errors", function()
   T.raises(function() map(det, gt, {num_classes = 0}) end, "num_classes must be a positive integer")
   T.raises(function() map(det, {{boxes = a, labels = i64 {2}}}, {num_classes = 1}) end, "gts[1] has label 2 > num_classes 1")
   T.raises(function() map(det, {5}) end, "gts[1] must be a table")
+end)
+
+test("mask_iou takes bool, integer and float masks alike", function()
+  local m = {{{1, 0, 1}, {1, 1, 0}}, {{0, 0, 0}, {0, 0, 0}}}
+  local want = metrics.mask_iou(vtl.tensor(m, {dtype = "u8"}), vtl.tensor(m, {dtype = "u8"}))
+  T.close(want, {{1, 0}, {0, 0}}, 0)
+  R.check(metrics.mask_iou(vtl.tensor(m, {dtype = "u8"}):bool(), vtl.tensor(m, {dtype = "f32"})), want, 0, "bool vs f32")
 end)
 
 test("mean_average_precision: a perfect detector scores 1, an empty class -1", function()

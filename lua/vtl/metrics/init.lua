@@ -505,6 +505,11 @@ function M.expected_calibration_error(probs, target, opts)
   if math.type(nb) ~= "integer" or nb < 1 then fail(fname, "n_bins must be a positive integer, got " .. tostring(nb)) end
   local d = prepare(fname, probs, target, {num_classes = opts.num_classes}, true)
   local conf = d.scores:to("f64"):max(2):totable()
+  for i = 1, d.n do
+    if not (conf[i] >= 0 and conf[i] <= 1) then
+      fail(fname, string.format("probs must be probabilities in [0,1] (softmax of the logits); row %d has largest value %s", i, tostring(conf[i])))
+    end
+  end
   local step = 1.0 / nb
   local edge = {}
   for b = 0, nb - 1 do edge[b] = b * step end
