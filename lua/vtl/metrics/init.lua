@@ -19,7 +19,7 @@ local vtl = require "vtl"
 
 local M = {}
 
-local floor, abs, huge = math.floor, math.abs, math.huge
+local abs, huge = math.abs, math.huge
 
 local function fail(fname, msg) error("metrics." .. fname .. ": " .. msg, 0) end
 
