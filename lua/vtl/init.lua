@@ -8,7 +8,8 @@ for k, v in pairs(core) do
 end
 
 local lazy = {autograd = "vtl.autograd", nn = "vtl.nn", optim = "vtl.optim", transforms = "vtl.transforms", data = "vtl.data",
-              models = "vtl.models", hub = "vtl.hub", train = "vtl.train", json = "vtl.json", recipe = "vtl.recipe"}
+              models = "vtl.models", hub = "vtl.hub", train = "vtl.train", json = "vtl.json", recipe = "vtl.recipe",
+              metrics = "vtl.metrics"}
 return setmetatable(vtl, {
   __index = function(t, k)
     local name = lazy[k]
