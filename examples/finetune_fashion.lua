@@ -19,7 +19,7 @@ local run = vtl.recipe.start {name = "finetune_fashion", defaults = {
   per_class = quick and 20 or 100,  -- labelled training images per class
   valid_per_class = quick and 5 or 20, -- held out from the training split for early stopping
   test_limit = quick and 1000 or 0, -- test images used (0: all 10,000)
-  size = quick and 64 or 112,       -- input size fed to the network
+  size = quick and 64 or 96,        -- input size fed to the network
   epochs = quick and 1 or 3,        -- epochs after the frozen phase
   freeze_epochs = 1,                -- epochs training only the head
   base_lr = 2e-3,

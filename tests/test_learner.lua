@@ -137,6 +137,16 @@ test("fine_tune trains the head first, then everything with spread rates; progre
   end})
   prog:fine_tune(3, {freeze_epochs = 1, progressive = true})
   T.eq(table.concat(counts, ","), "1:1,2:1,3:1,4:1")
+  -- fewer epochs than groups: one stage per epoch, the groups spread over them
+  local short = learner {}
+  local seen = {}
+  short:add_callback({before_fit = function(_, l)
+    local trainable = 0
+    for _, g in ipairs(l.groups) do if g.params[1].requires_grad then trainable = trainable + 1 end end
+    seen[#seen + 1] = trainable .. ":" .. l.phase.epochs
+  end})
+  short:fine_tune(2, {freeze_epochs = 1, progressive = true})
+  T.eq(table.concat(seen, ","), "1:1,2:1,4:1")
 end)
 
 -- trains `epochs` of one-cycle, optionally stopping with an error in batch `stop_at` of epoch

@@ -457,7 +457,8 @@ end
 ---The fine-tuning recipe: freeze all but the head and train it for freeze_epochs (one-cycle at
 ---base_lr, pct_start 0.99), then halve base_lr, unfreeze and train `epochs` epochs one-cycle
 ---with rates spread from base_lr/lr_mult (first group) to base_lr (head). progressive = true
----instead unfreezes one more group from the top at each of N-1 stages, sharing the epochs.
+---instead unfreezes groups from the top in stages (one group more per stage when there are at
+---least N-1 epochs, else evenly spread over one stage per epoch), sharing the epochs.
 ---opts: freeze_epochs (1), base_lr (2e-3), lr_mult (100), pct_start (0.3), div (5), progressive.
 ---@param epochs integer
 ---@param opts? table
@@ -479,12 +480,12 @@ function Learner:fine_tune(epochs, opts)
   local spread = self:lrs_for({base / mult, base}, {layer_decay = opts.layer_decay})
   local tail = {pct_start = opts.pct_start or 0.3, div = opts.div or 5}
   if opts.progressive and N > 2 then
-    local stages = N - 1
+    -- up to N-1 stages, each at least one epoch; stage s trains groups from N - floor(s(N-1)/stages)
+    local stages = math.min(N - 1, epochs)
     for s = 1, stages do
       local n = epochs * s // stages - epochs * (s - 1) // stages
-      if n > 0 then
-        phases[#phases + 1] = {epochs = n, lrs = spread, sched = "one_cycle", sched_opts = tail, freeze_to = N - s}
-      end
+      phases[#phases + 1] = {epochs = n, lrs = spread, sched = "one_cycle", sched_opts = tail,
+                             freeze_to = N - s * (N - 1) // stages}
     end
   else
     phases[#phases + 1] = {epochs = epochs, lrs = spread, sched = "one_cycle", sched_opts = tail, freeze_to = 1}
