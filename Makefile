@@ -33,10 +33,14 @@ ifneq ($(DEPS_ROOT),)
   DEPLIBS := -L$(DEPS_ROOT)$(LIBDIR) -Wl,-rpath,$(DEPS_ROOT)$(LIBDIR)
 endif
 
+# cairo (plots): flags from pkg-config, or the plain names when it does not know cairo (DEPS_ROOT)
+CAIRO_CFLAGS := $(shell pkg-config --cflags cairo 2>/dev/null || echo -I$(if $(DEPS_ROOT),$(DEPS_ROOT))/usr/include/cairo)
+CAIRO_LIBS   := $(shell pkg-config --libs cairo 2>/dev/null || echo -lcairo)
+
 WARN     := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wno-unused-parameter -Wno-type-limits
 CFLAGS   += -std=gnu11 $(OPT) $(ARCH) -g -fPIC -fopenmp $(WARN) -Iruntime -Ikernels -Ilua $(INCDIRS) \
             -DVTL_LUA_DIR='"$(PREFIX)/share/vtl/lua"'
-LDLIBS   += $(DEPLIBS) -L$(BLASDIR) -Wl,-rpath,$(BLASDIR) -lopenblas -ldnnl -lcjson -lstb -lz -llua5.4 -lreadline -lm -lpthread -fopenmp
+LDLIBS   += $(DEPLIBS) -L$(BLASDIR) -Wl,-rpath,$(BLASDIR) -lopenblas -ldnnl -lcjson -lstb $(CAIRO_LIBS) -lz -llua5.4 -lreadline -lm -lpthread -fopenmp
 
 ifeq ($(SAN),1)
   BUILD  := build-san
@@ -73,6 +77,8 @@ ifneq ($(file < $(BUILD)/.flags),$(FLAGS_TXT))
   $(file > $(BUILD)/.flags,$(FLAGS_TXT))
 endif
 $(LIB_OBJ) $(HOST_OBJ): $(BUILD)/.flags
+# only the files that draw include cairo's headers
+$(BUILD)/runtime/plot.o $(BUILD)/lua/lplot.o: CFLAGS += $(CAIRO_CFLAGS)
 # the library is relinked when its list of objects changes (a file added or removed)
 ifneq ($(file < $(BUILD)/.objs),$(LIB_OBJ))
   $(file > $(BUILD)/.objs,$(LIB_OBJ))
