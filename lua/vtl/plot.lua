@@ -173,9 +173,9 @@ local function linear_ticks(lo, hi, n)
 end
 
 local function tick_label_linear(v, step)
-  if v == 0 then return "0" end
   local a = math.abs(v)
-  if a >= 1e6 or a < 1e-4 then return (fmt("%.3g", v):gsub("e%+?(%-?)0*(%d)", "e%1%2")) end
+  if a == 0 then v = 0 -- no "-0.0"
+  elseif a >= 1e6 or a < 1e-4 then return (fmt("%.3g", v):gsub("e%+?(%-?)0*(%d)", "e%1%2")) end
   local dec = math.max(0, -floor(log10(step) + 1e-9))
   return fmt("%." .. dec .. "f", v)
 end
