@@ -170,6 +170,20 @@ static int opts_arg(lua_State *L, int idx) {
   return idx;
 }
 
+/* Index in names of the string field `k` of the table at o (0 when absent); raises naming the
+   option and the choices otherwise. */
+static int option_field(lua_State *L, int o, const char *k, const char *const names[], const char *choices) {
+  int r = 0;
+  if (lua_getfield(L, o, k) != LUA_TNIL) {
+    const char *v = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
+    for (r = 0; v && names[r] && strcmp(names[r], v) != 0; r++) {}
+    if (!v || !names[r])
+      return luaL_error(L, "canvas:text: option '%s' must be %s, got %s", k, choices, luaL_tolstring(L, -1, NULL));
+  }
+  lua_pop(L, 1);
+  return r;
+}
+
 /* cv:text(s, x, y [, {size = 12, bold = false, align = "left"|"center"|"right",
    valign = "baseline"|"middle"|"top"|"bottom", angle = degrees counter-clockwise}]) */
 static int l_text(lua_State *L) {
@@ -186,17 +200,15 @@ static int l_text(lua_State *L) {
   if (o) {
     static const char *const aligns[] = {"left", "center", "right", NULL};
     static const char *const valigns[] = {"baseline", "middle", "top", "bottom", NULL};
-    lua_getfield(L, o, "align");
-    if (!lua_isnil(L, -1)) al = (vtl_align)luaL_checkoption(L, -1, NULL, aligns);
-    lua_getfield(L, o, "valign");
-    if (!lua_isnil(L, -1)) va = (vtl_valign)luaL_checkoption(L, -1, NULL, valigns);
+    al = (vtl_align)option_field(L, o, "align", aligns, "left, center or right");
+    va = (vtl_valign)option_field(L, o, "valign", valigns, "baseline, middle, top or bottom");
     lua_getfield(L, o, "angle");
     if (!lua_isnil(L, -1)) {
       int ok;
       angle = lua_tonumberx(L, -1, &ok);
       if (!ok || !isfinite(angle)) return luaL_error(L, "canvas:text: option 'angle' must be a finite number");
     }
-    lua_pop(L, 3);
+    lua_pop(L, 1);
   }
   vtl_plot_text(c, s, x, y, size, bold, al, va, angle);
   return 0;

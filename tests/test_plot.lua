@@ -482,7 +482,7 @@ test("canvas: pixels equal the PNG; bad text and coordinates do not break it", f
   T.eq(cv:save(tmp("cv.png")), tmp("cv.png"))
   T.eq(maxdiff(image.load(tmp("cv.png")), px), 0, "PNG round trip")
   T.raises(function() cv:line_to(0 / 0, 1) end, "finite number expected")
-  T.raises(function() cv:text("a", 1, 2, {align = "middle"}) end, "invalid option 'middle'")
+  T.raises(function() cv:text("a", 1, 2, {align = "middle"}) end, "canvas:text: option 'align' must be left, center or right, got middle")
   T.raises(function() cv:image(vtl.zeros(3, 4, 4), 1, 1) end, "canvas:image: image must be u8")
   T.raises(function() plot.canvas(0, 10) end, "width must be 1..16384")
   cv:close()

@@ -119,7 +119,7 @@ end
 local function numbers(fn, v, what)
   if vtl.is_tensor(v) then
     if v:dim() ~= 1 then errorf("%s: %s must be 1-D, got a %d-D tensor", fn, what, v:dim()) end
-    return v:to("f64"):totable()
+    return v:cpu():to("f64"):totable()
   end
   if type(v) ~= "table" then errorf("%s: %s must be a list of numbers or a 1-D tensor, got %s", fn, what, type(v)) end
   local n = #v
@@ -553,7 +553,7 @@ local function check_matrix(fn, cm)
   local rows
   if vtl.is_tensor(cm) then
     if cm:dim() ~= 2 then errorf("%s: cm must be an N×N matrix, got a %d-D tensor", fn, cm:dim()) end
-    rows = cm:to("f64"):totable()
+    rows = cm:cpu():to("f64"):totable()
     if cm.shape[1] ~= cm.shape[2] then errorf("%s: cm must be square (N×N), got %d×%d", fn, cm.shape[1], cm.shape[2]) end
   elseif type(cm) == "table" then
     rows = cm
