@@ -395,6 +395,17 @@ test("image_grid: images are resized to fit the tile as torchvision resizes them
   T.eq(L.tiles[2].row - L.tiles[1].row, 0)
 end)
 
+test("image_grid: a float N×C×H×W batch is split into its images; long captions are cut", function()
+  local batch = vtl.rand({3, 3, 16, 16})
+  local path, L = plot.image_grid(batch, {path = tmp("batch.png"), tile = 16,
+    captions = {"a", "a very long caption that cannot fit under a sixteen pixel tile", "é"}})
+  local img = image.load(path)
+  for i = 1, 3 do
+    local t = L.tiles[i]
+    T.eq(maxdiff(region(img, t.row, t.col, 16, 16), image.to_u8(batch:select(1, i))), 0, "tile " .. i)
+  end
+end)
+
 test("image_grid: captions are drawn under their tiles in their colours", function()
   local imgs = {}
   for i = 1, 2 do imgs[i] = vtl.zeros(3, 40, 40) + 0.5 end
@@ -418,7 +429,7 @@ test("image_grid: bad arguments", function()
   local P = {path = tmp("gbad.png")}
   local u = vtl.zeros({8, 8, 3}, {dtype = "u8"})
   T.raises(function() plot.image_grid({}, P) end, "plot.image_grid: images is empty")
-  T.raises(function() plot.image_grid(u, P) end, "plot.image_grid: images must be a list of tensors, got a tensor")
+  T.raises(function() plot.image_grid(u, P) end, "plot.image_grid: images must be a list of tensors or an N×C×H×W batch, got a 3-D tensor")
   T.raises(function() plot.image_grid({u, "x"}, P) end, "plot.image_grid: images[2] must be a tensor")
   T.raises(function() plot.image_grid({vtl.zeros(1, 3, 8, 8)}, P) end, "plot.image_grid: images[1]: a float image must be C×H×W, got 4-D")
   T.raises(function() plot.image_grid({vtl.zeros(5, 8, 8)}, P) end, "a float image must have 1 or 3 channels")

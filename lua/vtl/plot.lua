@@ -312,9 +312,6 @@ local function draw_legend(cv, entries, area, pts, where)
   }
   local x, y
   if type(where) == "string" then
-    if not corners[where] then
-      error(fmt("plot.lines: opts.legend must be true, false, \"upper right\", \"upper left\", \"lower right\" or \"lower left\", got %q", where), 3)
-    end
     x, y = corners[where][1], corners[where][2]
   else
     local best = huge
@@ -441,8 +438,11 @@ function M.lines(series, opts)
     if marker.label ~= nil and type(marker.label) ~= "string" then errorf("%s: opts.marker.label must be a string", fn) end
   end
   local xlim, ylim = check_lim(fn, opts.xlim, "xlim", logx), check_lim(fn, opts.ylim, "ylim", logy)
-  if opts.legend ~= nil and type(opts.legend) ~= "boolean" and type(opts.legend) ~= "string" then
-    errorf("%s: opts.legend must be a boolean or a corner name", fn)
+  local lg = opts.legend
+  if lg ~= nil and lg ~= true and lg ~= false and lg ~= "upper right" and lg ~= "upper left" and lg ~= "lower right"
+    and lg ~= "lower left" then
+    errorf("%s: opts.legend must be true, false, \"upper right\", \"upper left\", \"lower right\" or \"lower left\", got %s",
+      fn, tostring(lg))
   end
 
   -- ranges
@@ -791,9 +791,7 @@ local function fit_caption(cv, s, w)
   if text_w(cv, s, size) <= w then return s, size end
   local cut = s
   while #cut > 0 and text_w(cv, cut .. "…", size) > w do
-    cut = cut:sub(1, -2)
-    while #cut > 0 and (cut:byte(-1) & 0xC0) == 0x80 do cut = cut:sub(1, -2) end -- whole UTF-8 characters
-    if #cut > 0 and cut:byte(-1) >= 0xC0 then cut = cut:sub(1, -2) end
+    cut = cut:sub(1, (utf8.offset(cut, -1) or #cut) - 1) -- one whole UTF-8 character
   end
   return cut .. "…", size
 end
@@ -803,15 +801,21 @@ end
 ---or more, antialiased bilinear otherwise) and pasted pixel for pixel. Returns the path and a
 ---layout: `tiles[i]` = {row, col, h, w} (1-based top-left pixel and size of image i as drawn),
 ---`images[i]` (the u8 H×W×C pixels drawn there), `cols`, `rows`.
----@param images vtl.Tensor[] u8 H×W×C or float C×H×W in [0, 1]
+---@param images vtl.Tensor[]|vtl.Tensor u8 H×W×C or float C×H×W in [0, 1] each, or an N×C×H×W float batch
 ---@param opts table {path =, cols =, captions = {string|{text =, color =}}, tile = px|{h, w}, title =, mean =, std =}
 ---@return string path
 ---@return table layout
 function M.image_grid(images, opts)
   local fn = "plot.image_grid"
   check_opts(fn, opts)
+  if vtl.is_tensor(images) and images:dim() == 4 then -- a batch N×C×H×W
+    local batch = images
+    images = {}
+    for i = 1, batch.shape[1] do images[i] = batch:select(1, i) end
+  end
   if type(images) ~= "table" or vtl.is_tensor(images) then
-    errorf("%s: images must be a list of tensors, got %s", fn, vtl.is_tensor(images) and "a tensor" or type(images))
+    errorf("%s: images must be a list of tensors or an N×C×H×W batch, got %s", fn,
+      vtl.is_tensor(images) and fmt("a %d-D tensor", images:dim()) or type(images))
   end
   local n = #images
   if n == 0 then errorf("%s: images is empty", fn) end
@@ -892,9 +896,11 @@ function M.bars(values, opts)
     labels = {}
     for i = 1, n do labels[i] = tostring(i) end
   end
+  local given = labels
+  labels = {}
   for i = 1, n do
-    if type(labels[i]) ~= "string" and type(labels[i]) ~= "number" then errorf("%s: opts.labels[%d] must be a string", fn, i) end
-    labels[i] = tostring(labels[i])
+    if type(given[i]) ~= "string" and type(given[i]) ~= "number" then errorf("%s: opts.labels[%d] must be a string", fn, i) end
+    labels[i] = tostring(given[i])
   end
   local color = opts.color and rgb255(opts.color, fn .. ": opts.color") or PALETTE[1]
   local ylim = check_lim(fn, opts.ylim, "ylim", false)
