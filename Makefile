@@ -39,11 +39,14 @@ NVCCFLAGS ?= -O3 -std=c++17 -Xcompiler -fPIC,-Wall,-Wextra,-Wno-unused-parameter
 # an unpacked Debian tree's libz.so is an absolute link into the machine's own /lib: name the
 # shared library itself so the static libz.a (not position-independent) is never picked
 ZLIB     := $(if $(DEPS_ROOT),-l:libz.so.1,-lz)
+# cairo (plots): flags from pkg-config, or the plain names when it does not know cairo (DEPS_ROOT)
+CAIRO_CFLAGS := $(shell pkg-config --cflags cairo 2>/dev/null || echo -I$(if $(DEPS_ROOT),$(DEPS_ROOT))/usr/include/cairo)
+CAIRO_LIBS   := $(shell pkg-config --libs cairo 2>/dev/null || echo -lcairo)
 
 WARN     := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wno-unused-parameter -Wno-type-limits
 CFLAGS   += -std=gnu11 $(OPT) $(ARCH) -g -fPIC -fopenmp $(WARN) -Iruntime -Ikernels -Ilua $(INCDIRS) \
             -DVTL_LUA_DIR='"$(PREFIX)/share/vtl/lua"'
-LDLIBS   += $(DEPLIBS) -L$(BLASDIR) -Wl,-rpath,$(BLASDIR) -lopenblas -ldnnl -lcjson -lstb $(ZLIB) -llua5.4 -lreadline -lm -lpthread -fopenmp
+LDLIBS   += $(DEPLIBS) -L$(BLASDIR) -Wl,-rpath,$(BLASDIR) -lopenblas -ldnnl -lcjson -lstb $(CAIRO_LIBS) $(ZLIB) -llua5.4 -lreadline -lm -lpthread -fopenmp
 
 ifeq ($(SAN),1)
   BUILD  := build-san
@@ -80,6 +83,8 @@ ifneq ($(file < $(BUILD)/.flags),$(FLAGS_TXT))
   $(file > $(BUILD)/.flags,$(FLAGS_TXT))
 endif
 $(LIB_OBJ) $(HOST_OBJ): $(BUILD)/.flags
+# only the files that draw include cairo's headers
+$(BUILD)/runtime/plot.o $(BUILD)/lua/lplot.o: CFLAGS += $(CAIRO_CFLAGS)
 # the library is relinked when its list of objects changes (a file added or removed)
 ifneq ($(file < $(BUILD)/.objs),$(LIB_OBJ))
   $(file > $(BUILD)/.objs,$(LIB_OBJ))

@@ -177,6 +177,7 @@ int luaopen_vtl_core(lua_State *L) {
   lvtl_open_image(L);
   lvtl_open_autograd(L);
   lvtl_open_loader(L);
+  lvtl_open_plot(L);
   lua_newtable(L); /* nn: the C functional ops */
   lvtl_open_nn_conv(L);
   lvtl_open_nn_norm(L);

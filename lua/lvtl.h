@@ -50,6 +50,8 @@ void lvtl_open_autograd(lua_State *L);
 void lvtl_open_nn_conv(lua_State *L);
 void lvtl_open_nn_norm(lua_State *L);
 void lvtl_open_image(lua_State *L);
+/* The plot canvas (lplot.c): adds the `plot` table. */
+void lvtl_open_plot(lua_State *L);
 /* Loader worker threads and the messages between Lua states (lloader.c, lship.c). */
 void lvtl_open_loader(lua_State *L);
 

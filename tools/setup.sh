@@ -7,7 +7,8 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 
 debs=(build-essential pkg-config liblua5.4-dev lua5.4 libstb-dev libopenblas-openmp-dev
       libcjson-dev libreadline-dev libdnnl-dev python3-venv python3-torch python3-numpy
-      python3-torchvision python3-pil zlib1g-dev dataset-fashion-mnist python3-sklearn)
+      python3-torchvision python3-pil zlib1g-dev dataset-fashion-mnist python3-sklearn
+      libcairo2-dev)
 
 missing=()
 for p in "${debs[@]}"; do

@@ -4,12 +4,14 @@
 local core = require "vtl.core"
 local vtl = {}
 for k, v in pairs(core) do
-  if k ~= "nn" then vtl[k] = v end -- vtl.nn is the Lua library (lua/vtl/nn), built on core.nn
+  -- vtl.nn and vtl.plot are the Lua libraries (lua/vtl/nn, lua/vtl/plot.lua), built on core.nn
+  -- and core.plot
+  if k ~= "nn" and k ~= "plot" then vtl[k] = v end
 end
 
 local lazy = {autograd = "vtl.autograd", nn = "vtl.nn", optim = "vtl.optim", transforms = "vtl.transforms", data = "vtl.data",
               models = "vtl.models", hub = "vtl.hub", train = "vtl.train", json = "vtl.json", recipe = "vtl.recipe",
-              metrics = "vtl.metrics"}
+              metrics = "vtl.metrics", plot = "vtl.plot"}
 return setmetatable(vtl, {
   __index = function(t, k)
     local name = lazy[k]
