@@ -401,3 +401,27 @@ test("lr_find sweeps exponentially, suggests the valley and restores the weights
   T.eq(g1.offset, g0.offset)
   T.raises(function() learn:lr_find {start_lr = 1, end_lr = 0.1} end, "0 < start_lr < end_lr")
 end)
+
+test("report: curves, confusion matrix, top losses and a markdown summary", function()
+  local dir = TMP .. "/report"
+  local learn = learner {}
+  learn:fit_one_cycle(2, 0.01)
+  T.eq(#learn.step_losses, 12)
+  T.close(learn.step_epochs[6], 1.0, 1e-12)
+  local md = learn:report(dir)
+  local text = T.readfile(md)
+  T.truthy(text:find("## History", 1, true) and text:find("| epoch | train_loss | valid_loss | accuracy", 1, true), text)
+  T.truthy(text:find("precision    recall  f1-score   support", 1, true), "per-class table")
+  for _, f in ipairs {"losses.png", "metrics.png", "lr.png", "confusion_matrix.png", "top_losses.png"} do
+    local img = vtl.image.load(dir .. "/" .. f)
+    T.truthy(img.shape[1] > 100 and img.shape[2] > 100, f)
+    T.truthy(text:find("](" .. f .. ")", 1, true), f .. " linked")
+  end
+  -- the top losses are the largest per-sample losses, in order
+  local _, list = learn:plot_top_losses(5, dir .. "/top5.png")
+  local r = learn:evaluate()
+  local per = vtl.nn.functional.cross_entropy(r.pred, r.target, {reduction = "none"}):totable()
+  table.sort(per, function(a, b) return a > b end)
+  for j = 1, 5 do T.close(list[j].loss, per[j], 1e-5) end
+  T.raises(function() learn:plot_top_losses(0, dir .. "/x.png") end, "k must be a positive integer")
+end)

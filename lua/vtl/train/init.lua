@@ -57,6 +57,7 @@ function M.Learner(opts)
                              num_workers = opts.num_workers or 0, grad_clip = opts.grad_clip,
                              accumulate = opts.accumulate or 1, train_bn = opts.train_bn ~= false,
                              quiet = opts.quiet or false, history = {}, epoch = 0, iteration = 0,
+                             step_losses = {}, step_epochs = {}, step_lrs = {},
                              checkpoint_dir = opts.checkpoint_dir or "runs/interrupted"}, Learner)
   if math.type(self.seed) ~= "integer" then fail("Learner: seed must be an integer", 2) end
   if math.type(self.batch_size) ~= "integer" or self.batch_size < 1 then fail("Learner: batch_size must be a positive integer", 2) end
@@ -274,6 +275,12 @@ function Learner:_train_batch(batch)
       self.loss_sum, self.loss_count = self.loss_sum + self.pending_sum, self.loss_count + self.pending_count
       self.pending_sum, self.pending_count = 0, 0
       self.batch_done = self.batch_in_epoch
+      -- per-step curves (for plots)
+      local lrs = {}
+      for k, g in ipairs(self.opt.param_groups) do lrs[k] = g.lr end
+      self.step_losses[#self.step_losses + 1] = self.last_loss
+      self.step_epochs[#self.step_epochs + 1] = self.epoch + self.batch_in_epoch / self.n_batches
+      self.step_lrs[#self.step_lrs + 1] = lrs
       self:_mark_position()
       self:_event("after_step")
     end)
@@ -771,6 +778,9 @@ function Learner:load(dir)
   self.iteration = state.iteration or 0
   return state
 end
+
+-- plots and the written report
+for k, f in pairs(require "vtl.train.report") do Learner[k] = f end
 
 M.Learner_class = Learner
 M._valley = valley
