@@ -91,7 +91,7 @@ ifneq ($(file < $(BUILD)/.objs),$(LIB_OBJ))
 endif
 $(BUILD)/libvtl.a $(BUILD)/vtl/core.so: $(BUILD)/.objs
 
-.PHONY: all setup test test-asan test-ref bench bench-train bench-infer bench-loader bench-finetune demo install clean info-backend
+.PHONY: all setup test test-asan test-ref bench bench-train bench-infer bench-loader bench-finetune demo finetune install clean info-backend
 all: info-backend $(VTL_BIN) $(BUILD)/vtl/core.so
 
 info-backend:
@@ -147,6 +147,9 @@ bench-finetune: setup all
 
 demo: setup all
 	./$(VTL_BIN) examples/tensor_tour.lua
+
+finetune: setup all
+	./$(VTL_BIN) examples/finetune_fashion.lua
 
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/vtl/lua/vtl $(DESTDIR)$(PREFIX)/lib/lua/5.4/vtl

@@ -113,5 +113,6 @@ print("\n(c) per class:\n" .. report.text)
 local cm = metrics.confusion_matrix(best_r.pred, best_r.target, {num_classes = 10})
 out.confusion_matrix = cm:totable()
 vtl.save(run:path("finetuned.safetensors"), best.model:state_dict())
+best:report(run:path("report"))  -- curves, confusion matrix and top losses on the validation images
 run:finish(out)
 print("run directory: " .. run.dir)

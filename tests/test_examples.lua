@@ -36,6 +36,8 @@ else
     T.eq(cfg.per_class, 20)
     T.truthy(T.readfile(dir .. "/recipe.lua"):find("finetune_fashion", 1, true))
     T.truthy(vtl.json.decode(T.readfile(dir .. "/data.json")).train.hash ~= nil)
+    T.truthy(T.readfile(dir .. "/report/report.md"):find("## History", 1, true), "the fine-tuned model's report")
+    T.truthy(vtl.image.load(dir .. "/report/confusion_matrix.png").shape[1] > 100)
     os.execute("rm -rf '" .. dir .. "'")
   end)
 end
