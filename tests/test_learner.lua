@@ -128,25 +128,20 @@ test("fine_tune trains the head first, then everything with spread rates; progre
   T.eq(stages[2][1], 4); T.eq(stages[2][2], 2)
   T.close({stages[2][3], stages[2][4]}, {0.002 / 100, 0.002}, 1e-14)
   T.eq(learn.epoch, 3)
-  local prog = learner {}
-  local counts = {}
-  prog:add_callback({before_fit = function(_, l)
-    local trainable = 0
-    for _, g in ipairs(l.groups) do if g.params[1].requires_grad then trainable = trainable + 1 end end
-    counts[#counts + 1] = trainable .. ":" .. l.phase.epochs
-  end})
-  prog:fine_tune(3, {freeze_epochs = 1, progressive = true})
-  T.eq(table.concat(counts, ","), "1:1,2:1,3:1,4:1")
+  -- the stages of a progressive fine_tune: "trainable groups:epochs" per phase
+  local function stages_of(epochs)
+    local l, seen = learner {}, {}
+    l:add_callback({before_fit = function(_, lr)
+      local trainable = 0
+      for _, g in ipairs(lr.groups) do if g.params[1].requires_grad then trainable = trainable + 1 end end
+      seen[#seen + 1] = trainable .. ":" .. lr.phase.epochs
+    end})
+    l:fine_tune(epochs, {freeze_epochs = 1, progressive = true})
+    return table.concat(seen, ",")
+  end
+  T.eq(stages_of(3), "1:1,2:1,3:1,4:1")
   -- fewer epochs than groups: one stage per epoch, the groups spread over them
-  local short = learner {}
-  local seen = {}
-  short:add_callback({before_fit = function(_, l)
-    local trainable = 0
-    for _, g in ipairs(l.groups) do if g.params[1].requires_grad then trainable = trainable + 1 end end
-    seen[#seen + 1] = trainable .. ":" .. l.phase.epochs
-  end})
-  short:fine_tune(2, {freeze_epochs = 1, progressive = true})
-  T.eq(table.concat(seen, ","), "1:1,2:1,4:1")
+  T.eq(stages_of(2), "1:1,2:1,4:1")
 end)
 
 -- trains `epochs` of one-cycle, optionally stopping with an error in batch `stop_at` of epoch
