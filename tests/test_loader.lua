@@ -281,3 +281,16 @@ test("MixUp/CutMix as a batch transform: the same soft targets with 0 and 2 work
     T.close(a[i].target:sum(2), vtl.ones({8}), 1e-6)
   end
 end)
+
+test("pin_memory hands each batch to the GPU backend's hook (none: batches unchanged)", function()
+  local ds = data.TensorDataset(vtl.rand({6, 2}))
+  local plain = batches(data.DataLoader(ds, {batch_size = 3, pin_memory = true}))
+  T.eq(#plain, 2)
+  local seen = 0
+  data.pin_memory_hook = function(b) seen = seen + 1; b.pinned = true; return b end
+  local ok, got = pcall(batches, data.DataLoader(ds, {batch_size = 3, pin_memory = true, num_workers = 2}))
+  data.pin_memory_hook = nil
+  T.truthy(ok, tostring(got))
+  T.eq(seen, 2)
+  T.eq(got[2].pinned, true)
+end)

@@ -267,6 +267,9 @@ end
 
 local core = require "vtl.core"
 
+-- Set by a GPU backend: fn(batch) -> batch with its tensors in page-locked host memory.
+data.pin_memory_hook = nil
+
 local DataLoader = {}
 DataLoader.__index = DataLoader
 DataLoader.__name = "vtl.data.DataLoader"
@@ -282,7 +285,9 @@ end
 ---sampler (an object with sampler:indices(epoch) and #sampler, instead of shuffle),
 ---num_workers (0: batches are made in the calling thread; n: n worker threads, each with its
 ---own Lua state holding a copy of the dataset), prefetch (2: batches each worker may make ahead),
----batch_transform (fn(batch, generator) -> batch, e.g. MixUp; runs in the workers).
+---batch_transform (fn(batch, generator) -> batch, e.g. MixUp; runs in the workers),
+---pin_memory (hand each batch to data.pin_memory_hook, which a GPU backend sets to move it
+---into page-locked memory for asynchronous copies; without one, batches are left as they are).
 ---Every sample's generator derives from (seed, epoch, index) and a batch_transform's from
 ---(seed, epoch, batch number), so the batches do not depend on num_workers.
 ---@param opts? table
@@ -312,7 +317,8 @@ function data.DataLoader(ds, opts)
   end
   return setmetatable({dataset = ds, batch_size = bs, shuffle = opts.shuffle or false, sampler = sampler,
                        drop_last = opts.drop_last or false, seed = seed, num_workers = nw,
-                       prefetch = prefetch, batch_transform = bt, skipped = 0}, DataLoader)
+                       prefetch = prefetch, batch_transform = bt, pin_memory = opts.pin_memory or false,
+                       skipped = 0}, DataLoader)
 end
 
 ---The sample order of an epoch (a list of 1-based indices).
@@ -422,7 +428,10 @@ function DataLoader:iter(epoch, opts)
         r = data._make_batch(plan, k)
       end
       skipped = skipped + r[2]
-      if r[1] then return r[1] end
+      if r[1] then
+        if self.pin_memory and data.pin_memory_hook then return data.pin_memory_hook(r[1]) end
+        return r[1]
+      end
     end
     finish()
     return nil
