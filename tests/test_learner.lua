@@ -29,7 +29,7 @@ end
 
 local function learner(opts)
   local o = {model = model(opts.seed), train = opts.train or dataset(), valid = opts.valid or dataset(24, 9), batch_size = 8,
-             quiet = true, metrics = {{"accuracy", accuracy}}, seed = 3}
+             progress = false, metrics = {{"accuracy", accuracy}}, seed = 3}
   for k, v in pairs(opts) do if k ~= "seed" then o[k] = v end end
   return train.Learner(o)
 end
@@ -209,7 +209,7 @@ local g = vtl.Generator(5)
 local y = vtl.randint(1, 5, {48}, {generator = g})
 local x = vtl.randn({48, 3, 12, 12}, {generator = g}) + y:to("f32"):reshape({48, 1, 1, 1}) * 0.5
 local model = vtl.models.create("small_cnn", {num_classes = 4, drop_rate = 0.2})
-local learn = vtl.train.Learner{model = model, train = vtl.data.TensorDataset(x, y), batch_size = 8, quiet = true,
+local learn = vtl.train.Learner{model = model, train = vtl.data.TensorDataset(x, y), batch_size = 8, progress = false,
   seed = 3, checkpoint_dir = %q}
 learn:add_callback({after_batch = function(_, l)
   if l.epoch == 1 and l.batch_in_epoch == 2 then
@@ -234,10 +234,10 @@ print(learn.interrupted and "interrupted" or "finished")
   local x = vtl.randn({48, 3, 12, 12}, {generator = g}) + y:to("f32"):reshape({48, 1, 1, 1}) * 0.5
   local ds = vtl.data.TensorDataset(x, y)
   local full = train.Learner {model = vtl.models.create("small_cnn", {num_classes = 4, drop_rate = 0.2}), train = ds,
-                              batch_size = 8, quiet = true, seed = 3}
+                              batch_size = 8, progress = false, seed = 3}
   full:fit_one_cycle(3, 0.02)
   local again = train.Learner {model = vtl.models.create("small_cnn", {num_classes = 4, drop_rate = 0.2}), train = ds,
-                               batch_size = 8, quiet = true, seed = 3}
+                               batch_size = 8, progress = false, seed = 3}
   again:resume(dir)
   params_equal(full.model, again.model, "after SIGINT")
 end)

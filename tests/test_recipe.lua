@@ -72,7 +72,7 @@ local ds = vtl.data.TensorDataset(x, y)
 run:fingerprint("train", ds)
 local nn = vtl.nn
 local model = nn.Sequential(nn.Linear(8, cfg.hidden), nn.ReLU(), nn.Dropout(0.3), nn.Linear(cfg.hidden, 2))
-local learn = vtl.train.Learner{model = model, train = ds, valid = ds, batch_size = 8, quiet = true, seed = cfg.seed}
+local learn = vtl.train.Learner{model = model, train = ds, valid = ds, batch_size = 8, progress = false, seed = cfg.seed}
 learn:fit_one_cycle(cfg.epochs, cfg.lr)
 local r = learn:evaluate()
 run:finish{valid_loss = r.loss, train_loss = learn.history[#learn.history].train_loss}

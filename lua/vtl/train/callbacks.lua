@@ -222,11 +222,11 @@ function M.ModelEMA(opts)
 end
 
 ---Progress output: on a terminal, one line redrawn per batch (batch n/N, it/s, ETA, running
----loss) and a table row per epoch; elsewhere (or quiet) only the rows.
----@param opts? {every: number|nil}
+---loss) and a table row per epoch; elsewhere (or with opts.lines) only the rows.
+---@param opts? {every: number|nil, lines: boolean|nil}
 function M.ProgressBar(opts)
   opts = opts or {}
-  local cb = new("ProgressBar", {tty = core.isatty(1), every = opts.every or 0.2})
+  local cb = new("ProgressBar", {tty = core.isatty(1) and not opts.lines, every = opts.every or 0.2})
   function cb:before_epoch(learn)
     self.t0, self.last_draw, self.first = core.clock(), 0, learn.batch_in_epoch or 0
   end

@@ -46,7 +46,8 @@ end
 ---metrics (names for vtl.metrics.get, or {name, fn(pred, target)} pairs), seed (0), grad_clip
 ---(max gradient norm), accumulate (batches per optimizer step, 1), ema (decay of a model EMA used
 ---for validation), train_bn (true: batch norm stays trainable in frozen groups), callbacks
----(list), quiet (no progress output), batch_transform (e.g. MixUp, for training batches),
+---(list), quiet (progress as one line per epoch, no redrawn bar), progress (false: no progress
+---output at all), batch_transform (e.g. MixUp, for training batches),
 ---checkpoint_dir (where Ctrl-C during fit saves; default "runs/interrupted").
 ---@param opts table
 function M.Learner(opts)
@@ -114,7 +115,7 @@ function M.Learner(opts)
   end
   -- callbacks
   self.callbacks = {}
-  if not self.quiet then self.callbacks[#self.callbacks + 1] = cbs.ProgressBar() end
+  if opts.progress ~= false then self.callbacks[#self.callbacks + 1] = cbs.ProgressBar {lines = self.quiet} end
   if opts.ema then self.callbacks[#self.callbacks + 1] = cbs.ModelEMA {decay = opts.ema} end
   for i, cb in ipairs(opts.callbacks or {}) do
     if type(cb) ~= "table" then fail("Learner: callbacks[" .. i .. "] must be a callback object", 2) end
