@@ -521,6 +521,8 @@ gpu_test("reductions over columns: tiles, widths not a multiple of 32, splits, t
   local cases = {
     {{1000, 3}, 1}, {{2, 33, 33}, 2}, {{5000, 8}, 1}, {{3, 500, 45}, 2}, {{70000, 2}, 1},
     {{4, 17, 100}, 2}, {{3, 16, 5}, 2}, {{2, 3, 4, 5}, 2},
+    {{40000, 20, 2}, 2}, -- narrow short columns, many outputs: a thread per output
+    {{300, 300, 2}, 2},  -- narrow columns, long enough for column blocks
   }
   for _, c in ipairs(cases) do
     for _, dt in ipairs({"f32", "f64", "i64"}) do

@@ -10,7 +10,8 @@
 // - columns (B > 1): a block covers up to 32 neighbouring columns with 8 or more row groups
 //   (a warp reads whole lines of a row), the groups' states combined in shared memory;
 //   R is split over grid.y when there are few columns, as above;
-// - short reductions (R <= 16): a thread per output.
+// - short reductions (R <= 16, or narrow columns too short for a column block when there
+//   are many outputs): a thread per output.
 // Sums, means and extremes run kernels compiled for them; the other ops share one kernel
 // that reads the op at run time.
 #include <type_traits>
@@ -478,7 +479,15 @@ vtl_status vtl_cu_reduce(vtl_reduce_op op, vtl_tensor *out, vtl_tensor *idx, con
   l.idx = idx ? (int64_t *)vtl_tensor_data(idx) : nullptr;
   l.partial = nullptr;
   l.st = st;
-  if (R <= 16) { // short: a thread per output
+  // short reductions, and narrow columns (under 32) too short to give each row group of a
+  // column block two rows when there are outputs enough for a thread each: a thread per output
+  bool short_cols = false;
+  if (B > 1 && B < 32 && nout >= 32768) {
+    int64_t bx = 2;
+    while (bx < B) bx *= 2;
+    short_cols = R < 2 * (THREADS / bx);
+  }
+  if (R <= 16 || short_cols) {
     reduce_thread_kernel<<<vtl_cu_blocks(nout), THREADS, 0, st>>>(l.p, (const char *)l.x, l.out, l.idx, nout);
     VTL_CU_LAUNCHED("reduce");
     return VTL_OK;
