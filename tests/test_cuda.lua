@@ -393,7 +393,7 @@ gpu_test("reductions: every op over all dims, one dim, several dims and long row
     {{4, 6, 5}, {"all", 1, 2, 3, {1, 3}, {2, 3}}},
     {{3, 40000}, {2, "all"}},     -- few outputs over long rows: the split path
     {{5000, 8}, {1}},             -- long strided columns
-    {{64, 300, 80}, {2}},         -- many outputs side by side: a thread per output
+    {{64, 300, 80}, {2}},         -- many outputs side by side: column blocks
   }
   local ops = {"sum", "mean", "prod", "logsumexp", "any", "all", "var", "std"}
   for _, sd in ipairs(shapes) do
