@@ -304,6 +304,88 @@ gpu_test("where, lerp, fill, masked_fill and the fused updates against the CPU",
   end
 end)
 
+-- The vector path (16 bytes per operand) and its fallbacks: sizes around the vector length,
+-- views whose data is not 16-byte aligned, scalars, row and column broadcasts, narrowed rows.
+-- Add, sub, mul, div and maximum round once in the compute dtype on both devices: equal bits.
+local VEC_OPS = {"add", "sub", "mul", "div", "maximum"}
+
+gpu_test("elementwise vector path: sizes around the vector length, every dtype, equal bits", function()
+  for _, n in ipairs({1, 2, 3, 4, 5, 7, 8, 15, 16, 17, 31, 33, 1023, 4097, 100003}) do
+    for _, dt in ipairs({"f32", "f64", "i64", "i32", "u8"}) do
+      local x, y = uinput({n}, dt), uinput({n}, dt)
+      if dt ~= "f32" and dt ~= "f64" then y = vtl.randint(1, 9, {n}):to(dt) end
+      for _, name in ipairs(VEC_OPS) do
+        if not (name == "div" and dt ~= "f32" and dt ~= "f64") and not (name == "sub" and dt == "u8") then
+          same(x:cuda()[name](x:cuda(), y:cuda()), x[name](x, y), 0, ("%s %s n=%d"):format(name, dt, n))
+        end
+      end
+      same(x:cuda():neg(), x:neg(), 0, ("neg %s n=%d"):format(dt, n))
+      same(x:cuda():square(), x:square(), 0, ("square %s n=%d"):format(dt, n))
+      same(x:cuda():mul(3), x:mul(3), 0, ("mul scalar %s n=%d"):format(dt, n))
+      same(vtl.mul(3, x:cuda()), vtl.mul(3, x), 0, ("scalar first %s n=%d"):format(dt, n))
+    end
+    local x = vtl.randn(n)
+    same(x:cuda():exp(), x:exp(), TOL.f32, ("exp n=%d"):format(n))
+    same(x:cuda() + 2.5, x + 2.5, 0, ("add float scalar n=%d"):format(n))
+    local b, c = vtl.randn(n):gt(0), vtl.randn(n):gt(0)
+    same(b:cuda():logical_xor(c:cuda()), b:logical_xor(c), 0, ("logical_xor n=%d"):format(n))
+    same(b:cuda():logical_not(), b:logical_not(), 0, ("logical_not n=%d"):format(n))
+  end
+  local e = vtl.zeros(0)
+  same(e:cuda() + e:cuda(), e + e, 0, "empty")
+  same(vtl.zeros(0, 5):cuda() * vtl.ones(5):cuda(), vtl.zeros(0, 5) * vtl.ones(5), 0, "empty broadcast")
+end)
+
+gpu_test("elementwise vector path: misaligned views, broadcasts and narrowed rows against the CPU", function()
+  for _, dt in ipairs({"f32", "f64", "i32", "u8"}) do
+    local base, other = uinput({1031}, dt), uinput({1031}, dt)
+    -- offsets of 0 to 3 elements: some 16-byte aligned, some not, some alike, some different
+    for s1 = 1, 4 do
+      for s2 = 1, 4 do
+        local x, y = base:narrow(1, s1, 1025), other:narrow(1, s2, 1025)
+        local gx, gy = base:cuda():narrow(1, s1, 1025), other:cuda():narrow(1, s2, 1025)
+        same(gx + gy, x + y, 0, ("add %s offsets %d %d"):format(dt, s1 - 1, s2 - 1))
+        same(gx:maximum(gy), x:maximum(y), 0, ("maximum %s offsets %d %d"):format(dt, s1 - 1, s2 - 1))
+      end
+      local x = base:narrow(1, s1, 1025)
+      same(base:cuda():narrow(1, s1, 1025):abs(), x:abs(), 0, ("abs %s offset %d"):format(dt, s1 - 1))
+      same(base:cuda():narrow(1, s1, 1025) * 2, x * 2, 0, ("mul scalar %s offset %d"):format(dt, s1 - 1))
+    end
+    -- rows: a broadcast row (width a multiple of the vector length or not), a broadcast column
+    for _, w in ipairs({64, 63, 16, 1, 2}) do
+      local m, row, col = uinput({37, w}, dt), uinput({w}, dt), uinput({37, 1}, dt)
+      local gm = m:cuda()
+      same(gm + row:cuda(), m + row, 0, ("row broadcast %s w=%d"):format(dt, w))
+      same(row:cuda() * gm, row * m, 0, ("row broadcast first %s w=%d"):format(dt, w))
+      same(gm:maximum(col:cuda()), m:maximum(col), 0, ("column broadcast %s w=%d"):format(dt, w))
+      same(col:cuda() + row:cuda(), col + row, 0, ("outer broadcast %s w=%d"):format(dt, w))
+    end
+    -- narrowed columns: rows of 16 with a row step of 20 elements, starting aligned or not
+    local m, r = uinput({9, 20}, dt), uinput({16}, dt)
+    for _, s in ipairs({1, 2, 5}) do
+      local v, gv = m:narrow(2, s, 16), m:cuda():narrow(2, s, 16)
+      same(gv + r:cuda(), v + r, 0, ("narrowed rows + row %s start %d"):format(dt, s))
+      same(gv * 3, v * 3, 0, ("narrowed rows * scalar %s start %d"):format(dt, s))
+      same(gv:neg(), v:neg(), 0, ("neg of narrowed rows %s start %d"):format(dt, s))
+      local c, g = m:clone(), m:cuda()
+      c:narrow(2, s, 16):add_(r)
+      g:narrow(2, s, 16):add_(r:cuda())
+      same(g, c, 0, ("add_ into narrowed rows %s start %d"):format(dt, s))
+    end
+  end
+  -- in place on a contiguous tensor and on a misaligned view of it
+  local x, y = vtl.randn(1030), vtl.randn(1030)
+  local g = x:cuda()
+  x:mul_(y); g:mul_(y:cuda())
+  same(g, x, 0, "mul_ contiguous")
+  x:narrow(1, 2, 1027):sub_(1.5); g:narrow(1, 2, 1027):sub_(1.5)
+  same(g, x, 0, "sub_ on a misaligned view")
+  -- mixed dtypes never take the vector path; the result is the CPU's
+  local a, b = vtl.randn(4099), vtl.randint(-5, 5, {4099})
+  same(a:cuda() * b:cuda(), a * b, 0, "f32 * i64")
+  same(a:cuda():gt(b:cuda()), a:gt(b), 0, "compare writes bool")
+end)
+
 -- ---------------------------------------------------------------- reductions
 
 gpu_test("reductions: every op over all dims, one dim, several dims and long rows, against the CPU", function()
@@ -311,7 +393,7 @@ gpu_test("reductions: every op over all dims, one dim, several dims and long row
     {{4, 6, 5}, {"all", 1, 2, 3, {1, 3}, {2, 3}}},
     {{3, 40000}, {2, "all"}},     -- few outputs over long rows: the split path
     {{5000, 8}, {1}},             -- long strided columns
-    {{64, 300, 80}, {2}},         -- many outputs side by side: a thread per output
+    {{64, 300, 80}, {2}},         -- many outputs side by side: column blocks
   }
   local ops = {"sum", "mean", "prod", "logsumexp", "any", "all", "var", "std"}
   for _, sd in ipairs(shapes) do
@@ -367,6 +449,128 @@ gpu_test("reductions: every op over all dims, one dim, several dims and long row
   same(inf:cuda():logsumexp(2), inf:logsumexp(2), 0, "logsumexp with infinities")
   same(vtl.zeros(0, 3):cuda():sum(1), vtl.zeros(0, 3):sum(1), 0, "sum over an empty dim")
   same(vtl.zeros(0, 3):cuda():mean(1), vtl.zeros(0, 3):mean(1), 0, "mean over an empty dim")
+end)
+
+-- The reduction kernels' shapes of work: rows (B == 1) with 16-byte loads or not (unaligned
+-- row starts, misaligned views), split over many blocks when rows are few and long; columns
+-- (B > 1) in tiles, split when there are few columns; short reductions a thread per output.
+local function reduce_cases(x, dims, what, ops)
+  local g = x:cuda()
+  local dt = x.dtype
+  local tol = dt == "f32" and 1e-5 or dt == "f64" and 1e-10 or 0
+  for _, op in ipairs(ops or {"sum", "mean", "var", "std", "logsumexp", "any", "all"}) do
+    if not (dt == "i64" and (op == "var" or op == "std" or op == "logsumexp")) then
+      same(g[op](g, dims), x[op](x, dims), tol, ("%s %s %s"):format(op, dt, what))
+    end
+  end
+  for _, op in ipairs({"max", "min"}) do
+    if dims then
+      local wv, wi = x[op](x, dims)
+      local gv, gi = g[op](g, dims)
+      same(gv, wv, 0, ("%s values %s %s"):format(op, dt, what))
+      same(gi, wi, 0, ("%s indices %s %s"):format(op, dt, what))
+    else
+      same(g[op](g), x[op](x), 0, ("%s %s %s"):format(op, dt, what))
+    end
+  end
+  same(g:argmax(dims), x:argmax(dims), 0, ("argmax %s %s"):format(dt, what))
+  same(g:argmin(dims), x:argmin(dims), 0, ("argmin %s %s"):format(dt, what))
+  if dt ~= "i64" then same(g:norm(2, dims), x:norm(2, dims), tol, ("norm 2 %s %s"):format(dt, what)) end
+end
+
+gpu_test("reductions over rows: vector loads, tails, unaligned rows and splits against the CPU", function()
+  local cases = {
+    {{1, 17}, 2},      -- just over the thread-per-output length
+    {{4, 16}, 2},      -- a thread per output
+    {{3, 40001}, 2},   -- few long rows: split, with a tail after the last vector
+    {{3, 40000}, 2},   -- split, whole vectors
+    {{5, 999}, 2},     -- row starts not 16-byte aligned: one element per load
+    {{9, 4097}, 2},    -- 128 lanes per row
+    {{1000, 20}, 2},   -- many short rows
+    {{2, 3, 5000}, 3}, -- rows of a 3-d tensor
+    {{50001}, nil},    -- everything: split over many blocks
+  }
+  for _, c in ipairs(cases) do
+    for _, dt in ipairs({"f32", "f64", "i64"}) do
+      local x = dt == "i64" and vtl.randint(-3, 4, c[1]) or vtl.randn(c[1]):to(dt)
+      reduce_cases(x, c[2], ("{%s} dim %s"):format(table.concat(c[1], ","), tostring(c[2])))
+    end
+  end
+  -- contiguous views that start 1 to 3 elements into their storage: unaligned loads
+  for s = 2, 4 do
+    local base = vtl.randn(70005)
+    local x = base:narrow(1, s, 70000)
+    reduce_cases(x, nil, "view at offset " .. (s - 1))
+    local m = vtl.randn(7003):narrow(1, s, 7000):view(7, 1000) -- every row start unaligned
+    reduce_cases(m, 2, "rows of a view at offset " .. (s - 1))
+  end
+  local w = vtl.randn(6, 1003):narrow(2, 2, 1000) -- not contiguous: copied first
+  reduce_cases(w, 2, "narrowed columns")
+  -- products near 1 (no overflow), over rows and over columns
+  local q = vtl.rand(3, 100) * 0.2 + 0.9
+  same(q:cuda():prod(2), q:prod(2), 1e-5, "prod over rows")
+  same(q:t():contiguous():cuda():prod(1), q:t():contiguous():prod(1), 1e-5, "prod over columns")
+  -- empty rows, and no rows
+  same(vtl.zeros(5, 0):cuda():sum(2), vtl.zeros(5, 0):sum(2), 0, "sum of empty rows")
+  same(vtl.zeros(5, 0):cuda():mean(2), vtl.zeros(5, 0):mean(2), 0, "mean of empty rows")
+  same(vtl.zeros(0, 40):cuda():sum(2), vtl.zeros(0, 40):sum(2), 0, "no rows")
+  same(vtl.tensor({2.5}):cuda():sum(), vtl.tensor({2.5}):sum(), 0, "one element")
+end)
+
+gpu_test("reductions over columns: tiles, widths not a multiple of 32, splits, ties and NaN", function()
+  local cases = {
+    {{1000, 3}, 1}, {{2, 33, 33}, 2}, {{5000, 8}, 1}, {{3, 500, 45}, 2}, {{70000, 2}, 1},
+    {{4, 17, 100}, 2}, {{3, 16, 5}, 2}, {{2, 3, 4, 5}, 2},
+    {{40000, 20, 2}, 2}, -- narrow short columns, many outputs: a thread per output
+    {{300, 300, 2}, 2},  -- narrow columns, long enough for column blocks
+  }
+  for _, c in ipairs(cases) do
+    for _, dt in ipairs({"f32", "f64", "i64"}) do
+      local x = dt == "i64" and vtl.randint(-3, 4, c[1]) or vtl.randn(c[1]):to(dt)
+      reduce_cases(x, c[2], ("{%s} dim %d"):format(table.concat(c[1], ","), c[2]))
+    end
+  end
+  -- several dims at once, and dims that are not adjacent
+  local x = vtl.randn(6, 70, 40)
+  same(x:cuda():sum({1, 2}), x:sum({1, 2}), 1e-5, "sum over dims 1, 2")
+  same(x:cuda():var({1, 3}), x:var({1, 3}), 1e-5, "var over dims 1, 3")
+  -- ties: the first index wins, through the row groups, the splits and both kernels
+  for _, shape in ipairs({{300, 45}, {20000, 3}, {33, 70}}) do
+    for _, dt in ipairs({"f32", "i64"}) do
+      local t = vtl.randint(0, 3, shape):to(dt)
+      for _, d in ipairs({1, 2}) do
+        for _, op in ipairs({"argmax", "argmin"}) do
+          same(t:cuda()[op](t:cuda(), d), t[op](t, d), 0, ("%s ties %s {%s} dim %d"):format(op, dt, table.concat(shape, ","), d))
+        end
+        local _, wi = t:max(d)
+        local _, gi = t:cuda():max(d)
+        same(gi, wi, 0, ("max index ties %s dim %d"):format(dt, d))
+      end
+    end
+  end
+  -- NaN wins and its first index is returned, in every kernel
+  local n = vtl.randn(3000, 40)
+  for _, p in ipairs({{5, 3}, {2900, 3}, {17, 40}, {1984, 7}, {1985, 7}, {2001, 7}}) do n[p] = 0 / 0 end
+  for _, d in ipairs({1, 2}) do
+    local wv, wi = n:max(d)
+    local gv, gi = n:cuda():max(d)
+    same(gv, wv, 0, "max with NaN dim " .. d)
+    same(gi, wi, 0, "max index with NaN dim " .. d)
+    same(n:cuda():argmin(d), n:argmin(d), 0, "argmin with NaN dim " .. d)
+    same(n:cuda():logsumexp(d), n:logsumexp(d), 1e-5, "logsumexp with NaN dim " .. d)
+    same(n:cuda():sum(d), n:sum(d), 1e-5, "sum with NaN dim " .. d)
+  end
+  same(vtl.zeros(0, 40):cuda():sum(1), vtl.zeros(0, 40):sum(1), 0, "sum over an empty dim of columns")
+end)
+
+gpu_test("reductions: split paths give the same bits on every run", function()
+  for _, c in ipairs({{{1000003}, nil}, {{3, 40001}, 2}, {{70000, 2}, 1}, {{4096, 64}, 1}}) do
+    local g = vtl.randn(c[1]):cuda()
+    for _, op in ipairs({"sum", "var", "logsumexp"}) do
+      local first = g[op](g, c[2])
+      for _ = 1, 3 do same(g[op](g, c[2]), first:cpu(), 0, op .. " repeated") end
+    end
+  end
 end)
 
 -- ---------------------------------------------------------------- matmul

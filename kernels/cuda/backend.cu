@@ -23,6 +23,7 @@ struct device_state {
   cublasHandle_t blas = nullptr;
   std::unordered_map<size_t, std::vector<void *>> bins; // size class -> free blocks
   size_t allocated = 0, cached = 0, peak = 0;
+  int sms = 0; // multiprocessors, read once
 };
 
 device_state devices[MAX_DEVICES];
@@ -93,6 +94,21 @@ cublasHandle_t vtl_cu_blas(int dev) {
     cublasSetMathMode(d.blas, CUBLAS_DEFAULT_MATH);
   }
   return d.blas;
+}
+
+int vtl_cu_sm_count(int dev) {
+  if (dev < 0 || dev >= count_devices()) return 1;
+  device_state &d = devices[dev];
+  std::lock_guard<std::mutex> g(d.mu);
+  if (!d.sms) {
+    int n = 0;
+    if (cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || n < 1) {
+      cudaGetLastError(); // not sticky; a guess serves as well for sizing grids
+      n = 64;
+    }
+    d.sms = n;
+  }
+  return d.sms;
 }
 
 void *vtl_cu_alloc(size_t n, int dev) {

@@ -22,6 +22,8 @@ cublasHandle_t vtl_cu_blas(int dev);
 // Scratch memory from the caching allocator (stream-ordered like every tensor).
 void *vtl_cu_alloc(size_t n, int dev);
 void vtl_cu_free(void *p, size_t n, int dev);
+// Multiprocessors of dev (read once; a guess when the query fails), for sizing grids.
+int vtl_cu_sm_count(int dev);
 // Sets the error for a failed CUDA call and returns its status.
 vtl_status vtl_cu_error(cudaError_t e, const char *what);
 

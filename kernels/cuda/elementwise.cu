@@ -3,6 +3,12 @@
 // kernels/cpu/elementwise.c, so results match the CPU's (transcendental functions within the
 // few ulp CUDA's math library allows). Operands are strided views (broadcast dims have
 // stride 0); a flat path serves one-dim walks whose operands all have the compute dtype.
+//
+// The vector path: when every operand has the compute dtype, the output is contiguous along
+// rows and each input either runs along the row with it or holds one value per row (a scalar,
+// a broadcast column), threads move 16 bytes per operand at a time, over a grid sized to the
+// device and walked with a grid stride. It computes each element with the same expression
+// as the other paths, so results are the same bits.
 #include <math.h>
 #include "common.cuh"
 
@@ -157,6 +163,129 @@ template <class C, int CDT, bool FLAT> __global__ void binary_kernel(vtl_cu_iter
   }
 }
 
+// ---- the vector path ----
+
+// The walk of the vector path: `rows` rows of `width` elements (operand 0, the output, and
+// every input with inner[o] set step through a row contiguously; an input without it holds one
+// element per row); outer[o] is the byte step from one row to the next (0: the same row again).
+// With more than one row, width is a multiple of the vector length and every row start of a
+// contiguous operand is 16-byte aligned; with one row a tail shorter than a vector is left
+// over and done one element at a time.
+struct vec_walk {
+  char *base[VTL_CU_MAXOPS];
+  int64_t outer[VTL_CU_MAXOPS];
+  bool inner[VTL_CU_MAXOPS];
+  int64_t rows, width, numel;
+};
+
+// Fills w for the iterator's walk when every operand has dtype dt (element size es) and the
+// layout allows 16-byte vectors; false otherwise.
+bool vec_walk_make(vec_walk *w, const vtl_cu_iter &it, int dt) {
+  int64_t es = vtl_dtype_size((vtl_dtype)dt), n = 16 / es;
+  if (it.nd > 2 || it.numel < 1) return false;
+  for (int o = 0; o < it.nops; o++)
+    if (it.dt[o] != dt) return false;
+  memset(w, 0, sizeof *w);
+  w->numel = it.numel;
+  if (it.nd <= 1) {
+    w->rows = 1;
+    w->width = it.numel;
+  } else {
+    w->rows = it.shape[0];
+    w->width = it.shape[1];
+    if (w->width % n) return false;
+  }
+  for (int o = 0; o < it.nops; o++) {
+    int64_t in = it.nd == 2 ? it.st[o][1] : it.st[o][0], out = it.nd == 2 ? it.st[o][0] : 0;
+    if (it.numel == 1) in = es; // one element: nothing to step through
+    if (in == es) {
+      if ((uintptr_t)it.base[o] % 16 || out % 16) return false;
+      w->inner[o] = true;
+    } else if (in != 0 || o == 0) return false;
+    w->base[o] = it.base[o];
+    w->outer[o] = out;
+  }
+  return true;
+}
+
+// 16 bytes of elements of C
+template <class C> struct vec16 {
+  static constexpr int N = 16 / sizeof(C);
+  C v[N];
+};
+
+// operand o's vector for elements [c, c + N) of row r (its row value repeated without inner)
+template <class C> __device__ __forceinline__ vec16<C> vec_load(const vec_walk &w, int o, int64_t r, int64_t c) {
+  vec16<C> x;
+  const char *p = w.base[o] + r * w.outer[o];
+  if (w.inner[o]) {
+    uint4 u = *(const uint4 *)(p + c * (int64_t)sizeof(C));
+    memcpy(x.v, &u, 16);
+  } else {
+    C one = *(const C *)p;
+#pragma unroll
+    for (int j = 0; j < vec16<C>::N; j++) x.v[j] = one;
+  }
+  return x;
+}
+
+template <class C> __device__ __forceinline__ void vec_store(const vec_walk &w, int64_t r, int64_t c, const vec16<C> &x) {
+  uint4 u;
+  memcpy(&u, x.v, 16);
+  *(uint4 *)(w.base[0] + r * w.outer[0] + c * (int64_t)sizeof(C)) = u;
+}
+
+// element e of the flattened walk, for operand o
+template <class C> __device__ __forceinline__ C *vec_elem(const vec_walk &w, int o, int64_t e) {
+  int64_t r = 0, c = e;
+  if (w.rows > 1) { r = e / w.width; c = e - r * w.width; }
+  return (C *)(w.base[o] + r * w.outer[o] + (w.inner[o] ? c * (int64_t)sizeof(C) : 0));
+}
+
+// out = op(x): vectors over a grid stride, then the tail of a single row
+template <class C> __global__ void unary_vec_kernel(vec_walk w, int op, double p0, double p1) {
+  constexpr int N = vec16<C>::N;
+  const int64_t nvec = w.numel / N, step = (int64_t)gridDim.x * blockDim.x;
+  const int64_t t = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+  for (int64_t v = t; v < nvec; v += step) {
+    int64_t e = v * N, r = 0, c = e;
+    if (w.rows > 1) { r = e / w.width; c = e - r * w.width; }
+    vec16<C> x = vec_load<C>(w, 1, r, c), y;
+#pragma unroll
+    for (int j = 0; j < N; j++) y.v[j] = unary_apply<C>(op, x.v[j], p0, p1);
+    vec_store<C>(w, r, c, y);
+  }
+  int64_t e = nvec * N + t;
+  if (e < w.numel) *vec_elem<C>(w, 0, e) = unary_apply<C>(op, *vec_elem<C>(w, 1, e), p0, p1);
+}
+
+// out = op(a, b), as unary_vec_kernel; OP >= 0 compiles the kernel for that op alone (fewer
+// registers), -1 reads it from op
+template <class C, int OP> __global__ void binary_vec_kernel(vec_walk w, int op_) {
+  constexpr int N = vec16<C>::N;
+  const int op = OP >= 0 ? OP : op_;
+  const int64_t nvec = w.numel / N, step = (int64_t)gridDim.x * blockDim.x;
+  const int64_t t = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+  for (int64_t v = t; v < nvec; v += step) {
+    int64_t e = v * N, r = 0, c = e;
+    if (w.rows > 1) { r = e / w.width; c = e - r * w.width; }
+    vec16<C> x = vec_load<C>(w, 1, r, c), y = vec_load<C>(w, 2, r, c), z;
+#pragma unroll
+    for (int j = 0; j < N; j++) z.v[j] = binary_apply<C>(op, x.v[j], y.v[j]);
+    vec_store<C>(w, r, c, z);
+  }
+  int64_t e = nvec * N + t;
+  if (e < w.numel) *vec_elem<C>(w, 0, e) = binary_apply<C>(op, *vec_elem<C>(w, 1, e), *vec_elem<C>(w, 2, e));
+}
+
+// Blocks of 256 for the vector path: one thread per vector (or per tail element), at most 8
+// blocks per multiprocessor; the kernels loop with a grid stride over the rest.
+unsigned vec_blocks(const vec_walk &w, int n, int dev) {
+  int64_t work = w.numel / n > w.numel % n ? w.numel / n : w.numel % n;
+  int64_t b = (work + 255) / 256, most = (int64_t)vtl_cu_sm_count(dev) * 8;
+  return (unsigned)(b < 1 ? 1 : b > most ? most : b);
+}
+
 // a copy with conversion: out = (dtype of out) x
 __global__ void copy_kernel(vtl_cu_iter it) {
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < it.numel; i += (int64_t)gridDim.x * blockDim.x) {
@@ -223,14 +352,35 @@ vtl_status launch(K kernel, const vtl_cu_iter &it, cudaStream_t s, const char *w
   return VTL_OK;
 }
 
+// the vector path when the layout allows it, else the flat path (one dim, every operand of
+// dtype CDT, the output included), else the strided one
 template <class C, int CDT>
-vtl_status run_unary(const vtl_cu_iter &it, cudaStream_t s, int op, double p0, double p1, bool flat) {
-  if (flat) return launch(unary_kernel<C, CDT, true>, it, s, "unary", op, p0, p1);
+vtl_status run_unary(const vtl_cu_iter &it, cudaStream_t s, int dev, int op, double p0, double p1) {
+  vec_walk w;
+  if (vec_walk_make(&w, it, CDT)) {
+    unary_vec_kernel<C><<<vec_blocks(w, vec16<C>::N, dev), 256, 0, s>>>(w, op, p0, p1);
+    VTL_CU_LAUNCHED("unary");
+    return VTL_OK;
+  }
+  if (vtl_cu_iter_flat(&it, CDT)) return launch(unary_kernel<C, CDT, true>, it, s, "unary", op, p0, p1);
   return launch(unary_kernel<C, CDT, false>, it, s, "unary", op, p0, p1);
 }
 
-template <class C, int CDT> vtl_status run_binary(const vtl_cu_iter &it, cudaStream_t s, int op, bool flat) {
-  if (flat) return launch(binary_kernel<C, CDT, true>, it, s, "binary", op);
+template <class C, int CDT> vtl_status run_binary(const vtl_cu_iter &it, cudaStream_t s, int dev, int op) {
+  vec_walk w;
+  if (vec_walk_make(&w, it, CDT)) {
+    unsigned nb = vec_blocks(w, vec16<C>::N, dev);
+    switch (op) {
+    case VTL_BIN_ADD: binary_vec_kernel<C, VTL_BIN_ADD><<<nb, 256, 0, s>>>(w, op); break;
+    case VTL_BIN_SUB: binary_vec_kernel<C, VTL_BIN_SUB><<<nb, 256, 0, s>>>(w, op); break;
+    case VTL_BIN_MUL: binary_vec_kernel<C, VTL_BIN_MUL><<<nb, 256, 0, s>>>(w, op); break;
+    case VTL_BIN_DIV: binary_vec_kernel<C, VTL_BIN_DIV><<<nb, 256, 0, s>>>(w, op); break;
+    default: binary_vec_kernel<C, -1><<<nb, 256, 0, s>>>(w, op); break;
+    }
+    VTL_CU_LAUNCHED("binary");
+    return VTL_OK;
+  }
+  if (vtl_cu_iter_flat(&it, CDT)) return launch(binary_kernel<C, CDT, true>, it, s, "binary", op);
   return launch(binary_kernel<C, CDT, false>, it, s, "binary", op);
 }
 
@@ -255,14 +405,14 @@ vtl_status vtl_cu_unary(vtl_unary_op op, vtl_tensor *out, const vtl_tensor *x, v
   }
   double p0 = params ? params[0] : 0, p1 = params ? params[1] : 0;
   // isnan/isinf/logical_not write bool; the result is stored from the compute type either way
-  bool flat = vtl_cu_iter_flat(&it, compute) && (out->dtype == compute);
+  int dev = vtl_cu_device(out);
   switch (compute) {
-  case VTL_F32: return run_unary<float, VTL_F32>(it, s, op, p0, p1, flat);
-  case VTL_F64: return run_unary<double, VTL_F64>(it, s, op, p0, p1, flat);
-  case VTL_I64: return run_unary<int64_t, VTL_I64>(it, s, op, p0, p1, flat);
-  case VTL_I32: return run_unary<int32_t, VTL_I32>(it, s, op, p0, p1, flat);
-  case VTL_U8: return run_unary<uint8_t, VTL_U8>(it, s, op, p0, p1, flat);
-  case VTL_BOOL: return run_unary<uint8_t, VTL_BOOL>(it, s, op, p0, p1, flat);
+  case VTL_F32: return run_unary<float, VTL_F32>(it, s, dev, op, p0, p1);
+  case VTL_F64: return run_unary<double, VTL_F64>(it, s, dev, op, p0, p1);
+  case VTL_I64: return run_unary<int64_t, VTL_I64>(it, s, dev, op, p0, p1);
+  case VTL_I32: return run_unary<int32_t, VTL_I32>(it, s, dev, op, p0, p1);
+  case VTL_U8: return run_unary<uint8_t, VTL_U8>(it, s, dev, op, p0, p1);
+  case VTL_BOOL: return run_unary<uint8_t, VTL_BOOL>(it, s, dev, op, p0, p1);
   default: return vtl_error_set(VTL_ERR_ARG, "unary: not supported for %s on cuda", vtl_dtype_name(compute));
   }
 }
@@ -280,14 +430,14 @@ vtl_status vtl_cu_binary(vtl_binary_op op, vtl_tensor *out, const vtl_tensor *a,
   if (it.numel == 0) return VTL_OK;
   vtl_dtype key = is_logical(op) ? VTL_BOOL : compute;
   // compare and logical ops write bool: flat only when the output is of the compute dtype too
-  bool flat = vtl_cu_iter_flat(&it, key);
+  int dev = vtl_cu_device(out);
   switch (key) {
-  case VTL_F32: return run_binary<float, VTL_F32>(it, s, op, flat);
-  case VTL_F64: return run_binary<double, VTL_F64>(it, s, op, flat);
-  case VTL_I64: return run_binary<int64_t, VTL_I64>(it, s, op, flat);
-  case VTL_I32: return run_binary<int32_t, VTL_I32>(it, s, op, flat);
-  case VTL_U8: return run_binary<uint8_t, VTL_U8>(it, s, op, flat);
-  case VTL_BOOL: return run_binary<uint8_t, VTL_BOOL>(it, s, op, flat);
+  case VTL_F32: return run_binary<float, VTL_F32>(it, s, dev, op);
+  case VTL_F64: return run_binary<double, VTL_F64>(it, s, dev, op);
+  case VTL_I64: return run_binary<int64_t, VTL_I64>(it, s, dev, op);
+  case VTL_I32: return run_binary<int32_t, VTL_I32>(it, s, dev, op);
+  case VTL_U8: return run_binary<uint8_t, VTL_U8>(it, s, dev, op);
+  case VTL_BOOL: return run_binary<uint8_t, VTL_BOOL>(it, s, dev, op);
   default: return vtl_error_set(VTL_ERR_ARG, "binary op: not supported for %s on cuda", vtl_dtype_name(compute));
   }
 }

@@ -1,6 +1,7 @@
 """Times tensor ops on the GPU in PyTorch; prints "name seconds" lines (seconds per call) read
 by tests/bench/cuda.sh. The twin of tests/bench/cuda_ops.lua: same ops, sizes and timing (the
-best of three batches of calls, each closed by a synchronize). TF32 is off, as in vtl."""
+best of three batches of calls, each closed by a synchronize). TF32 is off, as in vtl. Dims
+in the names are vtl's (1-based): sum_dim2 is torch's sum(1)."""
 import sys
 import time
 
@@ -38,6 +39,13 @@ def main():
     report("sum_4096", per_call(lambda: a.sum(), 50))
     report("sum_dim1_4096", per_call(lambda: a.sum(0), 50))
     report("sum_dim2_4096", per_call(lambda: a.sum(1), 50))
+    report("mean_dim2_4096", per_call(lambda: a.mean(1), 50))
+    report("max_dim2_4096", per_call(lambda: a.max(1), 50))
+    row = torch.randn(n, device="cuda")
+    report("add_bcast_4096", per_call(lambda: a + row, 50))
+    c = torch.randn(64, 1024, 1024, device="cuda")
+    report("sum_dim2_64x1024", per_call(lambda: c.sum(1), 50))
+    del c
     report("matmul_f32_4096", per_call(lambda: a @ b, 10))
     ah, bh = a.bfloat16(), b.bfloat16()
     report("matmul_bf16_4096", per_call(lambda: ah @ bh, 20))
