@@ -294,7 +294,15 @@ function T.resized_crop(img, top, left, h, w, size, opts)
   opts = opts or {}
   local aa = opts.antialias
   if aa == nil then aa = true end
-  local c = image.crop(img, top, left, h, w)
+  local ih, iw = T.size_of(img)
+  local c
+  if top >= 1 and left >= 1 and h >= 1 and w >= 1 and top + h - 1 <= ih and left + w - 1 <= iw then
+    -- a box inside the image: resize reads it through a view, no copy
+    local hd = (#img.shape == 3 and img.dtype ~= "u8") and 2 or 1
+    c = img:narrow(hd, top, h):narrow(hd + 1, left, w)
+  else
+    c = image.crop(img, top, left, h, w)
+  end
   return image.resize(c, oh, ow, {interpolation = opts.interpolation or "bilinear", antialias = aa})
 end
 
