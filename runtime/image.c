@@ -471,6 +471,11 @@ vtl_tensor *vtl_image_adjust(vtl_tensor *img, vtl_adjust what, double factor) {
   case VTL_ADJUST_BRIGHTNESS: vtl_cpu_image_blend(&s, NULL, 0.0f, factor, &d); break;
   case VTL_ADJUST_CONTRAST: vtl_cpu_image_blend(&s, NULL, (float)vtl_cpu_image_gray_mean(&s), factor, &d); break;
   case VTL_ADJUST_SATURATION:
+    if (img->dtype == VTL_U8) { /* 3 channels here: 1 returned a copy above */
+      vtl_cpu_image_saturation_u8(&s, factor, &d);
+      break;
+    }
+    /* fall through */
   case VTL_ADJUST_SHARPNESS: {
     bool sat = what == VTL_ADJUST_SATURATION;
     vtl_tensor *other = sat ? image_new(img->dtype, 2, 1, s.h, s.w, &o) : image_like(img, &s, &o);

@@ -131,6 +131,8 @@ void vtl_cpu_image_affine(const vtl_image_view *src, const vtl_image_view *dst, 
 void vtl_cpu_image_blend(const vtl_image_view *src, const vtl_image_view *other, float scalar, double ratio,
                          const vtl_image_view *dst);
 void vtl_cpu_image_grayscale(const vtl_image_view *src, const vtl_image_view *dst);
+/* adjust_saturation of a 3-channel u8 image in one pass, bit-identical to grayscale + blend */
+void vtl_cpu_image_saturation_u8(const vtl_image_view *src, double ratio, const vtl_image_view *dst);
 double vtl_cpu_image_gray_mean(const vtl_image_view *src);
 void vtl_cpu_image_hue(const vtl_image_view *src, const vtl_image_view *dst, double hue);
 void vtl_cpu_image_point(const vtl_image_view *src, const vtl_image_view *dst, vtl_point_op op, double param);
