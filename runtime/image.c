@@ -311,16 +311,33 @@ vtl_tensor *vtl_image_flip(vtl_tensor *img, bool horizontal) {
   return t;
 }
 
-vtl_tensor *vtl_image_to_tensor(vtl_tensor *img) {
+/* mean and std (nc entries, 1 or one per channel) spread over the c channels of an image into
+   m and sd (64 entries); checks std != 0 */
+static vtl_status normalize_params(const char *op, int64_t c, const double *mean, const double *std, int nc,
+                                   double *m, double *sd) {
+  if (nc != c && nc != 1)
+    return vtl_error_set(VTL_ERR_ARG, "%s: mean and std have %d entries for an image of %lld channels", op, nc, (long long)c);
+  for (int i = 0; i < nc; i++)
+    if (std[i] == 0) return vtl_error_set(VTL_ERR_ARG, "%s: std[%d] is 0", op, i + 1);
+  if (c > 64) return vtl_error_set(VTL_ERR_ARG, "%s: at most 64 channels, got %lld", op, (long long)c);
+  for (int64_t i = 0; i < c; i++) { m[i] = mean[nc == 1 ? 0 : i]; sd[i] = std[nc == 1 ? 0 : i]; }
+  return VTL_OK;
+}
+
+vtl_tensor *vtl_image_to_tensor(vtl_tensor *img) { return vtl_image_to_tensor_normalize(img, NULL, NULL, 0); }
+
+vtl_tensor *vtl_image_to_tensor_normalize(vtl_tensor *img, const double *mean, const double *std, int nc) {
   vtl_image_view s, d;
   if (image_view("to_tensor", img, &s) != VTL_OK) return NULL;
   if (img->dtype != VTL_U8) {
     vtl_error_set(VTL_ERR_ARG, "to_tensor: expected a u8 H×W×C image, got %s", vtl_dtype_name(img->dtype));
     return NULL;
   }
+  double m[64], sd[64];
+  if (mean && normalize_params("to_tensor", s.c, mean, std, nc, m, sd) != VTL_OK) return NULL;
   vtl_tensor *t = image_new(VTL_F32, 3, s.c, s.h, s.w, &d);
   if (!t) return NULL;
-  vtl_cpu_image_affine(&s, &d, 1.0f, 255.0f, NULL, NULL);
+  vtl_cpu_image_affine(&s, &d, 1.0f, 255.0f, mean ? m : NULL, mean ? sd : NULL);
   return t;
 }
 
@@ -349,21 +366,8 @@ vtl_tensor *vtl_image_normalize(vtl_tensor *img, const double *mean, const doubl
                   img->ndim, vtl_dtype_name(img->dtype));
     return NULL;
   }
-  if (nc != s.c && nc != 1) {
-    vtl_error_set(VTL_ERR_ARG, "normalize: mean and std have %d entries for an image of %lld channels", nc, (long long)s.c);
-    return NULL;
-  }
-  for (int i = 0; i < nc; i++)
-    if (std[i] == 0) {
-      vtl_error_set(VTL_ERR_ARG, "normalize: std[%d] is 0", i + 1);
-      return NULL;
-    }
   double m[64], sd[64];
-  if (s.c > 64) {
-    vtl_error_set(VTL_ERR_ARG, "normalize: at most 64 channels, got %lld", (long long)s.c);
-    return NULL;
-  }
-  for (int64_t i = 0; i < s.c; i++) { m[i] = mean[nc == 1 ? 0 : i]; sd[i] = std[nc == 1 ? 0 : i]; }
+  if (normalize_params("normalize", s.c, mean, std, nc, m, sd) != VTL_OK) return NULL;
   vtl_tensor *t = image_new(VTL_F32, 3, s.c, s.h, s.w, &d);
   if (!t) return NULL;
   vtl_cpu_image_affine(&s, &d, 1.0f, 1.0f, m, sd);

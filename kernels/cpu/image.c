@@ -353,6 +353,32 @@ void vtl_cpu_image_crop(const vtl_image_view *src, const vtl_image_view *dst, in
 // src, dst: (C,H,W)
 void vtl_cpu_image_flip(const vtl_image_view *src, const vtl_image_view *dst, bool horizontal) {
   int64_t rows = dst->c * dst->h;
+  if (src->dtype == VTL_U8 && dst->dtype == VTL_U8 && (src->c == 1 || (src->sc == 1 && dst->sc == 1))) {
+    /* u8 interleaved: whole pixels (C bytes) moved per step */
+    const int64_t C = src->c, W = dst->w;
+    #pragma omp parallel for schedule(static) if (dst->h * W * C > 65536 && !omp_in_parallel())
+    for (int64_t y = 0; y < dst->h; y++) {
+      int64_t sy = horizontal ? y : src->h - 1 - y;
+      const uint8_t *sp = (const uint8_t *)src->data + sy * src->sh;
+      uint8_t *dp = (uint8_t *)dst->data + y * dst->sh;
+      if (!horizontal && src->sw == C && dst->sw == C) {
+        memcpy(dp, sp, (size_t)(W * C));
+      } else if (C == 3 && src->sw == 3 && dst->sw == 3) {
+        for (int64_t x = 0; x < W; x++) {
+          const uint8_t *p = sp + (W - 1 - x) * 3;
+          dp[3 * x] = p[0];
+          dp[3 * x + 1] = p[1];
+          dp[3 * x + 2] = p[2];
+        }
+      } else {
+        for (int64_t x = 0; x < W; x++) {
+          int64_t sx = horizontal ? W - 1 - x : x;
+          for (int64_t c = 0; c < C; c++) dp[x * dst->sw + c] = sp[sx * src->sw + c];
+        }
+      }
+    }
+    return;
+  }
   #pragma omp parallel for schedule(static) if (rows * dst->w > 65536 && !omp_in_parallel())
   for (int64_t r = 0; r < rows; r++) {
     int64_t c = r / dst->h, y = r % dst->h;
@@ -370,6 +396,31 @@ void vtl_cpu_image_affine(const vtl_image_view *src, const vtl_image_view *dst, 
                           const double *mean, const double *std) {
   int64_t rows = dst->c * dst->h;
   bool to_u8 = dst->dtype == VTL_U8;
+  if (src->dtype == VTL_U8 && !to_u8 && dst->sw == 1 && mul == 1 && dst->c <= 4) {
+    /* u8 -> f32 (to_tensor, with or without normalize): each channel's 256 possible results,
+       computed with the same float operations in the same order as the generic loop below,
+       looked up per pixel */
+    float lut[4][256];
+    for (int64_t c = 0; c < dst->c; c++) {
+      float m = mean ? (float)mean[c] : 0.0f, s = std ? (float)std[c] : 1.0f;
+      for (int v = 0; v < 256; v++) {
+        float f = (float)v;
+        if (div != 1) f /= div;
+        if (mean) f = (f - m) / s;
+        lut[c][v] = f;
+      }
+    }
+    #pragma omp parallel for schedule(static) if (rows * dst->w > 65536 && !omp_in_parallel())
+    for (int64_t r = 0; r < rows; r++) {
+      int64_t c = r / dst->h, y = r % dst->h;
+      const uint8_t *sp = (const uint8_t *)src->data + c * src->sc + y * src->sh;
+      float *dp = (float *)dst->data + c * dst->sc + y * dst->sh;
+      const float *t = lut[c];
+      const int64_t sw = src->sw, w = dst->w;
+      for (int64_t x = 0; x < w; x++) dp[x] = t[sp[x * sw]];
+    }
+    return;
+  }
   #pragma omp parallel for schedule(static) if (rows * dst->w > 65536 && !omp_in_parallel())
   for (int64_t r = 0; r < rows; r++) {
     int64_t c = r / dst->h, y = r % dst->h;

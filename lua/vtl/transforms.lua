@@ -490,8 +490,28 @@ end
 
 -- ---- combinators ----
 
+-- true when f is the library's own transform `name` (not a custom step)
+local function is_builtin(f, name)
+  return getmetatable(f) == Transform and rawget(f, "fn") == nil and f.name == name
+end
+
 apply.Compose = function(self, img, gen)
-  for _, f in ipairs(self.transforms) do img = f(img, gen) end
+  local steps = self.transforms
+  local i, n = 1, #steps
+  while i <= n do
+    local f, nxt = steps[i], steps[i + 1]
+    local fused
+    if nxt and is_builtin(f, "ToTensor") and is_builtin(nxt, "Normalize") and vtl.is_tensor(img) and img.dtype == "u8" then
+      -- ToTensor then Normalize in one pass (bit-identical); on a bad argument the two steps
+      -- run as they are, so that their own errors are raised
+      local ok, x = pcall(image.to_tensor, img, nxt.mean, nxt.std)
+      if ok then img, fused, i = x, true, i + 2 end
+    end
+    if not fused then
+      img = f(img, gen)
+      i = i + 1
+    end
+  end
   return img
 end
 ---Runs the transforms in order; callable as tf(img [, generator]).
