@@ -43,7 +43,7 @@ ZLIB     := $(if $(DEPS_ROOT),-l:libz.so.1,-lz)
 WARN     := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wno-unused-parameter -Wno-type-limits
 CFLAGS   += -std=gnu11 $(OPT) $(ARCH) -g -fPIC -fopenmp $(WARN) -Iruntime -Ikernels -Ilua $(INCDIRS) \
             -DVTL_LUA_DIR='"$(PREFIX)/share/vtl/lua"'
-LDLIBS   += $(DEPLIBS) -L$(BLASDIR) -Wl,-rpath,$(BLASDIR) -lopenblas -ldnnl -lcjson -lstb $(ZLIB) -llua5.4 -lreadline -lm -lpthread -fopenmp
+LDLIBS   += $(DEPLIBS) -L$(BLASDIR) -Wl,-rpath,$(BLASDIR) -lopenblas -ldnnl -lcjson -lstb -ljpeg $(ZLIB) -llua5.4 -lreadline -lm -lpthread -fopenmp
 
 ifeq ($(SAN),1)
   BUILD  := build-san
