@@ -14,6 +14,9 @@
 #include <string.h>
 #include "image.h"
 #include <omp.h>
+#ifdef __SSE2__
+#include <immintrin.h>
+#endif
 
 static inline float px_load(const vtl_image_view *v, int64_t off) {
   return v->dtype == VTL_U8 ? (float)((const uint8_t *)v->data)[off] : ((const float *)v->data)[off];
@@ -210,7 +213,7 @@ static vtl_status weights_identity(axis_weights *aw, int64_t n) {
   return VTL_OK;
 }
 
-#define RESIZE_STRIP 64 /* floats of one output row accumulated in registers at a time */
+#define RESIZE_STRIP 16 /* pixels of one output row accumulated in registers at a time */
 
 // src: (C,H,W) u8 with channel stride 1 (C <= 4), dst: (C,OH,OW) u8 with channel stride 1
 static vtl_status resize_u8_interleaved(const vtl_image_view *src, const vtl_image_view *dst,
@@ -233,13 +236,38 @@ static vtl_status resize_u8_interleaved(const vtl_image_view *src, const vtl_ima
       #pragma omp for schedule(static)
       for (int64_t y = 0; y < H; y++) {
         const uint8_t *sp = s8 + y * src->sh;
-        for (int64_t x = 0; x < W; x++) {
+        int64_t x0 = 0;
+#ifdef __SSE4_1__
+        if (C == 3 && src->sw == 3) {
+          /* 4 bytes per pixel read (the 4th belongs to the next pixel, so not for the last) */
+          const __m128i keep3 = _mm_set_epi32(0, -1, -1, -1);
+          for (; x0 < W - 1; x0++) {
+            int32_t u;
+            memcpy(&u, sp + 3 * x0, 4);
+            __m128i q = _mm_and_si128(_mm_cvtepu8_epi32(_mm_cvtsi32_si128(u)), keep3);
+            row[x0] = (v4f)_mm_cvtepi32_ps(q);
+          }
+        }
+#endif
+        for (int64_t x = x0; x < W; x++) {
           v4f p = {0, 0, 0, 0};
           for (int64_t c = 0; c < C; c++) p[c] = (float)sp[x * src->sw + c];
           row[x] = p;
         }
         v4f *m = mid + y * OW;
-        for (int64_t x = 0; x < OW; x++) {
+        int64_t x = 0;
+        for (; x + 1 < OW; x += 2) { /* two pixels: two independent accumulation chains */
+          const int64_t *ia = ww->idx + x * kw, *ib = ia + kw;
+          const float *wa = ww->w + x * kw, *wb = wa + kw;
+          v4f a = {0, 0, 0, 0}, b = {0, 0, 0, 0};
+          for (int j = 0; j < kw; j++) {
+            a += wa[j] * row[ia[j]];
+            b += wb[j] * row[ib[j]];
+          }
+          m[x] = a;
+          m[x + 1] = b;
+        }
+        for (; x < OW; x++) {
           const int64_t *ix = ww->idx + x * kw;
           const float *w = ww->w + x * kw;
           v4f acc = {0, 0, 0, 0};
@@ -254,29 +282,43 @@ static vtl_status resize_u8_interleaved(const vtl_image_view *src, const vtl_ima
     free(mid);
     return vtl_error_set(VTL_ERR_OOM, "resize: out of memory for a row buffer");
   }
-  const int64_t n = OW * 4;
   #pragma omp parallel for schedule(static) if (OH * OW * kh > 32768 && !omp_in_parallel())
   for (int64_t y = 0; y < OH; y++) {
     const int64_t *iy = wh->idx + y * kh;
     const float *w = wh->w + y * kh;
     uint8_t *dp = d8 + y * dst->sh;
-    for (int64_t i0 = 0; i0 < n; i0 += RESIZE_STRIP) {
-      int64_t len = n - i0 < RESIZE_STRIP ? n - i0 : RESIZE_STRIP;
-      float acc[RESIZE_STRIP] = {0};
+    for (int64_t x0 = 0; x0 < OW; x0 += RESIZE_STRIP) {
+      int64_t len = OW - x0 < RESIZE_STRIP ? OW - x0 : RESIZE_STRIP;
+      v4f acc[RESIZE_STRIP];
+      for (int t = 0; t < RESIZE_STRIP; t++) acc[t] = (v4f){0, 0, 0, 0};
       for (int j = 0; j < kh; j++) {
-        const float *m = (const float *)(mid + iy[j] * OW) + i0;
+        const v4f *m = mid + iy[j] * OW + x0;
         float wj = w[j];
         if (len == RESIZE_STRIP)
           for (int t = 0; t < RESIZE_STRIP; t++) acc[t] += wj * m[t];
         else
           for (int64_t t = 0; t < len; t++) acc[t] += wj * m[t];
       }
-      for (int64_t t = 0; t < len; t += 4) {
-        int64_t x = (i0 + t) >> 2;
-        for (int64_t c = 0; c < C; c++) {
-          float r = nearbyintf(acc[t + c]);
-          dp[x * dst->sw + c] = (uint8_t)(r >= 0 ? (r <= 255 ? r : 255) : 0);
+      for (int64_t t = 0; t < len; t++) {
+        uint8_t *o = dp + (x0 + t) * dst->sw;
+#ifdef __SSE2__
+        /* round half to even (the default rounding mode), saturate to 0..255 */
+        __m128i q = _mm_cvtps_epi32((__m128)acc[t]);
+        q = _mm_packus_epi16(_mm_packs_epi32(q, q), q);
+        uint32_t u = (uint32_t)_mm_cvtsi128_si32(q);
+        if (C == 3) {
+          o[0] = (uint8_t)u;
+          o[1] = (uint8_t)(u >> 8);
+          o[2] = (uint8_t)(u >> 16);
+          continue;
         }
+        for (int64_t c = 0; c < C; c++) o[c] = (uint8_t)(u >> (8 * c));
+#else
+        for (int64_t c = 0; c < C; c++) {
+          float r = nearbyintf(acc[t][c]);
+          o[c] = (uint8_t)(r >= 0 ? (r <= 255 ? r : 255) : 0);
+        }
+#endif
       }
     }
   }
