@@ -332,6 +332,99 @@ test("resize and crop accept non-contiguous views", function()
   T.eq(c[3][3][1]:item(), img[1][1][1]:item())
 end)
 
+-- ---- u8 fast paths against the general kernels ----
+-- A u8 H×W×C view whose channels are not adjacent in memory (channel stride H*W) takes the
+-- general per-element kernels; a contiguous image takes the interleaved u8 paths.
+local function planar_view(img) return img:permute(3, 1, 2):contiguous():permute(2, 3, 1) end
+
+-- a photo crop with 1..4 channels
+local function photo_channels(c)
+  local rgb = load_rgb("astronaut.png"):narrow(1, 101, 160):narrow(2, 141, 190)
+  if c == 3 then return rgb:contiguous() end
+  if c == 1 then return rgb:narrow(3, 2, 1):contiguous() end
+  if c == 2 then return rgb:narrow(3, 1, 2):contiguous() end
+  return vtl.cat({rgb, rgb:narrow(3, 3, 1)}, 3):contiguous()
+end
+
+test("u8 resize fast path agrees with the general kernel (1..4 channels, each filter)", function()
+  for c = 1, 4 do
+    local img = photo_channels(c)
+    local pv = planar_view(img)
+    for _, mode in ipairs {"bilinear", "bicubic", "nearest"} do
+      for _, aa in ipairs {true, false} do
+        for _, size in ipairs {{97, 131}, {224, 224}, {160, 301}, {300, 190}} do
+          local a = image.resize(img, size[1], size[2], {interpolation = mode, antialias = aa})
+          local b = image.resize(pv, size[1], size[2], {interpolation = mode, antialias = aa})
+          local d = (a:to("f64") - b:to("f64")):abs()
+          local what = string.format("%d ch %s aa=%s %dx%d", c, mode, tostring(aa), size[1], size[2])
+          -- the same float products, summed in another order now and then
+          T.truthy(d:max():item() <= 1, what .. ": max diff " .. d:max():item())
+          T.truthy(d:gt(0.5):to("f64"):mean():item() < 0.002, what .. ": too many values differ")
+        end
+      end
+    end
+  end
+end)
+
+test("resized_crop reads an in-bounds box through a view: equal to crop then resize", function()
+  local img = load_rgb("chelsea.png")
+  for _, box in ipairs {{1, 1, 300, 451}, {11, 23, 150, 201}, {200, 300, 101, 152}, {5, 7, 40, 30}} do
+    local got = TF.resized_crop(img, box[1], box[2], box[3], box[4], {224, 224})
+    local want = image.resize(image.crop(img, box[1], box[2], box[3], box[4]), 224, 224)
+    T.eq(maxdiff(got, want), 0, table.concat(box, ","))
+    local x = image.to_tensor(img)
+    local gf = TF.resized_crop(x, box[1], box[2], box[3], box[4], {64, 80})
+    T.eq(maxdiff(gf, image.resize(image.crop(x, box[1], box[2], box[3], box[4]), 64, 80)), 0, "f32 " .. table.concat(box, ","))
+  end
+  -- a box reaching past the image is filled with zeros, as before
+  local got = TF.resized_crop(img, -9, 401, 60, 80, {30, 40})
+  T.eq(maxdiff(got, image.resize(image.crop(img, -9, 401, 60, 80), 30, 40)), 0)
+end)
+
+test("u8 flips and colour blends: interleaved paths equal the general kernels", function()
+  for c = 1, 4 do
+    local img = photo_channels(c)
+    local pv = planar_view(img)
+    T.eq(maxdiff(image.hflip(img), image.hflip(pv)), 0, "hflip " .. c)
+    T.eq(maxdiff(image.vflip(img), image.vflip(pv)), 0, "vflip " .. c)
+    -- and equal to the f32 kernel's flip of the same pixels
+    T.eq(maxdiff(image.to_tensor(image.hflip(img)), image.hflip(image.to_tensor(img))), 0, "hflip f32 " .. c)
+    if c == 1 or c == 3 then
+      for _, f in ipairs {0, 0.37, 1, 1.6} do
+        for _, op in ipairs {"adjust_brightness", "adjust_contrast", "adjust_saturation"} do
+          T.eq(maxdiff(image[op](img, f), image[op](pv, f)), 0, op .. " " .. c .. " " .. f)
+        end
+      end
+    end
+  end
+end)
+
+test("to_tensor with mean and std equals to_tensor then normalize; Compose fuses them", function()
+  local mean, std = {0.485, 0.456, 0.406}, {0.229, 0.224, 0.225}
+  for c = 1, 4 do
+    local img = photo_channels(c)
+    local m, s = {}, {}
+    for i = 1, c do m[i], s[i] = mean[(i - 1) % 3 + 1], std[(i - 1) % 3 + 1] end
+    local want = image.normalize(image.to_tensor(img), m, s)
+    T.eq(maxdiff(image.to_tensor(img, m, s), want), 0, "channels " .. c)
+    T.eq(maxdiff(image.to_tensor(planar_view(img), m, s), want), 0, "planar view " .. c)
+    T.eq(maxdiff(image.to_tensor(img, 0.5, 0.25), image.normalize(image.to_tensor(img), 0.5, 0.25)), 0, "scalar")
+  end
+  local img = load_rgb("chelsea.png")
+  local fused = TF.Compose {TF.ToTensor(), TF.Normalize(mean, std)}
+  local steps = TF.Normalize(mean, std)(TF.ToTensor()(img))
+  T.eq(maxdiff(fused(img), steps), 0, "Compose")
+  -- the steps' own errors when the fused call cannot run
+  T.raises(function() fused(image.to_tensor(img)) end, "to_tensor: expected a u8 H×W×C image, got f32")
+  T.raises(function() TF.Compose {TF.ToTensor(), TF.Normalize({0.5, 0.5}, {0.2, 0.2})}(img) end,
+    "normalize: mean and std have 2 entries for an image of 3 channels")
+  T.raises(function() image.to_tensor(img, {0.5, 0.5}, {0.2}) end, "to_tensor: mean has 2 entries but std has 1")
+  T.raises(function() image.to_tensor(img, {0.5, "x", 0.5}, {1, 1, 1}) end, "to_tensor: mean[2] must be a number")
+  T.raises(function() image.to_tensor(img, {0.5, 0.5, 0.5}, {1, 0, 1}) end, "to_tensor: std[2] is 0")
+  T.raises(function() image.to_tensor(img, {0.5, 0.5, 0.5}) end, "to_tensor")
+  T.raises(function() image.to_tensor(img, 0.5, {}) end, "to_tensor: std must have 1 to 64 entries")
+end)
+
 test("random flips: rate and generator determinism", function()
   local img = vtl.arange(0, 12):to("u8"):view(2, 2, 3)
   local tf = TF.RandomHorizontalFlip(0.3)
