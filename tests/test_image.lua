@@ -186,6 +186,11 @@ test("bad files: clear errors naming the file", function()
   local mid = #jpg // 2
   T.writefile(tmp("noise.jpg"), jpg:sub(1, mid) .. string.rep("\x55", 64) .. jpg:sub(mid + 65))
   pcall(image.load, tmp("noise.jpg"))
+  -- a broken Huffman table: the JPEG decoder's own error, naming the file
+  local dht = jpg:find("\xFF\xC4", 1, true)
+  T.writefile(tmp("huff.jpg"), jpg:sub(1, dht + 4) .. string.rep("\xFF", 16) .. jpg:sub(dht + 21))
+  T.raises(function() image.load(tmp("huff.jpg")) end, tmp("huff.jpg") .. ": corrupt or truncated JPEG data (Bogus Huffman table")
+  T.raises(function() image.load(tmp("huff.jpg"), {channels = 1}) end, tmp("huff.jpg") .. ": corrupt or truncated JPEG data")
   T.raises(function() image.info(tmp("text.jpg")) end, "not a recognised image file")
 end)
 
