@@ -46,7 +46,7 @@ CAIRO_LIBS   := $(shell pkg-config --libs cairo 2>/dev/null || echo -lcairo)
 WARN     := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wno-unused-parameter -Wno-type-limits
 CFLAGS   += -std=gnu11 $(OPT) $(ARCH) -g -fPIC -fopenmp $(WARN) -Iruntime -Ikernels -Ilua $(INCDIRS) \
             -DVTL_LUA_DIR='"$(PREFIX)/share/vtl/lua"'
-LDLIBS   += $(DEPLIBS) -L$(BLASDIR) -Wl,-rpath,$(BLASDIR) -lopenblas -ldnnl -lcjson -lstb $(CAIRO_LIBS) $(ZLIB) -llua5.4 -lreadline -lm -lpthread -fopenmp
+LDLIBS   += $(DEPLIBS) -L$(BLASDIR) -Wl,-rpath,$(BLASDIR) -lopenblas -ldnnl -lcjson -lstb -ljpeg $(CAIRO_LIBS) $(ZLIB) -llua5.4 -lreadline -lm -lpthread -fopenmp
 
 ifeq ($(SAN),1)
   BUILD  := build-san

@@ -173,11 +173,6 @@ static int image_vflip(lua_State *L) {
   return lvtl_fillbox(L, b, vtl_image_flip(t, false));
 }
 
-static int image_to_tensor(lua_State *L) {
-  vtl_tensor *t = lvtl_checktensor(L, 1);
-  lvtl_box *b = lvtl_newbox(L);
-  return lvtl_fillbox(L, b, vtl_image_to_tensor(t));
-}
 
 static int image_to_u8(lua_State *L) {
   vtl_tensor *t = lvtl_checktensor(L, 1);
@@ -186,28 +181,43 @@ static int image_to_u8(lua_State *L) {
 }
 
 /* a number or a list of 1..64 numbers at idx into out; returns the count */
-static int numbers_arg(lua_State *L, int idx, double *out, const char *what) {
+static int numbers_arg(lua_State *L, int idx, double *out, const char *op, const char *what) {
   if (lua_type(L, idx) == LUA_TNUMBER) {
     out[0] = lua_tonumber(L, idx);
     return 1;
   }
   luaL_checktype(L, idx, LUA_TTABLE);
   lua_Integer n = luaL_len(L, idx);
-  if (n < 1 || n > 64) return luaL_error(L, "normalize: %s must have 1 to 64 entries, got %d", what, (int)n);
+  if (n < 1 || n > 64) return luaL_error(L, "%s: %s must have 1 to 64 entries, got %d", op, what, (int)n);
   for (lua_Integer i = 1; i <= n; i++) {
     lua_geti(L, idx, i);
-    if (!lua_isnumber(L, -1)) return luaL_error(L, "normalize: %s[%d] must be a number, got %s", what, (int)i, luaL_typename(L, -1));
+    if (!lua_isnumber(L, -1)) return luaL_error(L, "%s: %s[%d] must be a number, got %s", op, what, (int)i, luaL_typename(L, -1));
     out[i - 1] = lua_tonumber(L, -1);
     lua_pop(L, 1);
   }
   return (int)n;
 }
 
+/* image.to_tensor(img [, mean, std]): u8 H×W×C -> f32 C×H×W / 255, then (x - mean[c]) / std[c]
+   when mean and std are given (equal to image.normalize of the result, in one pass) */
+static int image_to_tensor(lua_State *L) {
+  vtl_tensor *t = lvtl_checktensor(L, 1);
+  double mean[64], sd[64];
+  int nm = 0;
+  if (!lua_isnoneornil(L, 2) || !lua_isnoneornil(L, 3)) {
+    nm = numbers_arg(L, 2, mean, "to_tensor", "mean");
+    int ns = numbers_arg(L, 3, sd, "to_tensor", "std");
+    if (nm != ns) return luaL_error(L, "to_tensor: mean has %d entries but std has %d", nm, ns);
+  }
+  lvtl_box *b = lvtl_newbox(L);
+  return lvtl_fillbox(L, b, vtl_image_to_tensor_normalize(t, nm ? mean : NULL, nm ? sd : NULL, nm));
+}
+
 /* image.normalize(x, mean, std): (x - mean[c]) / std[c] for an f32 C×H×W tensor */
 static int image_normalize(lua_State *L) {
   vtl_tensor *t = lvtl_checktensor(L, 1);
   double mean[64], sd[64];
-  int nm = numbers_arg(L, 2, mean, "mean"), ns = numbers_arg(L, 3, sd, "std");
+  int nm = numbers_arg(L, 2, mean, "normalize", "mean"), ns = numbers_arg(L, 3, sd, "normalize", "std");
   if (nm != ns) return luaL_error(L, "normalize: mean has %d entries but std has %d", nm, ns);
   lvtl_box *b = lvtl_newbox(L);
   return lvtl_fillbox(L, b, vtl_image_normalize(t, mean, sd, nm));

@@ -57,6 +57,10 @@ vtl_tensor *vtl_image_flip(vtl_tensor *img, bool horizontal);
 /* u8 H×W×C (or H×W) -> f32 C×H×W divided by 255. */
 vtl_tensor *vtl_image_to_tensor(vtl_tensor *img);
 
+/* to_tensor then normalize in one pass (mean, std: nc entries, 1 or one per channel); equal to
+   the two steps bit for bit. mean NULL: to_tensor alone. */
+vtl_tensor *vtl_image_to_tensor_normalize(vtl_tensor *img, const double *mean, const double *std, int nc);
+
 /* f32 C×H×W -> u8 H×W×C: each value v becomes clamp(floor(v*255 + 0.5), 0, 255). */
 vtl_tensor *vtl_image_to_u8(vtl_tensor *img);
 
@@ -131,6 +135,8 @@ void vtl_cpu_image_affine(const vtl_image_view *src, const vtl_image_view *dst, 
 void vtl_cpu_image_blend(const vtl_image_view *src, const vtl_image_view *other, float scalar, double ratio,
                          const vtl_image_view *dst);
 void vtl_cpu_image_grayscale(const vtl_image_view *src, const vtl_image_view *dst);
+/* adjust_saturation of a 3-channel u8 image in one pass, bit-identical to grayscale + blend */
+void vtl_cpu_image_saturation_u8(const vtl_image_view *src, double ratio, const vtl_image_view *dst);
 double vtl_cpu_image_gray_mean(const vtl_image_view *src);
 void vtl_cpu_image_hue(const vtl_image_view *src, const vtl_image_view *dst, double hue);
 void vtl_cpu_image_point(const vtl_image_view *src, const vtl_image_view *dst, vtl_point_op op, double param);

@@ -5,7 +5,7 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 
-debs=(build-essential pkg-config liblua5.4-dev lua5.4 libstb-dev libopenblas-openmp-dev
+debs=(build-essential pkg-config liblua5.4-dev lua5.4 libstb-dev libjpeg62-turbo-dev libopenblas-openmp-dev
       libcjson-dev libreadline-dev libdnnl-dev python3-venv python3-torch python3-numpy
       python3-torchvision python3-pil zlib1g-dev dataset-fashion-mnist python3-sklearn
       libcairo2-dev)

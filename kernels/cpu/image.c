@@ -14,6 +14,9 @@
 #include <string.h>
 #include "image.h"
 #include <omp.h>
+#ifdef __SSE2__
+#include <immintrin.h>
+#endif
 
 static inline float px_load(const vtl_image_view *v, int64_t off) {
   return v->dtype == VTL_U8 ? (float)((const uint8_t *)v->data)[off] : ((const float *)v->data)[off];
@@ -188,6 +191,141 @@ static void copy_planes(const vtl_image_view *src, const vtl_image_view *dst) {
   }
 }
 
+/* ---- u8 interleaved fast path ----
+   The same weights and the same float arithmetic per tap as resample_w / resample_h (width
+   first, float intermediate, rounding half to even), laid out for SIMD: each pixel's channels
+   padded to four float lanes, so a tap is one 4-lane multiply-add in the width pass, and the
+   height pass runs along whole rows of the intermediate. */
+
+typedef float v4f __attribute__((vector_size(16)));
+
+/* identity weights for an axis that keeps its size */
+static vtl_status weights_identity(axis_weights *aw, int64_t n) {
+  aw->k = 1;
+  aw->idx = malloc(sizeof *aw->idx * (size_t)n);
+  aw->w = malloc(sizeof *aw->w * (size_t)n);
+  if (!aw->idx || !aw->w) {
+    free(aw->idx);
+    free(aw->w);
+    return vtl_error_set(VTL_ERR_OOM, "resize: out of memory for the resampling weights");
+  }
+  for (int64_t i = 0; i < n; i++) { aw->idx[i] = i; aw->w[i] = 1; }
+  return VTL_OK;
+}
+
+#define RESIZE_STRIP 16 /* pixels of one output row accumulated in registers at a time */
+
+// src: (C,H,W) u8 with channel stride 1 (C <= 4), dst: (C,OH,OW) u8 with channel stride 1
+static vtl_status resize_u8_interleaved(const vtl_image_view *src, const vtl_image_view *dst,
+                                        const axis_weights *ww, const axis_weights *wh) {
+  const int64_t H = src->h, W = src->w, OH = dst->h, OW = dst->w, C = src->c;
+  const int kw = ww->k, kh = wh->k;
+  v4f *mid = malloc(sizeof *mid * (size_t)(H * OW)); /* (H, OW) pixels of 4 lanes */
+  if (!mid) return vtl_error_set(VTL_ERR_OOM, "resize: out of memory for the intermediate image");
+  bool failed = false;
+  const uint8_t *s8 = src->data;
+  uint8_t *d8 = dst->data;
+  bool par = H * OW * kw > 32768 && !omp_in_parallel();
+  #pragma omp parallel if (par)
+  {
+    v4f *row = malloc(sizeof *row * (size_t)W);
+    if (!row) {
+      #pragma omp atomic write
+      failed = true;
+    } else {
+      #pragma omp for schedule(static)
+      for (int64_t y = 0; y < H; y++) {
+        const uint8_t *sp = s8 + y * src->sh;
+        int64_t x0 = 0;
+#ifdef __SSE4_1__
+        if (C == 3 && src->sw == 3) {
+          /* 4 bytes per pixel read (the 4th belongs to the next pixel, so not for the last) */
+          const __m128i keep3 = _mm_set_epi32(0, -1, -1, -1);
+          for (; x0 < W - 1; x0++) {
+            int32_t u;
+            memcpy(&u, sp + 3 * x0, 4);
+            __m128i q = _mm_and_si128(_mm_cvtepu8_epi32(_mm_cvtsi32_si128(u)), keep3);
+            row[x0] = (v4f)_mm_cvtepi32_ps(q);
+          }
+        }
+#endif
+        for (int64_t x = x0; x < W; x++) {
+          v4f p = {0, 0, 0, 0};
+          for (int64_t c = 0; c < C; c++) p[c] = (float)sp[x * src->sw + c];
+          row[x] = p;
+        }
+        v4f *m = mid + y * OW;
+        int64_t x = 0;
+        for (; x + 1 < OW; x += 2) { /* two pixels: two independent accumulation chains */
+          const int64_t *ia = ww->idx + x * kw, *ib = ia + kw;
+          const float *wa = ww->w + x * kw, *wb = wa + kw;
+          v4f a = {0, 0, 0, 0}, b = {0, 0, 0, 0};
+          for (int j = 0; j < kw; j++) {
+            a += wa[j] * row[ia[j]];
+            b += wb[j] * row[ib[j]];
+          }
+          m[x] = a;
+          m[x + 1] = b;
+        }
+        for (; x < OW; x++) {
+          const int64_t *ix = ww->idx + x * kw;
+          const float *w = ww->w + x * kw;
+          v4f acc = {0, 0, 0, 0};
+          for (int j = 0; j < kw; j++) acc += w[j] * row[ix[j]];
+          m[x] = acc;
+        }
+      }
+      free(row);
+    }
+  }
+  if (failed) {
+    free(mid);
+    return vtl_error_set(VTL_ERR_OOM, "resize: out of memory for a row buffer");
+  }
+  #pragma omp parallel for schedule(static) if (OH * OW * kh > 32768 && !omp_in_parallel())
+  for (int64_t y = 0; y < OH; y++) {
+    const int64_t *iy = wh->idx + y * kh;
+    const float *w = wh->w + y * kh;
+    uint8_t *dp = d8 + y * dst->sh;
+    for (int64_t x0 = 0; x0 < OW; x0 += RESIZE_STRIP) {
+      int64_t len = OW - x0 < RESIZE_STRIP ? OW - x0 : RESIZE_STRIP;
+      v4f acc[RESIZE_STRIP];
+      for (int t = 0; t < RESIZE_STRIP; t++) acc[t] = (v4f){0, 0, 0, 0};
+      for (int j = 0; j < kh; j++) {
+        const v4f *m = mid + iy[j] * OW + x0;
+        float wj = w[j];
+        if (len == RESIZE_STRIP)
+          for (int t = 0; t < RESIZE_STRIP; t++) acc[t] += wj * m[t];
+        else
+          for (int64_t t = 0; t < len; t++) acc[t] += wj * m[t];
+      }
+      for (int64_t t = 0; t < len; t++) {
+        uint8_t *o = dp + (x0 + t) * dst->sw;
+#ifdef __SSE2__
+        /* round half to even (the default rounding mode), saturate to 0..255 */
+        __m128i q = _mm_cvtps_epi32((__m128)acc[t]);
+        q = _mm_packus_epi16(_mm_packs_epi32(q, q), q);
+        uint32_t u = (uint32_t)_mm_cvtsi128_si32(q);
+        if (C == 3) {
+          o[0] = (uint8_t)u;
+          o[1] = (uint8_t)(u >> 8);
+          o[2] = (uint8_t)(u >> 16);
+          continue;
+        }
+        for (int64_t c = 0; c < C; c++) o[c] = (uint8_t)(u >> (8 * c));
+#else
+        for (int64_t c = 0; c < C; c++) {
+          float r = nearbyintf(acc[t][c]);
+          o[c] = (uint8_t)(r >= 0 ? (r <= 255 ? r : 255) : 0);
+        }
+#endif
+      }
+    }
+  }
+  free(mid);
+  return VTL_OK;
+}
+
 // src: (C,H,W) u8/f32, dst: (C,OH,OW) u8/f32, any strides
 vtl_status vtl_cpu_image_resize(const vtl_image_view *src, const vtl_image_view *dst, vtl_interp mode,
                                 bool antialias) {
@@ -195,6 +333,18 @@ vtl_status vtl_cpu_image_resize(const vtl_image_view *src, const vtl_image_view 
   if (!dw && !dh) {
     copy_planes(src, dst);
     return VTL_OK;
+  }
+  if (src->dtype == VTL_U8 && dst->dtype == VTL_U8 && src->c <= 4 && (src->c == 1 || (src->sc == 1 && dst->sc == 1))) {
+    axis_weights ww = {0}, wh = {0};
+    vtl_status st = dw ? weights_make(&ww, src->w, dst->w, mode, antialias) : weights_identity(&ww, src->w);
+    if (st != VTL_OK) return st;
+    st = dh ? weights_make(&wh, src->h, dst->h, mode, antialias) : weights_identity(&wh, src->h);
+    if (st == VTL_OK) {
+      st = resize_u8_interleaved(src, dst, &ww, &wh);
+      weights_free(&wh);
+    }
+    weights_free(&ww);
+    return st;
   }
   axis_weights ww = {0}, wh = {0};
   if (dw && weights_make(&ww, src->w, dst->w, mode, antialias) != VTL_OK) return VTL_ERR_OOM;
@@ -245,6 +395,32 @@ void vtl_cpu_image_crop(const vtl_image_view *src, const vtl_image_view *dst, in
 // src, dst: (C,H,W)
 void vtl_cpu_image_flip(const vtl_image_view *src, const vtl_image_view *dst, bool horizontal) {
   int64_t rows = dst->c * dst->h;
+  if (src->dtype == VTL_U8 && dst->dtype == VTL_U8 && (src->c == 1 || (src->sc == 1 && dst->sc == 1))) {
+    /* u8 interleaved: whole pixels (C bytes) moved per step */
+    const int64_t C = src->c, W = dst->w;
+    #pragma omp parallel for schedule(static) if (dst->h * W * C > 65536 && !omp_in_parallel())
+    for (int64_t y = 0; y < dst->h; y++) {
+      int64_t sy = horizontal ? y : src->h - 1 - y;
+      const uint8_t *sp = (const uint8_t *)src->data + sy * src->sh;
+      uint8_t *dp = (uint8_t *)dst->data + y * dst->sh;
+      if (!horizontal && src->sw == C && dst->sw == C) {
+        memcpy(dp, sp, (size_t)(W * C));
+      } else if (C == 3 && src->sw == 3 && dst->sw == 3) {
+        for (int64_t x = 0; x < W; x++) {
+          const uint8_t *p = sp + (W - 1 - x) * 3;
+          dp[3 * x] = p[0];
+          dp[3 * x + 1] = p[1];
+          dp[3 * x + 2] = p[2];
+        }
+      } else {
+        for (int64_t x = 0; x < W; x++) {
+          int64_t sx = horizontal ? W - 1 - x : x;
+          for (int64_t c = 0; c < C; c++) dp[x * dst->sw + c] = sp[sx * src->sw + c];
+        }
+      }
+    }
+    return;
+  }
   #pragma omp parallel for schedule(static) if (rows * dst->w > 65536 && !omp_in_parallel())
   for (int64_t r = 0; r < rows; r++) {
     int64_t c = r / dst->h, y = r % dst->h;
@@ -262,6 +438,31 @@ void vtl_cpu_image_affine(const vtl_image_view *src, const vtl_image_view *dst, 
                           const double *mean, const double *std) {
   int64_t rows = dst->c * dst->h;
   bool to_u8 = dst->dtype == VTL_U8;
+  if (src->dtype == VTL_U8 && !to_u8 && dst->sw == 1 && mul == 1 && dst->c <= 4) {
+    /* u8 -> f32 (to_tensor, with or without normalize): each channel's 256 possible results,
+       computed with the same float operations in the same order as the generic loop below,
+       looked up per pixel */
+    float lut[4][256];
+    for (int64_t c = 0; c < dst->c; c++) {
+      float m = mean ? (float)mean[c] : 0.0f, s = std ? (float)std[c] : 1.0f;
+      for (int v = 0; v < 256; v++) {
+        float f = (float)v;
+        if (div != 1) f /= div;
+        if (mean) f = (f - m) / s;
+        lut[c][v] = f;
+      }
+    }
+    #pragma omp parallel for schedule(static) if (rows * dst->w > 65536 && !omp_in_parallel())
+    for (int64_t r = 0; r < rows; r++) {
+      int64_t c = r / dst->h, y = r % dst->h;
+      const uint8_t *sp = (const uint8_t *)src->data + c * src->sc + y * src->sh;
+      float *dp = (float *)dst->data + c * dst->sc + y * dst->sh;
+      const float *t = lut[c];
+      const int64_t sw = src->sw, w = dst->w;
+      for (int64_t x = 0; x < w; x++) dp[x] = t[sp[x * sw]];
+    }
+    return;
+  }
   #pragma omp parallel for schedule(static) if (rows * dst->w > 65536 && !omp_in_parallel())
   for (int64_t r = 0; r < rows; r++) {
     int64_t c = r / dst->h, y = r % dst->h;

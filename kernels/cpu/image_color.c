@@ -20,6 +20,109 @@
 
 #define ROWS_PARALLEL(rows, work) if ((rows) * (work) > VTL_IMAGE_PAR_WORK && !omp_in_parallel())
 
+/* ---- u8 tables ----
+   On u8 images every product of a float constant with a pixel takes one of 256 values, so the
+   u8 paths look the products up in tables filled with the very float operations the generic
+   path performs per pixel; sums, clamps and truncations stay per pixel, in the same order. The
+   results are bit-identical to the float path. */
+
+/* tab[v] = k * v for v in 0..255 */
+static void table_scale(float *tab, float k) {
+  for (int v = 0; v < 256; v++) tab[v] = k * (float)v;
+}
+
+/* the grayscale tables: 0.2989 R, 0.587 G, 0.114 B */
+typedef struct { float r[256], g[256], b[256]; } gray_tables;
+
+static void gray_tables_fill(gray_tables *t) {
+  table_scale(t->r, 0.2989f);
+  table_scale(t->g, 0.587f);
+  table_scale(t->b, 0.114f);
+}
+
+/* truncated u8 gray of one pixel (the sum is in [0, 255]: no clamp needed) */
+static inline uint8_t gray_u8(const gray_tables *t, const uint8_t *p, int64_t sc) {
+  return (uint8_t)(t->r[p[0]] + t->g[p[sc]] + t->b[p[2 * sc]]);
+}
+
+static inline uint8_t clamp_trunc_u8(float v) { return (uint8_t)(v < 0 ? 0 : v > 255.0f ? 255.0f : v); }
+
+// src, dst: (C,H,W) u8; dst = trunc(clamp(ratio * src + q * scalar, 0, 255)) through a table
+static void blend_scalar_u8(const vtl_image_view *src, float r, float qs, const vtl_image_view *dst) {
+  uint8_t lut[256];
+  for (int v = 0; v < 256; v++) lut[v] = clamp_trunc_u8(r * (float)v + qs);
+  const uint8_t *s = src->data;
+  uint8_t *d = dst->data;
+  int64_t C = dst->c, H = dst->h, W = dst->w;
+  if (C == 1 || (src->sc == 1 && dst->sc == 1 && src->sw == C && dst->sw == C)) {
+    /* each row's pixels are one run of W*C bytes */
+    for (int64_t y = 0; y < H; y++) {
+      const uint8_t *sp = s + y * src->sh;
+      uint8_t *dp = d + y * dst->sh;
+      if (C == 1 && (src->sw != 1 || dst->sw != 1)) {
+        for (int64_t x = 0; x < W; x++) dp[x * dst->sw] = lut[sp[x * src->sw]];
+      } else {
+        for (int64_t i = 0; i < W * C; i++) dp[i] = lut[sp[i]];
+      }
+    }
+    return;
+  }
+  for (int64_t c = 0; c < C; c++)
+    for (int64_t y = 0; y < H; y++)
+      for (int64_t x = 0; x < W; x++)
+        d[c * dst->sc + y * dst->sh + x * dst->sw] = lut[s[c * src->sc + y * src->sh + x * src->sw]];
+}
+
+/* one row of packed RGB pixels: the products computed rather than looked up, in a form the
+   compiler vectorizes (the gray sum lies in [0, 255), so int truncation is the u8 truncation) */
+static void saturation_row_packed(const uint8_t *restrict sp, uint8_t *restrict dp, int64_t n, float r, float q) {
+  for (int64_t x = 0; x < n; x++) {
+    float pr = sp[3 * x], pg = sp[3 * x + 1], pb = sp[3 * x + 2];
+    int gi = (int)(0.2989f * pr + 0.587f * pg + 0.114f * pb);
+    float b = q * (float)gi;
+    float vr = r * pr + b, vg = r * pg + b, vb = r * pb + b;
+    vr = vr < 0 ? 0 : vr;
+    vr = vr > 255.0f ? 255.0f : vr;
+    vg = vg < 0 ? 0 : vg;
+    vg = vg > 255.0f ? 255.0f : vg;
+    vb = vb < 0 ? 0 : vb;
+    vb = vb > 255.0f ? 255.0f : vb;
+    dp[3 * x] = (uint8_t)(int)vr;
+    dp[3 * x + 1] = (uint8_t)(int)vg;
+    dp[3 * x + 2] = (uint8_t)(int)vb;
+  }
+}
+
+// src, dst: (3,H,W) u8; adjust_saturation: dst = trunc(clamp(ratio * src + q * gray(src), 0, 255))
+// with gray truncated to u8 first, in one pass (no grayscale image)
+void vtl_cpu_image_saturation_u8(const vtl_image_view *src, double ratio, const vtl_image_view *dst) {
+  const float r = (float)ratio, q = (float)(1.0 - ratio);
+  if (src->sc == 1 && dst->sc == 1 && src->sw == 3 && dst->sw == 3) {
+    for (int64_t y = 0; y < src->h; y++)
+      saturation_row_packed((const uint8_t *)src->data + y * src->sh, (uint8_t *)dst->data + y * dst->sh, src->w, r, q);
+    return;
+  }
+  gray_tables gt;
+  gray_tables_fill(&gt);
+  float rs[256], qg[256];
+  table_scale(rs, r);
+  table_scale(qg, q);
+  const uint8_t *s = src->data;
+  uint8_t *d = dst->data;
+  for (int64_t y = 0; y < src->h; y++) {
+    const uint8_t *sp = s + y * src->sh;
+    uint8_t *dp = d + y * dst->sh;
+    for (int64_t x = 0; x < src->w; x++) {
+      const uint8_t *p = sp + x * src->sw;
+      float b = qg[gray_u8(&gt, p, src->sc)];
+      uint8_t *o = dp + x * dst->sw;
+      o[0] = clamp_trunc_u8(rs[p[0]] + b);
+      o[dst->sc] = clamp_trunc_u8(rs[p[src->sc]] + b);
+      o[2 * dst->sc] = clamp_trunc_u8(rs[p[2 * src->sc]] + b);
+    }
+  }
+}
+
 /* ---- blend ---- */
 
 // src, dst: (C,H,W); other: (C or 1,H,W) or NULL for the constant `scalar`
@@ -29,6 +132,10 @@ void vtl_cpu_image_blend(const vtl_image_view *src, const vtl_image_view *other,
   const float r = (float)ratio, q = (float)(1.0 - ratio);
   const float bound = src->dtype == VTL_U8 ? 255.0f : 1.0f;
   const float qs = q * scalar;
+  if (!other && src->dtype == VTL_U8) {
+    blend_scalar_u8(src, r, qs, dst);
+    return;
+  }
   int64_t rows = dst->c * dst->h;
   #pragma omp parallel for schedule(static) ROWS_PARALLEL(rows, dst->w)
   for (int64_t row = 0; row < rows; row++) {
@@ -67,6 +174,26 @@ void vtl_cpu_image_grayscale(const vtl_image_view *src, const vtl_image_view *ds
 // truncated values), as adjust_contrast's blend target
 double vtl_cpu_image_gray_mean(const vtl_image_view *src) {
   double total = 0;
+  if (src->dtype == VTL_U8 && src->c == 3) {
+    /* integer row sums: exact, so equal to the float path's double sums */
+    gray_tables gt;
+    gray_tables_fill(&gt);
+    const uint8_t *s = src->data;
+    const bool packed = src->sc == 1 && src->sw == 3;
+    for (int64_t y = 0; y < src->h; y++) {
+      const uint8_t *sp = s + y * src->sh;
+      int64_t row = 0;
+      if (packed) {
+        /* computed products (vectorizes); the sum is in [0, 255), int truncation = u8's */
+        for (int64_t x = 0; x < src->w; x++)
+          row += (int)(0.2989f * (float)sp[3 * x] + 0.587f * (float)sp[3 * x + 1] + 0.114f * (float)sp[3 * x + 2]);
+      } else {
+        for (int64_t x = 0; x < src->w; x++) row += gray_u8(&gt, sp + x * src->sw, src->sc);
+      }
+      total += (double)row;
+    }
+    return total / (double)(src->h * src->w);
+  }
   for (int64_t y = 0; y < src->h; y++) {
     double row = 0;
     for (int64_t x = 0; x < src->w; x++) {

@@ -294,7 +294,15 @@ function T.resized_crop(img, top, left, h, w, size, opts)
   opts = opts or {}
   local aa = opts.antialias
   if aa == nil then aa = true end
-  local c = image.crop(img, top, left, h, w)
+  local ih, iw = T.size_of(img)
+  local c
+  if top >= 1 and left >= 1 and h >= 1 and w >= 1 and top + h - 1 <= ih and left + w - 1 <= iw then
+    -- a box inside the image: resize reads it through a view, no copy
+    local hd = (#img.shape == 3 and img.dtype ~= "u8") and 2 or 1
+    c = img:narrow(hd, top, h):narrow(hd + 1, left, w)
+  else
+    c = image.crop(img, top, left, h, w)
+  end
   return image.resize(c, oh, ow, {interpolation = opts.interpolation or "bilinear", antialias = aa})
 end
 
@@ -482,8 +490,28 @@ end
 
 -- ---- combinators ----
 
+-- true when f is the library's own transform `name` (not a custom step)
+local function is_builtin(f, name)
+  return getmetatable(f) == Transform and rawget(f, "fn") == nil and f.name == name
+end
+
 apply.Compose = function(self, img, gen)
-  for _, f in ipairs(self.transforms) do img = f(img, gen) end
+  local steps = self.transforms
+  local i, n = 1, #steps
+  while i <= n do
+    local f, nxt = steps[i], steps[i + 1]
+    local fused
+    if nxt and is_builtin(f, "ToTensor") and is_builtin(nxt, "Normalize") and vtl.is_tensor(img) and img.dtype == "u8" then
+      -- ToTensor then Normalize in one pass (bit-identical); on a bad argument the two steps
+      -- run as they are, so that their own errors are raised
+      local ok, x = pcall(image.to_tensor, img, nxt.mean, nxt.std)
+      if ok then img, fused, i = x, true, i + 2 end
+    end
+    if not fused then
+      img = f(img, gen)
+      i = i + 1
+    end
+  end
   return img
 end
 ---Runs the transforms in order; callable as tf(img [, generator]).

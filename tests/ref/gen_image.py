@@ -46,6 +46,10 @@ def main():
     chelsea.save(os.path.join(d, "chelsea.bmp"))
     chelsea.save(os.path.join(d, "chelsea.tga"))
     chelsea.convert("P", palette=Image.ADAPTIVE).save(os.path.join(d, "chelsea.gif"))
+    # a 4-component (CMYK) JPEG: decoded by stb, not libjpeg
+    chelsea.convert("CMYK").save(os.path.join(d, "chelsea_cmyk.jpg"), quality=90)
+    npy("chelsea_cmyk.jpg.rgb.npy", np.asarray(chelsea))
+    lines.append('  {kind = "cmyk", file = "chelsea_cmyk.jpg", want3 = "chelsea_cmyk.jpg.rgb.npy"},')
     decode += [("chelsea_q90.jpg", "jpeg"), ("chelsea_gray.jpg", "jpeg"), ("chelsea.bmp", "exact"),
                ("chelsea.tga", "exact"), ("chelsea.gif", "exact")]
     for fname, kind in decode:
