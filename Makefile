@@ -30,7 +30,8 @@ ifneq ($(DEPS_ROOT),)
   INCDIRS := -I$(DEPS_ROOT)/usr/include -I$(DEPS_ROOT)/usr/include/x86_64-linux-gnu -I$(DEPS_ROOT)/usr/include/lua5.4 -I$(DEPS_ROOT)/usr/include/stb \
              -I$(DEPS_ROOT)/usr/include/x86_64-linux-gnu/openblas-openmp $(INCDIRS)
   BLASDIR := $(DEPS_ROOT)$(LIBDIR)/openblas-openmp
-  DEPLIBS := -L$(DEPS_ROOT)$(LIBDIR) -Wl,-rpath,$(DEPS_ROOT)$(LIBDIR)
+  # RPATH (not RUNPATH) so the libraries found there also find their own dependencies there
+  DEPLIBS := -L$(DEPS_ROOT)$(LIBDIR) -Wl,-rpath,$(DEPS_ROOT)$(LIBDIR) -Wl,--disable-new-dtags
 endif
 
 # nvcc: warnings on (186, an unsigned compared with zero, comes from templates over all dtypes)
