@@ -200,7 +200,8 @@ end
 
 ---Shows x (see bundle): in a notebook as display_data, elsewhere by printing its text.
 ---opts.display_id = true (a fresh id) or a string names the output so that update() can
----replace it; returns that id.
+---replace it; returns that id (and nothing without one, so that a cell ending in
+---vtl.display(x) shows no value of its own).
 ---@param x any
 ---@param opts? {display_id: boolean|string|nil}
 ---@return string|nil display_id
@@ -214,7 +215,7 @@ function M.display(x, opts)
     error("display: display_id must be true or a string, got " .. type(id), 2)
   end
   send("display_data", M.bundle(x), id)
-  return id
+  if id then return id end
 end
 
 ---Replaces the output shown with display_id (update_display_data).
