@@ -43,6 +43,9 @@ ZLIB     := $(if $(DEPS_ROOT),-l:libz.so.1,-lz)
 # cairo (plots): flags from pkg-config, or the plain names when it does not know cairo (DEPS_ROOT)
 CAIRO_CFLAGS := $(shell pkg-config --cflags cairo 2>/dev/null || echo -I$(if $(DEPS_ROOT),$(DEPS_ROOT))/usr/include/cairo)
 CAIRO_LIBS   := $(shell pkg-config --libs cairo 2>/dev/null || echo -lcairo)
+# the Jupyter kernel (host only): libzmq sockets, OpenSSL's HMAC
+ZMQ_CFLAGS := $(shell pkg-config --cflags libzmq 2>/dev/null)
+ZMQ_LIBS   := $(shell pkg-config --libs libzmq 2>/dev/null || echo -lzmq)
 
 WARN     := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wno-unused-parameter -Wno-type-limits
 CFLAGS   += -std=gnu11 $(OPT) $(ARCH) -g -fPIC -fopenmp $(WARN) -Iruntime -Ikernels -Ilua $(INCDIRS) \
@@ -56,8 +59,8 @@ ifeq ($(SAN),1)
 endif
 
 RUNTIME_SRC := $(wildcard runtime/*.c) $(wildcard kernels/cpu/*.c)
-BIND_SRC    := $(filter-out lua/host.c lua/repl.c,$(wildcard lua/*.c))
-HOST_SRC    := lua/host.c lua/repl.c
+BIND_SRC    := $(filter-out lua/host.c lua/repl.c lua/kernel.c,$(wildcard lua/*.c))
+HOST_SRC    := lua/host.c lua/repl.c lua/kernel.c
 CUDA_SRC    := $(wildcard kernels/cuda/*.cu)
 
 ifeq ($(CUDA_ON),1)
@@ -86,6 +89,7 @@ endif
 $(LIB_OBJ) $(HOST_OBJ): $(BUILD)/.flags
 # only the files that draw include cairo's headers
 $(BUILD)/runtime/plot.o $(BUILD)/lua/lplot.o: CFLAGS += $(CAIRO_CFLAGS)
+$(BUILD)/lua/kernel.o: CFLAGS += $(ZMQ_CFLAGS)
 # the library is relinked when its list of objects changes (a file added or removed)
 ifneq ($(file < $(BUILD)/.objs),$(LIB_OBJ))
   $(file > $(BUILD)/.objs,$(LIB_OBJ))
@@ -111,7 +115,7 @@ $(BUILD)/libvtl.a: $(LIB_OBJ)
 	ar rcs $@ $(LIB_OBJ)
 
 $(VTL_BIN): $(HOST_OBJ) $(BUILD)/libvtl.a
-	$(CC) $(LDFLAGS) -o $@ $(HOST_OBJ) $(BUILD)/libvtl.a $(LDLIBS) -Wl,-E
+	$(CC) $(LDFLAGS) -o $@ $(HOST_OBJ) $(BUILD)/libvtl.a $(LDLIBS) $(ZMQ_LIBS) -lcrypto -Wl,-E
 
 # The Lua C module: links the runtime statically but takes Lua from the host interpreter.
 $(BUILD)/vtl/core.so: $(LIB_OBJ)

