@@ -62,7 +62,7 @@ CUDA_SRC    := $(wildcard kernels/cuda/*.cu)
 ifeq ($(CUDA_ON),1)
   CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC))
   CFLAGS  += -DVTL_HAVE_CUDA=1 -I$(CUDA_HOME)/include
-  LDLIBS  += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublas -lcudart -lstdc++
+  LDLIBS  += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudnn -lcublas -lcudart -lstdc++
   CUDA_OBJ := $(patsubst %.cu,$(BUILD)/%.o,$(CUDA_SRC))
   BACKEND_MSG := CUDA backend: on ($(NVCC))
 else
