@@ -379,7 +379,7 @@ vtl_tensor *vtl_op_max_pool2d(vtl_tensor *x, const vtl_pool2d_params *p, vtl_ten
 
 /* gx of in_shape from gy scattered at indices (max and adaptive max pooling) */
 static vtl_tensor *max_backward(const char *op, vtl_pool_kind kind, vtl_tensor *gy, vtl_tensor *indices,
-                                const int64_t *in_shape, int in_ndim) {
+                                const int64_t *in_shape, int in_ndim, const vtl_pool2d_params *p) {
   char s1[96], s2[96];
   if (in_shape_check(op, in_shape, in_ndim)) return NULL;
   vtl_tensor *both[2] = {gy, indices};
@@ -397,6 +397,13 @@ static vtl_tensor *max_backward(const char *op, vtl_pool_kind kind, vtl_tensor *
   vtl_pool2d_shape s = {.dtype = gy->dtype, .H = in_shape[in_ndim - 2], .W = in_shape[in_ndim - 1],
                         .OH = gy->shape[in_ndim - 2], .OW = gy->shape[in_ndim - 1], .P = 1};
   for (int d = 0; d < in_ndim - 2; d++) s.P *= in_shape[d];
+  if (p) /* the window, which device kernels use to find the outputs that can reach an input */
+    for (int d = 0; d < 2; d++) {
+      s.kernel[d] = p->kernel[d];
+      s.stride[d] = p->stride[d];
+      s.pad[d] = p->pad[d];
+      s.dilation[d] = p->dilation[d];
+    }
   vtl_tensor *g = vtl_op_contiguous(gy), *ix = g ? vtl_op_contiguous(indices) : NULL;
   if (!ix) { vtl_tensor_release(g); return NULL; }
   /* indices come from Lua too: a position outside the plane would write out of bounds (device
@@ -423,13 +430,17 @@ static vtl_tensor *max_backward(const char *op, vtl_pool_kind kind, vtl_tensor *
   return gx;
 }
 
-vtl_tensor *vtl_op_max_pool2d_backward(vtl_tensor *gy, vtl_tensor *indices, const int64_t *in_shape, int in_ndim) {
-  return max_backward("max_pool2d_backward", VTL_POOL_MAX, gy, indices, in_shape, in_ndim);
+vtl_tensor *vtl_op_max_pool2d_backward(vtl_tensor *gy, vtl_tensor *indices, const int64_t *in_shape, int in_ndim,
+                                       const vtl_pool2d_params *p) {
+  if (p && (p->kernel[0] < 1 || p->kernel[1] < 1 || p->stride[0] < 1 || p->stride[1] < 1 || p->dilation[0] < 1 ||
+            p->dilation[1] < 1 || p->pad[0] < 0 || p->pad[1] < 0))
+    p = NULL; /* not a valid window: look at every output */
+  return max_backward("max_pool2d_backward", VTL_POOL_MAX, gy, indices, in_shape, in_ndim, p);
 }
 
 vtl_tensor *vtl_op_adaptive_max_pool2d_backward(vtl_tensor *gy, vtl_tensor *indices, const int64_t *in_shape,
                                                 int in_ndim) {
-  return max_backward("adaptive_max_pool2d_backward", VTL_POOL_ADAPTIVE_MAX, gy, indices, in_shape, in_ndim);
+  return max_backward("adaptive_max_pool2d_backward", VTL_POOL_ADAPTIVE_MAX, gy, indices, in_shape, in_ndim, NULL);
 }
 
 static vtl_status avg_params_check(const char *op, const vtl_pool2d_params *p) {
@@ -564,7 +575,8 @@ static vtl_pool2d_params load_pool(const vtl_node *nd) {
 
 static vtl_status max_pool2d_bw(vtl_node *nd, vtl_tensor *gout, vtl_tensor **gin) {
   if (!nd->needs[0]) return VTL_OK;
-  gin[0] = vtl_op_max_pool2d_backward(gout, nd->saved[0], &nd->i[1], (int)nd->i[0]);
+  vtl_pool2d_params p = load_pool(nd);
+  gin[0] = vtl_op_max_pool2d_backward(gout, nd->saved[0], &nd->i[1], (int)nd->i[0], &p);
   return gin[0] ? VTL_OK : vtl_error_status();
 }
 
