@@ -3,9 +3,10 @@
 // results stay close to the CPU's. The algorithm of each (direction, shape) is chosen once and
 // cached per device: by cuDNN's heuristics (cudnnGet*_v7), or, with VTL_CUDNN_BENCHMARK=1 in the
 // environment, by timing the candidates (cudnnFind*, like torch.backends.cudnn.benchmark). The
-// backward passes take deterministic algorithms only. Workspaces come from vtl's caching
-// allocator. Asymmetric padding (padding="same" with an even kernel) runs on a zero-padded copy
-// of the input, since cuDNN pads both sides alike.
+// backward passes take deterministic algorithms where cuDNN has one for the shape (otherwise its
+// best other one). Workspaces come from vtl's caching allocator. Asymmetric padding
+// (padding="same" with an even kernel) runs on a zero-padded copy of the input, since cuDNN pads
+// both sides alike.
 #include <cudnn.h>
 #include <limits.h>
 #include <stdlib.h>
@@ -178,7 +179,7 @@ vtl_status choose(int dev, cudnnHandle_t h, conv_dir dir, const conv_geom &g, co
     else
       DNN(cudnnGetConvolutionBackwardDataAlgorithm_v7(h, d.w, d.y, d.c, d.x, CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &n, p),
           "algorithm choice");
-    ok = pick(p, n, true, out);
+    ok = pick(p, n, true, out) || pick(p, n, false, out);
   } else {
     cudnnConvolutionBwdFilterAlgoPerf_t p[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT];
     if (bench)
@@ -189,7 +190,7 @@ vtl_status choose(int dev, cudnnHandle_t h, conv_dir dir, const conv_geom &g, co
       DNN(cudnnGetConvolutionBackwardFilterAlgorithm_v7(h, d.x, d.y, d.c, d.w, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, &n,
                                                         p),
           "algorithm choice");
-    ok = pick(p, n, true, out);
+    ok = pick(p, n, true, out) || pick(p, n, false, out);
   }
   if (!ok)
     return vtl_error_set(VTL_ERR_DEVICE, "conv2d: cuDNN offers no %s algorithm for this shape",
