@@ -1,5 +1,6 @@
 # vtl build. `make` builds ./vtl (host) and build/vtl/core.so (module for a stock lua5.4).
-# CUDA=auto|0|1 (auto: build the CUDA backend when nvcc is found). DEPS_ROOT=dir takes
+# CUDA=auto|0|1 (auto: build the CUDA backend when nvcc is found; it links cuDNN, CUDNN_HOME=dir
+# when cuDNN is neither in the CUDA toolkit nor in the system's folders). DEPS_ROOT=dir takes
 # headers and libraries from an unpacked Debian tree. SAN=1 builds with ASan + UBSan.
 
 PREFIX   ?= /usr/local
@@ -66,7 +67,12 @@ CUDA_SRC    := $(wildcard kernels/cuda/*.cu)
 ifeq ($(CUDA_ON),1)
   CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC))
   CFLAGS  += -DVTL_HAVE_CUDA=1 -I$(CUDA_HOME)/include
-  LDLIBS  += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublas -lcudart -lstdc++
+  LDLIBS  += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudnn -lcublas -lcudart -lstdc++
+  # cuDNN from the toolkit folder or the system's; CUDNN_HOME=dir when it lives elsewhere
+  ifneq ($(CUDNN_HOME),)
+    NVCCFLAGS += -I$(CUDNN_HOME)/include
+    LDLIBS    := -L$(CUDNN_HOME)/lib -L$(CUDNN_HOME)/lib64 -Wl,-rpath,$(CUDNN_HOME)/lib -Wl,-rpath,$(CUDNN_HOME)/lib64 $(LDLIBS)
+  endif
   CUDA_OBJ := $(patsubst %.cu,$(BUILD)/%.o,$(CUDA_SRC))
   BACKEND_MSG := CUDA backend: on ($(NVCC))
 else

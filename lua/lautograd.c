@@ -63,6 +63,34 @@ static int s_grad(lua_State *L) {
   return 0;
 }
 
+/* x.data: a detached alias of x (same storage). x.data = t: x becomes a detached alias of t
+   (its storage, shape, dtype and device) and keeps its identity and requires_grad, the way
+   Module:to moves parameters; x's .grad is dropped. Leaves only. */
+static int g_data(lua_State *L) {
+  lvtl_pushtensor(L, vtl_detach(lvtl_checktensor(L, 1)));
+  return 1;
+}
+static int s_data(lua_State *L) {
+  vtl_tensor *x = lvtl_checktensor(L, 1);
+  lvtl_box *b = luaL_checkudata(L, 1, LVTL_TENSOR_MT);
+  vtl_tensor *src = lvtl_totensor(L, 3);
+  if (!src) return luaL_error(L, "data: expected a tensor to assign, got %s", luaL_typename(L, 3));
+  if (vtl_grad_fn(x)) return luaL_error(L, "data: only a leaf tensor's data can be replaced (this one has a grad_fn)");
+  bool rg = vtl_requires_grad(x);
+  vtl_tensor *n = vtl_detach(src);
+  if (!n) lvtl_check(L, vtl_error_status());
+  if (rg) {
+    vtl_status st = vtl_set_requires_grad(n, true);
+    if (st != VTL_OK) {
+      vtl_tensor_release(n);
+      lvtl_check(L, st);
+    }
+  }
+  vtl_tensor_release(b->t);
+  b->t = n;
+  return 0;
+}
+
 /* ---- methods ---- */
 static int t_requires_grad_(lua_State *L) {
   vtl_tensor *x = lvtl_checktensor(L, 1);
@@ -222,8 +250,10 @@ static int l_record_function(lua_State *L) {
 }
 
 static const luaL_Reg getters[] = {
-  {"requires_grad", g_requires_grad}, {"grad", g_grad}, {"grad_fn", g_grad_fn}, {"is_leaf", g_is_leaf}, {NULL, NULL}};
-static const luaL_Reg setters[] = {{"requires_grad", s_requires_grad}, {"grad", s_grad}, {NULL, NULL}};
+  {"requires_grad", g_requires_grad}, {"grad", g_grad}, {"grad_fn", g_grad_fn}, {"is_leaf", g_is_leaf},
+  {"data", g_data}, {NULL, NULL}};
+static const luaL_Reg setters[] = {
+  {"requires_grad", s_requires_grad}, {"grad", s_grad}, {"data", s_data}, {NULL, NULL}};
 static const luaL_Reg methods[] = {
   {"requires_grad_", t_requires_grad_}, {"backward", t_backward}, {"detach", t_detach}, {NULL, NULL}};
 static const luaL_Reg funcs[] = {

@@ -261,7 +261,7 @@ static int max_backward_impl(lua_State *L, bool adaptive) {
   lvtl_box *b = newbox(L);
   vtl_tensor *ix = zero_based(L, 3, fn);
   vtl_tensor *gx = adaptive ? vtl_op_adaptive_max_pool2d_backward(gy, ix, x->shape, x->ndim)
-                            : vtl_op_max_pool2d_backward(gy, ix, x->shape, x->ndim);
+                            : vtl_op_max_pool2d_backward(gy, ix, x->shape, x->ndim, NULL);
   vtl_tensor_release(ix);
   return fill_box(L, b, gx);
 }

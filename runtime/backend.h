@@ -7,6 +7,8 @@
 #ifndef VTL_BACKEND_H
 #define VTL_BACKEND_H
 #include "core.h"
+#include "nn_conv.h"
+#include "nn_norm.h"
 
 typedef enum {
   VTL_UN_COPY, VTL_UN_NEG, VTL_UN_ABS, VTL_UN_SIGN, VTL_UN_EXP, VTL_UN_LOG, VTL_UN_SQRT,
@@ -33,6 +35,76 @@ typedef enum {
    y = y + (v*a)/b (ADDCDIV); a, b broadcast to y. Float dtypes; rounding as PyTorch's CPU
    kernels (AXPY and ADDCMUL end in one fused multiply-add). */
 typedef enum { VTL_FUSED_AXPY, VTL_FUSED_ADDCMUL, VTL_FUSED_ADDCDIV } vtl_fused_op;
+
+/* Which 2-D pooling a pooling kernel runs (kernels/cpu/pool.c has one function per kind). */
+typedef enum { VTL_POOL_MAX, VTL_POOL_AVG, VTL_POOL_ADAPTIVE_AVG, VTL_POOL_ADAPTIVE_MAX } vtl_pool_kind;
+
+/* The nn kernels of a backend (runtime/nn_conv.c, runtime/nn_norm.c call them). Operands are
+   contiguous tensors on the backend's device whose shapes and dtypes (f32 or f64, the input's)
+   the op layer checked; statistics (mean, invstd, rstd) are f64. Pointer-valued gradients may
+   be NULL (not wanted). The CPU entries wrap the kernels declared in nn_conv.h / nn_norm.h. */
+typedef struct vtl_nn_backend {
+  /* x (N,C,H,W), w (K,C/groups,R,S), b (K) or NULL, y (N,K,OH,OW) */
+  vtl_status (*conv2d_forward)(const vtl_conv2d_shape *s, const vtl_tensor *x, const vtl_tensor *w,
+                               const vtl_tensor *b, vtl_tensor *y);
+  vtl_status (*conv2d_backward_data)(const vtl_conv2d_shape *s, const vtl_tensor *gy, const vtl_tensor *w,
+                                     vtl_tensor *gx);
+  /* gw and (when not NULL) gb, overwritten */
+  vtl_status (*conv2d_backward_weight)(const vtl_conv2d_shape *s, const vtl_tensor *gy, const vtl_tensor *x,
+                                       vtl_tensor *gw, vtl_tensor *gb);
+  /* x (P,H,W) planes, y (P,OH,OW); idx (i64, 0-based positions in the plane) for the max
+     kinds, or NULL */
+  vtl_status (*pool2d_forward)(vtl_pool_kind kind, const vtl_pool2d_shape *s, const vtl_tensor *x,
+                               vtl_tensor *y, vtl_tensor *idx);
+  /* gx (P,H,W) overwritten; idx for the max kinds (a device backend skips positions outside
+     the plane; the CPU op checks them first) */
+  vtl_status (*pool2d_backward)(vtl_pool_kind kind, const vtl_pool2d_shape *s, const vtl_tensor *gy,
+                                const vtl_tensor *idx, vtl_tensor *gx);
+  /* x (N,C,S). training: mean, invstd (C) from the batch (biased variance), and running_mean /
+     running_var (C, any stride, or NULL) updated in place with momentum and the unbiased
+     variance; eval: mean, invstd from the running statistics. */
+  vtl_status (*batch_norm_stats)(const vtl_tensor *x, int64_t N, int64_t C, int64_t S, bool training,
+                                 double momentum, double eps, vtl_tensor *running_mean, vtl_tensor *running_var,
+                                 vtl_tensor *mean, vtl_tensor *invstd);
+  vtl_status (*batch_norm_forward)(const vtl_tensor *x, vtl_tensor *out, int64_t N, int64_t C, int64_t S,
+                                   const vtl_tensor *mean, const vtl_tensor *invstd, const vtl_tensor *w,
+                                   const vtl_tensor *b);
+  vtl_status (*batch_norm_backward)(const vtl_tensor *g, const vtl_tensor *x, int64_t N, int64_t C, int64_t S,
+                                    const vtl_tensor *mean, const vtl_tensor *invstd, const vtl_tensor *w,
+                                    bool training, vtl_tensor *dx, vtl_tensor *gw, vtl_tensor *gb);
+  /* x (M,D); w, b (D) or NULL; mean, rstd (M) */
+  vtl_status (*layer_norm_forward)(const vtl_tensor *x, vtl_tensor *out, int64_t M, int64_t D,
+                                   const vtl_tensor *w, const vtl_tensor *b, double eps, vtl_tensor *mean,
+                                   vtl_tensor *rstd);
+  vtl_status (*layer_norm_backward)(const vtl_tensor *g, const vtl_tensor *x, int64_t M, int64_t D,
+                                    const vtl_tensor *w, const vtl_tensor *mean, const vtl_tensor *rstd,
+                                    vtl_tensor *dx, vtl_tensor *gw, vtl_tensor *gb);
+  /* params: the two of vtl_activation with defaults filled in; s as vtl_activation_uses_output */
+  vtl_status (*activation_forward)(vtl_activation act, const vtl_tensor *x, vtl_tensor *y, const double *params);
+  vtl_status (*activation_backward)(vtl_activation act, const vtl_tensor *g, const vtl_tensor *s, vtl_tensor *dx,
+                                    const double *params);
+  /* x, y: (A,R,B) along R */
+  vtl_status (*softmax_forward)(const vtl_tensor *x, vtl_tensor *y, int64_t A, int64_t R, int64_t B, bool logsm);
+  vtl_status (*softmax_backward)(const vtl_tensor *g, const vtl_tensor *y, vtl_tensor *dx, int64_t A, int64_t R,
+                                 int64_t B, bool logsm);
+  /* x (N,C,S) logits; target (N,S) i64 1-based class indices or prob (N,C,S); w (C) or NULL.
+     out: the (N,S) row losses for VTL_REDUCTION_NONE, else a 0-d tensor of the sum or the mean
+     (divided by the summed weights of the non-ignored targets, or by N*S for probabilities).
+     A device backend checks the targets itself (the CPU op checks them first). */
+  vtl_status (*cross_entropy_forward)(const vtl_tensor *x, int64_t N, int64_t C, int64_t S, const vtl_tensor *target,
+                                      const vtl_tensor *prob, const vtl_tensor *w, int64_t ignore_index,
+                                      double smoothing, vtl_reduction red, vtl_tensor *out);
+  /* gout: the (N,S) row gradients for VTL_REDUCTION_NONE, else one element */
+  vtl_status (*cross_entropy_backward)(const vtl_tensor *x, int64_t N, int64_t C, int64_t S,
+                                       const vtl_tensor *target, const vtl_tensor *prob, const vtl_tensor *w,
+                                       int64_t ignore_index, double smoothing, vtl_reduction red,
+                                       const vtl_tensor *gout, vtl_tensor *dx, vtl_tensor *dprob);
+  /* the Philox stream of vtl_cpu_dropout_forward: the same (seed, offset) gives the same mask
+     on every backend; mask bool */
+  vtl_status (*dropout_forward)(const vtl_tensor *x, vtl_tensor *out, vtl_tensor *mask, double p, uint64_t seed,
+                                uint64_t offset);
+  vtl_status (*dropout_backward)(const vtl_tensor *g, const vtl_tensor *mask, vtl_tensor *dx, double p);
+} vtl_nn_backend;
 
 typedef struct vtl_backend {
   const char *name;
@@ -77,6 +149,8 @@ typedef struct vtl_backend {
   /* dtypes (bit 1 << vtl_dtype) that matmul takes as they are; the op layer converts others
      (f16/bf16 to f32, integers to i64) before the call */
   unsigned matmul_dtypes;
+  /* the nn kernels, or NULL */
+  const vtl_nn_backend *nn;
 
   /* Device management; NULL on the CPU. */
   /* devices of this type the process can use (0 when none) */
@@ -97,6 +171,10 @@ const vtl_backend *vtl_backend_get(vtl_device dev);
 const vtl_backend *vtl_backend_of_type(vtl_device_type type);
 void vtl_backend_register(vtl_device_type type, const vtl_backend *be);
 extern const vtl_backend vtl_cpu_backend;
+extern const vtl_nn_backend vtl_cpu_nn_backend; /* kernels/cpu/nn_backend.c */
+/* The nn kernels of t's device, or NULL with an error "<op>: not supported on cuda:0 tensors
+   yet; call :cpu()" (or the device's own error). */
+const vtl_nn_backend *vtl_nn_backend_of(const char *op, const vtl_tensor *t);
 /* Registers the CUDA backend (kernels/cuda/backend.cu; present in CUDA builds only). Safe to
    call more than once; without a device the backend reports "no CUDA device is available". */
 void vtl_cuda_init(void);

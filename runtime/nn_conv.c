@@ -2,6 +2,7 @@
 #include <stdio.h>
 #include <string.h>
 #include "nn_conv.h"
+#include "backend.h"
 #include "ops.h"
 #include "autograd.h"
 
@@ -12,7 +13,7 @@ static const char *shape_str(const int64_t *shape, int ndim, char *buf, size_t n
   return buf;
 }
 
-/* All tensors (NULL skipped) on one device, and that device's kernels present. */
+/* All tensors (NULL skipped) on one device, and that device's nn kernels present. */
 static vtl_status check_devices(const char *op, vtl_tensor *const *ts, int n) {
   const vtl_tensor *first = NULL;
   for (int i = 0; i < n; i++) {
@@ -20,8 +21,11 @@ static vtl_status check_devices(const char *op, vtl_tensor *const *ts, int n) {
     if (!first) { first = ts[i]; continue; }
     if (vtl_check_same_device(op, first, ts[i]) != VTL_OK) return vtl_error_status();
   }
-  return vtl_require_cpu(op, first);
+  return first && !vtl_nn_backend_of(op, first) ? vtl_error_status() : VTL_OK;
 }
+
+/* the nn kernels of t's device (checked by check_devices before) */
+static const vtl_nn_backend *nn_of(const vtl_tensor *t) { return vtl_backend_get(vtl_tensor_device(t))->nn; }
 
 static vtl_status check_float(const char *op, const char *what, const vtl_tensor *t) {
   if (t->dtype != VTL_F32 && t->dtype != VTL_F64)
@@ -30,9 +34,9 @@ static vtl_status check_float(const char *op, const char *what, const vtl_tensor
   return VTL_OK;
 }
 
-/* A new contiguous tensor of shape/dtype on the CPU. */
-static vtl_tensor *new_like_shape(const int64_t *shape, int ndim, vtl_dtype dt) {
-  return vtl_tensor_empty(shape, ndim, dt, (vtl_device){VTL_CPU, 0});
+/* A new contiguous tensor of shape/dtype on the device of `on`. */
+static vtl_tensor *new_like_shape(const int64_t *shape, int ndim, vtl_dtype dt, const vtl_tensor *on) {
+  return vtl_tensor_empty(shape, ndim, dt, vtl_tensor_device(on));
 }
 
 /* ======================================================================================
@@ -165,9 +169,8 @@ vtl_tensor *vtl_op_conv2d(vtl_tensor *x, vtl_tensor *w, vtl_tensor *b, const vtl
   if (vtl_shape_numel(shape, 4, vtl_dtype_size(s.dtype), "conv2d") < 0) return NULL;
   vtl_tensor *in[3] = {x, w, b}, *c[3];
   if (!contig(in, c, 3)) return NULL;
-  vtl_tensor *y = new_like_shape(shape, 4, s.dtype);
-  if (y && vtl_cpu_conv2d_forward(&s, vtl_tensor_data(c[0]), vtl_tensor_data(c[1]), c[2] ? vtl_tensor_data(c[2]) : NULL,
-                                  vtl_tensor_data(y)) != VTL_OK) {
+  vtl_tensor *y = new_like_shape(shape, 4, s.dtype, x);
+  if (y && nn_of(x)->conv2d_forward(&s, c[0], c[1], c[2], y) != VTL_OK) {
     vtl_tensor_release(y);
     y = NULL;
   }
@@ -184,17 +187,14 @@ vtl_status vtl_op_conv2d_backward(vtl_tensor *gy, vtl_tensor *x, vtl_tensor *w, 
   vtl_tensor *rx = NULL, *rw = NULL, *rb = NULL;
   vtl_status st = VTL_OK;
   if (gx) {
-    rx = new_like_shape(x->shape, 4, s.dtype);
-    st = rx ? vtl_cpu_conv2d_backward_data(&s, vtl_tensor_data(c[0]), vtl_tensor_data(c[1]), vtl_tensor_data(rx))
-            : vtl_error_status();
+    rx = new_like_shape(x->shape, 4, s.dtype, x);
+    st = rx ? nn_of(x)->conv2d_backward_data(&s, c[0], c[1], rx) : vtl_error_status();
   }
   if (st == VTL_OK && gw) {
     int64_t kshape[1] = {s.K};
-    rw = new_like_shape(w->shape, 4, s.dtype);
-    rb = gb && rw ? new_like_shape(kshape, 1, s.dtype) : NULL;
-    st = rw && (!gb || rb) ? vtl_cpu_conv2d_backward_weight(&s, vtl_tensor_data(c[0]), vtl_tensor_data(c[2]),
-                                                            vtl_tensor_data(rw), rb ? vtl_tensor_data(rb) : NULL)
-                           : vtl_error_status();
+    rw = new_like_shape(w->shape, 4, s.dtype, x);
+    rb = gb && rw ? new_like_shape(kshape, 1, s.dtype, x) : NULL;
+    st = rw && (!gb || rb) ? nn_of(x)->conv2d_backward_weight(&s, c[0], c[2], rw, rb) : vtl_error_status();
   } else if (st == VTL_OK && gb) { /* bias only: the sum of gy over (N, OH, OW) */
     rb = vtl_op_reduce(VTL_RED_SUM, c[0], 1u << 0 | 1u << 2 | 1u << 3, false, 0, NULL);
     if (!rb) st = vtl_error_status();
@@ -352,23 +352,20 @@ static vtl_status in_shape_check(const char *op, const int64_t *in_shape, int in
   return VTL_OK;
 }
 
-typedef void (*pool_fwd_kernel)(const vtl_pool2d_shape *, const void *, void *, int64_t *);
-
-/* runs a max-style forward (kernel writes y and optional indices) */
-static vtl_tensor *pool_run_max(vtl_tensor *x, const vtl_pool2d_shape *s, pool_fwd_kernel k,
-                                vtl_tensor **indices) {
+/* runs a pooling forward (max kinds write the indices too when asked) */
+static vtl_tensor *pool_run(vtl_tensor *x, const vtl_pool2d_shape *s, vtl_pool_kind k, vtl_tensor **indices) {
   int64_t shape[4];
   out_shape(x->shape, x->ndim, s->OH, s->OW, shape);
   vtl_tensor *xc = vtl_op_contiguous(x);
   if (!xc) return NULL;
-  vtl_tensor *y = new_like_shape(shape, x->ndim, x->dtype);
-  vtl_tensor *ix = indices && y ? new_like_shape(shape, x->ndim, VTL_I64) : NULL;
-  if (!y || (indices && !ix)) {
+  vtl_tensor *y = new_like_shape(shape, x->ndim, x->dtype, x);
+  vtl_tensor *ix = indices && y ? new_like_shape(shape, x->ndim, VTL_I64, x) : NULL;
+  if (!y || (indices && !ix) || nn_of(x)->pool2d_forward(k, s, xc, y, ix) != VTL_OK) {
     vtl_tensor_release(xc);
     vtl_tensor_release(y);
+    vtl_tensor_release(ix);
     return NULL;
   }
-  k(s, vtl_tensor_data(xc), vtl_tensor_data(y), ix ? vtl_tensor_data(ix) : NULL);
   vtl_tensor_release(xc);
   if (indices) *indices = ix;
   return y;
@@ -377,12 +374,12 @@ static vtl_tensor *pool_run_max(vtl_tensor *x, const vtl_pool2d_shape *s, pool_f
 vtl_tensor *vtl_op_max_pool2d(vtl_tensor *x, const vtl_pool2d_params *p, vtl_tensor **indices) {
   vtl_pool2d_shape s;
   if (pool_input_check("max_pool2d", x) || pool_check("max_pool2d", x->shape, x->ndim, p, &s, x->dtype)) return NULL;
-  return pool_run_max(x, &s, vtl_cpu_max_pool2d_forward, indices);
+  return pool_run(x, &s, VTL_POOL_MAX, indices);
 }
 
 /* gx of in_shape from gy scattered at indices (max and adaptive max pooling) */
-static vtl_tensor *max_backward(const char *op, vtl_tensor *gy, vtl_tensor *indices, const int64_t *in_shape,
-                                int in_ndim) {
+static vtl_tensor *max_backward(const char *op, vtl_pool_kind kind, vtl_tensor *gy, vtl_tensor *indices,
+                                const int64_t *in_shape, int in_ndim, const vtl_pool2d_params *p) {
   char s1[96], s2[96];
   if (in_shape_check(op, in_shape, in_ndim)) return NULL;
   vtl_tensor *both[2] = {gy, indices};
@@ -400,11 +397,20 @@ static vtl_tensor *max_backward(const char *op, vtl_tensor *gy, vtl_tensor *indi
   vtl_pool2d_shape s = {.dtype = gy->dtype, .H = in_shape[in_ndim - 2], .W = in_shape[in_ndim - 1],
                         .OH = gy->shape[in_ndim - 2], .OW = gy->shape[in_ndim - 1], .P = 1};
   for (int d = 0; d < in_ndim - 2; d++) s.P *= in_shape[d];
+  if (p) /* the window, which device kernels use to find the outputs that can reach an input */
+    for (int d = 0; d < 2; d++) {
+      s.kernel[d] = p->kernel[d];
+      s.stride[d] = p->stride[d];
+      s.pad[d] = p->pad[d];
+      s.dilation[d] = p->dilation[d];
+    }
   vtl_tensor *g = vtl_op_contiguous(gy), *ix = g ? vtl_op_contiguous(indices) : NULL;
   if (!ix) { vtl_tensor_release(g); return NULL; }
-  /* indices come from Lua too: a position outside the plane would write out of bounds */
-  const int64_t *iv = vtl_tensor_data(ix);
-  int64_t n = vtl_tensor_numel(ix), plane = s.H * s.W, bad = -1;
+  /* indices come from Lua too: a position outside the plane would write out of bounds (device
+     kernels skip such positions instead of reading the indices back) */
+  bool host = vtl_tensor_device(ix).type == VTL_CPU;
+  const int64_t *iv = host ? vtl_tensor_data(ix) : NULL;
+  int64_t n = host ? vtl_tensor_numel(ix) : 0, plane = s.H * s.W, bad = -1;
   for (int64_t i = 0; i < n && bad < 0; i++)
     if (iv[i] < 0 || iv[i] >= plane) bad = i;
   if (bad >= 0) {
@@ -414,20 +420,27 @@ static vtl_tensor *max_backward(const char *op, vtl_tensor *gy, vtl_tensor *indi
     vtl_tensor_release(ix);
     return NULL;
   }
-  vtl_tensor *gx = new_like_shape(in_shape, in_ndim, gy->dtype);
-  if (gx) vtl_cpu_max_pool2d_backward(&s, vtl_tensor_data(g), iv, vtl_tensor_data(gx));
+  vtl_tensor *gx = new_like_shape(in_shape, in_ndim, gy->dtype, gy);
+  if (gx && nn_of(gy)->pool2d_backward(kind, &s, g, ix, gx) != VTL_OK) {
+    vtl_tensor_release(gx);
+    gx = NULL;
+  }
   vtl_tensor_release(g);
   vtl_tensor_release(ix);
   return gx;
 }
 
-vtl_tensor *vtl_op_max_pool2d_backward(vtl_tensor *gy, vtl_tensor *indices, const int64_t *in_shape, int in_ndim) {
-  return max_backward("max_pool2d_backward", gy, indices, in_shape, in_ndim);
+vtl_tensor *vtl_op_max_pool2d_backward(vtl_tensor *gy, vtl_tensor *indices, const int64_t *in_shape, int in_ndim,
+                                       const vtl_pool2d_params *p) {
+  if (p && (p->kernel[0] < 1 || p->kernel[1] < 1 || p->stride[0] < 1 || p->stride[1] < 1 || p->dilation[0] < 1 ||
+            p->dilation[1] < 1 || p->pad[0] < 0 || p->pad[1] < 0))
+    p = NULL; /* not a valid window: look at every output */
+  return max_backward("max_pool2d_backward", VTL_POOL_MAX, gy, indices, in_shape, in_ndim, p);
 }
 
 vtl_tensor *vtl_op_adaptive_max_pool2d_backward(vtl_tensor *gy, vtl_tensor *indices, const int64_t *in_shape,
                                                 int in_ndim) {
-  return max_backward("adaptive_max_pool2d_backward", gy, indices, in_shape, in_ndim);
+  return max_backward("adaptive_max_pool2d_backward", VTL_POOL_ADAPTIVE_MAX, gy, indices, in_shape, in_ndim, NULL);
 }
 
 static vtl_status avg_params_check(const char *op, const vtl_pool2d_params *p) {
@@ -450,14 +463,7 @@ vtl_tensor *vtl_op_avg_pool2d(vtl_tensor *x, const vtl_pool2d_params *p) {
   if (pool_input_check("avg_pool2d", x) || avg_params_check("avg_pool2d", p) ||
       pool_check("avg_pool2d", x->shape, x->ndim, &q, &s, x->dtype))
     return NULL;
-  int64_t shape[4];
-  out_shape(x->shape, x->ndim, s.OH, s.OW, shape);
-  vtl_tensor *xc = vtl_op_contiguous(x);
-  if (!xc) return NULL;
-  vtl_tensor *y = new_like_shape(shape, x->ndim, x->dtype);
-  if (y) vtl_cpu_avg_pool2d_forward(&s, vtl_tensor_data(xc), vtl_tensor_data(y));
-  vtl_tensor_release(xc);
-  return y;
+  return pool_run(x, &s, VTL_POOL_AVG, NULL);
 }
 
 vtl_tensor *vtl_op_avg_pool2d_backward(vtl_tensor *gy, const int64_t *in_shape, int in_ndim,
@@ -473,8 +479,11 @@ vtl_tensor *vtl_op_avg_pool2d_backward(vtl_tensor *gy, const int64_t *in_shape, 
   if (grad_check(op, gy, shape, in_ndim)) return NULL;
   vtl_tensor *g = vtl_op_contiguous(gy);
   if (!g) return NULL;
-  vtl_tensor *gx = new_like_shape(in_shape, in_ndim, gy->dtype);
-  if (gx) vtl_cpu_avg_pool2d_backward(&s, vtl_tensor_data(g), vtl_tensor_data(gx));
+  vtl_tensor *gx = new_like_shape(in_shape, in_ndim, gy->dtype, gy);
+  if (gx && nn_of(gy)->pool2d_backward(VTL_POOL_AVG, &s, g, NULL, gx) != VTL_OK) {
+    vtl_tensor_release(gx);
+    gx = NULL;
+  }
   vtl_tensor_release(g);
   return gx;
 }
@@ -496,14 +505,7 @@ vtl_tensor *vtl_op_adaptive_avg_pool2d(vtl_tensor *x, int64_t oh, int64_t ow) {
   if (pool_input_check("adaptive_avg_pool2d", x) ||
       adaptive_check("adaptive_avg_pool2d", x->shape, x->ndim, oh, ow, &s, x->dtype))
     return NULL;
-  int64_t shape[4];
-  out_shape(x->shape, x->ndim, oh, ow, shape);
-  vtl_tensor *xc = vtl_op_contiguous(x);
-  if (!xc) return NULL;
-  vtl_tensor *y = new_like_shape(shape, x->ndim, x->dtype);
-  if (y) vtl_cpu_adaptive_avg_pool2d_forward(&s, vtl_tensor_data(xc), vtl_tensor_data(y));
-  vtl_tensor_release(xc);
-  return y;
+  return pool_run(x, &s, VTL_POOL_ADAPTIVE_AVG, NULL);
 }
 
 vtl_tensor *vtl_op_adaptive_avg_pool2d_backward(vtl_tensor *gy, const int64_t *in_shape, int in_ndim) {
@@ -521,8 +523,11 @@ vtl_tensor *vtl_op_adaptive_avg_pool2d_backward(vtl_tensor *gy, const int64_t *i
   if (grad_check(op, gy, shape, in_ndim) || adaptive_check(op, in_shape, in_ndim, oh, ow, &s, gy->dtype)) return NULL;
   vtl_tensor *g = vtl_op_contiguous(gy);
   if (!g) return NULL;
-  vtl_tensor *gx = new_like_shape(in_shape, in_ndim, gy->dtype);
-  if (gx) vtl_cpu_adaptive_avg_pool2d_backward(&s, vtl_tensor_data(g), vtl_tensor_data(gx));
+  vtl_tensor *gx = new_like_shape(in_shape, in_ndim, gy->dtype, gy);
+  if (gx && nn_of(gy)->pool2d_backward(VTL_POOL_ADAPTIVE_AVG, &s, g, NULL, gx) != VTL_OK) {
+    vtl_tensor_release(gx);
+    gx = NULL;
+  }
   vtl_tensor_release(g);
   return gx;
 }
@@ -532,7 +537,7 @@ vtl_tensor *vtl_op_adaptive_max_pool2d(vtl_tensor *x, int64_t oh, int64_t ow, vt
   if (pool_input_check("adaptive_max_pool2d", x) ||
       adaptive_check("adaptive_max_pool2d", x->shape, x->ndim, oh, ow, &s, x->dtype))
     return NULL;
-  return pool_run_max(x, &s, vtl_cpu_adaptive_max_pool2d_forward, indices);
+  return pool_run(x, &s, VTL_POOL_ADAPTIVE_MAX, indices);
 }
 
 /* ---- pooling autograd: node->i holds the input shape (i[0] = ndim, i[1..4]) then params ---- */
@@ -570,7 +575,8 @@ static vtl_pool2d_params load_pool(const vtl_node *nd) {
 
 static vtl_status max_pool2d_bw(vtl_node *nd, vtl_tensor *gout, vtl_tensor **gin) {
   if (!nd->needs[0]) return VTL_OK;
-  gin[0] = vtl_op_max_pool2d_backward(gout, nd->saved[0], &nd->i[1], (int)nd->i[0]);
+  vtl_pool2d_params p = load_pool(nd);
+  gin[0] = vtl_op_max_pool2d_backward(gout, nd->saved[0], &nd->i[1], (int)nd->i[0], &p);
   return gin[0] ? VTL_OK : vtl_error_status();
 }
 

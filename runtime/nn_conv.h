@@ -72,8 +72,11 @@ vtl_status vtl_op_conv2d_backward(vtl_tensor *gy, vtl_tensor *x, vtl_tensor *w, 
 
 /* x (N,C,H,W) or (C,H,W). indices (optional out): i64 0-based flat positions in each plane. */
 vtl_tensor *vtl_op_max_pool2d(vtl_tensor *x, const vtl_pool2d_params *p, vtl_tensor **indices);
-/* gx of shape in_shape (3-D or 4-D): gy scattered (summed) at indices. */
-vtl_tensor *vtl_op_max_pool2d_backward(vtl_tensor *gy, vtl_tensor *indices, const int64_t *in_shape, int in_ndim);
+/* gx of shape in_shape (3-D or 4-D): gy scattered (summed) at indices. p: the forward's
+   parameters, or NULL when unknown (a device backend then looks at every output for each
+   input element instead of only those whose window reaches it). */
+vtl_tensor *vtl_op_max_pool2d_backward(vtl_tensor *gy, vtl_tensor *indices, const int64_t *in_shape, int in_ndim,
+                                       const vtl_pool2d_params *p);
 vtl_tensor *vtl_op_avg_pool2d(vtl_tensor *x, const vtl_pool2d_params *p);
 vtl_tensor *vtl_op_avg_pool2d_backward(vtl_tensor *gy, const int64_t *in_shape, int in_ndim,
                                        const vtl_pool2d_params *p);

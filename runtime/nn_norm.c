@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "nn_norm.h"
+#include "backend.h"
 #include "ops.h"
 #include "autograd.h"
 
@@ -42,20 +43,37 @@ static bool on_cpu(const char *op, const char *what, const vtl_tensor *t) {
   return vtl_require_cpu(op, t) == VTL_OK;
 }
 
-/* The main input of an op: an f32 or f64 tensor on the CPU. */
-static bool check_input(const char *op, const char *what, const vtl_tensor *t) {
+/* t on x's device */
+static bool on_device_of(const char *op, const vtl_tensor *t, const vtl_tensor *x) {
+  return vtl_check_same_device(op, x, t) == VTL_OK;
+}
+
+/* The main input of an op: an f32 or f64 tensor, on the CPU for the ops that only the CPU
+   backend runs (group norm, nll and the elementwise losses). */
+static bool check_input_on(const char *op, const char *what, const vtl_tensor *t, bool any_device) {
   if (!t) return vtl_error_set(VTL_ERR_ARG, "%s: %s is missing", op, what), false;
   if (!is_real(t->dtype))
     return vtl_error_set(VTL_ERR_ARG, "%s: %s must be f32 or f64, got %s", op, what, vtl_dtype_name(t->dtype)), false;
+  if (any_device) return vtl_nn_backend_of(op, t) != NULL;
   return on_cpu(op, what, t);
 }
+static bool check_input(const char *op, const char *what, const vtl_tensor *t) {
+  return check_input_on(op, what, t, false);
+}
+/* the main input of an op that every backend with nn kernels runs */
+static bool check_input_dev(const char *op, const char *what, const vtl_tensor *t) {
+  return check_input_on(op, what, t, true);
+}
 
-/* A float operand that must have the input's dtype (and device). */
+/* the nn kernels of t's device (checked by check_input_dev before) */
+static const vtl_nn_backend *nn_of(const vtl_tensor *t) { return vtl_backend_get(vtl_tensor_device(t))->nn; }
+
+/* A float operand that must have the input's dtype and device. */
 static bool check_like(const char *op, const char *what, const vtl_tensor *t, const vtl_tensor *x) {
   if (t->dtype != x->dtype)
     return vtl_error_set(VTL_ERR_ARG, "%s: %s must be %s like the input, got %s", op, what, vtl_dtype_name(x->dtype),
                          vtl_dtype_name(t->dtype)), false;
-  return on_cpu(op, what, t);
+  return on_device_of(op, t, x);
 }
 
 /* An optional per-channel / per-class vector: NULL, or 1-D of length n with x's dtype. */
@@ -100,8 +118,9 @@ static const void *data_or_null(const vtl_tensor *t) { return t ? vtl_tensor_dat
 
 static vtl_tensor *new_like(const vtl_tensor *x) { return vtl_tensor_empty(x->shape, x->ndim, x->dtype, vtl_tensor_device(x)); }
 
-static vtl_tensor *new_stats(int64_t n) {
-  return vtl_tensor_empty(&n, 1, VTL_F64, (vtl_device){VTL_CPU, 0});
+/* per-channel or per-row statistics (f64) on x's device */
+static vtl_tensor *new_stats(int64_t n, const vtl_tensor *x) {
+  return vtl_tensor_empty(&n, 1, VTL_F64, vtl_tensor_device(x));
 }
 
 /* A 0-d tensor of dtype dt holding v. */
@@ -131,7 +150,7 @@ vtl_tensor *vtl_op_batch_norm(vtl_tensor *x, vtl_tensor *running_mean, vtl_tenso
   static const char op[] = "batch_norm";
   if (save_mean) *save_mean = NULL;
   if (save_invstd) *save_invstd = NULL;
-  if (!check_input(op, "input", x)) return NULL;
+  if (!check_input_dev(op, "input", x)) return NULL;
   if (x->ndim < 2)
     return vtl_error_set(VTL_ERR_ARG, "%s: input must have at least 2 dims (N, C, ...), got shape %s", op,
                          shape_of(x).s), NULL;
@@ -155,39 +174,15 @@ vtl_tensor *vtl_op_batch_norm(vtl_tensor *x, vtl_tensor *running_mean, vtl_tenso
 
   bool ok = true;
   vtl_tensor *xc = contig_opt(x, &ok), *wc = contig_opt(weight, &ok), *bc = contig_opt(bias, &ok);
-  vtl_tensor *out = ok ? new_like(x) : NULL, *mean = out ? new_stats(C) : NULL, *invstd = mean ? new_stats(C) : NULL;
-  double *var = invstd && training ? malloc((size_t)(C ? C : 1) * sizeof(double)) : NULL;
-  if (!invstd || (training && !var)) {
-    if (invstd) vtl_error_set(VTL_ERR_OOM, "%s: out of memory", op);
+  vtl_tensor *out = ok ? new_like(x) : NULL, *mean = out ? new_stats(C, x) : NULL, *invstd = mean ? new_stats(C, x) : NULL;
+  const vtl_nn_backend *nn = nn_of(x);
+  if (!invstd ||
+      nn->batch_norm_stats(xc, N, C, S, training, momentum, eps, running_mean, running_var, mean, invstd) != VTL_OK ||
+      nn->batch_norm_forward(xc, out, N, C, S, mean, invstd, wc, bc) != VTL_OK) {
     vtl_tensor *ts[6] = {xc, wc, bc, out, mean, invstd};
     release_all(ts, 6);
     return NULL;
   }
-  double *m = vtl_tensor_data(mean), *is = vtl_tensor_data(invstd);
-  if (training) {
-    vtl_cpu_batch_norm_stats(x->dtype, vtl_tensor_data(xc), N, C, S, eps, m, is, var);
-    if (running_mean) {
-      size_t es = vtl_dtype_size(x->dtype);
-      char *rm = vtl_tensor_data(running_mean), *rv = vtl_tensor_data(running_var);
-      int64_t sm = running_mean->strides[0] * (int64_t)es, sv = running_var->strides[0] * (int64_t)es;
-      double M = (double)(N * S);
-      for (int64_t c = 0; c < C; c++) {
-        double om = vtl_load_as_double(rm + c * sm, x->dtype), ov = vtl_load_as_double(rv + c * sv, x->dtype);
-        vtl_store_from_double(rm + c * sm, x->dtype, (1 - momentum) * om + momentum * m[c]);
-        vtl_store_from_double(rv + c * sv, x->dtype, (1 - momentum) * ov + momentum * var[c] * M / (M - 1));
-      }
-    }
-    free(var);
-  } else {
-    size_t es = vtl_dtype_size(x->dtype);
-    const char *rm = vtl_tensor_data(running_mean), *rv = vtl_tensor_data(running_var);
-    for (int64_t c = 0; c < C; c++) {
-      m[c] = vtl_load_as_double(rm + c * running_mean->strides[0] * (int64_t)es, x->dtype);
-      is[c] = 1.0 / sqrt(vtl_load_as_double(rv + c * running_var->strides[0] * (int64_t)es, x->dtype) + eps);
-    }
-  }
-  vtl_cpu_batch_norm_forward(x->dtype, vtl_tensor_data(xc), vtl_tensor_data(out), N, C, S, m, is, data_or_null(wc),
-                             data_or_null(bc));
   vtl_tensor *tmp[3] = {xc, wc, bc};
   release_all(tmp, 3);
   if (save_mean) *save_mean = mean;
@@ -197,11 +192,11 @@ vtl_tensor *vtl_op_batch_norm(vtl_tensor *x, vtl_tensor *running_mean, vtl_tenso
   return out;
 }
 
-static bool check_stats(const char *op, const char *what, const vtl_tensor *t, int64_t n) {
+static bool check_stats(const char *op, const char *what, const vtl_tensor *t, int64_t n, const vtl_tensor *x) {
   if (!t || t->dtype != VTL_F64 || t->ndim != 1 || t->shape[0] != n || !vtl_tensor_is_contiguous(t))
     return vtl_error_set(VTL_ERR_ARG, "%s: %s must be a contiguous f64 tensor of shape {%lld}, as the forward returns "
                          "it", op, what, (long long)n), false;
-  return on_cpu(op, what, t);
+  return on_device_of(op, t, x);
 }
 
 vtl_status vtl_op_batch_norm_backward(vtl_tensor *gout, vtl_tensor *x, vtl_tensor *weight, vtl_tensor *mean,
@@ -211,12 +206,12 @@ vtl_status vtl_op_batch_norm_backward(vtl_tensor *gout, vtl_tensor *x, vtl_tenso
   if (gx) *gx = NULL;
   if (gweight) *gweight = NULL;
   if (gbias) *gbias = NULL;
-  if (!check_input(op, "input", x)) return vtl_error_status();
+  if (!check_input_dev(op, "input", x)) return vtl_error_status();
   if (x->ndim < 2)
     return vtl_error_set(VTL_ERR_ARG, "%s: input must have at least 2 dims (N, C, ...), got shape %s", op, shape_of(x).s);
   int64_t N = x->shape[0], C = x->shape[1], S = prod(x->shape, 2, x->ndim);
   if (!check_gout(op, gout, x, "input") || !check_vec(op, "weight", weight, C, "channels", x) ||
-      !check_stats(op, "mean", mean, C) || !check_stats(op, "invstd", invstd, C))
+      !check_stats(op, "mean", mean, C, x) || !check_stats(op, "invstd", invstd, C, x))
     return vtl_error_status();
   bool ok = true;
   vtl_tensor *gc = contig_opt(gout, &ok), *xc = contig_opt(x, &ok), *wc = contig_opt(weight, &ok);
@@ -230,9 +225,11 @@ vtl_status vtl_op_batch_norm_backward(vtl_tensor *gout, vtl_tensor *x, vtl_tenso
     release_all(all, 6);
     return st;
   }
-  vtl_cpu_batch_norm_backward(x->dtype, vtl_tensor_data(gc), vtl_tensor_data(xc), N, C, S, vtl_tensor_data(mean),
-                              vtl_tensor_data(invstd), data_or_null(wc), training, dx ? vtl_tensor_data(dx) : NULL,
-                              dw ? vtl_tensor_data(dw) : NULL, db ? vtl_tensor_data(db) : NULL);
+  if (nn_of(x)->batch_norm_backward(gc, xc, N, C, S, mean, invstd, wc, training, dx, dw, db) != VTL_OK) {
+    vtl_status st = vtl_error_status();
+    release_all(all, 6);
+    return st;
+  }
   release_all(all, 3);
   if (gx) *gx = dx;
   if (gweight) *gweight = dw;
@@ -281,7 +278,7 @@ vtl_tensor *vtl_op_layer_norm(vtl_tensor *x, const int64_t *normalized_shape, in
   static const char op[] = "layer_norm";
   if (save_mean) *save_mean = NULL;
   if (save_rstd) *save_rstd = NULL;
-  if (!check_input(op, "input", x)) return NULL;
+  if (!check_input_dev(op, "input", x)) return NULL;
   if (nnorm < 1 || nnorm > VTL_MAX_DIMS)
     return vtl_error_set(VTL_ERR_ARG, "%s: normalized_shape must have 1 to %d dims, got %d", op, VTL_MAX_DIMS, nnorm), NULL;
   bool match = nnorm <= x->ndim;
@@ -304,14 +301,12 @@ vtl_tensor *vtl_op_layer_norm(vtl_tensor *x, const int64_t *normalized_shape, in
   int64_t D = prod(x->shape, x->ndim - nnorm, x->ndim), M = prod(x->shape, 0, x->ndim - nnorm);
   bool ok = true;
   vtl_tensor *xc = contig_opt(x, &ok), *wc = contig_opt(weight, &ok), *bc = contig_opt(bias, &ok);
-  vtl_tensor *out = ok ? new_like(x) : NULL, *mean = out ? new_stats(M) : NULL, *rstd = mean ? new_stats(M) : NULL;
-  if (!rstd) {
-    vtl_tensor *ts[5] = {xc, wc, bc, out, mean};
-    release_all(ts, 5);
+  vtl_tensor *out = ok ? new_like(x) : NULL, *mean = out ? new_stats(M, x) : NULL, *rstd = mean ? new_stats(M, x) : NULL;
+  if (!rstd || nn_of(x)->layer_norm_forward(xc, out, M, D, wc, bc, eps, mean, rstd) != VTL_OK) {
+    vtl_tensor *ts[6] = {xc, wc, bc, out, mean, rstd};
+    release_all(ts, 6);
     return NULL;
   }
-  vtl_cpu_layer_norm_forward(x->dtype, vtl_tensor_data(xc), vtl_tensor_data(out), M, D, data_or_null(wc),
-                             data_or_null(bc), eps, vtl_tensor_data(mean), vtl_tensor_data(rstd));
   vtl_tensor *tmp[3] = {xc, wc, bc};
   release_all(tmp, 3);
   if (save_mean) *save_mean = mean;
@@ -327,12 +322,12 @@ vtl_status vtl_op_layer_norm_backward(vtl_tensor *gout, vtl_tensor *x, int nnorm
   if (gx) *gx = NULL;
   if (gweight) *gweight = NULL;
   if (gbias) *gbias = NULL;
-  if (!check_input(op, "input", x)) return vtl_error_status();
+  if (!check_input_dev(op, "input", x)) return vtl_error_status();
   if (nnorm < 1 || nnorm > x->ndim)
     return vtl_error_set(VTL_ERR_ARG, "%s: %d normalized dims for an input of shape %s", op, nnorm, shape_of(x).s);
   int64_t D = prod(x->shape, x->ndim - nnorm, x->ndim), M = prod(x->shape, 0, x->ndim - nnorm);
   const int64_t *ns = x->shape + x->ndim - nnorm;
-  if (!check_gout(op, gout, x, "input") || !check_stats(op, "mean", mean, M) || !check_stats(op, "rstd", rstd, M))
+  if (!check_gout(op, gout, x, "input") || !check_stats(op, "mean", mean, M, x) || !check_stats(op, "rstd", rstd, M, x))
     return vtl_error_status();
   if (weight) {
     bool same = weight->ndim == nnorm;
@@ -353,10 +348,7 @@ vtl_status vtl_op_layer_norm_backward(vtl_tensor *gout, vtl_tensor *x, int nnorm
     release_all(all, 6);
     return st;
   }
-  vtl_status st = vtl_cpu_layer_norm_backward(x->dtype, vtl_tensor_data(gc), vtl_tensor_data(xc), M, D,
-                                              data_or_null(wc), vtl_tensor_data(mean), vtl_tensor_data(rstd),
-                                              dx ? vtl_tensor_data(dx) : NULL, dw ? vtl_tensor_data(dw) : NULL,
-                                              db ? vtl_tensor_data(db) : NULL);
+  vtl_status st = nn_of(x)->layer_norm_backward(gc, xc, M, D, wc, mean, rstd, dx, dw, db);
   if (st != VTL_OK) {
     release_all(all, 6);
     return st;
@@ -427,7 +419,7 @@ vtl_tensor *vtl_op_group_norm(vtl_tensor *x, int64_t groups, vtl_tensor *weight,
   bool ok = true;
   vtl_tensor *xc = contig_opt(x, &ok), *wc = contig_opt(weight, &ok), *bc = contig_opt(bias, &ok);
   vtl_tensor *out = ok ? new_like(x) : NULL;
-  vtl_tensor *mean = out ? new_stats(N * groups) : NULL, *rstd = mean ? new_stats(N * groups) : NULL;
+  vtl_tensor *mean = out ? new_stats(N * groups, x) : NULL, *rstd = mean ? new_stats(N * groups, x) : NULL;
   if (!rstd) {
     vtl_tensor *ts[5] = {xc, wc, bc, out, mean};
     release_all(ts, 5);
@@ -454,7 +446,7 @@ vtl_status vtl_op_group_norm_backward(vtl_tensor *gout, vtl_tensor *x, int64_t g
   if (!check_group_input(op, x, groups)) return vtl_error_status();
   int64_t N = x->shape[0], C = x->shape[1], S = prod(x->shape, 2, x->ndim);
   if (!check_gout(op, gout, x, "input") || !check_vec(op, "weight", weight, C, "channels", x) ||
-      !check_stats(op, "mean", mean, N * groups) || !check_stats(op, "rstd", rstd, N * groups))
+      !check_stats(op, "mean", mean, N * groups, x) || !check_stats(op, "rstd", rstd, N * groups, x))
     return vtl_error_status();
   bool ok = true;
   vtl_tensor *gc = contig_opt(gout, &ok), *xc = contig_opt(x, &ok), *wc = contig_opt(weight, &ok);
@@ -541,13 +533,16 @@ static void act_params(vtl_activation act, const double *params, double p[2]) {
 vtl_tensor *vtl_op_activation(vtl_activation act, vtl_tensor *x, const double *params) {
   if ((unsigned)act >= VTL_ACT_COUNT) return vtl_error_set(VTL_ERR_ARG, "activation: unknown activation %d", (int)act), NULL;
   const char *op = act_names[act];
-  if (!check_input(op, "input", x)) return NULL;
+  if (!check_input_dev(op, "input", x)) return NULL;
   double p[2];
   act_params(act, params, p);
   if (act == VTL_ACT_SOFTPLUS && p[0] == 0) return vtl_error_set(VTL_ERR_ARG, "softplus: beta must not be 0"), NULL;
   vtl_tensor *xc = vtl_op_contiguous(x);
   vtl_tensor *out = xc ? new_like(x) : NULL;
-  if (out) vtl_cpu_activation_forward(x->dtype, act, vtl_tensor_data(xc), vtl_tensor_data(out), vtl_tensor_numel(x), p);
+  if (out && nn_of(x)->activation_forward(act, xc, out, p) != VTL_OK) {
+    vtl_tensor_release(out);
+    out = NULL;
+  }
   vtl_tensor_release(xc);
   return out;
 }
@@ -557,15 +552,16 @@ vtl_tensor *vtl_op_activation_backward(vtl_activation act, vtl_tensor *gout, vtl
   char op[48];
   snprintf(op, sizeof op, "%s_backward", act_names[act]);
   const char *what = vtl_activation_uses_output(act) ? "output" : "input";
-  if (!check_input(op, what, s) || !check_gout(op, gout, s, what)) return NULL;
+  if (!check_input_dev(op, what, s) || !check_gout(op, gout, s, what)) return NULL;
   double p[2];
   act_params(act, params, p);
   bool ok = true;
   vtl_tensor *gc = contig_opt(gout, &ok), *sc = contig_opt(s, &ok);
   vtl_tensor *dx = ok ? new_like(s) : NULL;
-  if (dx)
-    vtl_cpu_activation_backward(s->dtype, act, vtl_tensor_data(gc), vtl_tensor_data(sc), vtl_tensor_data(dx),
-                                vtl_tensor_numel(s), p);
+  if (dx && nn_of(s)->activation_backward(act, gc, sc, dx, p) != VTL_OK) {
+    vtl_tensor_release(dx);
+    dx = NULL;
+  }
   vtl_tensor_release(gc);
   vtl_tensor_release(sc);
   return dx;
@@ -608,10 +604,13 @@ static bool split_dim(const char *op, const vtl_tensor *x, int dim, int64_t *A, 
 vtl_tensor *vtl_op_softmax(vtl_tensor *x, int dim, bool logsm) {
   const char *op = logsm ? "log_softmax" : "softmax";
   int64_t A, R, B;
-  if (!check_input(op, "input", x) || !split_dim(op, x, dim, &A, &R, &B)) return NULL;
+  if (!check_input_dev(op, "input", x) || !split_dim(op, x, dim, &A, &R, &B)) return NULL;
   vtl_tensor *xc = vtl_op_contiguous(x);
   vtl_tensor *out = xc ? new_like(x) : NULL;
-  if (out) vtl_cpu_softmax_forward(x->dtype, vtl_tensor_data(xc), vtl_tensor_data(out), A, R, B, logsm);
+  if (out && nn_of(x)->softmax_forward(xc, out, A, R, B, logsm) != VTL_OK) {
+    vtl_tensor_release(out);
+    out = NULL;
+  }
   vtl_tensor_release(xc);
   return out;
 }
@@ -619,12 +618,15 @@ vtl_tensor *vtl_op_softmax(vtl_tensor *x, int dim, bool logsm) {
 vtl_tensor *vtl_op_softmax_backward(vtl_tensor *gout, vtl_tensor *y, int dim, bool logsm) {
   const char *op = logsm ? "log_softmax_backward" : "softmax_backward";
   int64_t A, R, B;
-  if (!check_input(op, "output", y) || !check_gout(op, gout, y, "output") || !split_dim(op, y, dim, &A, &R, &B))
+  if (!check_input_dev(op, "output", y) || !check_gout(op, gout, y, "output") || !split_dim(op, y, dim, &A, &R, &B))
     return NULL;
   bool ok = true;
   vtl_tensor *gc = contig_opt(gout, &ok), *yc = contig_opt(y, &ok);
   vtl_tensor *dx = ok ? new_like(y) : NULL;
-  if (dx) vtl_cpu_softmax_backward(y->dtype, vtl_tensor_data(gc), vtl_tensor_data(yc), vtl_tensor_data(dx), A, R, B, logsm);
+  if (dx && nn_of(y)->softmax_backward(gc, yc, dx, A, R, B, logsm) != VTL_OK) {
+    vtl_tensor_release(dx);
+    dx = NULL;
+  }
   vtl_tensor_release(gc);
   vtl_tensor_release(yc);
   return dx;
@@ -677,9 +679,10 @@ static bool check_reduction(const char *op, vtl_reduction red, bool batchmean_ok
 static bool ce_prepare(const char *op, vtl_tensor *x, vtl_tensor *target, vtl_tensor *weight, int64_t ignore_index,
                        double smoothing, vtl_reduction red, bool allow_prob, ce_args *a) {
   memset(a, 0, sizeof *a);
-  if (!check_input(op, "input", x) || !check_reduction(op, red, false)) return false;
+  /* cross entropy runs on every backend with nn kernels, nll_loss on the CPU */
+  if (!check_input_on(op, "input", x, allow_prob) || !check_reduction(op, red, false)) return false;
   if (!target) return vtl_error_set(VTL_ERR_ARG, "%s: target is missing", op), false;
-  if (!on_cpu(op, "target", target)) return false;
+  if (!on_device_of(op, target, x)) return false;
   if (x->ndim < 1)
     return vtl_error_set(VTL_ERR_ARG, "%s: input must be (N, C), (N, C, d1, ...) or (C), got shape %s", op,
                          shape_of(x).s), false;
@@ -728,7 +731,8 @@ static bool ce_prepare(const char *op, vtl_tensor *x, vtl_tensor *target, vtl_te
     vtl_tensor_release(t);
   }
   if (!ok) { ce_free(a); return false; }
-  if (a->target) {
+  /* device targets are checked by the device's kernels, without a copy back */
+  if (a->target && vtl_tensor_device(a->target).type == VTL_CPU) {
     const int64_t *t = vtl_tensor_data(a->target);
     int64_t bad = vtl_cpu_check_targets(t, a->N * a->S, a->C, ignore_index);
     if (bad >= 0) {
@@ -759,6 +763,17 @@ static vtl_tensor *ce_or_nll(bool ce, vtl_tensor *x, vtl_tensor *target, vtl_ten
   ce_args a;
   if (!ce_prepare(op, x, target, weight, ignore_index, smoothing, red, ce, &a)) return NULL;
   vtl_dtype dt = x->dtype;
+  if (ce) { /* the backend writes the row losses or the reduced 0-d result */
+    vtl_tensor *out = red == VTL_REDUCTION_NONE ? vtl_tensor_empty(a.loss_shape, a.loss_ndim, dt, vtl_tensor_device(x))
+                                                : vtl_tensor_empty(NULL, 0, dt, vtl_tensor_device(x));
+    if (out && nn_of(x)->cross_entropy_forward(a.x, a.N, a.C, a.S, a.target, a.prob, a.w, ignore_index, smoothing, red,
+                                               out) != VTL_OK) {
+      vtl_tensor_release(out);
+      out = NULL;
+    }
+    ce_free(&a);
+    return out;
+  }
   vtl_tensor *rows = NULL;
   if (red == VTL_REDUCTION_NONE) {
     rows = vtl_tensor_empty(a.loss_shape, a.loss_ndim, dt, vtl_tensor_device(x));
@@ -766,10 +781,7 @@ static vtl_tensor *ce_or_nll(bool ce, vtl_tensor *x, vtl_tensor *target, vtl_ten
   }
   void *lp = rows ? vtl_tensor_data(rows) : NULL;
   const int64_t *t = a.target ? vtl_tensor_data(a.target) : NULL;
-  double total = ce ? vtl_cpu_cross_entropy_forward(dt, vtl_tensor_data(a.x), a.N, a.C, a.S, t, data_or_null(a.prob),
-                                                    data_or_null(a.w), ignore_index, smoothing, lp)
-                    : vtl_cpu_nll_loss_forward(dt, vtl_tensor_data(a.x), a.N, a.C, a.S, t, data_or_null(a.w),
-                                               ignore_index, lp);
+  double total = vtl_cpu_nll_loss_forward(dt, vtl_tensor_data(a.x), a.N, a.C, a.S, t, data_or_null(a.w), ignore_index, lp);
   vtl_tensor *out = rows ? rows : reduced(dt, red, total, red == VTL_REDUCTION_MEAN ? ce_denominator(&a, dt, ignore_index) : 1);
   ce_free(&a);
   return out;
@@ -805,7 +817,8 @@ static bool loss_gout(const char *op, vtl_tensor *gout, const vtl_tensor *x, vtl
   if (vtl_tensor_numel(gout) != 1)
     return vtl_error_set(VTL_ERR_ARG, "%s: gout of shape %s does not match the reduced loss (one element)", op,
                          shape_of(gout).s), false;
-  *gscale = vtl_tensor_get_flat(gout, 0) / div;
+  /* a device gout is read by the device's kernels */
+  *gscale = vtl_tensor_device(gout).type == VTL_CPU ? vtl_tensor_get_flat(gout, 0) / div : 0;
   return true;
 }
 
@@ -817,11 +830,9 @@ vtl_status vtl_op_cross_entropy_backward(vtl_tensor *gout, vtl_tensor *logits, v
   if (gtarget) *gtarget = NULL;
   ce_args a;
   if (!ce_prepare(op, logits, target, weight, ignore_index, label_smoothing, red, true, &a)) return vtl_error_status();
-  vtl_dtype dt = logits->dtype;
-  double div = red == VTL_REDUCTION_MEAN ? ce_denominator(&a, dt, ignore_index) : 1;
   vtl_tensor *grow;
-  double gscale;
-  if (!loss_gout(op, gout, logits, red, a.loss_shape, a.loss_ndim, div, &grow, &gscale)) {
+  double gscale; /* the backend divides by the mean's divisor itself */
+  if (!loss_gout(op, gout, logits, red, a.loss_shape, a.loss_ndim, 1, &grow, &gscale)) {
     vtl_status st = vtl_error_status();
     ce_free(&a);
     return st;
@@ -835,12 +846,15 @@ vtl_status vtl_op_cross_entropy_backward(vtl_tensor *gout, vtl_tensor *logits, v
     ce_free(&a);
     return st;
   }
-  vtl_cpu_cross_entropy_backward(dt, vtl_tensor_data(a.x), a.N, a.C, a.S, a.target ? vtl_tensor_data(a.target) : NULL,
-                                 data_or_null(a.prob), data_or_null(a.w), ignore_index, label_smoothing,
-                                 data_or_null(grow), gscale, dx ? vtl_tensor_data(dx) : NULL,
-                                 dp ? vtl_tensor_data(dp) : NULL);
+  vtl_status st = nn_of(logits)->cross_entropy_backward(a.x, a.N, a.C, a.S, a.target, a.prob, a.w, ignore_index,
+                                                        label_smoothing, red, grow ? grow : gout, dx, dp);
   vtl_tensor_release(grow);
   ce_free(&a);
+  if (st != VTL_OK) {
+    vtl_tensor_release(dx);
+    vtl_tensor_release(dp);
+    return st;
+  }
   if (glogits) *glogits = dx;
   if (gtarget) *gtarget = dp;
   return VTL_OK;
@@ -1124,7 +1138,7 @@ vtl_tensor *vtl_fn_bce_with_logits(vtl_tensor *x, vtl_tensor *target, vtl_tensor
 vtl_tensor *vtl_op_dropout(vtl_tensor *x, double p, bool training, uint64_t seed, uint64_t *offset, vtl_tensor **mask) {
   static const char op[] = "dropout";
   if (mask) *mask = NULL;
-  if (!check_input(op, "input", x)) return NULL;
+  if (!check_input_dev(op, "input", x)) return NULL;
   if (!(p >= 0 && p <= 1)) return vtl_error_set(VTL_ERR_ARG, "%s: p must be in [0, 1], got %g", op, p), NULL;
   if (!training || p == 0) return vtl_tensor_retain(x);
   int64_t n = vtl_tensor_numel(x);
@@ -1136,7 +1150,11 @@ vtl_tensor *vtl_op_dropout(vtl_tensor *x, double p, bool training, uint64_t seed
     release_all(all, 2);
     return NULL;
   }
-  vtl_cpu_dropout_forward(x->dtype, vtl_tensor_data(xc), vtl_tensor_data(out), vtl_tensor_data(m), n, p, seed, *offset);
+  if (nn_of(x)->dropout_forward(xc, out, m, p, seed, *offset) != VTL_OK) {
+    vtl_tensor *all[3] = {xc, out, m};
+    release_all(all, 3);
+    return NULL;
+  }
   *offset += (uint64_t)(n + 3) / 4;
   vtl_tensor_release(xc);
   if (mask) *mask = m;
@@ -1147,7 +1165,7 @@ vtl_tensor *vtl_op_dropout(vtl_tensor *x, double p, bool training, uint64_t seed
 vtl_tensor *vtl_op_dropout_backward(vtl_tensor *gout, vtl_tensor *mask, double p) {
   static const char op[] = "dropout_backward";
   if (!gout) return vtl_error_set(VTL_ERR_ARG, "%s: gout is missing", op), NULL;
-  if (!check_input(op, "gout", gout)) return NULL;
+  if (!check_input_dev(op, "gout", gout)) return NULL;
   if (!mask || mask->dtype != VTL_BOOL)
     return vtl_error_set(VTL_ERR_ARG, "%s: mask must be a bool tensor, got %s", op,
                          mask ? vtl_dtype_name(mask->dtype) : "nothing"), NULL;
@@ -1155,12 +1173,14 @@ vtl_tensor *vtl_op_dropout_backward(vtl_tensor *gout, vtl_tensor *mask, double p
     return vtl_error_set(VTL_ERR_ARG, "%s: gout of shape %s does not match mask of shape %s", op, shape_of(gout).s,
                          shape_of(mask).s), NULL;
   if (!(p >= 0 && p <= 1)) return vtl_error_set(VTL_ERR_ARG, "%s: p must be in [0, 1], got %g", op, p), NULL;
-  if (!on_cpu(op, "mask", mask)) return NULL;
+  if (!on_device_of(op, mask, gout)) return NULL;
   bool ok = true;
   vtl_tensor *gc = contig_opt(gout, &ok), *mc = contig_opt(mask, &ok);
   vtl_tensor *dx = ok ? new_like(gout) : NULL;
-  if (dx) vtl_cpu_dropout_backward(gout->dtype, vtl_tensor_data(gc), vtl_tensor_data(mc), vtl_tensor_data(dx),
-                                   vtl_tensor_numel(gout), p);
+  if (dx && nn_of(gout)->dropout_backward(gc, mc, dx, p) != VTL_OK) {
+    vtl_tensor_release(dx);
+    dx = NULL;
+  }
   vtl_tensor_release(gc);
   vtl_tensor_release(mc);
   return dx;

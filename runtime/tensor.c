@@ -208,6 +208,18 @@ vtl_status vtl_require_cpu(const char *op, const vtl_tensor *t) {
   return vtl_error_set(VTL_ERR_DEVICE, "%s: GPU tensors are not supported yet; call :cpu()", op);
 }
 
+const vtl_nn_backend *vtl_nn_backend_of(const char *op, const vtl_tensor *t) {
+  vtl_device dev = vtl_tensor_device(t);
+  const vtl_backend *be = vtl_backend_get(dev);
+  if (!be) return NULL;
+  if (!be->nn) {
+    char d[32];
+    vtl_device_format(dev, d, sizeof d);
+    return vtl_error_set(VTL_ERR_DEVICE, "%s: not supported on %s tensors yet; call :cpu()", op, d), NULL;
+  }
+  return be->nn;
+}
+
 vtl_status vtl_check_same_device(const char *op, const vtl_tensor *a, const vtl_tensor *b) {
   if (!a || !b || vtl_device_eq(vtl_tensor_device(a), vtl_tensor_device(b))) return VTL_OK;
   char da[32], db[32];

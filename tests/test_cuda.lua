@@ -34,6 +34,36 @@ if not HAVE then
   end)
 end
 
+T.test("Module:to keeps each parameter object, its requires_grad and its optimizer", function()
+  local nn = vtl.nn
+  local m = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Linear(4, 2))
+  m[3].bias.requires_grad = false
+  local params, n0 = m:parameters(), nil
+  n0 = #params
+  local opt = vtl.optim.SGD(params, {lr = 0.5})
+  m:to("f64")
+  local after = m:parameters()
+  T.eq(#after, n0)
+  for i, p in ipairs(after) do
+    T.truthy(rawequal(p, params[i]), "parameter " .. i .. " is the same object")
+    T.eq(p.dtype, "f64")
+    T.truthy(nn.is_parameter(p), "still a parameter")
+  end
+  T.eq(m[3].bias.requires_grad, false)
+  T.eq(m[3].weight.requires_grad, true)
+  T.eq(m[2].running_mean.dtype, "f64", "buffers converted")
+  T.eq(m[2].num_batches_tracked.dtype, "i64", "integer buffers keep their dtype")
+  -- the optimizer made before the conversion steps the converted parameters
+  local w0 = m[3].weight:clone()
+  local y = m[3](vtl.ones(5, 4):double()):sum()
+  y:backward()
+  opt:step()
+  T.close(m[3].weight, w0 - 0.5 * 5, 1e-12, "step on the converted weight")
+  -- x.data = t checks its argument and only replaces leaves
+  T.raises(function() m[3].weight.data = 3 end, "data: expected a tensor")
+  T.raises(function() local z = m[3].weight * 2; z.data = vtl.ones(1) end, "only a leaf tensor")
+end)
+
 T.test("vtl.cuda: bad arguments are named", function()
   T.raises(function() return vtl.cuda.memory_stats("cpu") end, "memory_stats: expected a CUDA device")
   T.raises(function() return vtl.cuda.memory_stats(-1) end, "memory_stats: expected a device index")
@@ -640,6 +670,295 @@ gpu_test("random: seeded fills on the GPU equal the CPU's", function()
   same(vtl.randint(-1000000000000, 1000000000000, {64}, {generator = vtl.Generator(5), device = "cuda"}), big, 0, "randint wide")
   same(vtl.rand_like(vtl.zeros(3, 3):cuda(), {generator = vtl.Generator(7)}),
     vtl.rand_like(vtl.zeros(3, 3), {generator = vtl.Generator(7)}), 0, "rand_like")
+end)
+
+-- ---------------------------------------------------------------- nn ops
+
+if not HAVE then
+  T.test("without a device: nn modules and ops name why they cannot move", function()
+    local want = vtl.build_info().cuda and "cuda: no CUDA device is available" or "cuda: this build has no CUDA backend"
+    local m = vtl.nn.Linear(3, 2)
+    local w = m.weight
+    T.raises(function() m:cuda() end, want)
+    T.truthy(rawequal(m.weight, w), "a failed move leaves the parameter in place")
+    T.eq(m.weight.device, "cpu")
+    T.raises(function() return vtl.nn.functional.relu(vtl.ones(2):to("cuda")) end, want)
+  end)
+end
+
+local F = vtl.nn.functional
+local NN_TOL = {f32 = 1e-4, f64 = 1e-10} -- |gpu - cpu| <= tol * (1 + |cpu|)
+
+-- Runs fn(inputs...) on the CPU and on the GPU with the same inputs, backpropagates the same
+-- random upstream gradient through each output, and compares outputs and input gradients.
+-- inputs: CPU tensors; grad[i] true when input i gets a gradient. fn may return several tensors
+-- (only the first is differentiated).
+local function check_nn(what, fn, inputs, grad, tol)
+  local function run(dev, g)
+    local xs = {}
+    for i, t in ipairs(inputs) do
+      local v = t:detach():clone()
+      if dev == "cuda" then v = v:cuda() end
+      if grad and grad[i] then v.requires_grad = true end
+      xs[i] = v
+    end
+    local outs = table.pack(fn(table.unpack(xs, 1, #inputs)))
+    local y = outs[1]
+    g = g or vtl.randn(y.shape):to(y.dtype)
+    if grad then y:backward(dev == "cuda" and g:cuda() or g) end
+    return outs, xs, g
+  end
+  local co, cx, g = run("cpu")
+  local go, gx = run("cuda", g)
+  for k = 1, co.n do
+    if vtl.is_tensor(co[k]) then
+      same(go[k], co[k], tol or NN_TOL[co[k].dtype] or 0, what .. " output " .. k)
+    end
+  end
+  if grad then
+    for i = 1, #inputs do
+      if grad[i] then same(gx[i].grad, cx[i].grad, tol or NN_TOL[inputs[i].dtype], what .. " grad " .. i) end
+    end
+  end
+end
+
+gpu_test("conv2d: padding, stride, dilation, groups, depthwise, bias, asymmetric padding; forward and backward", function()
+  local cases = {
+    {4, 6, 3, {stride = 1, padding = 1}},
+    {4, 6, 3, {stride = 2, padding = 0, dilation = 2}},
+    {4, 6, 3, {stride = {2, 1}, padding = {1, 2}, groups = 2}},
+    {6, 6, 3, {stride = 1, padding = 1, groups = 6}},       -- depthwise
+    {6, 12, 5, {stride = 2, padding = 2, groups = 6}},      -- depthwise, channel multiplier 2
+    {4, 8, 1, {}},                                          -- 1x1
+    {4, 5, 4, {padding = "same"}},                          -- even kernel: one more row/column at the end
+    {3, 4, {2, 3}, {padding = "same", dilation = {1, 2}}},
+  }
+  for _, dt in ipairs({"f32", "f64"}) do
+    for ci, c in ipairs(cases) do
+      local C, K, k, o = c[1], c[2], c[3], c[4]
+      local kh, kw = type(k) == "table" and k[1] or k, type(k) == "table" and k[2] or k
+      local x = vtl.randn(2, C, 11, 9):to(dt)
+      local w = (vtl.randn(K, C // (o.groups or 1), kh, kw) * 0.3):to(dt)
+      local b = vtl.randn(K):to(dt)
+      check_nn(("conv2d %s case %d"):format(dt, ci), function(xx, ww, bb) return F.conv2d(xx, ww, bb, o) end,
+        {x, w, b}, {true, true, true})
+      check_nn(("conv2d %s case %d without bias"):format(dt, ci), function(xx, ww) return F.conv2d(xx, ww, nil, o) end,
+        {x, w}, {true, true})
+    end
+  end
+  -- a second call with the same shape takes the cached algorithm and gives the same bits
+  local x, w = vtl.randn(2, 4, 8, 8):cuda(), vtl.randn(8, 4, 3, 3):cuda()
+  same(F.conv2d(x, w, nil, {padding = 1}), F.conv2d(x, w, nil, {padding = 1}):cpu(), 0, "conv2d repeats")
+  T.raises(function() return F.conv2d(x, w:cpu()) end, "different devices")
+end)
+
+gpu_test("pooling: max (padding, dilation, ceil mode), average, adaptive; forward, indices and backward", function()
+  local x = vtl.randn(2, 3, 13, 11)
+  for _, dt in ipairs({"f32", "f64"}) do
+    local xd = x:to(dt)
+    local maxes = {{3, {stride = 2, padding = 1}}, {2, {}}, {3, {stride = 1, dilation = 2}},
+                   {{3, 2}, {stride = {2, 1}, padding = {1, 1}, ceil_mode = true}}}
+    for i, c in ipairs(maxes) do
+      local o = {return_indices = true}
+      for k, v in pairs(c[2]) do o[k] = v end
+      check_nn(("max_pool2d %s %d"):format(dt, i), function(v) return F.max_pool2d(v, c[1], o) end, {xd}, {true}, 0)
+    end
+    local avgs = {{3, {stride = 2, padding = 1}}, {3, {stride = 2, padding = 1, count_include_pad = false}},
+                  {{2, 3}, {stride = 1, ceil_mode = true}}, {3, {stride = 2, divisor_override = 4}}}
+    for i, c in ipairs(avgs) do
+      check_nn(("avg_pool2d %s %d"):format(dt, i), function(v) return F.avg_pool2d(v, c[1], c[2]) end, {xd}, {true})
+    end
+    for _, size in ipairs({1, {3, 5}, {13, 11}, {4, 4}}) do
+      check_nn("adaptive_avg_pool2d " .. dt, function(v) return F.adaptive_avg_pool2d(v, size) end, {xd}, {true})
+      check_nn("adaptive_max_pool2d " .. dt, function(v) return F.adaptive_max_pool2d(v, size, {return_indices = true}) end,
+        {xd}, {true}, 0)
+    end
+    check_nn("max_pool2d 3-D " .. dt, function(v) return F.max_pool2d(v, 2) end, {xd[1]}, {true}, 0)
+  end
+  -- ties: the first maximum wins on both devices
+  local t = vtl.ones(1, 1, 4, 4)
+  local _, ic = F.max_pool2d(t, 3, {stride = 1, return_indices = true})
+  local _, ig = F.max_pool2d(t:cuda(), 3, {stride = 1, return_indices = true})
+  same(ig, ic, 0, "tie indices")
+end)
+
+gpu_test("batch norm: training statistics, running-stat updates, eval mode; forward and backward", function()
+  for _, dt in ipairs({"f32", "f64"}) do
+    for _, shape in ipairs({{8, 5, 7, 6}, {16, 5}, {4, 3, 10}}) do
+      local C = shape[2]
+      local x = (vtl.randn(shape) * 2 + 3):to(dt)
+      local w, b = vtl.randn(C):to(dt), vtl.randn(C):to(dt)
+      local rm, rv = vtl.randn(C):to(dt), vtl.rand(C):to(dt) + 0.5
+      local rmg, rvg = rm:cuda(), rv:cuda()
+      local rmc, rvc = rm:clone(), rv:clone()
+      local calls = 0
+      check_nn("batch_norm train " .. dt, function(xx, ww, bb)
+        calls = calls + 1
+        local m, v = calls == 1 and rmc or rmg, calls == 1 and rvc or rvg
+        return F.batch_norm(xx, m, v, ww, bb, {training = true, momentum = 0.2, eps = 1e-4})
+      end, {x, w, b}, {true, true, true})
+      same(rmg, rmc, NN_TOL[dt], "running_mean " .. dt)
+      same(rvg, rvc, NN_TOL[dt], "running_var " .. dt)
+      check_nn("batch_norm eval " .. dt, function(xx, ww, bb, m, v)
+        return F.batch_norm(xx, m, v, ww, bb, {training = false, eps = 1e-3})
+      end, {x, w, b, rm, rv}, {true, true, true, false, false})
+      check_nn("batch_norm no affine " .. dt, function(xx) return F.batch_norm(xx, nil, nil, nil, nil, {training = true}) end,
+        {x}, {true})
+    end
+  end
+  -- strided running statistics are updated in place
+  local x = vtl.randn(6, 4, 3, 3)
+  local rc, rg = vtl.zeros(2, 4), vtl.zeros(2, 4):cuda()
+  F.batch_norm(x, rc[1], rc[2], nil, nil, {training = true})
+  F.batch_norm(x:cuda(), rg[1], rg[2], nil, nil, {training = true})
+  same(rg, rc, 1e-5, "running stats in rows of one tensor")
+end)
+
+gpu_test("layer norm: forward and backward, with and without affine parameters", function()
+  for _, dt in ipairs({"f32", "f64"}) do
+    local x = (vtl.randn(4, 7, 48) + 1):to(dt)
+    local w, b = vtl.randn(48):to(dt), vtl.randn(48):to(dt)
+    check_nn("layer_norm " .. dt, function(xx, ww, bb) return F.layer_norm(xx, {48}, ww, bb, {eps = 1e-5}) end,
+      {x, w, b}, {true, true, true})
+    check_nn("layer_norm plain " .. dt, function(xx) return F.layer_norm(xx, {7, 48}) end, {x}, {true})
+    local w2 = vtl.randn(7, 48):to(dt)
+    check_nn("layer_norm 2 dims " .. dt, function(xx, ww) return F.layer_norm(xx, {7, 48}, ww) end, {x, w2}, {true, true})
+  end
+end)
+
+gpu_test("activations: every one the zoo uses, forward and backward, f32 and f64", function()
+  local acts = {
+    {"relu"}, {"relu6"}, {"gelu"}, {"gelu", {approximate = "tanh"}}, {"silu"}, {"hardswish"}, {"hardsigmoid"},
+    {"sigmoid"}, {"tanh"}, {"leaky_relu", {negative_slope = 0.2}}, {"leaky_relu"},
+  }
+  local x = vtl.randn(3, 257) * 4
+  x[1][1], x[1][2], x[1][3], x[1][4] = 0, 3, -3, 6 -- the kinks
+  for _, dt in ipairs({"f32", "f64"}) do
+    for _, a in ipairs(acts) do
+      local name = a[1] .. (a[2] and a[2].approximate and "_tanh" or "") .. " " .. dt
+      check_nn(name, function(v) if a[2] then return F[a[1]](v, a[2]) end return F[a[1]](v) end, {x:to(dt)}, {true},
+        dt == "f32" and 2e-5 or 1e-12)
+    end
+  end
+end)
+
+gpu_test("softmax and log_softmax: last and inner dims, forward and backward", function()
+  for _, dt in ipairs({"f32", "f64"}) do
+    local x = (vtl.randn(3, 37, 5) * 3):to(dt)
+    for _, dim in ipairs({3, 2, 1, -1}) do
+      check_nn("softmax " .. dim .. " " .. dt, function(v) return F.softmax(v, dim) end, {x}, {true}, dt == "f32" and 2e-5 or 1e-12)
+      check_nn("log_softmax " .. dim .. " " .. dt, function(v) return F.log_softmax(v, dim) end, {x}, {true},
+        dt == "f32" and 2e-5 or 1e-12)
+    end
+    local long = (vtl.randn(4, 3000) * 5):to(dt)
+    check_nn("log_softmax long rows " .. dt, function(v) return F.log_softmax(v, 2) end, {long}, {true})
+  end
+end)
+
+gpu_test("cross entropy: weights, ignore_index, label smoothing, soft targets, spatial, every reduction", function()
+  for _, dt in ipairs({"f32", "f64"}) do
+    local x = (vtl.randn(17, 10) * 3):to(dt)
+    local t = vtl.randint(1, 11, {17})
+    t[3], t[9] = -100, -100
+    local w = (vtl.rand(10) + 0.5):to(dt)
+    for _, red in ipairs({"mean", "sum", "none"}) do
+      for _, ls in ipairs({0, 0.1}) do
+        local o = {reduction = red, label_smoothing = ls}
+        local tag = ("%s %s ls=%g"):format(dt, red, ls)
+        check_nn("cross_entropy " .. tag, function(v, tt) return F.cross_entropy(v, tt, o) end, {x, t}, {true, false})
+        check_nn("cross_entropy weighted " .. tag, function(v, tt, ww)
+          return F.cross_entropy(v, tt, {reduction = red, label_smoothing = ls, weight = ww})
+        end, {x, t, w}, {true, false, false})
+        local p = F.softmax(vtl.randn(17, 10), 2):to(dt)
+        check_nn("cross_entropy soft " .. tag, function(v, pp, ww)
+          return F.cross_entropy(v, pp, {reduction = red, label_smoothing = ls, weight = ww})
+        end, {x, p, w}, {true, true, false})
+      end
+      local xs = vtl.randn(2, 4, 3, 5):to(dt)
+      local ts = vtl.randint(1, 5, {2, 3, 5})
+      ts[1][2][3] = 0
+      check_nn("cross_entropy spatial " .. dt .. " " .. red, function(v, tt)
+        return F.cross_entropy(v, tt, {reduction = red, ignore_index = 0})
+      end, {xs, ts}, {true, false})
+    end
+  end
+  -- a bad class index is an error on the GPU as well, and the process goes on
+  local x, t = vtl.randn(4, 3):cuda(), vtl.tensor({1, 2, 4, 1}, {dtype = "i64"}):cuda()
+  T.raises(function() return F.cross_entropy(x, t) end, "cross_entropy: target 4 out of range for 3 classes")
+  T.raises(function() return F.cross_entropy(x, vtl.tensor({1, 2, 3, 1}, {dtype = "i64"})) end, "different devices")
+  T.close(F.cross_entropy(x, vtl.tensor({1, 2, 3, 1}, {dtype = "i64"}):cuda()):cpu(),
+    F.cross_entropy(x:cpu(), vtl.tensor({1, 2, 3, 1}, {dtype = "i64"})), 1e-5, "after the error")
+end)
+
+gpu_test("dropout: a seeded GPU dropout equals the CPU's bit for bit, forward and backward", function()
+  for _, dt in ipairs({"f32", "f64"}) do
+    for _, p in ipairs({0.1, 0.5, 0.9}) do
+      local x = vtl.randn(7, 33):to(dt)
+      local gc, gg = vtl.Generator(77), vtl.Generator(77)
+      local xc, xg = x:clone(), x:cuda()
+      xc.requires_grad, xg.requires_grad = true, true
+      local yc, mc = F.dropout(xc, {p = p, training = true, generator = gc})
+      local yg, mg = F.dropout(xg, {p = p, training = true, generator = gg})
+      same(yg, yc, 0, "dropout output " .. dt)
+      same(mg, mc, 0, "dropout mask " .. dt)
+      T.eq(gg:get_state().offset, gc:get_state().offset, "generators advance alike")
+      local g = vtl.randn(7, 33):to(dt)
+      yc:backward(g)
+      yg:backward(g:cuda())
+      same(xg.grad, xc.grad, 0, "dropout grad " .. dt)
+    end
+  end
+end)
+
+-- three SGD steps of a zoo model on each device from the same weights and batches; the losses
+-- agree within rtol, and the GPU model's parameters stay the objects the optimizer holds
+local function train_parity(name, opts, batch, size, rtol)
+  vtl.seed(3)
+  local cpu = vtl.models.create(name, opts)
+  local gpu = vtl.models.create(name, opts)
+  gpu:load_state_dict(cpu:state_dict())
+  local params = gpu:parameters()
+  local opt_g = vtl.optim.SGD(params, {lr = 0.05, momentum = 0.9, weight_decay = 1e-4})
+  T.truthy(rawequal(gpu:cuda(), gpu), "model:cuda() returns the model")
+  for i, p in ipairs(gpu:parameters()) do
+    T.truthy(rawequal(p, params[i]), name .. ": parameter " .. i .. " kept its identity")
+    T.eq(p.device, "cuda:0")
+    T.eq(p.requires_grad, true)
+  end
+  for _, b in ipairs(gpu:buffers()) do T.eq(b.device, "cuda:0", name .. " buffer") end
+  local opt_c = vtl.optim.SGD(cpu:parameters(), {lr = 0.05, momentum = 0.9, weight_decay = 1e-4})
+  cpu:train()
+  gpu:train()
+  for step = 1, 3 do
+    local x = vtl.randn(batch, 3, size, size)
+    local y = vtl.randint(1, (opts.num_classes or 10) + 1, {batch})
+    local losses = {}
+    for k, m in ipairs({cpu, gpu}) do
+      local o = k == 1 and opt_c or opt_g
+      vtl.seed(100 + step) -- the same dropout masks on both devices
+      o:zero_grad()
+      local xx, yy = x, y
+      if k == 2 then xx, yy = x:cuda(), y:cuda() end
+      local loss = F.cross_entropy(m(xx), yy, {label_smoothing = 0.1})
+      loss:backward()
+      o:step()
+      losses[k] = loss:item()
+    end
+    T.truthy(math.abs(losses[2] - losses[1]) <= rtol * math.abs(losses[1]),
+      ("%s step %d: loss on cuda %.9g, on cpu %.9g"):format(name, step, losses[2], losses[1]))
+  end
+  local sc, sg = cpu:state_dict(), gpu:state_dict()
+  for k, v in pairs(sc) do
+    if v.dtype == "f32" then same(sg[k], v, 2e-3, name .. " " .. k .. " after 3 steps") end
+  end
+end
+
+gpu_test("training: small_cnn, 3 SGD steps on cuda give the CPU's losses (1e-4 relative)", function()
+  train_parity("small_cnn", {num_classes = 10}, 16, 32, 1e-4)
+end)
+
+gpu_test("training: resnet18 at 64x64, 3 SGD steps on cuda give the CPU's losses (1e-4 relative)", function()
+  train_parity("resnet18", {num_classes = 10}, 4, 64, 1e-4)
 end)
 
 -- ---------------------------------------------------------------- saving

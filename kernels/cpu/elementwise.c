@@ -369,4 +369,5 @@ const vtl_backend vtl_cpu_backend = {
   .nonzero_flat = cpu_nonzero_flat,
   .fused = cpu_fused,
   .matmul_dtypes = 1u << VTL_F32 | 1u << VTL_F64 | 1u << VTL_I64,
+  .nn = &vtl_cpu_nn_backend,
 };

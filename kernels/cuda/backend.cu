@@ -10,6 +10,7 @@
 #include <unordered_map>
 #include <vector>
 #include "common.cuh"
+#include "nn.cuh"
 
 extern "C" int vtl_cuda_device_count(void); // cuda_info.cu
 
@@ -233,6 +234,7 @@ extern "C" void vtl_cuda_init(void) {
     b.copy_host = cu_copy_host;
     b.synchronize = cu_synchronize;
     b.memory_stats = cu_memory_stats;
+    b.nn = &vtl_cu_nn_backend;
     vtl_backend_register(VTL_CUDA, &cuda_backend);
   });
 }

@@ -1,7 +1,8 @@
 """Times tensor ops on the GPU in PyTorch; prints "name seconds" lines (seconds per call) read
 by tests/bench/cuda.sh. The twin of tests/bench/cuda_ops.lua: same ops, sizes and timing (the
-best of three batches of calls, each closed by a synchronize). TF32 is off, as in vtl. Dims
-in the names are vtl's (1-based): sum_dim2 is torch's sum(1)."""
+best of three batches of calls, each closed by a synchronize). TF32 is off (matmul and cuDNN),
+as in vtl; cudnn.benchmark stays at its default (off), as vtl's heuristic algorithm choice.
+Dims in the names are vtl's (1-based): sum_dim2 is torch's sum(1)."""
 import sys
 import time
 
@@ -30,6 +31,7 @@ def main():
         print("cuda_ops.py: no CUDA device; nothing to time", file=sys.stderr)
         return
     torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
     torch.manual_seed(0)
     n = 4096
     a = torch.randn(n, n, device="cuda")
@@ -49,6 +51,33 @@ def main():
     report("matmul_f32_4096", per_call(lambda: a @ b, 10))
     ah, bh = a.bfloat16(), b.bfloat16()
     report("matmul_bf16_4096", per_call(lambda: ah @ bh, 20))
+    del a, b, ah, bh
+
+    # nn: a 3x3 64->64 convolution at batch 64, 56x56, and a ResNet-18 training step (batch 64,
+    # 224x224, SGD with momentum, f32 NCHW)
+    F = torch.nn.functional
+    cx = torch.randn(64, 64, 56, 56, device="cuda")
+    cw = torch.randn(64, 64, 3, 3, device="cuda") * 0.05
+    with torch.no_grad():
+        report("conv3x3_64c_56_fwd", per_call(lambda: F.conv2d(cx, cw, None, padding=1), 20))
+    del cx, cw
+    try:
+        import torchvision
+    except ImportError:
+        print("cuda_ops.py: no torchvision; no ResNet-18 step", file=sys.stderr)
+        return
+    model = torchvision.models.resnet18(num_classes=1000).cuda().train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    xb = torch.randn(64, 3, 224, 224, device="cuda")
+    yb = torch.randint(0, 1000, (64,), device="cuda")
+
+    def step():
+        opt.zero_grad()
+        loss = F.cross_entropy(model(xb), yb)
+        loss.backward()
+        opt.step()
+
+    report("resnet18_train_b64", per_call(step, 3))
 
 
 if __name__ == "__main__":

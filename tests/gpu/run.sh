@@ -44,7 +44,7 @@ else
   step build 240 "echo 'no .deps/unpack.sh: building against the system libraries'; make -j$JOBS CUDA=1 all"
 fi
 # where the binary takes its CUDA libraries from (rpath: CUDA_HOME/lib64)
-step libs 20 "ldd ./vtl | grep -E 'cuda|cublas|lua|dnnl|openblas|not found'; readelf -d ./vtl | grep -iE 'rpath|runpath'"
+step libs 20 "ldd ./vtl | grep -E 'cuda|cublas|cudnn|lua|dnnl|openblas|not found'; readelf -d ./vtl | grep -iE 'rpath|runpath'"
 step info 20 "./vtl info"
 step test_cuda 120 "./vtl tests/run.lua tests/test_cuda.lua"
 step bench 90 "VTL=./vtl bash tests/bench/cuda.sh"

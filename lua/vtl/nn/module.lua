@@ -534,8 +534,9 @@ function Module:load_state_dict(sd, opts)
 end
 
 ---Converts parameters and buffers: a dtype applies to the floating-point ones (to("f64"),
----to("f16")), a device to all of them. Parameters are replaced by new tensors (keeping
----requires_grad): make optimizers after converting. Returns self.
+---to("f16")), a device to all of them. Parameters stay the same tensor objects (their data is
+---replaced, requires_grad kept, .grad dropped), so an optimizer made before still holds them;
+---its state is not moved. Returns self.
 ---@param ... any  arguments of Tensor:to
 ---@return vtl.nn.Module
 function Module:to(...)
@@ -555,7 +556,7 @@ function Module:to(...)
     for _, name in ipairs(m._param_names) do
       local p = m._parameters[name]
       local q = convert(p:detach())
-      m._parameters[name] = M.Parameter(q, p.requires_grad)
+      if q.dtype ~= p.dtype or q.device ~= p.device then p.data = q end
     end
     for _, name in ipairs(m._buffer_names) do m._buffers[name] = convert(m._buffers[name]) end
   end

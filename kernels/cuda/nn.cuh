@@ -1,0 +1,99 @@
+// Shared by the CUDA nn kernels (nn_conv.cu, nn_pool.cu, nn_norm.cu, nn_act.cu): the entries of
+// the CUDA backend's nn table (runtime/backend.h says what each computes) and small helpers.
+// Operands arrive contiguous on one device, f32 or f64; statistics are f64.
+#ifndef VTL_CUDA_NN_CUH
+#define VTL_CUDA_NN_CUH
+#include "common.cuh"
+
+extern const vtl_nn_backend vtl_cu_nn_backend; // nn_act.cu
+
+vtl_status vtl_cu_conv2d_forward(const vtl_conv2d_shape *s, const vtl_tensor *x, const vtl_tensor *w,
+                                 const vtl_tensor *b, vtl_tensor *y);
+vtl_status vtl_cu_conv2d_backward_data(const vtl_conv2d_shape *s, const vtl_tensor *gy, const vtl_tensor *w,
+                                       vtl_tensor *gx);
+vtl_status vtl_cu_conv2d_backward_weight(const vtl_conv2d_shape *s, const vtl_tensor *gy, const vtl_tensor *x,
+                                         vtl_tensor *gw, vtl_tensor *gb);
+vtl_status vtl_cu_pool2d_forward(vtl_pool_kind kind, const vtl_pool2d_shape *s, const vtl_tensor *x, vtl_tensor *y,
+                                 vtl_tensor *idx);
+vtl_status vtl_cu_pool2d_backward(vtl_pool_kind kind, const vtl_pool2d_shape *s, const vtl_tensor *gy,
+                                  const vtl_tensor *idx, vtl_tensor *gx);
+vtl_status vtl_cu_batch_norm_stats(const vtl_tensor *x, int64_t N, int64_t C, int64_t S, bool training,
+                                   double momentum, double eps, vtl_tensor *running_mean, vtl_tensor *running_var,
+                                   vtl_tensor *mean, vtl_tensor *invstd);
+vtl_status vtl_cu_batch_norm_forward(const vtl_tensor *x, vtl_tensor *out, int64_t N, int64_t C, int64_t S,
+                                     const vtl_tensor *mean, const vtl_tensor *invstd, const vtl_tensor *w,
+                                     const vtl_tensor *b);
+vtl_status vtl_cu_batch_norm_backward(const vtl_tensor *g, const vtl_tensor *x, int64_t N, int64_t C, int64_t S,
+                                      const vtl_tensor *mean, const vtl_tensor *invstd, const vtl_tensor *w,
+                                      bool training, vtl_tensor *dx, vtl_tensor *gw, vtl_tensor *gb);
+vtl_status vtl_cu_layer_norm_forward(const vtl_tensor *x, vtl_tensor *out, int64_t M, int64_t D, const vtl_tensor *w,
+                                     const vtl_tensor *b, double eps, vtl_tensor *mean, vtl_tensor *rstd);
+vtl_status vtl_cu_layer_norm_backward(const vtl_tensor *g, const vtl_tensor *x, int64_t M, int64_t D,
+                                      const vtl_tensor *w, const vtl_tensor *mean, const vtl_tensor *rstd,
+                                      vtl_tensor *dx, vtl_tensor *gw, vtl_tensor *gb);
+vtl_status vtl_cu_softmax_forward(const vtl_tensor *x, vtl_tensor *y, int64_t A, int64_t R, int64_t B, bool logsm);
+vtl_status vtl_cu_softmax_backward(const vtl_tensor *g, const vtl_tensor *y, vtl_tensor *dx, int64_t A, int64_t R,
+                                   int64_t B, bool logsm);
+vtl_status vtl_cu_cross_entropy_forward(const vtl_tensor *x, int64_t N, int64_t C, int64_t S,
+                                        const vtl_tensor *target, const vtl_tensor *prob, const vtl_tensor *w,
+                                        int64_t ignore_index, double smoothing, vtl_reduction red, vtl_tensor *out);
+vtl_status vtl_cu_cross_entropy_backward(const vtl_tensor *x, int64_t N, int64_t C, int64_t S,
+                                         const vtl_tensor *target, const vtl_tensor *prob, const vtl_tensor *w,
+                                         int64_t ignore_index, double smoothing, vtl_reduction red,
+                                         const vtl_tensor *gout, vtl_tensor *dx, vtl_tensor *dprob);
+
+// typed data pointer of an optional tensor
+template <class T> static inline T *cu_ptr(const vtl_tensor *t) { return t ? (T *)vtl_tensor_data(t) : nullptr; }
+
+// Scratch device memory from the caching allocator, released (stream-ordered) when it goes out
+// of scope.
+struct cu_scratch {
+  void *p = nullptr;
+  size_t n = 0;
+  int dev = 0;
+  cu_scratch(size_t bytes, int device) : n(bytes ? bytes : 1), dev(device) {
+    p = vtl_cu_alloc(n, dev);
+    if (!p) vtl_error_set(VTL_ERR_OOM, "cuda: out of memory (%zu bytes of scratch)", n);
+  }
+  ~cu_scratch() { if (p) vtl_cu_free(p, n, dev); }
+  cu_scratch(const cu_scratch &) = delete;
+  cu_scratch &operator=(const cu_scratch &) = delete;
+};
+
+// sums over a warp (every lane gets the total; the order is fixed, so results repeat)
+__device__ __forceinline__ double cu_warp_sum(double v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+// the max with NaN winning
+template <class T> __device__ __forceinline__ T cu_nanmax(T a, T b) { return a != a ? a : (b > a || b != b) ? b : a; }
+template <class T> __device__ __forceinline__ T cu_warp_max(T v) {
+  for (int o = 16; o > 0; o >>= 1) v = cu_nanmax(v, (T)__shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+// Block-wide sum of one double per thread (blockDim.x a multiple of 32, at most 1024); every
+// thread gets the total. sh: 32 doubles of shared memory.
+__device__ __forceinline__ double cu_block_sum(double v, double *sh) {
+  int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  v = cu_warp_sum(v);
+  __syncthreads();
+  if (lane == 0) sh[wid] = v;
+  __syncthreads();
+  double t = lane < nw ? sh[lane] : 0.0;
+  return cu_warp_sum(t);
+}
+
+// f32 and f64 versions of the math functions
+__device__ __forceinline__ float cu_exp(float x) { return expf(x); }
+__device__ __forceinline__ double cu_exp(double x) { return exp(x); }
+__device__ __forceinline__ float cu_erf(float x) { return erff(x); }
+__device__ __forceinline__ double cu_erf(double x) { return erf(x); }
+__device__ __forceinline__ float cu_tanh(float x) { return tanhf(x); }
+__device__ __forceinline__ double cu_tanh(double x) { return tanh(x); }
+__device__ __forceinline__ float cu_log1p(float x) { return log1pf(x); }
+__device__ __forceinline__ double cu_log1p(double x) { return log1p(x); }
+__device__ __forceinline__ float cu_expm1(float x) { return expm1f(x); }
+__device__ __forceinline__ double cu_expm1(double x) { return expm1(x); }
+
+#endif

@@ -1,0 +1,360 @@
+// CUDA conv2d through cuDNN: forward, backward-data and backward-weight (+ bias), NCHW, f32 and
+// f64, groups (depthwise included) and dilation. f32 convolutions run in FMA math (no TF32), so
+// results stay close to the CPU's. The algorithm of each (direction, shape) is chosen once and
+// cached per device: by cuDNN's heuristics (cudnnGet*_v7), or, with VTL_CUDNN_BENCHMARK=1 in the
+// environment, by timing the candidates (cudnnFind*, like torch.backends.cudnn.benchmark). The
+// backward passes take deterministic algorithms where cuDNN has one for the shape (otherwise its
+// best other one). Workspaces come from vtl's caching allocator. Asymmetric padding
+// (padding="same" with an even kernel) runs on a zero-padded copy of the input, since cuDNN pads
+// both sides alike.
+#include <cudnn.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <map>
+#include <mutex>
+#include <vector>
+#include "nn.cuh"
+
+#define MAX_DEVICES 64
+
+namespace {
+
+enum conv_dir { FWD = 0, BWD_DATA = 1, BWD_FILTER = 2 };
+
+struct conv_key {
+  int64_t v[18];
+  bool operator<(const conv_key &o) const {
+    for (int i = 0; i < 18; i++)
+      if (v[i] != o.v[i]) return v[i] < o.v[i];
+    return false;
+  }
+};
+
+struct conv_algo { int algo; size_t workspace; };
+
+struct cudnn_state {
+  std::mutex mu;
+  cudnnHandle_t h = nullptr;
+  std::map<conv_key, conv_algo> cache;
+};
+cudnn_state states[MAX_DEVICES];
+
+vtl_status dnn_error(cudnnStatus_t s, const char *what) {
+  return vtl_error_set(VTL_ERR_DEVICE, "conv2d: cuDNN %s failed: %s", what, cudnnGetErrorString(s));
+}
+#define DNN(call, what) do { cudnnStatus_t s_ = (call); if (s_ != CUDNN_STATUS_SUCCESS) return dnn_error(s_, what); } while (0)
+
+bool benchmark_mode() {
+  static int on = -1;
+  if (on < 0) {
+    const char *e = getenv("VTL_CUDNN_BENCHMARK");
+    on = e && e[0] && e[0] != '0';
+  }
+  return on == 1;
+}
+
+// the cuDNN handle of dev, bound to its compute stream; NULL with the error set
+cudnnHandle_t handle_of(int dev, cudaStream_t st) {
+  if (dev < 0 || dev >= MAX_DEVICES) { vtl_error_set(VTL_ERR_DEVICE, "cuda:%d: no such device", dev); return nullptr; }
+  cudnn_state &s = states[dev];
+  std::lock_guard<std::mutex> g(s.mu);
+  if (!s.h) {
+    cudnnStatus_t e = cudnnCreate(&s.h);
+    if (e != CUDNN_STATUS_SUCCESS) { s.h = nullptr; dnn_error(e, "cudnnCreate"); return nullptr; }
+  }
+  cudnnStatus_t e = cudnnSetStream(s.h, st);
+  if (e != CUDNN_STATUS_SUCCESS) { dnn_error(e, "cudnnSetStream"); return nullptr; }
+  return s.h;
+}
+
+// the descriptors of one convolution (input possibly padded beforehand)
+struct conv_desc {
+  cudnnTensorDescriptor_t x = nullptr, y = nullptr, b = nullptr;
+  cudnnFilterDescriptor_t w = nullptr;
+  cudnnConvolutionDescriptor_t c = nullptr;
+  ~conv_desc() {
+    if (x) cudnnDestroyTensorDescriptor(x);
+    if (y) cudnnDestroyTensorDescriptor(y);
+    if (b) cudnnDestroyTensorDescriptor(b);
+    if (w) cudnnDestroyFilterDescriptor(w);
+    if (c) cudnnDestroyConvolutionDescriptor(c);
+  }
+};
+
+// s with the padded input's size when the padding is asymmetric: H, W grown, pads zero
+struct conv_geom {
+  vtl_conv2d_shape s;
+  bool padded;
+  int64_t Hp, Wp;
+};
+
+conv_geom geom_of(const vtl_conv2d_shape *s) {
+  conv_geom g;
+  g.s = *s;
+  g.padded = s->pad[0] != s->pad_end[0] || s->pad[1] != s->pad_end[1];
+  g.Hp = s->H + (g.padded ? s->pad[0] + s->pad_end[0] : 0);
+  g.Wp = s->W + (g.padded ? s->pad[1] + s->pad_end[1] : 0);
+  return g;
+}
+
+vtl_status make_desc(const conv_geom &g, conv_desc &d) {
+  const vtl_conv2d_shape &s = g.s;
+  int64_t dims[] = {s.N, s.C, g.Hp, g.Wp, s.K, s.R, s.S, s.OH, s.OW, s.stride[0], s.stride[1], s.pad[0], s.pad[1],
+                    s.dilation[0], s.dilation[1], s.groups, s.N * s.C * g.Hp * g.Wp, s.N * s.K * s.OH * s.OW,
+                    s.K * (s.C / s.groups) * s.R * s.S};
+  for (int64_t v : dims)
+    if (v > INT_MAX)
+      return vtl_error_set(VTL_ERR_ARG, "conv2d: sizes beyond %d elements are not supported on cuda (cuDNN's limit)",
+                           INT_MAX);
+  cudnnDataType_t dt = s.dtype == VTL_F32 ? CUDNN_DATA_FLOAT : CUDNN_DATA_DOUBLE;
+  int ph = g.padded ? 0 : (int)s.pad[0], pw = g.padded ? 0 : (int)s.pad[1];
+  DNN(cudnnCreateTensorDescriptor(&d.x), "descriptor");
+  DNN(cudnnCreateTensorDescriptor(&d.y), "descriptor");
+  DNN(cudnnCreateTensorDescriptor(&d.b), "descriptor");
+  DNN(cudnnCreateFilterDescriptor(&d.w), "descriptor");
+  DNN(cudnnCreateConvolutionDescriptor(&d.c), "descriptor");
+  DNN(cudnnSetTensor4dDescriptor(d.x, CUDNN_TENSOR_NCHW, dt, (int)s.N, (int)s.C, (int)g.Hp, (int)g.Wp), "input descriptor");
+  DNN(cudnnSetTensor4dDescriptor(d.y, CUDNN_TENSOR_NCHW, dt, (int)s.N, (int)s.K, (int)s.OH, (int)s.OW),
+      "output descriptor");
+  DNN(cudnnSetTensor4dDescriptor(d.b, CUDNN_TENSOR_NCHW, dt, 1, (int)s.K, 1, 1), "bias descriptor");
+  DNN(cudnnSetFilter4dDescriptor(d.w, dt, CUDNN_TENSOR_NCHW, (int)s.K, (int)(s.C / s.groups), (int)s.R, (int)s.S),
+      "weight descriptor");
+  DNN(cudnnSetConvolution2dDescriptor(d.c, ph, pw, (int)s.stride[0], (int)s.stride[1], (int)s.dilation[0],
+                                      (int)s.dilation[1], CUDNN_CROSS_CORRELATION, dt),
+      "convolution descriptor");
+  DNN(cudnnSetConvolutionGroupCount(d.c, (int)s.groups), "group count");
+  // exact f32 products (no TF32 tensor cores), as the CPU computes them
+  DNN(cudnnSetConvolutionMathType(d.c, CUDNN_FMA_MATH), "math type");
+  int n, c, h, w;
+  DNN(cudnnGetConvolution2dForwardOutputDim(d.c, d.x, d.w, &n, &c, &h, &w), "output size");
+  if (n != s.N || c != s.K || h != s.OH || w != s.OW)
+    return vtl_error_set(VTL_ERR_DEVICE, "conv2d: cuDNN computes an output of %dx%dx%dx%d, expected %lldx%lldx%lldx%lld",
+                         n, c, h, w, (long long)s.N, (long long)s.K, (long long)s.OH, (long long)s.OW);
+  return VTL_OK;
+}
+
+conv_key key_of(conv_dir dir, const conv_geom &g) {
+  const vtl_conv2d_shape &s = g.s;
+  return conv_key{{dir, s.dtype, s.N, s.C, g.Hp, g.Wp, s.K, s.R, s.S, s.stride[0], s.stride[1],
+                   g.padded ? 0 : s.pad[0], g.padded ? 0 : s.pad[1], s.dilation[0], s.dilation[1], s.groups, 0, 0}};
+}
+
+// An acceptable algorithm from a list of candidates, best first: it runs (status), does not
+// convert to TF32 or half (math type), and for the backward passes is deterministic.
+template <class Perf> bool pick(const Perf *p, int n, bool need_det, conv_algo *out) {
+  for (int i = 0; i < n; i++) {
+    if (p[i].status != CUDNN_STATUS_SUCCESS) continue;
+    if (p[i].mathType == CUDNN_TENSOR_OP_MATH || p[i].mathType == CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION) continue;
+    if (need_det && p[i].determinism != CUDNN_DETERMINISTIC) continue;
+    out->algo = (int)p[i].algo;
+    out->workspace = p[i].memory;
+    return true;
+  }
+  return false;
+}
+
+// The cached algorithm of (dir, shape) on dev, chosen on first use.
+vtl_status choose(int dev, cudnnHandle_t h, conv_dir dir, const conv_geom &g, const conv_desc &d, conv_algo *out) {
+  conv_key k = key_of(dir, g);
+  cudnn_state &s = states[dev];
+  {
+    std::lock_guard<std::mutex> lk(s.mu);
+    auto it = s.cache.find(k);
+    if (it != s.cache.end()) { *out = it->second; return VTL_OK; }
+  }
+  bool bench = benchmark_mode(), ok = false;
+  int n = 0;
+  if (dir == FWD) {
+    cudnnConvolutionFwdAlgoPerf_t p[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
+    if (bench) DNN(cudnnFindConvolutionForwardAlgorithm(h, d.x, d.w, d.c, d.y, CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &n, p),
+                   "algorithm search");
+    else DNN(cudnnGetConvolutionForwardAlgorithm_v7(h, d.x, d.w, d.c, d.y, CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &n, p),
+             "algorithm choice");
+    ok = pick(p, n, false, out);
+  } else if (dir == BWD_DATA) {
+    cudnnConvolutionBwdDataAlgoPerf_t p[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT];
+    if (bench)
+      DNN(cudnnFindConvolutionBackwardDataAlgorithm(h, d.w, d.y, d.c, d.x, CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &n, p),
+          "algorithm search");
+    else
+      DNN(cudnnGetConvolutionBackwardDataAlgorithm_v7(h, d.w, d.y, d.c, d.x, CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &n, p),
+          "algorithm choice");
+    ok = pick(p, n, true, out) || pick(p, n, false, out);
+  } else {
+    cudnnConvolutionBwdFilterAlgoPerf_t p[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT];
+    if (bench)
+      DNN(cudnnFindConvolutionBackwardFilterAlgorithm(h, d.x, d.y, d.c, d.w, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, &n,
+                                                      p),
+          "algorithm search");
+    else
+      DNN(cudnnGetConvolutionBackwardFilterAlgorithm_v7(h, d.x, d.y, d.c, d.w, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, &n,
+                                                        p),
+          "algorithm choice");
+    ok = pick(p, n, true, out) || pick(p, n, false, out);
+  }
+  if (!ok)
+    return vtl_error_set(VTL_ERR_DEVICE, "conv2d: cuDNN offers no %s algorithm for this shape",
+                         dir == FWD ? "forward" : dir == BWD_DATA ? "backward-data" : "backward-filter");
+  // the workspace size of the chosen algorithm as the query functions report it
+  size_t ws = 0;
+  if (dir == FWD)
+    DNN(cudnnGetConvolutionForwardWorkspaceSize(h, d.x, d.w, d.c, d.y, (cudnnConvolutionFwdAlgo_t)out->algo, &ws),
+        "workspace size");
+  else if (dir == BWD_DATA)
+    DNN(cudnnGetConvolutionBackwardDataWorkspaceSize(h, d.w, d.y, d.c, d.x, (cudnnConvolutionBwdDataAlgo_t)out->algo,
+                                                     &ws),
+        "workspace size");
+  else
+    DNN(cudnnGetConvolutionBackwardFilterWorkspaceSize(h, d.x, d.y, d.c, d.w,
+                                                       (cudnnConvolutionBwdFilterAlgo_t)out->algo, &ws),
+        "workspace size");
+  if (ws > out->workspace) out->workspace = ws;
+  std::lock_guard<std::mutex> lk(s.mu);
+  s.cache[k] = *out;
+  return VTL_OK;
+}
+
+// copies planes between the input (H, W) and its zero-padded form (Hp, Wp), rows `top` and
+// columns `left` in; to_padded: input -> padded (the border zero), else padded -> input
+template <class T>
+__global__ void pad_planes(const T *src, T *dst, int64_t planes, int64_t H, int64_t W, int64_t Hp, int64_t Wp,
+                           int64_t top, int64_t left, bool to_padded) {
+  int64_t total = planes * (to_padded ? Hp * Wp : H * W);
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
+    if (to_padded) {
+      int64_t w = i % Wp, h = (i / Wp) % Hp, p = i / (Wp * Hp), ih = h - top, iw = w - left;
+      dst[i] = ih >= 0 && ih < H && iw >= 0 && iw < W ? src[(p * H + ih) * W + iw] : (T)0;
+    } else {
+      int64_t w = i % W, h = (i / W) % H, p = i / (W * H);
+      dst[i] = src[(p * Hp + h + top) * Wp + w + left];
+    }
+  }
+}
+
+vtl_status pad_copy(const conv_geom &g, const void *src, void *dst, bool to_padded, cudaStream_t st) {
+  const vtl_conv2d_shape &s = g.s;
+  int64_t planes = s.N * s.C, total = planes * (to_padded ? g.Hp * g.Wp : s.H * s.W);
+  if (total == 0) return VTL_OK;
+  if (s.dtype == VTL_F32)
+    pad_planes<float><<<vtl_cu_blocks(total), 256, 0, st>>>((const float *)src, (float *)dst, planes, s.H, s.W, g.Hp,
+                                                            g.Wp, s.pad[0], s.pad[1], to_padded);
+  else
+    pad_planes<double><<<vtl_cu_blocks(total), 256, 0, st>>>((const double *)src, (double *)dst, planes, s.H, s.W,
+                                                             g.Hp, g.Wp, s.pad[0], s.pad[1], to_padded);
+  VTL_CU_LAUNCHED("conv2d padding");
+  return VTL_OK;
+}
+
+// alpha = 1, beta = 0 in the data's type (cuDNN reads double scalars for double data)
+struct scalars {
+  float f1 = 1, f0 = 0;
+  double d1 = 1, d0 = 0;
+  const void *one(vtl_dtype dt) const { return dt == VTL_F32 ? (const void *)&f1 : (const void *)&d1; }
+  const void *zero(vtl_dtype dt) const { return dt == VTL_F32 ? (const void *)&f0 : (const void *)&d0; }
+};
+
+// everything one convolution call needs: stream, handle, descriptors, algorithm and workspace
+struct conv_call {
+  conv_geom g;
+  conv_desc d;
+  cudaStream_t st = nullptr;
+  cudnnHandle_t h = nullptr;
+  conv_algo algo = {0, 0};
+  int dev = 0;
+  void *ws = nullptr;
+  size_t ws_n = 0;
+  ~conv_call() { if (ws) vtl_cu_free(ws, ws_n, dev); }
+
+  vtl_status open(const vtl_conv2d_shape *s, const vtl_tensor *on, conv_dir dir) {
+    g = geom_of(s);
+    dev = vtl_cu_device(on);
+    st = vtl_cu_stream(dev);
+    if (!st) return vtl_error_status();
+    h = handle_of(dev, st);
+    if (!h) return vtl_error_status();
+    if (make_desc(g, d) != VTL_OK || choose(dev, h, dir, g, d, &algo) != VTL_OK) return vtl_error_status();
+    if (algo.workspace) {
+      ws_n = algo.workspace;
+      ws = vtl_cu_alloc(ws_n, dev);
+      if (!ws)
+        return vtl_error_set(VTL_ERR_OOM, "conv2d: out of memory (a cuDNN workspace of %zu bytes)", algo.workspace);
+    }
+    return VTL_OK;
+  }
+};
+
+size_t input_bytes(const conv_geom &g) {
+  return (size_t)(g.s.N * g.s.C * g.Hp * g.Wp) * vtl_dtype_size(g.s.dtype);
+}
+
+} // namespace
+
+vtl_status vtl_cu_conv2d_forward(const vtl_conv2d_shape *s, const vtl_tensor *x, const vtl_tensor *w,
+                                 const vtl_tensor *b, vtl_tensor *y) {
+  if (s->N * s->K * s->OH * s->OW == 0) return VTL_OK;
+  conv_call cc;
+  if (cc.open(s, x, FWD) != VTL_OK) return vtl_error_status();
+  scalars k;
+  const void *xin = vtl_tensor_data(x);
+  cu_scratch xp(cc.g.padded ? input_bytes(cc.g) : 0, cc.dev);
+  if (cc.g.padded) {
+    if (!xp.p || pad_copy(cc.g, xin, xp.p, true, cc.st) != VTL_OK) return vtl_error_status();
+    xin = xp.p;
+  }
+  DNN(cudnnConvolutionForward(cc.h, k.one(s->dtype), cc.d.x, xin, cc.d.w, vtl_tensor_data(w), cc.d.c,
+                              (cudnnConvolutionFwdAlgo_t)cc.algo.algo, cc.ws, cc.algo.workspace, k.zero(s->dtype),
+                              cc.d.y, vtl_tensor_data(y)),
+      "convolution forward");
+  if (b) DNN(cudnnAddTensor(cc.h, k.one(s->dtype), cc.d.b, vtl_tensor_data(b), k.one(s->dtype), cc.d.y, vtl_tensor_data(y)),
+             "bias");
+  return VTL_OK;
+}
+
+vtl_status vtl_cu_conv2d_backward_data(const vtl_conv2d_shape *s, const vtl_tensor *gy, const vtl_tensor *w,
+                                       vtl_tensor *gx) {
+  if (s->N * s->C * s->H * s->W == 0) return VTL_OK;
+  conv_call cc;
+  if (cc.open(s, gy, BWD_DATA) != VTL_OK) return vtl_error_status();
+  if (s->N * s->K * s->OH * s->OW == 0) {
+    cudaError_t e = cudaMemsetAsync(vtl_tensor_data(gx), 0, (size_t)vtl_tensor_numel(gx) * vtl_dtype_size(s->dtype), cc.st);
+    return e == cudaSuccess ? VTL_OK : vtl_cu_error(e, "conv2d_backward");
+  }
+  scalars k;
+  cu_scratch gp(cc.g.padded ? input_bytes(cc.g) : 0, cc.dev);
+  if (cc.g.padded && !gp.p) return vtl_error_status();
+  void *out = cc.g.padded ? gp.p : vtl_tensor_data(gx);
+  DNN(cudnnConvolutionBackwardData(cc.h, k.one(s->dtype), cc.d.w, vtl_tensor_data(w), cc.d.y, vtl_tensor_data(gy),
+                                   cc.d.c, (cudnnConvolutionBwdDataAlgo_t)cc.algo.algo, cc.ws, cc.algo.workspace,
+                                   k.zero(s->dtype), cc.d.x, out),
+      "convolution backward data");
+  if (cc.g.padded) return pad_copy(cc.g, gp.p, vtl_tensor_data(gx), false, cc.st);
+  return VTL_OK;
+}
+
+vtl_status vtl_cu_conv2d_backward_weight(const vtl_conv2d_shape *s, const vtl_tensor *gy, const vtl_tensor *x,
+                                         vtl_tensor *gw, vtl_tensor *gb) {
+  conv_call cc;
+  if (cc.open(s, x, BWD_FILTER) != VTL_OK) return vtl_error_status();
+  scalars k;
+  if (s->N * s->OH * s->OW == 0) { // no output: zero gradients
+    cudaError_t e = cudaMemsetAsync(vtl_tensor_data(gw), 0, (size_t)vtl_tensor_numel(gw) * vtl_dtype_size(s->dtype), cc.st);
+    if (e == cudaSuccess && gb)
+      e = cudaMemsetAsync(vtl_tensor_data(gb), 0, (size_t)vtl_tensor_numel(gb) * vtl_dtype_size(s->dtype), cc.st);
+    return e == cudaSuccess ? VTL_OK : vtl_cu_error(e, "conv2d_backward");
+  }
+  const void *xin = vtl_tensor_data(x);
+  cu_scratch xp(cc.g.padded ? input_bytes(cc.g) : 0, cc.dev);
+  if (cc.g.padded) {
+    if (!xp.p || pad_copy(cc.g, xin, xp.p, true, cc.st) != VTL_OK) return vtl_error_status();
+    xin = xp.p;
+  }
+  DNN(cudnnConvolutionBackwardFilter(cc.h, k.one(s->dtype), cc.d.x, xin, cc.d.y, vtl_tensor_data(gy), cc.d.c,
+                                     (cudnnConvolutionBwdFilterAlgo_t)cc.algo.algo, cc.ws, cc.algo.workspace,
+                                     k.zero(s->dtype), cc.d.w, vtl_tensor_data(gw)),
+      "convolution backward filter");
+  if (gb)
+    DNN(cudnnConvolutionBackwardBias(cc.h, k.one(s->dtype), cc.d.y, vtl_tensor_data(gy), k.zero(s->dtype), cc.d.b,
+                                     vtl_tensor_data(gb)),
+        "bias gradient");
+  return VTL_OK;
+}

@@ -1,0 +1,728 @@
+// CUDA batch norm, layer norm, softmax / log_softmax and cross entropy (forward, backward).
+// Every reduction runs in a fixed order (block-wide trees and per-chunk partials summed in
+// order, no floating-point atomics), so a result repeats bit for bit from run to run. Sums and
+// statistics are double, as on the CPU (kernels/cpu/norm.c); elementwise parts compute in the
+// data's own type where the CPU does.
+#include <limits.h>
+#include "nn.cuh"
+
+namespace {
+
+constexpr int BLOCK = 256;
+
+cudaStream_t stream_of(const vtl_tensor *t) { return vtl_cu_stream(vtl_cu_device(t)); }
+
+// ---------------------------------------------------------------- batch norm
+// x (N,C,S): channel c holds M = N*S elements; element j of the channel (j = n*S + s) is at
+// (n*C + c)*S + s. Statistics are summed over chunks of a channel (grid (C, chunks)) into
+// partials that one thread per channel adds up in order.
+
+__device__ __forceinline__ int64_t bn_at(int64_t j, int64_t c, int64_t C, int64_t S) {
+  int64_t n = j / S;
+  return (n * C + c) * S + (j - n * S);
+}
+
+int bn_chunks(int64_t M) {
+  int64_t k = (M + BLOCK * 16 - 1) / (BLOCK * 16);
+  return (int)(k < 1 ? 1 : k > 64 ? 64 : k);
+}
+
+// partial sums of d = x - K and d^2 over one chunk, K = the channel's first element (a shift
+// that keeps the sum of squares free of cancellation)
+template <class T> __global__ void bn_partial_stats(const T *x, int64_t C, int64_t S, int64_t M, double *part) {
+  __shared__ double sh[32];
+  int64_t c = blockIdx.x;
+  int k = blockIdx.y, nk = gridDim.y;
+  int64_t lo = M * k / nk, hi = M * (k + 1) / nk;
+  double K = (double)x[c * S];
+  double s1 = 0, s2 = 0;
+  for (int64_t j = lo + threadIdx.x; j < hi; j += blockDim.x) {
+    double d = (double)x[bn_at(j, c, C, S)] - K;
+    s1 += d;
+    s2 += d * d;
+  }
+  s1 = cu_block_sum(s1, sh);
+  s2 = cu_block_sum(s2, sh);
+  if (threadIdx.x == 0) {
+    part[2 * (c * nk + k)] = s1;
+    part[2 * (c * nk + k) + 1] = s2;
+  }
+}
+
+// mean, invstd of each channel from the partials; running statistics updated as the CPU does
+template <class T>
+__global__ void bn_finish_stats(const T *x, int64_t C, int64_t S, int64_t M, const double *part, int nk, double eps,
+                                double momentum, T *rm, int64_t rms, T *rv, int64_t rvs, double *mean, double *invstd) {
+  for (int64_t c = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; c < C; c += (int64_t)gridDim.x * blockDim.x) {
+    double s1 = 0, s2 = 0;
+    for (int k = 0; k < nk; k++) {
+      s1 += part[2 * (c * nk + k)];
+      s2 += part[2 * (c * nk + k) + 1];
+    }
+    double Md = (double)M, K = (double)x[c * S];
+    double var = (s2 - s1 * s1 / Md) / Md;
+    if (var < 0) var = 0;
+    double mu = K + s1 / Md;
+    mean[c] = mu;
+    invstd[c] = 1.0 / sqrt(var + eps);
+    if (rm) {
+      double om = (double)rm[c * rms], ov = (double)rv[c * rvs];
+      rm[c * rms] = (T)((1 - momentum) * om + momentum * mu);
+      rv[c * rvs] = (T)((1 - momentum) * ov + momentum * var * Md / (Md - 1));
+    }
+  }
+}
+
+template <class T>
+__global__ void bn_eval_stats(int64_t C, const T *rm, int64_t rms, const T *rv, int64_t rvs, double eps, double *mean,
+                              double *invstd) {
+  for (int64_t c = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; c < C; c += (int64_t)gridDim.x * blockDim.x) {
+    mean[c] = (double)rm[c * rms];
+    invstd[c] = 1.0 / sqrt((double)rv[c * rvs] + eps);
+  }
+}
+
+// out = x * sc + sh, sc = w * invstd, sh = b - mean * sc (double, as the CPU)
+template <class T>
+__global__ void bn_apply(const T *x, T *out, int64_t total, int64_t C, int64_t S, const double *mean,
+                         const double *invstd, const T *w, const T *b) {
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
+    int64_t c = (i / S) % C;
+    double sc = (w ? (double)w[c] : 1.0) * invstd[c], shf = (b ? (double)b[c] : 0.0) - mean[c] * sc;
+    out[i] = (T)((double)x[i] * sc + shf);
+  }
+}
+
+// partial sums of g and g (x - mean) over one chunk of a channel
+template <class T>
+__global__ void bn_partial_grad(const T *g, const T *x, int64_t C, int64_t S, int64_t M, const double *mean,
+                                double *part) {
+  __shared__ double sh[32];
+  int64_t c = blockIdx.x;
+  int k = blockIdx.y, nk = gridDim.y;
+  int64_t lo = M * k / nk, hi = M * (k + 1) / nk;
+  double mu = mean[c], a = 0, p = 0;
+  for (int64_t j = lo + threadIdx.x; j < hi; j += blockDim.x) {
+    int64_t i = bn_at(j, c, C, S);
+    double gv = (double)g[i];
+    a += gv;
+    p += gv * ((double)x[i] - mu);
+  }
+  a = cu_block_sum(a, sh);
+  p = cu_block_sum(p, sh);
+  if (threadIdx.x == 0) {
+    part[2 * (c * nk + k)] = a;
+    part[2 * (c * nk + k) + 1] = p;
+  }
+}
+
+// gw = sgx invstd, gb = sg; coef (C, 3): k, q, d of dx = k g - q x + d
+template <class T>
+__global__ void bn_finish_grad(int64_t C, int64_t M, const double *part, int nk, const double *mean,
+                               const double *invstd, const T *w, bool training, T *gw, T *gb, double *coef) {
+  for (int64_t c = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; c < C; c += (int64_t)gridDim.x * blockDim.x) {
+    double sg = 0, sgx = 0;
+    for (int k = 0; k < nk; k++) {
+      sg += part[2 * (c * nk + k)];
+      sgx += part[2 * (c * nk + k) + 1];
+    }
+    if (gw) gw[c] = (T)(sgx * invstd[c]);
+    if (gb) gb[c] = (T)sg;
+    double kk = (w ? (double)w[c] : 1.0) * invstd[c], q = 0, d = 0;
+    if (training) {
+      q = kk * invstd[c] * invstd[c] * sgx / (double)M;
+      d = q * mean[c] - kk * sg / (double)M;
+    }
+    coef[3 * c] = kk;
+    coef[3 * c + 1] = q;
+    coef[3 * c + 2] = d;
+  }
+}
+
+template <class T>
+__global__ void bn_apply_grad(const T *g, const T *x, T *dx, int64_t total, int64_t C, int64_t S, const double *coef,
+                              const double *invstd, const T *w) {
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
+    int64_t c = (i / S) % C;
+    double kk, q = 0, d = 0;
+    if (coef) {
+      kk = coef[3 * c];
+      q = coef[3 * c + 1];
+      d = coef[3 * c + 2];
+    } else {
+      kk = (w ? (double)w[c] : 1.0) * invstd[c];
+    }
+    dx[i] = (T)(kk * (double)g[i] - q * (double)x[i] + d);
+  }
+}
+
+template <class T>
+vtl_status bn_stats_t(const vtl_tensor *x, int64_t N, int64_t C, int64_t S, bool training, double momentum, double eps,
+                      vtl_tensor *rm, vtl_tensor *rv, vtl_tensor *mean, vtl_tensor *invstd) {
+  cudaStream_t st = stream_of(x);
+  if (!st) return vtl_error_status();
+  if (C == 0) return VTL_OK;
+  unsigned cb = vtl_cu_blocks(C);
+  int64_t rms = rm ? rm->strides[0] : 0, rvs = rv ? rv->strides[0] : 0;
+  if (!training) {
+    bn_eval_stats<T><<<cb, BLOCK, 0, st>>>(C, cu_ptr<T>(rm), rms, cu_ptr<T>(rv), rvs, eps, cu_ptr<double>(mean),
+                                           cu_ptr<double>(invstd));
+    VTL_CU_LAUNCHED("batch_norm");
+    return VTL_OK;
+  }
+  int64_t M = N * S;
+  int nk = bn_chunks(M);
+  cu_scratch part((size_t)C * nk * 2 * sizeof(double), vtl_cu_device(x));
+  if (!part.p) return vtl_error_status();
+  bn_partial_stats<T><<<dim3((unsigned)C, (unsigned)nk), BLOCK, 0, st>>>(cu_ptr<T>(x), C, S, M, (double *)part.p);
+  VTL_CU_LAUNCHED("batch_norm");
+  bn_finish_stats<T><<<cb, BLOCK, 0, st>>>(cu_ptr<T>(x), C, S, M, (const double *)part.p, nk, eps, momentum,
+                                           cu_ptr<T>(rm), rms, cu_ptr<T>(rv), rvs, cu_ptr<double>(mean),
+                                           cu_ptr<double>(invstd));
+  VTL_CU_LAUNCHED("batch_norm");
+  return VTL_OK;
+}
+
+template <class T>
+vtl_status bn_backward_t(const vtl_tensor *g, const vtl_tensor *x, int64_t N, int64_t C, int64_t S,
+                         const vtl_tensor *mean, const vtl_tensor *invstd, const vtl_tensor *w, bool training,
+                         vtl_tensor *dx, vtl_tensor *gw, vtl_tensor *gb) {
+  cudaStream_t st = stream_of(x);
+  if (!st) return vtl_error_status();
+  if (C == 0) return VTL_OK;
+  int64_t M = N * S, total = M * C;
+  int dev = vtl_cu_device(x);
+  bool sums = gw || gb || (dx && training);
+  int nk = bn_chunks(M);
+  cu_scratch part(sums ? (size_t)C * nk * 2 * sizeof(double) : 8, dev), coef(sums ? (size_t)C * 3 * sizeof(double) : 8, dev);
+  if (!part.p || !coef.p) return vtl_error_status();
+  if (sums) {
+    bn_partial_grad<T><<<dim3((unsigned)C, (unsigned)nk), BLOCK, 0, st>>>(cu_ptr<T>(g), cu_ptr<T>(x), C, S, M,
+                                                                          cu_ptr<double>(mean), (double *)part.p);
+    VTL_CU_LAUNCHED("batch_norm_backward");
+    bn_finish_grad<T><<<vtl_cu_blocks(C), BLOCK, 0, st>>>(C, M, (const double *)part.p, nk, cu_ptr<double>(mean),
+                                                          cu_ptr<double>(invstd), cu_ptr<T>(w), training,
+                                                          cu_ptr<T>(gw), cu_ptr<T>(gb), (double *)coef.p);
+    VTL_CU_LAUNCHED("batch_norm_backward");
+  }
+  if (dx && total > 0) {
+    bn_apply_grad<T><<<vtl_cu_blocks(total), BLOCK, 0, st>>>(cu_ptr<T>(g), cu_ptr<T>(x), cu_ptr<T>(dx), total, C, S,
+                                                             sums ? (const double *)coef.p : nullptr,
+                                                             cu_ptr<double>(invstd), cu_ptr<T>(w));
+    VTL_CU_LAUNCHED("batch_norm_backward");
+  }
+  return VTL_OK;
+}
+
+// ---------------------------------------------------------------- layer norm
+// x (M, D): one block per row for the statistics and dx; the weight and bias gradients are
+// column sums over row chunks (grid (column blocks, chunks)) added up in order.
+
+template <class T>
+__global__ void ln_forward(const T *x, T *out, int64_t M, int64_t D, const T *w, const T *b, double eps, double *mean,
+                           double *rstd) {
+  __shared__ double sh[32];
+  for (int64_t r = blockIdx.x; r < M; r += gridDim.x) {
+    const T *xr = x + r * D;
+    T *yr = out + r * D;
+    double s = 0;
+    for (int64_t j = threadIdx.x; j < D; j += blockDim.x) s += (double)xr[j];
+    s = cu_block_sum(s, sh);
+    double mu = D ? s / (double)D : 0, q = 0;
+    for (int64_t j = threadIdx.x; j < D; j += blockDim.x) {
+      double d = (double)xr[j] - mu;
+      q += d * d;
+    }
+    q = cu_block_sum(q, sh);
+    double rs = 1.0 / sqrt((D ? q / (double)D : 0) + eps);
+    if (threadIdx.x == 0) {
+      mean[r] = mu;
+      rstd[r] = rs;
+    }
+    T m = (T)mu, rr = (T)rs;
+    for (int64_t j = threadIdx.x; j < D; j += blockDim.x) {
+      T v = (xr[j] - m) * rr;
+      if (w) v = v * w[j];
+      if (b) v = v + b[j];
+      yr[j] = v;
+    }
+  }
+}
+
+// dx = rstd (h - mean(h) - xhat mean(h xhat)), h = g w, xhat = (x - mean) rstd
+template <class T>
+__global__ void ln_backward_dx(const T *g, const T *x, int64_t M, int64_t D, const T *w, const double *mean,
+                               const double *rstd, T *dx) {
+  __shared__ double sh[32];
+  for (int64_t r = blockIdx.x; r < M; r += gridDim.x) {
+    const T *gr = g + r * D, *xr = x + r * D;
+    T *dr = dx + r * D;
+    T m = (T)mean[r], rr = (T)rstd[r];
+    double s1 = 0, s2 = 0;
+    for (int64_t j = threadIdx.x; j < D; j += blockDim.x) {
+      T h = w ? gr[j] * w[j] : gr[j];
+      s1 += (double)h;
+      s2 += (double)(h * (xr[j] - m));
+    }
+    s1 = cu_block_sum(s1, sh);
+    s2 = cu_block_sum(s2, sh);
+    T a = (T)(s1 / (double)D), c = (T)(s2 * rstd[r] / (double)D);
+    for (int64_t j = threadIdx.x; j < D; j += blockDim.x) {
+      T h = w ? gr[j] * w[j] : gr[j], xh = (xr[j] - m) * rr;
+      dr[j] = rr * (h - a - xh * c);
+    }
+  }
+}
+
+// partials (chunk k, column j): sum over the chunk's rows of g xhat and of g
+template <class T>
+__global__ void ln_partial_wb(const T *g, const T *x, int64_t M, int64_t D, const double *mean, const double *rstd,
+                              double *part) {
+  int64_t j = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+  int k = blockIdx.y, nk = gridDim.y;
+  if (j >= D) return;
+  int64_t lo = M * k / nk, hi = M * (k + 1) / nk;
+  double aw = 0, ab = 0;
+  for (int64_t r = lo; r < hi; r++) {
+    T gv = g[r * D + j], m = (T)mean[r], rr = (T)rstd[r];
+    aw += (double)(gv * ((x[r * D + j] - m) * rr));
+    ab += (double)gv;
+  }
+  part[2 * (k * D + j)] = aw;
+  part[2 * (k * D + j) + 1] = ab;
+}
+
+template <class T> __global__ void ln_finish_wb(int64_t D, const double *part, int nk, T *gw, T *gb) {
+  for (int64_t j = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; j < D; j += (int64_t)gridDim.x * blockDim.x) {
+    double sw = 0, sb = 0;
+    for (int k = 0; k < nk; k++) {
+      sw += part[2 * (k * D + j)];
+      sb += part[2 * (k * D + j) + 1];
+    }
+    if (gw) gw[j] = (T)sw;
+    if (gb) gb[j] = (T)sb;
+  }
+}
+
+unsigned row_blocks(int64_t M) { return (unsigned)(M < 1 ? 1 : M > 65535 ? 65535 : M); }
+
+template <class T>
+vtl_status ln_forward_t(const vtl_tensor *x, vtl_tensor *out, int64_t M, int64_t D, const vtl_tensor *w,
+                        const vtl_tensor *b, double eps, vtl_tensor *mean, vtl_tensor *rstd) {
+  if (M == 0) return VTL_OK;
+  cudaStream_t st = stream_of(x);
+  if (!st) return vtl_error_status();
+  ln_forward<T><<<row_blocks(M), BLOCK, 0, st>>>(cu_ptr<T>(x), cu_ptr<T>(out), M, D, cu_ptr<T>(w), cu_ptr<T>(b), eps,
+                                                 cu_ptr<double>(mean), cu_ptr<double>(rstd));
+  VTL_CU_LAUNCHED("layer_norm");
+  return VTL_OK;
+}
+
+template <class T>
+vtl_status ln_backward_t(const vtl_tensor *g, const vtl_tensor *x, int64_t M, int64_t D, const vtl_tensor *w,
+                         const vtl_tensor *mean, const vtl_tensor *rstd, vtl_tensor *dx, vtl_tensor *gw,
+                         vtl_tensor *gb) {
+  cudaStream_t st = stream_of(x);
+  if (!st) return vtl_error_status();
+  if (dx && M > 0 && D > 0) {
+    ln_backward_dx<T><<<row_blocks(M), BLOCK, 0, st>>>(cu_ptr<T>(g), cu_ptr<T>(x), M, D, cu_ptr<T>(w),
+                                                       cu_ptr<double>(mean), cu_ptr<double>(rstd), cu_ptr<T>(dx));
+    VTL_CU_LAUNCHED("layer_norm_backward");
+  }
+  if ((gw || gb) && D > 0) {
+    int64_t k = (M + 63) / 64;
+    int nk = (int)(k < 1 ? 1 : k > 256 ? 256 : k);
+    cu_scratch part((size_t)nk * D * 2 * sizeof(double), vtl_cu_device(x));
+    if (!part.p) return vtl_error_status();
+    ln_partial_wb<T><<<dim3((unsigned)((D + BLOCK - 1) / BLOCK), (unsigned)nk), BLOCK, 0, st>>>(
+      cu_ptr<T>(g), cu_ptr<T>(x), M, D, cu_ptr<double>(mean), cu_ptr<double>(rstd), (double *)part.p);
+    VTL_CU_LAUNCHED("layer_norm_backward");
+    ln_finish_wb<T><<<vtl_cu_blocks(D), BLOCK, 0, st>>>(D, (const double *)part.p, nk, cu_ptr<T>(gw), cu_ptr<T>(gb));
+    VTL_CU_LAUNCHED("layer_norm_backward");
+  }
+  return VTL_OK;
+}
+
+// ---------------------------------------------------------------- softmax
+// x (A, R, B) along R. B == 1: one warp per row. B > 1: one thread per column (a, b), walking R.
+
+constexpr int WARPS = 8; // warps per block of the row kernels
+
+template <class T> __global__ void sm_rows(const T *x, T *y, int64_t A, int64_t R, bool logsm) {
+  int lane = threadIdx.x & 31;
+  int64_t warp = blockIdx.x * (int64_t)WARPS + (threadIdx.x >> 5), nwarps = (int64_t)gridDim.x * WARPS;
+  for (int64_t a = warp; a < A; a += nwarps) {
+    const T *xr = x + a * R;
+    T *yr = y + a * R;
+    T m = -INFINITY;
+    for (int64_t r = lane; r < R; r += 32) m = cu_nanmax(m, xr[r]);
+    m = cu_warp_max(m);
+    double s = 0;
+    for (int64_t r = lane; r < R; r += 32) s += (double)cu_exp(xr[r] - m);
+    s = cu_warp_sum(s);
+    if (logsm) {
+      T lse = (T)((double)m + log(s));
+      for (int64_t r = lane; r < R; r += 32) yr[r] = xr[r] - lse;
+    } else {
+      T inv = (T)(1.0 / s);
+      for (int64_t r = lane; r < R; r += 32) yr[r] = cu_exp(xr[r] - m) * inv;
+    }
+  }
+}
+
+template <class T> __global__ void sm_cols(const T *x, T *y, int64_t A, int64_t R, int64_t B, bool logsm) {
+  for (int64_t t = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; t < A * B; t += (int64_t)gridDim.x * blockDim.x) {
+    int64_t a = t / B, b = t - a * B;
+    const T *xc = x + a * R * B + b;
+    T *yc = y + a * R * B + b;
+    T m = -INFINITY;
+    for (int64_t r = 0; r < R; r++) m = cu_nanmax(m, xc[r * B]);
+    double s = 0;
+    for (int64_t r = 0; r < R; r++) s += (double)cu_exp(xc[r * B] - m);
+    if (logsm) {
+      T lse = (T)((double)m + log(s));
+      for (int64_t r = 0; r < R; r++) yc[r * B] = xc[r * B] - lse;
+    } else {
+      T inv = (T)(1.0 / s);
+      for (int64_t r = 0; r < R; r++) yc[r * B] = cu_exp(xc[r * B] - m) * inv;
+    }
+  }
+}
+
+// softmax: dx = y (g - sum g y); log_softmax: dx = g - exp(y) sum g
+template <class T> __global__ void sm_rows_bwd(const T *g, const T *y, T *dx, int64_t A, int64_t R, bool logsm) {
+  int lane = threadIdx.x & 31;
+  int64_t warp = blockIdx.x * (int64_t)WARPS + (threadIdx.x >> 5), nwarps = (int64_t)gridDim.x * WARPS;
+  for (int64_t a = warp; a < A; a += nwarps) {
+    const T *gr = g + a * R, *yr = y + a * R;
+    T *dr = dx + a * R;
+    double acc = 0;
+    for (int64_t r = lane; r < R; r += 32) acc += logsm ? (double)gr[r] : (double)(gr[r] * yr[r]);
+    T sc = (T)cu_warp_sum(acc);
+    for (int64_t r = lane; r < R; r += 32) dr[r] = logsm ? gr[r] - cu_exp(yr[r]) * sc : yr[r] * (gr[r] - sc);
+  }
+}
+
+template <class T> __global__ void sm_cols_bwd(const T *g, const T *y, T *dx, int64_t A, int64_t R, int64_t B, bool logsm) {
+  for (int64_t t = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; t < A * B; t += (int64_t)gridDim.x * blockDim.x) {
+    int64_t a = t / B, b = t - a * B, o = a * R * B + b;
+    double acc = 0;
+    for (int64_t r = 0; r < R; r++) acc += logsm ? (double)g[o + r * B] : (double)(g[o + r * B] * y[o + r * B]);
+    T sc = (T)acc;
+    for (int64_t r = 0; r < R; r++) {
+      int64_t i = o + r * B;
+      dx[i] = logsm ? g[i] - cu_exp(y[i]) * sc : y[i] * (g[i] - sc);
+    }
+  }
+}
+
+unsigned warp_blocks(int64_t rows) {
+  int64_t b = (rows + WARPS - 1) / WARPS;
+  return (unsigned)(b < 1 ? 1 : b > 65535 ? 65535 : b);
+}
+
+template <class T>
+vtl_status sm_forward_t(const vtl_tensor *x, vtl_tensor *y, int64_t A, int64_t R, int64_t B, bool logsm) {
+  if (A * R * B == 0) return VTL_OK;
+  cudaStream_t st = stream_of(x);
+  if (!st) return vtl_error_status();
+  if (B == 1) sm_rows<T><<<warp_blocks(A), 32 * WARPS, 0, st>>>(cu_ptr<T>(x), cu_ptr<T>(y), A, R, logsm);
+  else sm_cols<T><<<vtl_cu_blocks(A * B), BLOCK, 0, st>>>(cu_ptr<T>(x), cu_ptr<T>(y), A, R, B, logsm);
+  VTL_CU_LAUNCHED("softmax");
+  return VTL_OK;
+}
+
+template <class T>
+vtl_status sm_backward_t(const vtl_tensor *g, const vtl_tensor *y, vtl_tensor *dx, int64_t A, int64_t R, int64_t B,
+                         bool logsm) {
+  if (A * R * B == 0) return VTL_OK;
+  cudaStream_t st = stream_of(y);
+  if (!st) return vtl_error_status();
+  if (B == 1)
+    sm_rows_bwd<T><<<warp_blocks(A), 32 * WARPS, 0, st>>>(cu_ptr<T>(g), cu_ptr<T>(y), cu_ptr<T>(dx), A, R, logsm);
+  else
+    sm_cols_bwd<T><<<vtl_cu_blocks(A * B), BLOCK, 0, st>>>(cu_ptr<T>(g), cu_ptr<T>(y), cu_ptr<T>(dx), A, R, B, logsm);
+  VTL_CU_LAUNCHED("softmax_backward");
+  return VTL_OK;
+}
+
+// ---------------------------------------------------------------- cross entropy
+// x (N, C, S): row r = (n, s) has its C classes at stride S from n*C*S + s. One warp per row.
+// Class target t (1-based), weight w, smoothing e, lse = log sum exp x:
+//   loss = (1-e) w_t (lse - x_t) + e/C sum_c w_c (lse - x_c); 0 for ignored rows.
+// Probability target q (q' = (1-e) q + e/C): loss = sum_c w_c q'_c (lse - x_c).
+
+// log sum exp of one row, as kernels/cpu/norm.c's row_lse (NaN in, NaN out; an infinite max is
+// returned as it is); every lane gets it
+template <class T> __device__ double row_lse(const T *xr, int64_t C, int64_t S) {
+  int lane = threadIdx.x & 31;
+  T m = -INFINITY;
+  for (int64_t c = lane; c < C; c += 32) m = cu_nanmax(m, xr[c * S]);
+  m = cu_warp_max(m);
+  if (m != m) return NAN;
+  if (isinf((double)m)) return (double)m;
+  double s = 0;
+  for (int64_t c = lane; c < C; c += 32) s += (double)cu_exp(xr[c * S] - m);
+  s = cu_warp_sum(s);
+  return (double)m + log(s);
+}
+
+template <class T> __device__ __forceinline__ double wt_of(const T *w, int64_t c) { return w ? (double)w[c] : 1.0; }
+
+// per-row loss and weight (the mean's divisor) into rl, rw (double), or the row losses into
+// rows (reduction 'none'); the first row with a bad target into *bad
+template <class T>
+__global__ void ce_rows(const T *x, int64_t N, int64_t C, int64_t S, const int64_t *target, const T *prob, const T *w,
+                        int64_t ignore_index, double e, double *rl, double *rw, T *rows, unsigned long long *bad) {
+  int lane = threadIdx.x & 31;
+  int64_t warp = blockIdx.x * (int64_t)WARPS + (threadIdx.x >> 5), nwarps = (int64_t)gridDim.x * WARPS;
+  for (int64_t r = warp; r < N * S; r += nwarps) {
+    int64_t n = r / S, s = r - n * S;
+    const T *xr = x + n * C * S + s;
+    double l = 0, wr = 0;
+    if (target) {
+      int64_t t = target[r];
+      bool valid = t >= 1 && t <= C;
+      if (t != ignore_index && !valid) {
+        if (lane == 0) atomicMin(bad, (unsigned long long)r);
+      } else if (t != ignore_index) {
+        double lse = row_lse(xr, C, S);
+        wr = wt_of(w, t - 1);
+        double sm = 0;
+        if (e > 0) {
+          for (int64_t c = lane; c < C; c += 32) sm += wt_of(w, c) * (lse - (double)xr[c * S]);
+          sm = cu_warp_sum(sm);
+        }
+        l = (1 - e) * wr * (lse - (double)xr[(t - 1) * S]);
+        if (e > 0) l += e / (double)C * sm;
+      }
+    } else {
+      double lse = row_lse(xr, C, S);
+      for (int64_t c = lane; c < C; c += 32) {
+        double q = (1 - e) * (double)prob[n * C * S + c * S + s] + e / (double)C;
+        l += wt_of(w, c) * q * (lse - (double)xr[c * S]);
+      }
+      l = cu_warp_sum(l);
+      wr = 1;
+    }
+    if (lane == 0) {
+      if (rows) rows[r] = (T)l;
+      else {
+        rl[r] = l;
+        rw[r] = wr;
+      }
+    }
+  }
+}
+
+// one block: out = sum of rl, divided by the sum of rw for the mean
+template <class T> __global__ void ce_reduce(const double *rl, const double *rw, int64_t n, bool mean, T *out) {
+  __shared__ double sh[32];
+  double a = 0, b = 0;
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+    a += rl[i];
+    b += rw[i];
+  }
+  a = cu_block_sum(a, sh);
+  b = cu_block_sum(b, sh);
+  if (threadIdx.x == 0) *out = (T)(mean ? a / b : a);
+}
+
+// one block: *gscale = gout / divisor (summed weights of the non-ignored targets, N*S for
+// probabilities, 1 for the sum)
+template <class T>
+__global__ void ce_gscale(const T *gout, const int64_t *target, int64_t n, const T *w, int64_t ignore_index,
+                          int64_t C, bool mean, double *gscale) {
+  __shared__ double sh[32];
+  double b = 0;
+  if (mean && target)
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+      int64_t t = target[i];
+      if (t != ignore_index && t >= 1 && t <= C) b += wt_of(w, t - 1);
+    }
+  b = cu_block_sum(b, sh);
+  if (threadIdx.x == 0) *gscale = (double)gout[0] / (!mean ? 1.0 : target ? b : (double)n);
+}
+
+template <class T>
+__global__ void ce_rows_bwd(const T *x, int64_t N, int64_t C, int64_t S, const int64_t *target, const T *prob,
+                            const T *w, int64_t ignore_index, double e, const T *grow, const double *gscale, T *dx,
+                            T *dprob) {
+  int lane = threadIdx.x & 31;
+  int64_t warp = blockIdx.x * (int64_t)WARPS + (threadIdx.x >> 5), nwarps = (int64_t)gridDim.x * WARPS;
+  for (int64_t r = warp; r < N * S; r += nwarps) {
+    int64_t n = r / S, s = r - n * S, o = n * C * S + s;
+    const T *xr = x + o;
+    double gr = grow ? (double)grow[r] : *gscale;
+    if (target) {
+      int64_t t = target[r];
+      if (t == ignore_index || t < 1 || t > C) {
+        if (dx)
+          for (int64_t c = lane; c < C; c += 32) dx[o + c * S] = 0;
+        continue;
+      }
+      if (!dx) continue;
+      double lse = row_lse(xr, C, S), wt = wt_of(w, t - 1), wtotal = 0;
+      for (int64_t c = lane; c < C; c += 32) wtotal += wt_of(w, c);
+      wtotal = cu_warp_sum(wtotal);
+      double sc = gr * ((1 - e) * wt + e / (double)C * wtotal), ec = gr * e / (double)C;
+      T l = (T)lse, a = (T)sc, bb = (T)ec;
+      for (int64_t c = lane; c < C; c += 32) {
+        T v = cu_exp(xr[c * S] - l) * a - (w ? bb * w[c] : bb);
+        if (c == t - 1) v = (T)((double)v - gr * (1 - e) * wt);
+        dx[o + c * S] = v;
+      }
+    } else {
+      double lse = row_lse(xr, C, S), sc = 0;
+      for (int64_t c = lane; c < C; c += 32)
+        sc += wt_of(w, c) * ((1 - e) * (double)prob[o + c * S] + e / (double)C);
+      sc = cu_warp_sum(sc);
+      for (int64_t c = lane; c < C; c += 32) {
+        int64_t i = o + c * S;
+        double wc = wt_of(w, c), xv = (double)x[i];
+        if (dx)
+          dx[i] = (T)(gr * ((double)cu_exp((T)(xv - lse)) * sc - wc * ((1 - e) * (double)prob[i] + e / (double)C)));
+        if (dprob) dprob[i] = (T)(gr * (1 - e) * wc * (lse - xv));
+      }
+    }
+  }
+}
+
+template <class T>
+vtl_status ce_forward_t(const vtl_tensor *x, int64_t N, int64_t C, int64_t S, const vtl_tensor *target,
+                        const vtl_tensor *prob, const vtl_tensor *w, int64_t ignore_index, double e, vtl_reduction red,
+                        vtl_tensor *out) {
+  cudaStream_t st = stream_of(x);
+  if (!st) return vtl_error_status();
+  int dev = vtl_cu_device(x);
+  int64_t rows = N * S;
+  bool none = red == VTL_REDUCTION_NONE;
+  cu_scratch sums(none ? 8 : (size_t)(rows ? rows : 1) * 2 * sizeof(double), dev), bad(sizeof(unsigned long long), dev);
+  if (!sums.p || !bad.p) return vtl_error_status();
+  cudaError_t ce = cudaMemsetAsync(bad.p, 0xff, sizeof(unsigned long long), st);
+  if (ce != cudaSuccess) return vtl_cu_error(ce, "cross_entropy");
+  double *rl = (double *)sums.p, *rw = none ? nullptr : rl + (rows ? rows : 1);
+  if (rows > 0) {
+    ce_rows<T><<<warp_blocks(rows), 32 * WARPS, 0, st>>>(cu_ptr<T>(x), N, C, S, cu_ptr<int64_t>(target),
+                                                         cu_ptr<T>(prob), cu_ptr<T>(w), ignore_index, e, rl, rw,
+                                                         none ? cu_ptr<T>(out) : nullptr,
+                                                         (unsigned long long *)bad.p);
+    VTL_CU_LAUNCHED("cross_entropy");
+  }
+  if (!none) {
+    ce_reduce<T><<<1, 1024, 0, st>>>(rl, rw, rows, red == VTL_REDUCTION_MEAN, cu_ptr<T>(out));
+    VTL_CU_LAUNCHED("cross_entropy");
+  }
+  if (!target) return VTL_OK;
+  // a target outside 1..C (and not ignore_index) is an error, as on the CPU: read the flag back
+  unsigned long long first = 0;
+  ce = cudaMemcpyAsync(&first, bad.p, sizeof first, cudaMemcpyDeviceToHost, st);
+  if (ce == cudaSuccess) ce = cudaStreamSynchronize(st);
+  if (ce != cudaSuccess) return vtl_cu_error(ce, "cross_entropy");
+  if (first != ULLONG_MAX) {
+    int64_t t = 0;
+    ce = cudaMemcpy(&t, cu_ptr<int64_t>(target) + first, sizeof t, cudaMemcpyDeviceToHost);
+    if (ce != cudaSuccess) return vtl_cu_error(ce, "cross_entropy");
+    return vtl_error_set(VTL_ERR_ARG, "cross_entropy: target %lld out of range for %lld classes (valid: 1..%lld, or "
+                         "ignore_index %lld)", (long long)t, (long long)C, (long long)C, (long long)ignore_index);
+  }
+  return VTL_OK;
+}
+
+template <class T>
+vtl_status ce_backward_t(const vtl_tensor *x, int64_t N, int64_t C, int64_t S, const vtl_tensor *target,
+                         const vtl_tensor *prob, const vtl_tensor *w, int64_t ignore_index, double e, vtl_reduction red,
+                         const vtl_tensor *gout, vtl_tensor *dx, vtl_tensor *dprob) {
+  cudaStream_t st = stream_of(x);
+  if (!st) return vtl_error_status();
+  int64_t rows = N * S;
+  if (rows == 0 || (!dx && !dprob)) return VTL_OK;
+  bool none = red == VTL_REDUCTION_NONE;
+  cu_scratch gs(sizeof(double), vtl_cu_device(x));
+  if (!gs.p) return vtl_error_status();
+  if (!none) {
+    ce_gscale<T><<<1, 1024, 0, st>>>(cu_ptr<T>(gout), cu_ptr<int64_t>(target), rows, cu_ptr<T>(w), ignore_index, C,
+                                     red == VTL_REDUCTION_MEAN, (double *)gs.p);
+    VTL_CU_LAUNCHED("cross_entropy_backward");
+  }
+  ce_rows_bwd<T><<<warp_blocks(rows), 32 * WARPS, 0, st>>>(cu_ptr<T>(x), N, C, S, cu_ptr<int64_t>(target),
+                                                           cu_ptr<T>(prob), cu_ptr<T>(w), ignore_index, e,
+                                                           none ? cu_ptr<T>(gout) : nullptr, (const double *)gs.p,
+                                                           cu_ptr<T>(dx), cu_ptr<T>(dprob));
+  VTL_CU_LAUNCHED("cross_entropy_backward");
+  return VTL_OK;
+}
+
+} // namespace
+
+#define BY_DTYPE(dt, CALL_F32, CALL_F64) return (dt) == VTL_F32 ? (CALL_F32) : (CALL_F64)
+
+vtl_status vtl_cu_batch_norm_stats(const vtl_tensor *x, int64_t N, int64_t C, int64_t S, bool training,
+                                   double momentum, double eps, vtl_tensor *rm, vtl_tensor *rv, vtl_tensor *mean,
+                                   vtl_tensor *invstd) {
+  BY_DTYPE(x->dtype, bn_stats_t<float>(x, N, C, S, training, momentum, eps, rm, rv, mean, invstd),
+           bn_stats_t<double>(x, N, C, S, training, momentum, eps, rm, rv, mean, invstd));
+}
+
+vtl_status vtl_cu_batch_norm_forward(const vtl_tensor *x, vtl_tensor *out, int64_t N, int64_t C, int64_t S,
+                                     const vtl_tensor *mean, const vtl_tensor *invstd, const vtl_tensor *w,
+                                     const vtl_tensor *b) {
+  int64_t total = N * C * S;
+  if (total == 0) return VTL_OK;
+  cudaStream_t st = stream_of(x);
+  if (!st) return vtl_error_status();
+  if (x->dtype == VTL_F32)
+    bn_apply<float><<<vtl_cu_blocks(total), BLOCK, 0, st>>>(cu_ptr<float>(x), cu_ptr<float>(out), total, C, S,
+                                                            cu_ptr<double>(mean), cu_ptr<double>(invstd),
+                                                            cu_ptr<float>(w), cu_ptr<float>(b));
+  else
+    bn_apply<double><<<vtl_cu_blocks(total), BLOCK, 0, st>>>(cu_ptr<double>(x), cu_ptr<double>(out), total, C, S,
+                                                             cu_ptr<double>(mean), cu_ptr<double>(invstd),
+                                                             cu_ptr<double>(w), cu_ptr<double>(b));
+  VTL_CU_LAUNCHED("batch_norm");
+  return VTL_OK;
+}
+
+vtl_status vtl_cu_batch_norm_backward(const vtl_tensor *g, const vtl_tensor *x, int64_t N, int64_t C, int64_t S,
+                                      const vtl_tensor *mean, const vtl_tensor *invstd, const vtl_tensor *w,
+                                      bool training, vtl_tensor *dx, vtl_tensor *gw, vtl_tensor *gb) {
+  BY_DTYPE(x->dtype, bn_backward_t<float>(g, x, N, C, S, mean, invstd, w, training, dx, gw, gb),
+           bn_backward_t<double>(g, x, N, C, S, mean, invstd, w, training, dx, gw, gb));
+}
+
+vtl_status vtl_cu_layer_norm_forward(const vtl_tensor *x, vtl_tensor *out, int64_t M, int64_t D, const vtl_tensor *w,
+                                     const vtl_tensor *b, double eps, vtl_tensor *mean, vtl_tensor *rstd) {
+  BY_DTYPE(x->dtype, ln_forward_t<float>(x, out, M, D, w, b, eps, mean, rstd),
+           ln_forward_t<double>(x, out, M, D, w, b, eps, mean, rstd));
+}
+
+vtl_status vtl_cu_layer_norm_backward(const vtl_tensor *g, const vtl_tensor *x, int64_t M, int64_t D,
+                                      const vtl_tensor *w, const vtl_tensor *mean, const vtl_tensor *rstd,
+                                      vtl_tensor *dx, vtl_tensor *gw, vtl_tensor *gb) {
+  BY_DTYPE(x->dtype, ln_backward_t<float>(g, x, M, D, w, mean, rstd, dx, gw, gb),
+           ln_backward_t<double>(g, x, M, D, w, mean, rstd, dx, gw, gb));
+}
+
+vtl_status vtl_cu_softmax_forward(const vtl_tensor *x, vtl_tensor *y, int64_t A, int64_t R, int64_t B, bool logsm) {
+  BY_DTYPE(x->dtype, sm_forward_t<float>(x, y, A, R, B, logsm), sm_forward_t<double>(x, y, A, R, B, logsm));
+}
+
+vtl_status vtl_cu_softmax_backward(const vtl_tensor *g, const vtl_tensor *y, vtl_tensor *dx, int64_t A, int64_t R,
+                                   int64_t B, bool logsm) {
+  BY_DTYPE(y->dtype, sm_backward_t<float>(g, y, dx, A, R, B, logsm), sm_backward_t<double>(g, y, dx, A, R, B, logsm));
+}
+
+vtl_status vtl_cu_cross_entropy_forward(const vtl_tensor *x, int64_t N, int64_t C, int64_t S,
+                                        const vtl_tensor *target, const vtl_tensor *prob, const vtl_tensor *w,
+                                        int64_t ignore_index, double smoothing, vtl_reduction red, vtl_tensor *out) {
+  BY_DTYPE(x->dtype, ce_forward_t<float>(x, N, C, S, target, prob, w, ignore_index, smoothing, red, out),
+           ce_forward_t<double>(x, N, C, S, target, prob, w, ignore_index, smoothing, red, out));
+}
+
+vtl_status vtl_cu_cross_entropy_backward(const vtl_tensor *x, int64_t N, int64_t C, int64_t S,
+                                         const vtl_tensor *target, const vtl_tensor *prob, const vtl_tensor *w,
+                                         int64_t ignore_index, double smoothing, vtl_reduction red,
+                                         const vtl_tensor *gout, vtl_tensor *dx, vtl_tensor *dprob) {
+  BY_DTYPE(x->dtype, ce_backward_t<float>(x, N, C, S, target, prob, w, ignore_index, smoothing, red, gout, dx, dprob),
+           ce_backward_t<double>(x, N, C, S, target, prob, w, ignore_index, smoothing, red, gout, dx, dprob));
+}
