@@ -95,7 +95,7 @@ end
 local function same(gpu, cpu, tol, what)
   T.eq(gpu.device, "cuda:0", what .. " device")
   T.eq(gpu.dtype, cpu.dtype, what .. " dtype")
-  T.close(gpu:cpu(), cpu, tol or TOL[cpu.dtype] or 1e-6, what)
+  T.close(gpu:detach():cpu(), cpu, tol or TOL[cpu.dtype] or 1e-6, what)
 end
 
 -- a strided view of x with the same values: a transposed copy transposed back
@@ -156,7 +156,8 @@ end)
 gpu_test("ops without a GPU kernel yet raise a clear error", function()
   local x = vtl.randn(2, 3, 8, 8):cuda()
   local w = vtl.randn(4, 3, 3, 3):cuda()
-  T.raises(function() return vtl.nn.functional.conv2d(x, w) end, "GPU tensors are not supported yet; call :cpu()")
+  T.raises(function() return vtl.nn.functional.group_norm(x, 1) end, "GPU tensors are not supported yet; call :cpu()")
+  local _ = w
   T.raises(function() return x:cumsum(1) end, "cumsum: GPU tensors are not supported yet")
   T.raises(function() return x:sort() end, "sort: GPU tensors are not supported yet")
   T.raises(function() return x:gather(1, vtl.ones(1, 1, 1, 1, {dtype = "i64"})) end, "gather: GPU tensors are not supported yet")
@@ -957,8 +958,11 @@ gpu_test("training: small_cnn, 3 SGD steps on cuda give the CPU's losses (1e-4 r
   train_parity("small_cnn", {num_classes = 10}, 16, 32, 1e-4)
 end)
 
+-- batch 16: at batch 4 the last stage's batch norm (2x2 maps) normalises by the spread of 16
+-- values, which amplified the last-bit differences between cuDNN's and oneDNN's sums to 1e-3 in
+-- the third step's loss
 gpu_test("training: resnet18 at 64x64, 3 SGD steps on cuda give the CPU's losses (1e-4 relative)", function()
-  train_parity("resnet18", {num_classes = 10}, 4, 64, 1e-4)
+  train_parity("resnet18", {num_classes = 10}, 16, 64, 1e-4)
 end)
 
 -- ---------------------------------------------------------------- saving
