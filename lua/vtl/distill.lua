@@ -136,8 +136,9 @@ function M.Distiller(opts)
       if s.shape[3] ~= t_feat.shape[3] or s.shape[4] ~= t_feat.shape[4] then
         s = F.adaptive_avg_pool2d(s, {t_feat.shape[3], t_feat.shape[4]})
       end
-      self.last_feature_loss = F.mse_loss(s, t_feat)
-      loss = loss + self.last_feature_loss * self.feature_weight
+      local fl = F.mse_loss(s, t_feat)
+      self.last_feature_loss = fl:item()
+      loss = loss + fl * self.feature_weight
     end
     learn.loss = loss
   end
