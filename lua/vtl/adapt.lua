@@ -17,6 +17,7 @@ local function fail(msg, level) error(msg, (level or 1) + 1) end
 local function is_module(m) return type(m) == "table" and type(m.parameters) == "function" end
 local function is_loader(x) return type(x) == "table" and type(x.iter) == "function" and x.dataset ~= nil end
 local function is_dataset(x) return type(x) == "table" and type(x.get) == "function" end
+local function pooled(model, f) return model:forward_head(f, true) end
 
 ---Gradient reversal: identity forward; backward multiplies the gradient by -coeff.
 ---@param x vtl.Tensor
@@ -182,10 +183,10 @@ end
 
 -- ---- the callbacks ----
 
--- pooled features of the model for input x, and a recorder of the features of the Learner's own
--- forward pass
-local function pooled(model, f) return model:forward_head(f, true) end
-
+-- The callbacks append a target batch to each source batch (before_batch), so that one forward
+-- pass sees both and batch norm normalizes (and keeps running statistics of) the mixture, the
+-- same at training and evaluation time; the Learner's loss sees only the source rows, and the
+-- features of forward_features are recorded to align the two halves.
 local function install(cb, learn, fn)
   local model = learn.model
   if type(model.forward_features) ~= "function" or type(model.forward_head) ~= "function" then
@@ -200,6 +201,12 @@ local function install(cb, learn, fn)
     cb.captured = f
     return f
   end)
+  local loss_fn = learn.loss_fn
+  cb.saved_loss_fn = loss_fn
+  learn.loss_fn = function(out, y)
+    if cb.ns and learn.model.training then out = out:narrow(1, 1, cb.ns) end
+    return loss_fn(out, y)
+  end
   if not cb.total then
     local total = 0
     for _, ph in ipairs(learn.phases or {{epochs = 1}}) do total = total + ph.epochs * learn.n_batches end
@@ -209,14 +216,23 @@ end
 
 local function uninstall(cb, learn)
   rawset(learn.model, "forward_features", nil)
-  cb.captured = nil
+  if cb.saved_loss_fn then learn.loss_fn = cb.saved_loss_fn end
+  cb.captured, cb.ns, cb.saved_loss_fn = nil, nil, nil
 end
 
--- source and target features for the current batch
-local function features(cb, learn)
-  local fs = pooled(learn.model, cb.captured)
+local function append_target(cb, batch)
   local tb = cb.tstream:next()
-  local ft = pooled(learn.model, learn.model:forward_features(tb.input))
+  cb.ns = batch.input.shape[1]
+  batch.input = core.cat({batch.input, tb.input}, 1)
+end
+
+-- source and target features of the current (combined) batch; learn.pred keeps the source rows
+local function features(cb, learn)
+  local f = pooled(learn.model, cb.captured)
+  local ns = cb.ns
+  learn.pred = learn.pred:narrow(1, 1, ns)
+  local fs, ft = f:narrow(1, 1, ns), f:narrow(1, ns + 1, f.shape[1] - ns)
+  cb.ns = nil
   return fs, ft
 end
 
@@ -247,6 +263,7 @@ function M.DANN(opts)
   local cb = {name = "DANN", target = opts.target, weight = w, gamma = gamma, disc = opts.discriminator,
               hidden = opts.hidden or 256, lr = lr, batch_size = opts.batch_size}
   function cb:before_fit(learn) install(self, learn, "DANN") end
+  function cb:before_batch(_, batch) append_target(self, batch) end
   function cb:after_fit(learn) uninstall(self, learn) end
   function cb:after_loss(learn)
     local fs, ft = features(self, learn)
@@ -282,6 +299,7 @@ function M.MMDAlign(opts)
   if math.type(nk) ~= "integer" or nk < 1 then fail("MMDAlign: kernels must be a positive integer", 2) end
   local cb = {name = "MMDAlign", target = opts.target, weight = w, kernels = nk, batch_size = opts.batch_size}
   function cb:before_fit(learn) install(self, learn, "MMDAlign") end
+  function cb:before_batch(_, batch) append_target(self, batch) end
   function cb:after_fit(learn) uninstall(self, learn) end
   function cb:after_loss(learn)
     local fs, ft = features(self, learn)
