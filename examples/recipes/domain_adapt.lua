@@ -11,9 +11,9 @@ local fashion = require "fashion"
 local quick = false
 for _, a in ipairs(arg or {}) do if a == "--quick" then quick = true end end
 local run = vtl.recipe.start {name = "domain_adapt", defaults = {
-  per_class = quick and 40 or 200,   -- labelled source images per class (and unlabelled target images)
+  per_class = quick and 60 or 200,   -- labelled source images per class (and unlabelled target images)
   test_per_class = quick and 30 or 100,
-  epochs = quick and 4 or 8,
+  epochs = quick and 10 or 12,
   lr = 3e-3, width = 0.5, seeds = quick and "1" or "1,2,3",
   noise = 0.2,                       -- target: inverted, then Gaussian noise of this sigma
   dann_weight = 1.0, mmd_weight = 1.0,
