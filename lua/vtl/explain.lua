@@ -10,6 +10,10 @@ local F = require "vtl.nn.functional"
 
 local M = {}
 
+-- "jet": dark blue through blue, cyan, yellow and red to dark red, nine stops (0..255)
+local JET = {{0, 0, 128}, {0, 0, 255}, {0, 128, 255}, {0, 255, 255}, {128, 255, 128}, {255, 255, 0}, {255, 128, 0},
+             {255, 0, 0}, {128, 0, 0}}
+
 local function fail(msg, level) error(msg, (level or 1) + 1) end
 local function is_module(m) return type(m) == "table" and type(m.parameters) == "function" end
 
@@ -197,7 +201,7 @@ function M.occlusion(model, x, class, opts)
 end
 
 ---Blends a heat map (h×w, values in [0, 1]; resized to the image) over an image (C×H×W float,
----in [0, 1] or normalized with opts.mean / opts.std; or u8 H×W×C) with the "jet" colour map at
+---in [0, 1] or normalized with opts.mean / opts.std; or u8 H×W×C) with a "jet" colour map at
 ---opacity opts.alpha (0.5). Returns u8 H×W×3; opts.path also writes it (PNG).
 ---@param image vtl.Tensor
 ---@param heat vtl.Tensor
@@ -230,9 +234,7 @@ function M.overlay(image, heat, opts)
     h = F.interpolate(h:view({1, 1, h.shape[1], h.shape[2]}), {size = {H, W}, mode = "bilinear", align_corners = false}):view({H, W})
   end
   -- the colour map as a lookup with linear interpolation between its stops
-  local stops = {}
-  for i = 0, 8 do stops[#stops + 1] = require("vtl.plot").colormap("jet", i / 8) end
-  local lut = core.tensor(stops, {dtype = "f32"}) / 255               -- 9×3
+  local lut = core.tensor(JET, {dtype = "f32"}) / 255                 -- 9×3
   local s = h:clamp(0, 1):reshape({-1}) * 8
   local i0 = s:floor():clamp(0, 7)
   local f = (s - i0):unsqueeze(2)
