@@ -225,10 +225,43 @@ local function finish_call(ok, ...)
   return ...
 end
 
+-- forward, then each forward hook in registration order; a hook's non-nil result replaces the output
+local function hooked_forward(self, hooks, ...)
+  local out = self.forward(self, ...)
+  local inputs = table.pack(...)
+  for _, h in ipairs(hooks) do
+    local r = h.fn(self, inputs, out)
+    if r ~= nil then out = r end
+  end
+  return out
+end
+
 local function instance_call(self, ...)
   depth = depth + 1
   stack[depth] = self
+  local hooks = rawget(self, "_forward_hooks")
+  if hooks and hooks[1] then return finish_call(xpcall(hooked_forward, tag_error, self, {table.unpack(hooks)}, ...)) end
   return finish_call(xpcall(self.forward, tag_error, self, ...))
+end
+
+---Registers fn(module, inputs, output) to run after every forward call of this module (inputs:
+---the packed arguments); a non-nil result replaces the output. Returns a handle whose
+---remove() unregisters it (safe to call twice).
+---@param fn fun(m: vtl.nn.Module, inputs: table, output: any): any
+---@return {remove: fun()}
+function Module:register_forward_hook(fn)
+  if type(fn) ~= "function" then error("register_forward_hook: expected a function(module, inputs, output)", 2) end
+  local hooks = rawget(self, "_forward_hooks")
+  if not hooks then hooks = {}; rawset(self, "_forward_hooks", hooks) end
+  local entry = {fn = fn}
+  hooks[#hooks + 1] = entry
+  local handle = {}
+  function handle.remove()
+    for i, h in ipairs(hooks) do
+      if h == entry then table.remove(hooks, i); return end
+    end
+  end
+  return handle
 end
 
 ---Raises an error naming this module's path: `features.3.conv: expected ...`.

@@ -1,7 +1,9 @@
 -- Learner callbacks. A callback is a table with any of the hooks
 --   before_fit, before_epoch, before_batch(batch), after_loss(loss), after_backward, after_step,
 --   after_batch, before_validate, after_validate(result), after_epoch(row), after_fit
--- each called as hook(cb, learn, ...). Setting learn.stop_training = true ends the fit after the
+-- each called as hook(cb, learn, ...). In after_loss, learn.pred holds the model's output and
+-- learn.batch the batch; a callback may set learn.loss to a new loss tensor, which is then the
+-- one backward runs on and the one recorded. Setting learn.stop_training = true ends the fit after the
 -- current batch (or epoch). A callback with state to keep across a checkpoint has
 -- state_dict(learn) -> state (plain values), tensors (a name -> tensor map or nil) and
 -- load_state_dict(learn, state, tensors).

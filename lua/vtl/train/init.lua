@@ -250,11 +250,18 @@ function Learner:_train_batch(batch)
   self.batch = batch
   self:_event("before_batch", batch)
   local out = self.model(batch.input)
+  self.pred = out
   local loss = self.loss_fn(out, batch.target)
   self.loss = loss
   self.last_loss = item(loss)
   self:_event("after_loss", loss)
   if self.stop_training then return end
+  -- a callback may replace learn.loss in after_loss (distillation, domain losses): that is the
+  -- loss backward runs on and the one recorded
+  if self.loss ~= loss then
+    loss = self.loss
+    self.last_loss = item(loss)
+  end
   local l = self.accumulate > 1 and loss / self.accumulate or loss
   l:backward()
   self:_event("after_backward")

@@ -1,0 +1,51 @@
+-- Knowledge distillation on Fashion-MNIST: a larger teacher is trained first; then the same small
+-- student is trained alone and with the teacher's softened outputs (vtl.distill.Distiller, T = 4,
+-- alpha = 0.5). Prints accuracy, parameters, size on disk and batch-1 latency of each.
+--
+--   vtl examples/recipes/distill.lua            -- 200 images per class, 3 seeds
+--   vtl examples/recipes/distill.lua --quick    -- a one-minute version
+package.path = (arg[0]:match("^(.*)/") or ".") .. "/?.lua;" .. package.path
+local vtl = require "vtl"
+local fashion = require "fashion"
+
+local quick = false
+for _, a in ipairs(arg or {}) do if a == "--quick" then quick = true end end
+local run = vtl.recipe.start {name = "distill", defaults = {
+  per_class = quick and 50 or 200, test_per_class = quick and 50 or 200,
+  teacher_width = 1.0, student_width = 0.25, teacher_epochs = quick and 5 or 10, epochs = quick and 5 or 10,
+  lr = 3e-3, temperature = 4, alpha = 0.5, seeds = quick and "1" or "1,2,3",
+}}
+local cfg = run.config
+
+local function mean(t) local s = 0 for _, v in ipairs(t) do s = s + v end return s / #t end
+local acc = {teacher = {}, student = {}, kd = {}}
+local models = {}
+for _, seed in ipairs(fashion.ints(cfg.seeds)) do
+  local x, y = fashion.load("train", cfg.per_class, seed)
+  local xt, yt = fashion.load("test", cfg.test_per_class, seed)
+  local teacher = fashion.model(10, cfg.teacher_width, seed)
+  fashion.learner(teacher, x, y, seed):fit_one_cycle(cfg.teacher_epochs, cfg.lr)
+  local student = fashion.model(10, cfg.student_width, seed + 100)
+  fashion.learner(student, x, y, seed):fit_one_cycle(cfg.epochs, cfg.lr)
+  local kd = fashion.model(10, cfg.student_width, seed + 100)
+  fashion.learner(kd, x, y, seed, {callbacks = {vtl.distill.Distiller {teacher = teacher, temperature = cfg.temperature,
+    alpha = cfg.alpha}}}):fit_one_cycle(cfg.epochs, cfg.lr)
+  for k, m in pairs {teacher = teacher, student = student, kd = kd} do
+    acc[k][#acc[k] + 1] = fashion.accuracy(m, xt, yt)
+    models[k] = m
+  end
+  print(string.format("seed %d: teacher %.4f  student alone %.4f  student + KD %.4f", seed, acc.teacher[#acc.teacher],
+    acc.student[#acc.student], acc.kd[#acc.kd]))
+end
+
+print(string.format("\n%-24s %9s %10s %11s %12s", "model (" .. #acc.kd .. " seed" .. (#acc.kd > 1 and "s" or "") .. ")",
+  "accuracy", "params", "size f32", "latency b1"))
+local out = {}
+for _, row in ipairs {{"teacher", "teacher"}, {"student", "student alone"}, {"kd", "student + KD"}} do
+  local r = vtl.deploy.report(models[row[1]], {1, 28, 28}, {runs = 10, throughput_runs = 1})
+  print(string.format("%-24s %9.4f %10d %9.1f KB %9.2f ms", row[2], mean(acc[row[1]]), r.params, r.size_f32 / 1024, r.latency_ms))
+  out[row[1]] = {accuracy = mean(acc[row[1]]), per_seed = acc[row[1]], params = r.params, size_f32 = r.size_f32,
+                 latency_ms = r.latency_ms}
+end
+run:finish(out)
+print("run directory: " .. run.dir)
