@@ -950,10 +950,20 @@ local function train_parity(name, opts, batch, size, rtol, later_rtol)
     local tol = step == 1 and rtol or (later_rtol or rtol)
     T.truthy(math.abs(losses[2] - losses[1]) <= tol * math.abs(losses[1]),
       ("%s step %d: loss on cuda %.9g, on cpu %.9g"):format(name, step, losses[2], losses[1]))
+    -- the weights after one update: one step's gradients agree to about 1e-5 relative (measured:
+    -- ResNet-18 at batch 16, 64x64, max 1.35e-5), so the updated weights agree closely
+    if step == 1 then
+      local sc, sg = cpu:state_dict(), gpu:state_dict()
+      for k, v in pairs(sc) do
+        if v.dtype == "f32" then same(sg[k], v, 1e-4, name .. " " .. k .. " after one step") end
+      end
+    end
   end
-  local sc, sg = cpu:state_dict(), gpu:state_dict()
-  for k, v in pairs(sc) do
-    if v.dtype == "f32" then same(sg[k], v, 2e-3, name .. " " .. k .. " after 3 steps") end
+  if not later_rtol then
+    local sc, sg = cpu:state_dict(), gpu:state_dict()
+    for k, v in pairs(sc) do
+      if v.dtype == "f32" then same(sg[k], v, 2e-3, name .. " " .. k .. " after 3 steps") end
+    end
   end
 end
 
@@ -964,7 +974,8 @@ end)
 -- Measured on an H200: steps 1 and 2 agree within 1e-4; the third step's loss differed by
 -- 1.2e-4 relative at batch 16 and by 9.5e-4 at batch 4, where the last stage's batch norm
 -- (2x2 maps) normalises by the spread of 16 values and amplifies the last-bit differences
--- between cuDNN's and oneDNN's sums. So: 1e-4 for the first step, 1e-3 after updates.
+-- between cuDNN's and oneDNN's sums; after 3 steps with momentum some conv1 weights differed by
+-- 5%. So: losses 1e-4 for the first step and 1e-3 after updates; weights after the first step.
 gpu_test("training: resnet18 at 64x64, 3 SGD steps on cuda give the CPU's losses (1e-4, then 1e-3 relative)", function()
   train_parity("resnet18", {num_classes = 10}, 16, 64, 1e-4, 1e-3)
 end)
