@@ -11,15 +11,25 @@
 local vtl = require "vtl"
 local data, T = vtl.data, vtl.transforms
 
+-- the image folder must be given (checked before a run directory is made)
+local function first_path(args)
+  local i = 1
+  while args[i] do
+    if args[i] == "--set" or args[i] == "--config" then i = i + 2
+    elseif args[i]:sub(1, 2) == "--" then i = i + 1
+    else return args[i] end
+  end
+end
+if not first_path(arg or {}) then
+  io.stderr:write("usage: vtl examples/finetune_folder.lua <image folder> [<validation folder>] [--set key=value ...]\n")
+  os.exit(2)
+end
+
 local run = vtl.recipe.start {name = "finetune_folder", defaults = {
   model = "efficientnet_lite0", size = 0, epochs = 5, freeze_epochs = 1, batch_size = 32, workers = 2,
   valid_fraction = 0.2, auto_augment = "rand-m9-mstd0.5", label_smoothing = 0.1, lr = 0.0, seed = 1}}
 local cfg = run.config
 local train_dir, valid_dir = run.args[1], run.args[2]
-if not train_dir then
-  io.stderr:write("usage: vtl examples/finetune_folder.lua <image folder> [<validation folder>] [--set key=value ...]\n")
-  os.exit(2)
-end
 
 -- the model's preprocessing, at the size asked for (0: the model's own)
 local probe = vtl.models.create(cfg.model, {pretrained = true})
