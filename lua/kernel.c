@@ -73,6 +73,7 @@ typedef struct {
   lua_State *L;
   int execution_count;
   int dropped;    /* messages dropped for a bad signature */
+  int iopub_sent, iopub_forwarded; /* messages handed to the output thread / sent on by it (atomic) */
 } Kernel;
 
 /* A received message: frames[0..nids) are identities, then the delimiter, the signature and
@@ -311,6 +312,7 @@ static void *iopub_thread(void *arg) {
         frame++;
       } while (more);
       if (quit) break;
+      __atomic_add_fetch(&k->iopub_forwarded, 1, __ATOMIC_RELEASE);
     }
   }
 done:
@@ -344,6 +346,18 @@ static void publish(Kernel *k, const char *msg_type, const char *content) {
   fflush(stdout);
   fflush(stderr);
   send_message(k, k->to_iopub, NULL, 0, msg_type, msg_type, k->parent, content);
+  __atomic_add_fetch(&k->iopub_sent, 1, __ATOMIC_RELEASE);
+}
+
+/* Waits (up to 2 s) until the output thread has sent on every message published so far, so
+   that it already knows the new request when the request's first output reaches the pipes;
+   otherwise a slow output thread could label that output with the previous request. */
+static void wait_forwarded(Kernel *k) {
+  int sent = __atomic_load_n(&k->iopub_sent, __ATOMIC_ACQUIRE);
+  for (int i = 0; i < 40000 && __atomic_load_n(&k->iopub_forwarded, __ATOMIC_ACQUIRE) < sent; i++) {
+    struct timespec ts = {0, 50000};
+    nanosleep(&ts, NULL);
+  }
 }
 
 static void publish_json(Kernel *k, const char *msg_type, cJSON *content) {
@@ -883,6 +897,7 @@ static int handle(Kernel *k, void *sock, Msg *m) {
   free(k->parent);
   k->parent = parent;
   publish_status(k, "busy");
+  wait_forwarded(k);
   if (strcmp(t, "kernel_info_request") == 0) on_kernel_info(k, sock, m);
   else if (strcmp(t, "execute_request") == 0) on_execute(k, sock, m);
   else if (strcmp(t, "complete_request") == 0) on_complete(k, sock, m);
