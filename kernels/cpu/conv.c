@@ -468,14 +468,25 @@ static gemm_plan plan_of(const vtl_conv2d_shape *s) {
   return p;
 }
 
+/* for (n = 0; n < N; n++) BODY, on nt threads; with nt == 1 outside any parallel region:
+   OpenBLAS called inside one, even an inactive if (0) region, ran several times slower */
+#define SAMPLES_FOR(nt, n, N, ...)                                                                        \
+  do {                                                                                                    \
+    if ((nt) > 1) {                                                                                       \
+      _Pragma("omp parallel for num_threads(nt) schedule(static)")                                        \
+      for (int64_t n = 0; n < (N); n++) __VA_ARGS__                                                       \
+    } else {                                                                                              \
+      for (int64_t n = 0; n < (N); n++) __VA_ARGS__                                                       \
+    }                                                                                                     \
+  } while (0)
+
 static vtl_status gemm_forward(const vtl_conv2d_shape *s, const void *x, const void *w, const void *b, void *y) {
   gemm_plan P = plan_of(s);
   size_t es = P.es;
   int nt = sample_threads(s->N);
   vtl_storage *cols = P.direct ? NULL : scratch_new((size_t)nt * P.colb);
   if (!P.direct && !cols) return vtl_error_status();
-#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
-  for (int64_t n = 0; n < s->N; n++) {
+SAMPLES_FOR(nt, n, s->N, {
     char *col = cols ? (char *)cols->data + (size_t)omp_get_thread_num() * P.colb : NULL;
     for (int64_t g = 0; g < P.G; g++) {
       const char *xg = (const char *)x + (size_t)((n * s->C + g * P.Cg) * s->H * s->W) * es;
@@ -497,7 +508,7 @@ static vtl_status gemm_forward(const vtl_conv2d_shape *s, const void *x, const v
           for (int64_t i = 0; i < P.L; i++) yk[i] += bk;
         }
       }
-  }
+  });
   vtl_storage_release(cols);
   return VTL_OK;
 }
@@ -508,8 +519,7 @@ static vtl_status gemm_backward_data(const vtl_conv2d_shape *s, const void *gy, 
   int nt = sample_threads(s->N);
   vtl_storage *cols = P.direct ? NULL : scratch_new((size_t)nt * P.colb);
   if (!P.direct && !cols) return vtl_error_status();
-#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
-  for (int64_t n = 0; n < s->N; n++) {
+SAMPLES_FOR(nt, n, s->N, {
     char *col = cols ? (char *)cols->data + (size_t)omp_get_thread_num() * P.colb : NULL;
     char *gxn = (char *)gx + (size_t)(n * s->C * s->H * s->W) * es;
     if (!P.direct) memset(gxn, 0, (size_t)(s->C * s->H * s->W) * es);
@@ -523,7 +533,7 @@ static vtl_status gemm_backward_data(const vtl_conv2d_shape *s, const void *gy, 
         if (!P.direct) col2im(s, P.Cg, col, gxg, o0, o1);
       }
     }
-  }
+  });
   vtl_storage_release(cols);
   return VTL_OK;
 }
@@ -550,6 +560,29 @@ static void bias_grad(const vtl_conv2d_shape *s, const void *gy, void *gb) {
   }
 }
 
+/* one thread's share of gemm_backward_weight: its samples' products summed into its
+   accumulator (the weight gradient itself for thread 0) */
+static void weight_grad_part(const vtl_conv2d_shape *s, const gemm_plan *p, const void *gy, const void *x,
+                             vtl_storage *buf, void *gw, char *accs, size_t accb) {
+  gemm_plan P = *p;
+  size_t es = P.es;
+  int t = omp_get_thread_num();
+  char *col = P.direct ? NULL : (char *)buf->data + (size_t)t * P.colb;
+  char *acc = t == 0 ? gw : accs + (size_t)(t - 1) * accb;
+#pragma omp for schedule(static)
+  for (int64_t n = 0; n < s->N; n++)
+    for (int64_t g = 0; g < P.G; g++) {
+      const char *xg = (const char *)x + (size_t)((n * s->C + g * P.Cg) * s->H * s->W) * es;
+      const char *gyg = (const char *)gy + (size_t)((n * s->K + g * P.Kg) * P.L) * es;
+      for (int64_t o0 = 0; o0 < s->OH; o0 += P.band) {
+        int64_t o1 = o0 + P.band < s->OH ? o0 + P.band : s->OH, Lb = (o1 - o0) * s->OW;
+        if (!P.direct) im2col(s, P.Cg, xg, col, o0, o1);
+        gemm(s->dtype, false, true, P.Kg, P.CRS, Lb, gyg + (size_t)(o0 * s->OW) * es, P.L, P.direct ? xg : col,
+             P.direct ? P.L : Lb, 1.0, acc + (size_t)(g * P.Kg * P.CRS) * es, P.CRS);
+      }
+    }
+}
+
 static vtl_status gemm_backward_weight(const vtl_conv2d_shape *s, const void *gy, const void *x, void *gw, void *gb) {
   gemm_plan P = plan_of(s);
   size_t es = P.es;
@@ -562,23 +595,11 @@ static vtl_status gemm_backward_weight(const vtl_conv2d_shape *s, const void *gy
   char *accs = (char *)buf->data + (size_t)nt * P.colb;
   memset(gw, 0, accb);
   if (nt > 1) memset(accs, 0, (size_t)(nt - 1) * accb);
-#pragma omp parallel num_threads(nt) if (nt > 1)
-  {
-    int t = omp_get_thread_num();
-    char *col = P.direct ? NULL : (char *)buf->data + (size_t)t * P.colb;
-    char *acc = t == 0 ? gw : accs + (size_t)(t - 1) * accb;
-#pragma omp for schedule(static)
-    for (int64_t n = 0; n < s->N; n++)
-      for (int64_t g = 0; g < P.G; g++) {
-        const char *xg = (const char *)x + (size_t)((n * s->C + g * P.Cg) * s->H * s->W) * es;
-        const char *gyg = (const char *)gy + (size_t)((n * s->K + g * P.Kg) * P.L) * es;
-        for (int64_t o0 = 0; o0 < s->OH; o0 += P.band) {
-          int64_t o1 = o0 + P.band < s->OH ? o0 + P.band : s->OH, Lb = (o1 - o0) * s->OW;
-          if (!P.direct) im2col(s, P.Cg, xg, col, o0, o1);
-          gemm(s->dtype, false, true, P.Kg, P.CRS, Lb, gyg + (size_t)(o0 * s->OW) * es, P.L, P.direct ? xg : col,
-               P.direct ? P.L : Lb, 1.0, acc + (size_t)(g * P.Kg * P.CRS) * es, P.CRS);
-        }
-      }
+if (nt > 1) {
+#pragma omp parallel num_threads(nt)
+    weight_grad_part(s, &P, gy, x, buf, gw, accs, accb);
+  } else {
+    weight_grad_part(s, &P, gy, x, buf, gw, accs, accb);
   }
   for (int t = 1; t < nt; t++) {
     const char *acc = accs + (size_t)(t - 1) * accb;
