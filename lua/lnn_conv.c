@@ -119,7 +119,82 @@ static vtl_conv2d_params conv_params(lua_State *L, int opts, int pos, vtl_tensor
     }
     if (vtl_conv2d_params_same(&p, w->shape[2], w->shape[3], fn)) lvtl_error(L);
   }
+  /* padding_end = {h, w}: the bottom and right padding when they differ from the top and left
+     (TensorFlow's "SAME" with an odd total) */
+  if (opts && lua_getfield(L, opts, "padding_end") != LUA_TNIL) {
+    if (mode) luaL_error(L, "%s: padding_end goes with a numeric padding, not \"%s\"", fn, mode);
+    int64_t pe[2];
+    pair_value(L, lua_gettop(L), fn, "padding_end", 0, pe);
+    if (pe[0] < 0 || pe[1] < 0) luaL_error(L, "%s: padding_end must not be negative", fn);
+    p.pad_end[0] = pe[0];
+    p.pad_end[1] = pe[1];
+  }
+  lua_settop(L, top);
   return p;
+}
+
+/* conv2d's post-operations from the options table: act (an activation's name; "gelu_tanh" for
+   gelu's tanh approximation), act_params
+   (a table of up to 2 numbers), add (a tensor of the output's shape), pack (conv2d_pack()),
+   channels_last (a CPU f32 output laid out as (N,H,W,C)).
+   True when any was given. */
+static bool post_args(lua_State *L, int opts, vtl_conv2d_post *post) {
+  if (!opts) return false;
+  int top = lua_gettop(L);
+  bool any = false;
+  if (lua_getfield(L, opts, "act") != LUA_TNIL) {
+    if (lua_type(L, -1) != LUA_TSTRING) luaL_error(L, "conv2d: act must be an activation's name, got %s", luaL_typename(L, -1));
+    const char *name = lua_tostring(L, -1);
+    int a = 0;
+    if (strcmp(name, "gelu_tanh") == 0) a = VTL_ACT_GELU_TANH; /* gelu's tanh form shares its name */
+    else
+      while (a < VTL_ACT_COUNT && strcmp(vtl_activation_name((vtl_activation)a), name) != 0) a++;
+    if (a == VTL_ACT_COUNT) luaL_error(L, "conv2d: unknown activation '%s'", name);
+    post->has_act = true;
+    post->act = (vtl_activation)a;
+    any = true;
+  }
+  lua_settop(L, top);
+  post->act_params[0] = post->act_params[1] = 0;
+  bool params = lua_getfield(L, opts, "act_params") != LUA_TNIL;
+  if (params) {
+    if (!lua_istable(L, -1)) luaL_error(L, "conv2d: act_params must be a table of numbers, got %s", luaL_typename(L, -1));
+    if (!post->has_act) luaL_error(L, "conv2d: act_params given without act");
+    for (int i = 0; i < 2; i++) {
+      lua_geti(L, top + 1, i + 1);
+      if (!lua_isnil(L, -1)) {
+        if (!lua_isnumber(L, -1)) luaL_error(L, "conv2d: act_params[%d] must be a number, got %s", i + 1, luaL_typename(L, -1));
+        post->act_params[i] = lua_tonumber(L, -1);
+      }
+      lua_pop(L, 1);
+    }
+  }
+  lua_settop(L, top);
+  if (post->has_act && !params) { /* the activation's defaults */
+    if (post->act == VTL_ACT_LEAKY_RELU) post->act_params[0] = 0.01;
+    else if (post->act == VTL_ACT_ELU) post->act_params[0] = 1;
+    else if (post->act == VTL_ACT_SOFTPLUS) { post->act_params[0] = 1; post->act_params[1] = 20; }
+  }
+  if (lua_getfield(L, opts, "add") != LUA_TNIL) {
+    if (!luaL_testudata(L, -1, LVTL_TENSOR_MT)) luaL_error(L, "conv2d: add must be a tensor, got %s", luaL_typename(L, -1));
+    post->add = lvtl_checktensor(L, lua_gettop(L)); /* kept alive by the options table */
+    any = true;
+  }
+  lua_settop(L, top);
+  if (lua_getfield(L, opts, "channels_last") != LUA_TNIL) {
+    if (!lua_isboolean(L, -1)) luaL_error(L, "conv2d: channels_last must be a boolean, got %s", luaL_typename(L, -1));
+    post->channels_last = lua_toboolean(L, -1);
+    any = any || post->channels_last;
+  }
+  lua_settop(L, top);
+  if (lua_getfield(L, opts, "pack") != LUA_TNIL) {
+    vtl_conv2d_pack **pp = luaL_testudata(L, -1, "vtl.Conv2dPack");
+    if (!pp || !*pp) luaL_error(L, "conv2d: pack must come from conv2d_pack(), got %s", luaL_typename(L, -1));
+    post->pack = *pp;
+    any = true;
+  }
+  lua_settop(L, top);
+  return any;
 }
 
 /* ---- conv2d ---- */
@@ -132,8 +207,38 @@ static int l_conv2d(lua_State *L) {
   else if (!lua_isnoneornil(L, 3)) b = lvtl_checktensor(L, 3);
   int opts = find_opts(L, 3);
   vtl_conv2d_params p = conv_params(L, opts, pos, w, "conv2d");
+  vtl_conv2d_post post = {0};
+  bool any = post_args(L, opts, &post);
   lvtl_box *box = newbox(L);
-  return fill_box(L, box, vtl_fn_conv2d(x, w, b, &p));
+  return fill_box(L, box, any ? vtl_fn_conv2d_post(x, w, b, &p, &post) : vtl_fn_conv2d(x, w, b, &p));
+}
+
+/* ---- conv2d packs ---- */
+
+#define PACK_MT "vtl.Conv2dPack"
+
+static int l_pack_gc(lua_State *L) {
+  vtl_conv2d_pack **pp = luaL_checkudata(L, 1, PACK_MT);
+  vtl_conv2d_pack_free(*pp);
+  *pp = NULL;
+  return 0;
+}
+
+/* conv2d_pack() -> a pack for conv2d's {pack = } option */
+static int l_conv2d_pack(lua_State *L) {
+  vtl_conv2d_pack **pp = lua_newuserdatauv(L, sizeof *pp, 0);
+  *pp = NULL;
+  luaL_setmetatable(L, PACK_MT);
+  *pp = vtl_conv2d_pack_new();
+  if (!*pp) return luaL_error(L, "conv2d_pack: out of memory");
+  return 1;
+}
+
+/* conv2d_pack_bytes(pack) -> bytes of packed weights it holds */
+static int l_conv2d_pack_bytes(lua_State *L) {
+  vtl_conv2d_pack **pp = luaL_checkudata(L, 1, PACK_MT);
+  lua_pushinteger(L, (lua_Integer)vtl_conv2d_pack_bytes(*pp));
+  return 1;
 }
 
 /* _conv2d_backward(gout, x, w, opts) -> gx, gw, gb */
@@ -288,11 +393,19 @@ static int l_adaptive_avg_pool2d_backward(lua_State *L) {
 }
 
 static const luaL_Reg nn_conv_funcs[] = {
-  {"conv2d", l_conv2d}, {"max_pool2d", l_max_pool2d}, {"avg_pool2d", l_avg_pool2d},
+  {"conv2d", l_conv2d}, {"conv2d_pack", l_conv2d_pack}, {"conv2d_pack_bytes", l_conv2d_pack_bytes},
+  {"max_pool2d", l_max_pool2d}, {"avg_pool2d", l_avg_pool2d},
   {"adaptive_avg_pool2d", l_adaptive_avg_pool2d}, {"adaptive_max_pool2d", l_adaptive_max_pool2d},
   {"_conv2d_backward", l_conv2d_backward}, {"_max_pool2d_backward", l_max_pool2d_backward},
   {"_avg_pool2d_backward", l_avg_pool2d_backward}, {"_adaptive_avg_pool2d_backward", l_adaptive_avg_pool2d_backward},
   {"_adaptive_max_pool2d_backward", l_adaptive_max_pool2d_backward}, {NULL, NULL}};
 
 /* Adds the convolution and pooling functions to the table on top of the stack. */
-void lvtl_open_nn_conv(lua_State *L) { luaL_setfuncs(L, nn_conv_funcs, 0); }
+void lvtl_open_nn_conv(lua_State *L) {
+  if (luaL_newmetatable(L, PACK_MT)) {
+    lua_pushcfunction(L, l_pack_gc);
+    lua_setfield(L, -2, "__gc");
+  }
+  lua_pop(L, 1);
+  luaL_setfuncs(L, nn_conv_funcs, 0);
+}

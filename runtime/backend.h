@@ -47,6 +47,10 @@ typedef struct vtl_nn_backend {
   /* x (N,C,H,W), w (K,C/groups,R,S), b (K) or NULL, y (N,K,OH,OW) */
   vtl_status (*conv2d_forward)(const vtl_conv2d_shape *s, const vtl_tensor *x, const vtl_tensor *w,
                                const vtl_tensor *b, vtl_tensor *y);
+  /* y = act(conv + b (+ y when add)) as vtl_op_conv2d_post; NULL: the op composes it from
+     conv2d_forward and elementwise ops */
+  vtl_status (*conv2d_forward_post)(const vtl_conv2d_shape *s, const vtl_tensor *x, const vtl_tensor *w,
+                                    const vtl_tensor *b, vtl_tensor *y, bool add, const vtl_conv2d_post *post);
   vtl_status (*conv2d_backward_data)(const vtl_conv2d_shape *s, const vtl_tensor *gy, const vtl_tensor *w,
                                      vtl_tensor *gx);
   /* gw and (when not NULL) gb, overwritten */

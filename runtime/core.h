@@ -104,6 +104,10 @@ void vtl_tensor_release(vtl_tensor *t);
 
 int64_t vtl_tensor_numel(const vtl_tensor *t);
 bool vtl_tensor_is_contiguous(const vtl_tensor *t);
+/* 4-D (N,C,H,W) whose memory is (N,H,W,C) without gaps (dims of size 1 may have any stride) */
+bool vtl_tensor_is_channels_last(const vtl_tensor *t);
+/* a new (N,C,H,W) tensor (shape[4]) in channels-last layout */
+vtl_tensor *vtl_tensor_empty_channels_last(const int64_t *shape, vtl_dtype dt, vtl_device dev);
 static inline void *vtl_tensor_data(const vtl_tensor *t) {
   return (char *)t->storage->data + t->offset * (int64_t)vtl_dtype_size(t->dtype);
 }

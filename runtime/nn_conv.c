@@ -5,6 +5,7 @@
 #include "backend.h"
 #include "ops.h"
 #include "autograd.h"
+#include "grad_ops.h"
 
 /* ---- shared checks ---- */
 
@@ -178,6 +179,77 @@ vtl_tensor *vtl_op_conv2d(vtl_tensor *x, vtl_tensor *w, vtl_tensor *b, const vtl
   return y;
 }
 
+/* the post-operation's added tensor must be the output: same shape, dtype and device */
+static vtl_status post_check(const vtl_conv2d_shape *s, vtl_tensor *x, const vtl_conv2d_post *post) {
+  char s1[96], s2[96];
+  if (post->has_act && ((int)post->act < 0 || post->act >= VTL_ACT_COUNT))
+    return vtl_error_set(VTL_ERR_ARG, "conv2d: unknown activation %d", (int)post->act);
+  vtl_tensor *a = post->add;
+  if (!a) return VTL_OK;
+  int64_t want[4] = {s->N, s->K, s->OH, s->OW};
+  if (a->ndim != 4 || memcmp(a->shape, want, sizeof want) != 0)
+    return vtl_error_set(VTL_ERR_ARG, "conv2d: the tensor to add must have the output's shape %s, got %s",
+                         shape_str(want, 4, s1, sizeof s1), shape_str(a->shape, a->ndim, s2, sizeof s2));
+  if (a->dtype != x->dtype)
+    return vtl_error_set(VTL_ERR_ARG, "conv2d: the tensor to add has dtype %s, the input %s", vtl_dtype_name(a->dtype),
+                         vtl_dtype_name(x->dtype));
+  if (!vtl_device_eq(vtl_tensor_device(a), vtl_tensor_device(x))) {
+    vtl_device_format(vtl_tensor_device(a), s1, sizeof s1);
+    vtl_device_format(vtl_tensor_device(x), s2, sizeof s2);
+    return vtl_error_set(VTL_ERR_ARG, "conv2d: the tensor to add is on %s, the input on %s", s1, s2);
+  }
+  return VTL_OK;
+}
+
+/* act(y + add) from ops, for a backend without fused post-operations; takes y */
+static vtl_tensor *post_compose(vtl_tensor *y, const vtl_conv2d_post *post, bool differentiable) {
+  if (y && post->add) {
+    vtl_tensor *t = differentiable ? vtl_fn_binary(VTL_BIN_ADD, y, post->add) : vtl_op_binary(VTL_BIN_ADD, y, post->add);
+    vtl_tensor_release(y);
+    y = t;
+  }
+  if (y && post->has_act) {
+    vtl_tensor *t = differentiable ? vtl_fn_activation(post->act, y, post->act_params)
+                                   : vtl_op_activation(post->act, y, post->act_params);
+    vtl_tensor_release(y);
+    y = t;
+  }
+  return y;
+}
+
+vtl_tensor *vtl_op_conv2d_post(vtl_tensor *x, vtl_tensor *w, vtl_tensor *b, const vtl_conv2d_params *p,
+                               const vtl_conv2d_post *post) {
+  vtl_conv2d_shape s;
+  if (conv2d_check("conv2d", x, w, b, NULL, p, &s) || post_check(&s, x, post)) return NULL;
+  const vtl_nn_backend *nn = nn_of(x);
+  if (!nn->conv2d_forward_post) return post_compose(vtl_op_conv2d(x, w, b, p), post, false);
+  int64_t shape[4] = {s.N, s.K, s.OH, s.OW};
+  if (vtl_shape_numel(shape, 4, vtl_dtype_size(s.dtype), "conv2d") < 0) return NULL;
+  /* channels-last input is taken as it is (f32 on the CPU: oneDNN reads it directly) */
+  bool cpu_f32 = vtl_tensor_device(x).type == VTL_CPU && s.dtype == VTL_F32;
+  s.x_cl = cpu_f32 && !vtl_tensor_is_contiguous(x) && vtl_tensor_is_channels_last(x);
+  s.y_cl = cpu_f32 && post->channels_last;
+  vtl_tensor *in[3] = {s.x_cl ? NULL : x, w, b}, *c[3];
+  if (!contig(in, c, 3)) return NULL;
+  if (s.x_cl) c[0] = vtl_tensor_retain(x);
+  vtl_tensor *y = s.y_cl ? vtl_tensor_empty_channels_last(shape, s.dtype, vtl_tensor_device(x))
+                         : new_like_shape(shape, 4, s.dtype, x);
+  vtl_status st = y ? VTL_OK : vtl_error_status();
+  if (st == VTL_OK && post->add) {
+    vtl_tensor *a = post->add;
+    bool same = s.y_cl ? vtl_tensor_is_channels_last(a) : vtl_tensor_is_contiguous(a);
+    if (same) memcpy(vtl_tensor_data(y), vtl_tensor_data(a), (size_t)vtl_tensor_numel(y) * vtl_dtype_size(s.dtype));
+    else st = vtl_op_copy_(y, a);
+  }
+  if (st == VTL_OK) st = nn->conv2d_forward_post(&s, c[0], c[1], c[2], y, post->add != NULL, post);
+  release_all(c, 3);
+  if (st != VTL_OK) {
+    vtl_tensor_release(y);
+    return NULL;
+  }
+  return y;
+}
+
 vtl_status vtl_op_conv2d_backward(vtl_tensor *gy, vtl_tensor *x, vtl_tensor *w, const vtl_conv2d_params *p,
                                   vtl_tensor **gx, vtl_tensor **gw, vtl_tensor **gb) {
   vtl_conv2d_shape s;
@@ -254,6 +326,15 @@ vtl_tensor *vtl_fn_conv2d(vtl_tensor *x, vtl_tensor *w, vtl_tensor *b, const vtl
   vtl_ag_save(nd, w);
   conv2d_params_store(nd, p);
   return vtl_ag_attach(y, nd);
+}
+
+vtl_tensor *vtl_fn_conv2d_post(vtl_tensor *x, vtl_tensor *w, vtl_tensor *b, const vtl_conv2d_params *p,
+                               const vtl_conv2d_post *post) {
+  vtl_tensor *in[4] = {x, w, b, post->add};
+  if (!vtl_ag_needs(in, 4)) return vtl_op_conv2d_post(x, w, b, p, post);
+  vtl_conv2d_shape s;
+  if (conv2d_check("conv2d", x, w, b, NULL, p, &s) || post_check(&s, x, post)) return NULL;
+  return post_compose(vtl_fn_conv2d(x, w, b, p), post, true);
 }
 
 /* ======================================================================================
@@ -356,6 +437,17 @@ static vtl_status in_shape_check(const char *op, const int64_t *in_shape, int in
 static vtl_tensor *pool_run(vtl_tensor *x, const vtl_pool2d_shape *s, vtl_pool_kind k, vtl_tensor **indices) {
   int64_t shape[4];
   out_shape(x->shape, x->ndim, s->OH, s->OW, shape);
+  /* a channels-last CPU input (an inference model's activations) keeps its layout */
+  if (!indices && (k == VTL_POOL_MAX || k == VTL_POOL_ADAPTIVE_AVG) && vtl_tensor_device(x).type == VTL_CPU &&
+      !vtl_tensor_is_contiguous(x) && vtl_tensor_is_channels_last(x)) {
+    vtl_tensor *y = vtl_tensor_empty_channels_last(shape, x->dtype, vtl_tensor_device(x));
+    if (!y) return NULL;
+    vtl_pool2d_shape c = *s;
+    c.P = x->shape[0];
+    if (k == VTL_POOL_MAX) vtl_cpu_max_pool2d_forward_cl(&c, x->shape[1], vtl_tensor_data(x), vtl_tensor_data(y));
+    else vtl_cpu_adaptive_avg_pool2d_forward_cl(&c, x->shape[1], vtl_tensor_data(x), vtl_tensor_data(y));
+    return y;
+  }
   vtl_tensor *xc = vtl_op_contiguous(x);
   if (!xc) return NULL;
   vtl_tensor *y = new_like_shape(shape, x->ndim, x->dtype, x);

@@ -14,6 +14,7 @@
 #ifndef VTL_NN_CONV_H
 #define VTL_NN_CONV_H
 #include "core.h"
+#include "nn_norm.h"
 
 /* ---- parameters ---- */
 
@@ -46,11 +47,14 @@ typedef struct {
 
 /* ---- shapes handed to the kernels ---- */
 
-/* x: (N,C,H,W), w: (K,C/groups,R,S), b: (K), y: (N,K,OH,OW), all contiguous. */
+/* x: (N,C,H,W), w: (K,C/groups,R,S), b: (K), y: (N,K,OH,OW), all contiguous, except that
+   x_cl / y_cl say x / y are channels-last: their memory is (N,H,W,C) / (N,OH,OW,K), which only
+   vtl_cpu_conv2d_forward_post accepts. */
 typedef struct {
   vtl_dtype dtype;
   int64_t N, C, H, W, K, R, S, OH, OW;
   int64_t stride[2], pad[2], pad_end[2], dilation[2], groups;
+  bool x_cl, y_cl;
 } vtl_conv2d_shape;
 
 /* x: (P,H,W) planes (P = N*C), y: (P,OH,OW), contiguous. */
@@ -62,10 +66,35 @@ typedef struct {
   int64_t divisor_override;
 } vtl_pool2d_shape;
 
+/* What an inference convolution does after the product, in the same pass (oneDNN post-ops
+   on the CPU): add a tensor of the output's shape (a residual), then apply an activation. */
+typedef struct vtl_conv2d_pack vtl_conv2d_pack;
+typedef struct {
+  vtl_tensor *add;          /* (N,K,OH,OW) or NULL */
+  bool has_act;
+  vtl_activation act;
+  double act_params[2];     /* as vtl_op_activation's */
+  vtl_conv2d_pack *pack;    /* or NULL: see vtl_conv2d_pack_new */
+  bool channels_last;       /* a CPU f32 output in channels-last layout (strides of (N,OH,OW,K)) */
+} vtl_conv2d_post;
+
+/* A convolution's weights kept in the CPU kernel's preferred layout between calls, so that an
+   inference loop reorders them once instead of on every call. The pack holds a reference to
+   the weights it was made from and is remade when they change (another storage, or an
+   in-place write). Used by one thread at a time. */
+vtl_conv2d_pack *vtl_conv2d_pack_new(void);
+void vtl_conv2d_pack_free(vtl_conv2d_pack *pk);
+/* bytes of packed weights held (0 when none) */
+size_t vtl_conv2d_pack_bytes(const vtl_conv2d_pack *pk);
+
 /* ---- op level ---- */
 
 /* y = conv2d(x, w) + b. x (N,C,H,W), w (K,C/groups,R,S), b (K) or NULL; f32 or f64. */
 vtl_tensor *vtl_op_conv2d(vtl_tensor *x, vtl_tensor *w, vtl_tensor *b, const vtl_conv2d_params *p);
+/* act(conv2d(x, w) + b + post->add), for inference: no autograd (vtl_fn_conv2d_post composes
+   differentiable ops when a gradient is needed). */
+vtl_tensor *vtl_op_conv2d_post(vtl_tensor *x, vtl_tensor *w, vtl_tensor *b, const vtl_conv2d_params *p,
+                               const vtl_conv2d_post *post);
 /* Gradients of conv2d given gy (N,K,OH,OW): gx (shape of x), gw (shape of w), gb (K). */
 vtl_status vtl_op_conv2d_backward(vtl_tensor *gy, vtl_tensor *x, vtl_tensor *w, const vtl_conv2d_params *p,
                                   vtl_tensor **gx, vtl_tensor **gw, vtl_tensor **gb);
@@ -90,6 +119,10 @@ vtl_tensor *vtl_op_adaptive_max_pool2d_backward(vtl_tensor *gy, vtl_tensor *indi
 
 /* ---- differentiable ---- */
 vtl_tensor *vtl_fn_conv2d(vtl_tensor *x, vtl_tensor *w, vtl_tensor *b, const vtl_conv2d_params *p);
+/* vtl_op_conv2d_post, or the same result from differentiable ops when an input needs a
+   gradient */
+vtl_tensor *vtl_fn_conv2d_post(vtl_tensor *x, vtl_tensor *w, vtl_tensor *b, const vtl_conv2d_params *p,
+                               const vtl_conv2d_post *post);
 /* indices (optional out) as in vtl_op_max_pool2d */
 vtl_tensor *vtl_fn_max_pool2d(vtl_tensor *x, const vtl_pool2d_params *p, vtl_tensor **indices);
 vtl_tensor *vtl_fn_avg_pool2d(vtl_tensor *x, const vtl_pool2d_params *p);
@@ -100,6 +133,11 @@ vtl_tensor *vtl_fn_adaptive_max_pool2d(vtl_tensor *x, int64_t oh, int64_t ow, vt
 
 /* y = conv(x, w) + b (b may be NULL) */
 vtl_status vtl_cpu_conv2d_forward(const vtl_conv2d_shape *s, const void *x, const void *w, const void *b, void *y);
+/* y = act(conv(x, w) + b + y) when add, else act(conv(x, w) + b); act as post (post->add is
+   not read: add says whether y holds the tensor to add). wstorage: the storage of w, for
+   post->pack. */
+vtl_status vtl_cpu_conv2d_forward_post(const vtl_conv2d_shape *s, const void *x, const void *w, const void *b,
+                                       void *y, bool add, const vtl_conv2d_post *post, vtl_storage *wstorage);
 /* gx = conv2d's input gradient; overwrites gx */
 vtl_status vtl_cpu_conv2d_backward_data(const vtl_conv2d_shape *s, const void *gy, const void *w, void *gx);
 /* gw (and gb when not NULL) = weight and bias gradients; overwrite them */
@@ -108,6 +146,10 @@ vtl_status vtl_cpu_conv2d_backward_weight(const vtl_conv2d_shape *s, const void 
 /* Drops the cached oneDNN primitives (they are rebuilt on demand). */
 void vtl_cpu_conv2d_clear_cache(void);
 
+/* Channels-last inference pooling: x (N,H,W,C), y (N,OH,OW,C) with s->P = N; no indices. The
+   average is PyTorch's (the sum, then one division per window). */
+void vtl_cpu_max_pool2d_forward_cl(const vtl_pool2d_shape *s, int64_t C, const void *x, void *y);
+void vtl_cpu_adaptive_avg_pool2d_forward_cl(const vtl_pool2d_shape *s, int64_t C, const void *x, void *y);
 /* idx (optional, i64): argmax position in the plane; NaN propagates like PyTorch */
 void vtl_cpu_max_pool2d_forward(const vtl_pool2d_shape *s, const void *x, void *y, int64_t *idx);
 /* gx (P,H,W) zeroed then gy added at idx (covers adaptive max pooling too) */

@@ -155,6 +155,29 @@ bool vtl_tensor_is_contiguous(const vtl_tensor *t) {
   return true;
 }
 
+bool vtl_tensor_is_channels_last(const vtl_tensor *t) {
+  if (t->ndim != 4) return false;
+  static const int order[4] = {1, 3, 2, 0}; /* C, W, H, N: innermost first */
+  int64_t s = 1;
+  for (int k = 0; k < 4; k++) {
+    int i = order[k];
+    if (t->shape[i] == 1) continue;
+    if (t->strides[i] != s) return false;
+    s *= t->shape[i];
+  }
+  return true;
+}
+
+vtl_tensor *vtl_tensor_empty_channels_last(const int64_t *shape, vtl_dtype dt, vtl_device dev) {
+  int64_t nhwc[4] = {shape[0], shape[2], shape[3], shape[1]};
+  vtl_tensor *t = vtl_tensor_empty(nhwc, 4, dt, dev);
+  if (!t) return NULL;
+  int64_t st[4] = {shape[2] * shape[3] * shape[1], 1, shape[3] * shape[1], shape[1]};
+  vtl_tensor *v = vtl_tensor_view_of(t, shape, st, 4, 0);
+  vtl_tensor_release(t);
+  return v;
+}
+
 double vtl_load_as_double(const void *p, vtl_dtype dt) {
   switch (dt) {
   case VTL_F32: return *(const float *)p;

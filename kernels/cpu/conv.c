@@ -32,7 +32,7 @@ enum { K_FWD, K_BWD_DATA, K_BWD_WEIGHT };
 /* entries: three per distinct convolution of a network (forward, two backward), so room for
    MobileNet-sized zoos at two batch sizes */
 #define CACHE_SIZE 256
-#define KEY_LEN 21
+#define KEY_LEN 27
 #define MAX_ARGS 4
 
 /* One operand of a cached primitive: the plain layout the caller holds and the primitive's
@@ -43,6 +43,7 @@ typedef struct {
   bool output;
   dnnl_memory_desc_t user, prim;
   dnnl_primitive_t reorder; /* NULL when the layouts match */
+  dnnl_primitive_t reorder_in; /* an output the primitive also reads (a sum post-op): user → prim */
   size_t bytes;       /* of the prim layout when a reorder is needed, else 0 */
 } dnnl_operand;
 
@@ -58,6 +59,17 @@ typedef struct {
   size_t scratchpad;  /* bytes of the primitive's scratchpad */
 } dnnl_entry;
 
+/* A forward's post-operations, as oneDNN runs them: a sum (the output buffer holds a tensor
+   to add), then up to two eltwise steps. */
+typedef struct {
+  bool sum;
+  int nelt;
+  dnnl_alg_kind_t alg[2];
+  float alpha[2], beta[2];
+} post_ops;
+
+static const post_ops no_post = {0};
+
 static pthread_mutex_t cache_lock = PTHREAD_MUTEX_INITIALIZER;
 static dnnl_entry *cache[CACHE_SIZE];
 static uint64_t cache_clock;
@@ -69,6 +81,8 @@ static void entry_free(dnnl_entry *e) {
   if (!e) return;
   for (int i = 0; i < e->nops; i++)
     if (e->ops[i].reorder) dnnl_primitive_destroy(e->ops[i].reorder);
+  for (int i = 0; i < e->nops; i++)
+    if (e->ops[i].reorder_in) dnnl_primitive_destroy(e->ops[i].reorder_in);
   if (e->prim) dnnl_primitive_destroy(e->prim);
   if (e->pd) dnnl_primitive_desc_destroy(e->pd);
   if (e->hint) dnnl_primitive_desc_destroy(e->hint);
@@ -97,10 +111,18 @@ void vtl_cpu_conv2d_clear_cache(void) {
 
 /* A primitive splits its work for the thread count it was built under: that count is part of
    the key. */
-static uint64_t make_key(int64_t *k, int kind, bool bias, const vtl_conv2d_shape *s) {
+static uint64_t make_key(int64_t *k, int kind, bool bias, const vtl_conv2d_shape *s, const post_ops *po) {
   int64_t v[KEY_LEN] = {kind, bias, s->N, s->C, s->H, s->W, s->K, s->R, s->S, s->OH, s->OW,
                         s->stride[0], s->stride[1], s->pad[0], s->pad[1], s->pad_end[0], s->pad_end[1],
-                        s->dilation[0], s->dilation[1], s->groups, omp_get_max_threads()};
+                        s->dilation[0], s->dilation[1], s->groups, omp_get_max_threads(),
+                        po->sum, po->nelt, po->nelt ? po->alg[0] : 0, po->nelt > 1 ? po->alg[1] : 0,
+                        s->x_cl | s->y_cl << 1, 0};
+  uint32_t f[4] = {0};
+  for (int i = 0; i < po->nelt; i++) {
+    memcpy(&f[2 * i], &po->alpha[i], 4);
+    memcpy(&f[2 * i + 1], &po->beta[i], 4);
+  }
+  v[KEY_LEN - 1] = (int64_t)(((uint64_t)f[0] * 31 + f[1]) * 1000003u + ((uint64_t)f[2] * 31 + f[3]));
   memcpy(k, v, sizeof v);
   uint64_t h = 14695981039346656037ull; /* FNV-1a over the values */
   for (int i = 0; i < KEY_LEN; i++) h = (h ^ (uint64_t)v[i]) * 1099511628211ull;
@@ -125,8 +147,12 @@ static void conv_mds(const vtl_conv2d_shape *s, bool any, dnnl_memory_desc_t *x,
                      dnnl_memory_desc_t *b, dnnl_memory_desc_t *y) {
   dnnl_dims_t xd = {s->N, s->C, s->H, s->W}, yd = {s->N, s->K, s->OH, s->OW}, bd = {s->K};
   dnnl_format_tag_t a = dnnl_format_tag_any;
-  dnnl_memory_desc_init_by_tag(x, 4, xd, dnnl_f32, any ? a : dnnl_nchw);
-  dnnl_memory_desc_init_by_tag(y, 4, yd, dnnl_f32, any ? a : dnnl_nchw);
+  /* a channels-last output makes the primitive work in channels-last (no blocked layouts to
+     reorder to and from); only the weights keep the primitive's choice */
+  dnnl_format_tag_t xt = any ? (s->y_cl ? dnnl_nhwc : a) : s->x_cl ? dnnl_nhwc : dnnl_nchw;
+  dnnl_format_tag_t yt = any ? (s->y_cl ? dnnl_nhwc : a) : s->y_cl ? dnnl_nhwc : dnnl_nchw;
+  dnnl_memory_desc_init_by_tag(x, 4, xd, dnnl_f32, xt);
+  dnnl_memory_desc_init_by_tag(y, 4, yd, dnnl_f32, yt);
   dnnl_memory_desc_init_by_tag(b, 1, bd, dnnl_f32, any ? a : dnnl_x);
   int64_t g = s->groups;
   dnnl_format_tag_t wt = any ? a : g > 1 ? dnnl_goihw : dnnl_oihw;
@@ -157,7 +183,8 @@ static bool conv_desc(dnnl_convolution_desc_t *cd, int kind, bool bias, const vt
   return r == dnnl_success;
 }
 
-static bool add_operand(dnnl_entry *e, int arg, bool output, const dnnl_memory_desc_t *user, dnnl_query_t q, int qi) {
+static bool add_operand(dnnl_entry *e, int arg, bool output, const dnnl_memory_desc_t *user, dnnl_query_t q, int qi,
+                        bool read_too) {
   const dnnl_memory_desc_t *pm = dnnl_primitive_desc_query_md(e->pd, q, qi);
   if (!pm) return false;
   dnnl_operand *o = &e->ops[e->nops++];
@@ -174,11 +201,18 @@ static bool add_operand(dnnl_entry *e, int arg, bool output, const dnnl_memory_d
   dnnl_status_t r = dnnl_primitive_create(&o->reorder, rpd);
   dnnl_primitive_desc_destroy(rpd);
   if (r != dnnl_success) { o->reorder = NULL; return false; }
+  if (output && read_too) {
+    if (dnnl_reorder_primitive_desc_create(&rpd, user, engine, pm, engine, NULL) != dnnl_success) return false;
+    r = dnnl_primitive_create(&o->reorder_in, rpd);
+    dnnl_primitive_desc_destroy(rpd);
+    if (r != dnnl_success) { o->reorder_in = NULL; return false; }
+  }
   o->bytes = dnnl_memory_desc_get_size(pm);
   return true;
 }
 
-static dnnl_entry *entry_build(const int64_t *key, int kind, bool bias, const vtl_conv2d_shape *s) {
+static dnnl_entry *entry_build(const int64_t *key, int kind, bool bias, const vtl_conv2d_shape *s,
+                               const post_ops *po) {
   dnnl_entry *e = calloc(1, sizeof *e);
   if (!e) return NULL;
   memcpy(e->key, key, sizeof e->key);
@@ -187,6 +221,15 @@ static dnnl_entry *entry_build(const int64_t *key, int kind, bool bias, const vt
   bool ok = dnnl_primitive_attr_create(&attr) == dnnl_success &&
             dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user) == dnnl_success &&
             conv_desc(&fd, K_FWD, bias && kind == K_FWD, s);
+  if (ok && (po->sum || po->nelt)) {
+    dnnl_post_ops_t ops = NULL;
+    ok = dnnl_post_ops_create(&ops) == dnnl_success;
+    if (ok && po->sum) ok = dnnl_post_ops_append_sum(ops, 1.0f) == dnnl_success;
+    for (int i = 0; ok && i < po->nelt; i++)
+      ok = dnnl_post_ops_append_eltwise(ops, 1.0f, po->alg[i], po->alpha[i], po->beta[i]) == dnnl_success;
+    if (ok) ok = dnnl_primitive_attr_set_post_ops(attr, ops) == dnnl_success;
+    if (ops) dnnl_post_ops_destroy(ops);
+  }
   if (ok && kind != K_FWD) {
     ok = dnnl_primitive_desc_create(&e->hint, &fd, NULL, engine, NULL) == dnnl_success;
     if (!ok) e->hint = NULL;
@@ -205,19 +248,19 @@ static dnnl_entry *entry_build(const int64_t *key, int kind, bool bias, const vt
     dnnl_memory_desc_t x, w, b, y;
     conv_mds(s, false, &x, &w, &b, &y);
     if (kind == K_FWD) {
-      ok = add_operand(e, DNNL_ARG_SRC, false, &x, dnnl_query_src_md, 0) &&
-           add_operand(e, DNNL_ARG_WEIGHTS, false, &w, dnnl_query_weights_md, 0) &&
-           (!bias || add_operand(e, DNNL_ARG_BIAS, false, &b, dnnl_query_weights_md, 1)) &&
-           add_operand(e, DNNL_ARG_DST, true, &y, dnnl_query_dst_md, 0);
+      ok = add_operand(e, DNNL_ARG_SRC, false, &x, dnnl_query_src_md, 0, false) &&
+           add_operand(e, DNNL_ARG_WEIGHTS, false, &w, dnnl_query_weights_md, 0, false) &&
+           (!bias || add_operand(e, DNNL_ARG_BIAS, false, &b, dnnl_query_weights_md, 1, false)) &&
+           add_operand(e, DNNL_ARG_DST, true, &y, dnnl_query_dst_md, 0, po->sum);
     } else if (kind == K_BWD_DATA) {
-      ok = add_operand(e, DNNL_ARG_DIFF_DST, false, &y, dnnl_query_diff_dst_md, 0) &&
-           add_operand(e, DNNL_ARG_WEIGHTS, false, &w, dnnl_query_weights_md, 0) &&
-           add_operand(e, DNNL_ARG_DIFF_SRC, true, &x, dnnl_query_diff_src_md, 0);
+      ok = add_operand(e, DNNL_ARG_DIFF_DST, false, &y, dnnl_query_diff_dst_md, 0, false) &&
+           add_operand(e, DNNL_ARG_WEIGHTS, false, &w, dnnl_query_weights_md, 0, false) &&
+           add_operand(e, DNNL_ARG_DIFF_SRC, true, &x, dnnl_query_diff_src_md, 0, false);
     } else {
-      ok = add_operand(e, DNNL_ARG_DIFF_DST, false, &y, dnnl_query_diff_dst_md, 0) &&
-           add_operand(e, DNNL_ARG_SRC, false, &x, dnnl_query_src_md, 0) &&
-           add_operand(e, DNNL_ARG_DIFF_WEIGHTS, true, &w, dnnl_query_diff_weights_md, 0) &&
-           (!bias || add_operand(e, DNNL_ARG_DIFF_BIAS, true, &b, dnnl_query_diff_weights_md, 1));
+      ok = add_operand(e, DNNL_ARG_DIFF_DST, false, &y, dnnl_query_diff_dst_md, 0, false) &&
+           add_operand(e, DNNL_ARG_SRC, false, &x, dnnl_query_src_md, 0, false) &&
+           add_operand(e, DNNL_ARG_DIFF_WEIGHTS, true, &w, dnnl_query_diff_weights_md, 0, false) &&
+           (!bias || add_operand(e, DNNL_ARG_DIFF_BIAS, true, &b, dnnl_query_diff_weights_md, 1, false));
     }
   }
   if (ok) {
@@ -230,10 +273,10 @@ static dnnl_entry *entry_build(const int64_t *key, int kind, bool bias, const vt
 
 /* The cached entry for (kind, bias, shape), built on a miss; a reference for the caller, or
    NULL when oneDNN cannot run this convolution. */
-static dnnl_entry *entry_get(int kind, bool bias, const vtl_conv2d_shape *s) {
+static dnnl_entry *entry_get(int kind, bool bias, const vtl_conv2d_shape *s, const post_ops *po) {
   if (!engine_ready()) return NULL;
   int64_t key[KEY_LEN];
-  uint64_t hash = make_key(key, kind, bias, s);
+  uint64_t hash = make_key(key, kind, bias, s, po);
   pthread_mutex_lock(&cache_lock);
   for (int i = 0; i < CACHE_SIZE; i++)
     if (cache[i] && cache[i]->hash == hash && memcmp(cache[i]->key, key, sizeof key) == 0) {
@@ -244,7 +287,7 @@ static dnnl_entry *entry_get(int kind, bool bias, const vtl_conv2d_shape *s) {
       return e;
     }
   pthread_mutex_unlock(&cache_lock);
-  dnnl_entry *e = entry_build(key, kind, bias, s);
+  dnnl_entry *e = entry_build(key, kind, bias, s, po);
   if (!e) return NULL;
   e->hash = hash;
   /* insert into a free slot or over the least recently used entry */
@@ -264,14 +307,73 @@ static dnnl_entry *entry_get(int kind, bool bias, const vtl_conv2d_shape *s) {
   return e;
 }
 
+/* A convolution's weights in a primitive's layout (see nn_conv.h). */
+struct vtl_conv2d_pack {
+  vtl_storage *src;         /* retained: its address cannot be reused while packed */
+  const void *w;            /* the weights packed, inside src */
+  uint32_t version;         /* src's version when packed */
+  dnnl_memory_desc_t md;    /* the layout of data */
+  void *data;
+  size_t bytes, cap;
+};
+
+vtl_conv2d_pack *vtl_conv2d_pack_new(void) { return calloc(1, sizeof(vtl_conv2d_pack)); }
+
+void vtl_conv2d_pack_free(vtl_conv2d_pack *pk) {
+  if (!pk) return;
+  vtl_storage_release(pk->src);
+  free(pk->data);
+  free(pk);
+}
+
+size_t vtl_conv2d_pack_bytes(const vtl_conv2d_pack *pk) { return pk && pk->src ? pk->bytes : 0; }
+
+/* The packed weights for operand o (user weights w in wsrc), packing them first when the pack
+   holds other weights, an older version or another layout; NULL on failure (out of memory
+   or oneDNN: the caller reorders as usual). */
+static void *pack_weights(vtl_conv2d_pack *pk, const dnnl_operand *o, const void *w, vtl_storage *wsrc) {
+  if (pk->src == wsrc && pk->w == w && pk->version == wsrc->version && dnnl_memory_desc_equal(&pk->md, &o->prim))
+    return pk->data;
+  if (pk->cap < o->bytes) {
+    void *d = NULL;
+    if (posix_memalign(&d, 64, o->bytes) != 0) return NULL;
+    free(pk->data);
+    pk->data = d;
+    pk->cap = o->bytes;
+  }
+  vtl_storage_release(pk->src);
+  pk->src = NULL;
+  dnnl_memory_t um = NULL, pm = NULL;
+  bool ok = dnnl_memory_create(&um, &o->user, engine, (void *)w) == dnnl_success &&
+            dnnl_memory_create(&pm, &o->prim, engine, pk->data) == dnnl_success;
+  if (ok) {
+    dnnl_exec_arg_t ra[2] = {{DNNL_ARG_FROM, um}, {DNNL_ARG_TO, pm}};
+    ok = dnnl_primitive_execute(o->reorder, stream, 2, ra) == dnnl_success && dnnl_stream_wait(stream) == dnnl_success;
+  }
+  if (um) dnnl_memory_destroy(um);
+  if (pm) dnnl_memory_destroy(pm);
+  if (!ok) return NULL;
+  vtl_storage_retain(wsrc);
+  pk->src = wsrc;
+  pk->w = w;
+  pk->version = wsrc->version;
+  pk->md = o->prim;
+  pk->bytes = o->bytes;
+  return pk->data;
+}
+
 /* Runs a cached primitive: user[i] is the caller's buffer of operand i (same order as
-   e->ops). Returns 1 on success, 0 when oneDNN failed (nothing was written that the caller
+   e->ops). pack (or NULL) keeps the weights operand packed between calls (wsrc: the weights'
+   storage). Returns 1 on success, 0 when oneDNN failed (nothing was written that the caller
    relies on), -1 on out of memory (error set). */
-static int entry_run(dnnl_entry *e, void *const *user) {
+static int entry_run(dnnl_entry *e, void *const *user, vtl_conv2d_pack *pack, vtl_storage *wsrc) {
+  void *packed[MAX_ARGS] = {0};
+  for (int i = 0; i < e->nops && pack && wsrc; i++)
+    if (e->ops[i].arg == DNNL_ARG_WEIGHTS && e->ops[i].reorder) packed[i] = pack_weights(pack, &e->ops[i], user[i], wsrc);
   size_t total = e->scratchpad, off[MAX_ARGS];
   for (int i = 0; i < e->nops; i++) {
     off[i] = total;
-    total += (e->ops[i].bytes + 63) & ~(size_t)63;
+    if (!packed[i]) total += (e->ops[i].bytes + 63) & ~(size_t)63;
   }
   vtl_storage *tmp = NULL;
   if (total) {
@@ -285,7 +387,8 @@ static int entry_run(dnnl_entry *e, void *const *user) {
   for (int i = 0; i < e->nops && ok; i++) {
     dnnl_operand *o = &e->ops[i];
     ok = dnnl_memory_create(&um[i], &o->user, engine, user[i]) == dnnl_success;
-    if (ok && o->reorder) ok = dnnl_memory_create(&pm[i], &o->prim, engine, base + off[i]) == dnnl_success;
+    if (ok && o->reorder)
+      ok = dnnl_memory_create(&pm[i], &o->prim, engine, packed[i] ? packed[i] : base + off[i]) == dnnl_success;
     if (ok) args[nargs++] = (dnnl_exec_arg_t){o->arg, o->reorder ? pm[i] : um[i]};
   }
   if (ok && e->scratchpad) {
@@ -293,11 +396,14 @@ static int entry_run(dnnl_entry *e, void *const *user) {
     ok = sp && dnnl_memory_create(&spm, sp, engine, base) == dnnl_success;
     if (ok) args[nargs++] = (dnnl_exec_arg_t){DNNL_ARG_SCRATCHPAD, spm};
   }
-  for (int i = 0; i < e->nops && ok; i++)
-    if (e->ops[i].reorder && !e->ops[i].output) {
+  for (int i = 0; i < e->nops && ok; i++) {
+    dnnl_operand *o = &e->ops[i];
+    dnnl_primitive_t r = !o->output && o->reorder && !packed[i] ? o->reorder : o->reorder_in;
+    if (r) {
       dnnl_exec_arg_t ra[2] = {{DNNL_ARG_FROM, um[i]}, {DNNL_ARG_TO, pm[i]}};
-      ok = dnnl_primitive_execute(e->ops[i].reorder, stream, 2, ra) == dnnl_success;
+      ok = dnnl_primitive_execute(r, stream, 2, ra) == dnnl_success;
     }
+  }
   if (ok) ok = dnnl_primitive_execute(e->prim, stream, nargs, args) == dnnl_success;
   for (int i = 0; i < e->nops && ok; i++)
     if (e->ops[i].reorder && e->ops[i].output) {
@@ -315,10 +421,11 @@ static int entry_run(dnnl_entry *e, void *const *user) {
 }
 
 /* 1 done, 0 not handled (use the fallback), -1 error set */
-static int dnnl_conv(int kind, const vtl_conv2d_shape *s, void *const *user, bool bias) {
-  dnnl_entry *e = entry_get(kind, bias, s);
+static int dnnl_conv(int kind, const vtl_conv2d_shape *s, void *const *user, bool bias, const post_ops *po,
+                     vtl_conv2d_pack *pack, vtl_storage *wsrc) {
+  dnnl_entry *e = entry_get(kind, bias, s, po);
   if (!e) return 0;
-  int r = entry_run(e, user);
+  int r = entry_run(e, user, pack, wsrc);
   entry_release(e);
   return r;
 }
@@ -638,7 +745,7 @@ vtl_status vtl_cpu_conv2d_forward(const vtl_conv2d_shape *s, const void *x, cons
   }
   if (s->dtype == VTL_F32) {
     void *user[MAX_ARGS] = {(void *)x, (void *)w, b ? (void *)b : y, y};
-    int r = dnnl_conv(K_FWD, s, user, b != NULL);
+    int r = dnnl_conv(K_FWD, s, user, b != NULL, &no_post, NULL, NULL);
     if (r) return r > 0 ? VTL_OK : vtl_error_status();
   }
   return gemm_forward(s, x, w, b, y);
@@ -655,7 +762,7 @@ vtl_status vtl_cpu_conv2d_backward_data(const vtl_conv2d_shape *s, const void *g
   bool few_channels = s->groups == 1 && s->C < 16;
   if (s->dtype == VTL_F32 && !few_channels) {
     void *user[MAX_ARGS] = {(void *)gy, (void *)w, gx};
-    int r = dnnl_conv(K_BWD_DATA, s, user, false);
+    int r = dnnl_conv(K_BWD_DATA, s, user, false, &no_post, NULL, NULL);
     if (r) return r > 0 ? VTL_OK : vtl_error_status();
   }
   return gemm_backward_data(s, gy, w, gx);
@@ -677,8 +784,99 @@ vtl_status vtl_cpu_conv2d_backward_weight(const vtl_conv2d_shape *s, const void 
   }
   if (s->dtype == VTL_F32) {
     void *user[MAX_ARGS] = {(void *)gy, (void *)x, gw, gb};
-    int r = dnnl_conv(K_BWD_WEIGHT, s, user, gb != NULL);
+    int r = dnnl_conv(K_BWD_WEIGHT, s, user, gb != NULL, &no_post, NULL, NULL);
     if (r) return r > 0 ? VTL_OK : vtl_error_status();
   }
   return gemm_backward_weight(s, gy, x, gw, gb);
+}
+
+/* The oneDNN eltwise steps for an activation; false when it has none. */
+static bool eltwise_of(vtl_activation act, const double *p, post_ops *po) {
+  switch (act) {
+  case VTL_ACT_RELU: po->alg[0] = dnnl_eltwise_relu; po->alpha[0] = 0; break;
+  case VTL_ACT_LEAKY_RELU: po->alg[0] = dnnl_eltwise_relu; po->alpha[0] = (float)(p ? p[0] : 0.01); break;
+  case VTL_ACT_RELU6: po->alg[0] = dnnl_eltwise_clip; po->alpha[0] = 0; po->beta[0] = 6; break;
+  case VTL_ACT_GELU: po->alg[0] = dnnl_eltwise_gelu_erf; break;
+  case VTL_ACT_GELU_TANH: po->alg[0] = dnnl_eltwise_gelu_tanh; break;
+  case VTL_ACT_SILU: po->alg[0] = dnnl_eltwise_swish; po->alpha[0] = 1; break;
+  case VTL_ACT_HARDSWISH: po->alg[0] = dnnl_eltwise_hardswish; break;
+  case VTL_ACT_HARDSIGMOID: /* clip(x/6 + 1/2, 0, 1) */
+    po->alg[0] = dnnl_eltwise_linear; po->alpha[0] = 1.0f / 6; po->beta[0] = 0.5f;
+    po->alg[1] = dnnl_eltwise_clip; po->alpha[1] = 0; po->beta[1] = 1;
+    po->nelt = 2;
+    return true;
+  case VTL_ACT_SIGMOID: po->alg[0] = dnnl_eltwise_logistic; break;
+  case VTL_ACT_TANH: po->alg[0] = dnnl_eltwise_tanh; break;
+  case VTL_ACT_ELU: po->alg[0] = dnnl_eltwise_elu; po->alpha[0] = (float)(p ? p[0] : 1.0); break;
+  default: return false;
+  }
+  po->nelt = 1;
+  return true;
+}
+
+/* dst = src (add: dst += src) between (N,C,S) and channels-last (N,S,C) layouts: to_cl says
+   which way */
+#define RELAYOUT_BODY(T)                                                                                  \
+  do {                                                                                                    \
+    T *d = dst;                                                                                           \
+    const T *a = src;                                                                                     \
+    for (int64_t n = 0; n < N; n++)                                                                       \
+      for (int64_t c = 0; c < C; c++)                                                                     \
+        for (int64_t i = 0; i < S; i++) {                                                                 \
+          int64_t p = (n * C + c) * S + i, q = (n * S + i) * C + c;                                      \
+          T v = a[to_cl ? p : q];                                                                         \
+          T *o = &d[to_cl ? q : p];                                                                       \
+          *o = add ? *o + v : v;                                                                          \
+        }                                                                                                 \
+  } while (0)
+
+static void relayout(vtl_dtype dt, void *dst, const void *src, int64_t N, int64_t C, int64_t S, bool to_cl, bool add) {
+  if (dt == VTL_F32) RELAYOUT_BODY(float);
+  else RELAYOUT_BODY(double);
+}
+
+vtl_status vtl_cpu_conv2d_forward_post(const vtl_conv2d_shape *s, const void *x, const void *w, const void *b,
+                                       void *y, bool add, const vtl_conv2d_post *post, vtl_storage *wstorage) {
+  if (check_dtype(s, "conv2d")) return vtl_error_status();
+  size_t es = vtl_dtype_size(s->dtype);
+  int64_t ny = s->N * s->K * s->OH * s->OW;
+  if (ny == 0) return VTL_OK;
+  post_ops po = {.sum = add};
+  bool fused = s->dtype == VTL_F32 && s->C > 0 && (!post->has_act || eltwise_of(post->act, post->act_params, &po));
+  if (fused) {
+    void *user[MAX_ARGS] = {(void *)x, (void *)w, b ? (void *)b : y, y};
+    int r = dnnl_conv(K_FWD, s, user, b != NULL, &po, post->pack, wstorage);
+    if (r) return r > 0 ? VTL_OK : vtl_error_status();
+  }
+  /* the plain convolution on (N,C,H,W) buffers, then the sum and the activation as separate
+     passes */
+  vtl_conv2d_shape p = *s;
+  p.x_cl = p.y_cl = false;
+  vtl_storage *xt = NULL, *tmp = NULL;
+  if (s->x_cl) {
+    xt = scratch_new((size_t)(s->N * s->C * s->H * s->W) * es);
+    if (!xt) return vtl_error_status();
+    relayout(s->dtype, xt->data, x, s->N, s->C, s->H * s->W, false, false);
+  }
+  if (add || s->y_cl) {
+    tmp = scratch_new((size_t)ny * es);
+    if (!tmp) {
+      vtl_storage_release(xt);
+      return vtl_error_status();
+    }
+  }
+  void *out = tmp ? tmp->data : y;
+  vtl_status st = vtl_cpu_conv2d_forward(&p, xt ? xt->data : x, w, b, out);
+  if (st == VTL_OK && s->y_cl) {
+    relayout(s->dtype, y, out, s->N, s->K, s->OH * s->OW, true, add);
+  } else if (st == VTL_OK && add) {
+    if (s->dtype == VTL_F32)
+      for (int64_t i = 0; i < ny; i++) ((float *)y)[i] += ((const float *)out)[i];
+    else
+      for (int64_t i = 0; i < ny; i++) ((double *)y)[i] += ((const double *)out)[i];
+  }
+  vtl_storage_release(xt);
+  vtl_storage_release(tmp);
+  if (st == VTL_OK && post->has_act) vtl_cpu_activation_forward(s->dtype, post->act, y, y, ny, post->act_params);
+  return st;
 }

@@ -345,3 +345,72 @@ void vtl_cpu_adaptive_max_pool2d_forward(const vtl_pool2d_shape *s, const void *
   if (s->dtype == VTL_F32) ADAPTIVE_MAX_FWD(float);
   else ADAPTIVE_MAX_FWD(double);
 }
+
+/* ---- channels-last (N,H,W,C) inference pooling ---- */
+
+/* One output pixel at a time, its window's pixels in row-major order, each a contiguous run of
+   C channels (vectorizable); s->P is N. The window rules are the planar kernels' (adaptive:
+   [floor(o*in/out), ceil((o+1)*in/out))). */
+#define MAX_POOL_CL(T)                                                                                    \
+  do {                                                                                                    \
+    const T *X = x;                                                                                       \
+    T *Y = y;                                                                                             \
+    _Pragma("omp parallel for num_threads(nt) schedule(static) if (nt > 1)")                              \
+    for (int64_t r = 0; r < s->P * s->OH; r++) {                                                          \
+      int64_t n = r / s->OH, oh = r % s->OH;                                                              \
+      int64_t h0 = oh * s->stride[0] - s->pad[0];                                                         \
+      for (int64_t ow = 0; ow < s->OW; ow++) {                                                            \
+        T *o = Y + ((n * s->OH + oh) * s->OW + ow) * C;                                                   \
+        for (int64_t c = 0; c < C; c++) o[c] = -INFINITY;                                                 \
+        int64_t w0 = ow * s->stride[1] - s->pad[1];                                                       \
+        for (int64_t i = 0; i < s->kernel[0]; i++) {                                                      \
+          int64_t h = h0 + i * s->dilation[0];                                                            \
+          if (h < 0 || h >= s->H) continue;                                                               \
+          for (int64_t j = 0; j < s->kernel[1]; j++) {                                                    \
+            int64_t w = w0 + j * s->dilation[1];                                                          \
+            if (w < 0 || w >= s->W) continue;                                                             \
+            const T *in = X + ((n * s->H + h) * s->W + w) * C;                                            \
+            for (int64_t c = 0; c < C; c++) {                                                             \
+              T v = in[c];                                                                                \
+              o[c] = (v > o[c] || isnan(v)) ? v : o[c];                                                   \
+            }                                                                                             \
+          }                                                                                               \
+        }                                                                                                 \
+      }                                                                                                   \
+    }                                                                                                     \
+  } while (0)
+
+void vtl_cpu_max_pool2d_forward_cl(const vtl_pool2d_shape *s, int64_t C, const void *x, void *y) {
+  int nt = plane_threads(s->P * s->OH, s->P * s->OH * s->OW * C * s->kernel[0] * s->kernel[1]);
+  if (s->dtype == VTL_F32) MAX_POOL_CL(float);
+  else MAX_POOL_CL(double);
+}
+
+#define ADAPTIVE_AVG_CL(T)                                                                                \
+  do {                                                                                                    \
+    const T *X = x;                                                                                       \
+    T *Y = y;                                                                                             \
+    _Pragma("omp parallel for num_threads(nt) schedule(static) if (nt > 1)")                              \
+    for (int64_t r = 0; r < s->P * s->OH; r++) {                                                          \
+      int64_t n = r / s->OH, oh = r % s->OH;                                                              \
+      int64_t h0 = ad_start(oh, s->OH, s->H), h1 = ad_end(oh, s->OH, s->H);                               \
+      for (int64_t ow = 0; ow < s->OW; ow++) {                                                            \
+        int64_t w0 = ad_start(ow, s->OW, s->W), w1 = ad_end(ow, s->OW, s->W);                             \
+        T *o = Y + ((n * s->OH + oh) * s->OW + ow) * C;                                                   \
+        for (int64_t c = 0; c < C; c++) o[c] = 0;                                                         \
+        for (int64_t h = h0; h < h1; h++)                                                                 \
+          for (int64_t w = w0; w < w1; w++) {                                                             \
+            const T *in = X + ((n * s->H + h) * s->W + w) * C;                                            \
+            for (int64_t c = 0; c < C; c++) o[c] += in[c];                                                \
+          }                                                                                               \
+        T cnt = (T)((h1 - h0) * (w1 - w0));                                                               \
+        for (int64_t c = 0; c < C; c++) o[c] /= cnt;                                                      \
+      }                                                                                                   \
+    }                                                                                                     \
+  } while (0)
+
+void vtl_cpu_adaptive_avg_pool2d_forward_cl(const vtl_pool2d_shape *s, int64_t C, const void *x, void *y) {
+  int nt = plane_threads(s->P * s->OH, s->P * s->H * s->W * C);
+  if (s->dtype == VTL_F32) ADAPTIVE_AVG_CL(float);
+  else ADAPTIVE_AVG_CL(double);
+}

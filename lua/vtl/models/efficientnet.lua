@@ -45,7 +45,11 @@ function MBConv:init(cin, cout, kernel, stride, expand_ratio, sd_prob)
   self.out_channels = cout
 end
 
+function MBConv:_fuse_inference(fuse) mobile.fuse_residual(self, fuse, "block") end
+
 function MBConv:forward(x)
+  local fused = mobile.forward_residual(self, "block", x)
+  if fused then return fused end
   local r = self.block(x)
   if self.use_res_connect then r = self.stochastic_depth(r) + x end
   return r

@@ -78,22 +78,15 @@ end
 local Conv2dSame = nn.Conv2d:extend("Conv2dSame")
 M.Conv2dSame = Conv2dSame
 
-function Conv2dSame:forward(x)
+function Conv2dSame:forward(x, add)
   if x.ndim ~= 4 then self:raise("expected a 4-D (N,C,H,W) input, got shape %s", shape_str(x)) end
   if x.shape[2] ~= self.in_channels then
     self:raise("expected input with %d channels, got %d", self.in_channels, x.shape[2])
   end
   local ph = same_total(x.shape[3], self.kernel_size[1], self.stride[1], self.dilation[1])
   local pw = same_total(x.shape[4], self.kernel_size[2], self.stride[2], self.dilation[2])
-  local padding
-  if ph % 2 == 0 and pw % 2 == 0 then
-    padding = {ph // 2, pw // 2}
-  else
-    x = F.pad(x, {pw // 2, pw - pw // 2, ph // 2, ph - ph // 2})
-    padding = {0, 0}
-  end
-  return F.conv2d(x, self.weight, self.bias,
-    {stride = self.stride, padding = padding, dilation = self.dilation, groups = self.groups})
+  -- an odd total puts the extra row/column at the bottom/right
+  return self:_conv(x, {ph // 2, pw // 2}, {ph - ph // 2, pw - pw // 2}, add)
 end
 
 function Conv2dSame:extra_repr()
@@ -123,8 +116,20 @@ function MBConvBlock:init(cin, cout, kernel, stride, expand, drop_path)
   self.drop_path_rate = drop_path or 0
 end
 
+-- vtl.models.fuse_for_inference: the ReLU6s and the residual sum run inside the convolutions
+function MBConvBlock:_fuse_inference(fuse)
+  if not fuse.folded(self, "_bn0", "_bn1", "_bn2") then return end
+  if self._expand_conv then fuse.act(self._expand_conv, "relu6") end
+  fuse.act(self._depthwise_conv, "relu6")
+  rawset(self, "_fused", true)
+end
+
 function MBConvBlock:forward(inputs)
   local x = inputs
+  if rawget(self, "_fused") then
+    if self._expand_conv then x = self._expand_conv(x) end
+    return self._project_conv(self._depthwise_conv(x), self.has_skip and inputs or nil)
+  end
   if self._expand_conv then x = F.relu6(self._bn0(self._expand_conv(x))) end
   x = F.relu6(self._bn1(self._depthwise_conv(x)))
   x = self._bn2(self._project_conv(x))
@@ -202,8 +207,10 @@ end
 ---@return vtl.Tensor
 function EfficientNetLite:forward_features(x)
   if x.ndim ~= 4 then self:raise("expected a 4-D (N,C,H,W) input, got shape %s", shape_str(x)) end
-  x = F.relu6(self._bn0(self._conv_stem(x)))
+  local fused = rawget(self, "_fused")
+  if fused then x = self._conv_stem(x) else x = F.relu6(self._bn0(self._conv_stem(x))) end
   for i = 1, #self._blocks do x = self._blocks[i](x) end
+  if fused then return self._conv_head(x) end
   return F.relu6(self._bn1(self._conv_head(x)))
 end
 
@@ -223,6 +230,13 @@ function EfficientNetLite:forward(x)
 end
 
 EfficientNetLite._fuse_pairs = {{"_conv_stem", "_bn0"}, {"_conv_head", "_bn1"}}
+
+function EfficientNetLite:_fuse_inference(fuse)
+  if not fuse.folded(self, "_bn0", "_bn1") then return end
+  fuse.act(self._conv_stem, "relu6")
+  fuse.act(self._conv_head, "relu6")
+  rawset(self, "_fused", true)
+end
 
 ---Prints and returns per-layer shapes, parameters and MACs (vtl.models.summary).
 function EfficientNetLite:summary(input_shape, opts) return zoo().summary(self, input_shape, opts) end

@@ -558,6 +558,8 @@ local function clone_module(m, memo)
       rawset(c, k, clone_module(v, memo))
     elseif type(v) == "table" and not core.is_tensor(v) then
       rawset(c, k, copy_table(v))
+    elseif k == "_pack" then -- packed weights belong to one module: the copy packs its own
+      rawset(c, k, core.nn.conv2d_pack())
     else
       rawset(c, k, v)
     end
@@ -610,10 +612,85 @@ local function fusable_pairs(m)
   return out
 end
 
----A copy of the model for inference: eval mode, no gradients, and every batch norm that
----directly follows a convolution folded into that convolution's weight and bias (the norm
----becomes an Identity). The original model is untouched. Returns the copy and the number of
----folded pairs.
+-- the activation a module computes, as conv2d's act option: name, params (nil when the module
+-- is not an activation a convolution can fuse)
+local ACTS = {ReLU = "relu", ReLU6 = "relu6", SiLU = "silu", Hardswish = "hardswish", Hardsigmoid = "hardsigmoid",
+              Sigmoid = "sigmoid", Tanh = "tanh"}
+local function act_of(m)
+  local cls = getmetatable(m)
+  local name = cls and rawget(cls, "__name")
+  if ACTS[name] then return ACTS[name] end
+  if name == "LeakyReLU" then return "leaky_relu", {m.negative_slope} end
+  if name == "ELU" then return "elu", {m.alpha} end
+  if name == "GELU" then return m.approximate == "tanh" and "gelu_tanh" or "gelu" end
+end
+
+-- the helpers an architecture's _fuse_inference(self, fuse) hook gets
+local fuse = {}
+
+---Gives conv the activation `act` (a name, as conv2d's act option) to run in its own pass.
+function fuse.act(conv, act, params)
+  rawset(conv, "_act", act)
+  rawset(conv, "_act_params", params)
+end
+
+---True when every named child of m is an Identity (a folded batch norm) or absent.
+function fuse.folded(m, ...)
+  for _, name in ipairs({...}) do
+    local c = m._modules[name]
+    if c and not is_a(c, "Identity") then return false end
+  end
+  return true
+end
+
+---When child `act_name` of m is an activation module and child `conv_name` a convolution
+---without one, moves the activation into the convolution (the child becomes an Identity).
+function fuse.move_act(m, conv_name, act_name)
+  local conv, a = m._modules[conv_name], m._modules[act_name]
+  if not (conv and a and is_a(conv, "Conv2d") and rawget(conv, "_act") == nil) then return false end
+  local act, params = act_of(a)
+  if not act then return false end
+  fuse.act(conv, act, params)
+  m:add_module(act_name, nn.Identity())
+  return true
+end
+
+-- the last child of a Sequential that is not an Identity, and its index
+local function last_real(seq)
+  local names = seq._module_names
+  for i = #names, 1, -1 do
+    local c = seq._modules[names[i]]
+    if not is_a(c, "Identity") then return c, i end
+  end
+end
+
+---The convolution that ends m: m itself, or recursively the last non-Identity child of a
+---Sequential; nil when m does not end in a convolution without an activation.
+function fuse.tail_conv(m)
+  if is_a(m, "Conv2d") then return rawget(m, "_act") == nil and m or nil end
+  if not is_a(m, "Sequential") then return nil end
+  local c = last_real(m)
+  return c and fuse.tail_conv(c)
+end
+
+---m(x) + add, with the sum done by m's tail convolution (fuse.tail_conv(m) must be one).
+function fuse.forward_add(m, x, add)
+  if is_a(m, "Conv2d") then return m(x, add) end
+  local c, k = last_real(m)
+  local names = m._module_names
+  for i = 1, k - 1 do x = m._modules[names[i]](x) end
+  return fuse.forward_add(c, x, add)
+end
+
+M.fuse = fuse
+
+---A copy of the model for inference: eval mode, no gradients, every batch norm that directly
+---follows a convolution folded into that convolution's weight and bias (the norm becomes an
+---Identity), activations and residual sums that follow a convolution done by it (oneDNN
+---post-operations on the CPU), and each convolution's weights kept in the kernel's layout
+---between calls. The original model is untouched; the copy is for inference only (its
+---forward skips training-time behaviour such as stochastic depth). Returns the copy and the
+---number of folded batch norms.
 ---@param model vtl.nn.Module
 ---@return vtl.nn.Module fused, integer count
 function M.fuse_for_inference(model)
@@ -621,7 +698,8 @@ function M.fuse_for_inference(model)
   copy:eval()
   copy:requires_grad_(false)
   local n = 0
-  for _, m in ipairs(copy:modules()) do
+  local mods = copy:modules()
+  for _, m in ipairs(mods) do
     for _, pair in ipairs(fusable_pairs(m)) do
       local conv, bn = m._modules[pair[1]], m._modules[pair[2]]
       if conv and bn and is_a(conv, "Conv2d") and is_a(bn, "_BatchNorm") and bn.track_running_stats
@@ -630,6 +708,30 @@ function M.fuse_for_inference(model)
         m:add_module(pair[2], nn.Identity())
         n = n + 1
       end
+    end
+  end
+  -- a convolution followed (past Identities) by an activation in a Sequential
+  for _, m in ipairs(mods) do
+    if is_a(m, "Sequential") then
+      local names = m._module_names
+      for i = 1, #names do
+        if is_a(m._modules[names[i]], "Conv2d") then
+          local j = i + 1
+          while j <= #names and is_a(m._modules[names[j]], "Identity") do j = j + 1 end
+          if j <= #names then fuse.move_act(m, names[i], names[j]) end
+        end
+      end
+    end
+  end
+  -- the architectures' own patterns (residual blocks, squeeze-excitation)
+  for _, m in ipairs(mods) do
+    local hook = m._fuse_inference
+    if type(hook) == "function" then hook(m, fuse) end
+  end
+  for _, m in ipairs(mods) do
+    if is_a(m, "Conv2d") then
+      rawset(m, "_pack", core.nn.conv2d_pack())
+      rawset(m, "_channels_last", true)
     end
   end
   rawset(copy, "fused", true)

@@ -64,6 +64,24 @@ function SqueezeExcitation:init(channels, squeeze, opts)
   self.scale_activation = (opts.scale_activation or nn.Sigmoid)()
 end
 
+-- vtl.models.fuse_for_inference: both activations run inside the 1x1 convolutions
+function SqueezeExcitation:_fuse_inference(fuse)
+  fuse.move_act(self, "fc1", "activation")
+  fuse.move_act(self, "fc2", "scale_activation")
+end
+
+---vtl.models.fuse_for_inference hook of a block whose Sequential `seq` ends in a convolution:
+---with a residual connection, the sum moves into that convolution (see M.forward_residual).
+function M.fuse_residual(block, fuse, seq)
+  if block.use_res_connect and fuse.tail_conv(block[seq]) then rawset(block, "_fused_res", true) end
+end
+
+---seq(x) + x, the sum done by seq's last convolution when M.fuse_residual set it up; nil when
+---it did not.
+function M.forward_residual(block, seq, x)
+  if rawget(block, "_fused_res") then return require("vtl.models").fuse.forward_add(block[seq], x, x) end
+end
+
 function SqueezeExcitation:forward(x)
   local s = self.avgpool(x)
   s = self.scale_activation(self.fc2(self.activation(self.fc1(s))))
@@ -127,7 +145,11 @@ function InvertedResidual:init(inp, oup, stride, expand_ratio)
   self.stride = stride
 end
 
+function InvertedResidual:_fuse_inference(fuse) M.fuse_residual(self, fuse, "conv") end
+
 function InvertedResidual:forward(x)
+  local fused = M.forward_residual(self, "conv", x)
+  if fused then return fused end
   if self.use_res_connect then return x + self.conv(x) end
   return self.conv(x)
 end
@@ -216,7 +238,11 @@ function InvertedResidualV3:init(cnf, norm)
   self.stride = stride
 end
 
+function InvertedResidualV3:_fuse_inference(fuse) M.fuse_residual(self, fuse, "block") end
+
 function InvertedResidualV3:forward(x)
+  local fused = M.forward_residual(self, "block", x)
+  if fused then return fused end
   local r = self.block(x)
   if self.use_res_connect then r = r + x end
   return r

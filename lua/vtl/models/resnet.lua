@@ -40,8 +40,17 @@ function BasicBlock:init(inplanes, planes, stride, downsample, drop_path)
   self.drop_path_rate = drop_path or 0
 end
 
+-- vtl.models.fuse_for_inference: the ReLUs and the residual sum run inside the convolutions
+function BasicBlock:_fuse_inference(fuse)
+  if not fuse.folded(self, "bn1", "bn2") then return end
+  fuse.act(self.conv1, "relu")
+  fuse.act(self.conv2, "relu")
+  rawset(self, "_fused", true)
+end
+
 function BasicBlock:forward(x)
   local identity = self.downsample and self.downsample(x) or x
+  if rawget(self, "_fused") then return self.conv2(self.conv1(x), identity) end
   local out = self.relu(self.bn1(self.conv1(x)))
   out = self.bn2(self.conv2(out))
   if self.drop_path_rate > 0 then out = F.drop_path(out, self.drop_path_rate, self.training) end
@@ -67,8 +76,15 @@ function Bottleneck:init(inplanes, planes, stride, downsample, drop_path)
   self.drop_path_rate = drop_path or 0
 end
 
+function Bottleneck:_fuse_inference(fuse)
+  if not fuse.folded(self, "bn1", "bn2", "bn3") then return end
+  for _, c in ipairs({self.conv1, self.conv2, self.conv3}) do fuse.act(c, "relu") end
+  rawset(self, "_fused", true)
+end
+
 function Bottleneck:forward(x)
   local identity = self.downsample and self.downsample(x) or x
+  if rawget(self, "_fused") then return self.conv3(self.conv2(self.conv1(x)), identity) end
   local out = self.relu(self.bn1(self.conv1(x)))
   out = self.relu(self.bn2(self.conv2(out)))
   out = self.bn3(self.conv3(out))
@@ -132,7 +148,8 @@ end
 ---@return vtl.Tensor
 function ResNet:forward_features(x)
   if x.ndim ~= 4 then self:raise("expected a 4-D (N,C,H,W) input, got shape %s", shape_str(x)) end
-  x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+  if rawget(self, "_fused") then x = self.maxpool(self.conv1(x))
+  else x = self.maxpool(self.relu(self.bn1(self.conv1(x)))) end
   x = self.layer1(x)
   x = self.layer2(x)
   x = self.layer3(x)
@@ -148,6 +165,12 @@ function ResNet:forward_head(x, pre_logits)
   if self.drop_rate > 0 then x = F.dropout(x, {p = self.drop_rate, training = self.training}) end
   if pre_logits then return x end
   return self.fc(x)
+end
+
+function ResNet:_fuse_inference(fuse)
+  if not fuse.folded(self, "bn1") then return end
+  fuse.act(self.conv1, "relu")
+  rawset(self, "_fused", true)
 end
 
 function ResNet:forward(x) return self:forward_head(self:forward_features(x)) end

@@ -82,7 +82,8 @@ end
 
 function Conv2d:reset_parameters() reset_linear_like(self.weight, self.bias) end
 
-function Conv2d:forward(x)
+---x: (N,C,H,W) or (C,H,W); add (optional): a tensor of the output's shape added to it.
+function Conv2d:forward(x, add)
   if x.ndim ~= 4 and x.ndim ~= 3 then self:raise("expected a 4-D (N,C,H,W) or 3-D (C,H,W) input, got shape %s", shape_str(x)) end
   local c = x.shape[x.ndim - 2]
   if c ~= self.in_channels then self:raise("expected input with %d channels, got %d", self.in_channels, c) end
@@ -101,9 +102,25 @@ function Conv2d:forward(x)
     end
     padding = 0
   end
-  local y = F.conv2d(x, self.weight, self.bias,
-    {stride = self.stride, padding = padding, dilation = self.dilation, groups = self.groups})
+  local y = self:_conv(x, padding, nil, add)
   if squeeze then y = y:squeeze(1) end
+  return y
+end
+
+-- F.conv2d with the module's settings and, when vtl.models.fuse_for_inference set them, its
+-- fused activation (_act, _act_params) and weight pack (_pack); add: a tensor of the output's
+-- shape added before the activation
+function Conv2d:_conv(x, padding, padding_end, add)
+  local o = {stride = self.stride, padding = padding, padding_end = padding_end, dilation = self.dilation,
+             groups = self.groups}
+  local pack = rawget(self, "_pack")
+  if pack then
+    o.pack, o.act, o.act_params, o.add = pack, rawget(self, "_act"), rawget(self, "_act_params"), add
+    o.channels_last = rawget(self, "_channels_last")
+    return F.conv2d(x, self.weight, self.bias, o)
+  end
+  local y = F.conv2d(x, self.weight, self.bias, o)
+  if add then y = y + add end
   return y
 end
 
