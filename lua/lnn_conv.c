@@ -20,6 +20,7 @@
 #include "lvtl.h"
 #include "ops.h"
 #include "nn_conv.h"
+#include "autograd.h"
 
 #define newbox lvtl_newbox
 #define fill_box lvtl_fillbox
@@ -133,23 +134,25 @@ static vtl_conv2d_params conv_params(lua_State *L, int opts, int pos, vtl_tensor
   return p;
 }
 
-/* conv2d's post-operations from the options table: act (an activation's name; "gelu_tanh" for
+#define PACK_MT "vtl.WeightPack"
+
+/* conv2d's and linear's post-operations from the options table: act (an activation's name; "gelu_tanh" for
    gelu's tanh approximation), act_params
-   (a table of up to 2 numbers), add (a tensor of the output's shape), pack (conv2d_pack()),
+   (a table of up to 2 numbers), add (a tensor of the output's shape), pack (weight_pack()),
    channels_last (a CPU f32 output laid out as (N,H,W,C)).
    True when any was given. */
-static bool post_args(lua_State *L, int opts, vtl_conv2d_post *post) {
+static bool post_args(lua_State *L, int opts, vtl_conv2d_post *post, const char *fn) {
   if (!opts) return false;
   int top = lua_gettop(L);
   bool any = false;
   if (lua_getfield(L, opts, "act") != LUA_TNIL) {
-    if (lua_type(L, -1) != LUA_TSTRING) luaL_error(L, "conv2d: act must be an activation's name, got %s", luaL_typename(L, -1));
+    if (lua_type(L, -1) != LUA_TSTRING) luaL_error(L, "%s: act must be an activation's name, got %s", fn, luaL_typename(L, -1));
     const char *name = lua_tostring(L, -1);
     int a = 0;
     if (strcmp(name, "gelu_tanh") == 0) a = VTL_ACT_GELU_TANH; /* gelu's tanh form shares its name */
     else
       while (a < VTL_ACT_COUNT && strcmp(vtl_activation_name((vtl_activation)a), name) != 0) a++;
-    if (a == VTL_ACT_COUNT) luaL_error(L, "conv2d: unknown activation '%s'", name);
+    if (a == VTL_ACT_COUNT) luaL_error(L, "%s: unknown activation '%s'", fn, name);
     post->has_act = true;
     post->act = (vtl_activation)a;
     any = true;
@@ -158,12 +161,12 @@ static bool post_args(lua_State *L, int opts, vtl_conv2d_post *post) {
   post->act_params[0] = post->act_params[1] = 0;
   bool params = lua_getfield(L, opts, "act_params") != LUA_TNIL;
   if (params) {
-    if (!lua_istable(L, -1)) luaL_error(L, "conv2d: act_params must be a table of numbers, got %s", luaL_typename(L, -1));
-    if (!post->has_act) luaL_error(L, "conv2d: act_params given without act");
+    if (!lua_istable(L, -1)) luaL_error(L, "%s: act_params must be a table of numbers, got %s", fn, luaL_typename(L, -1));
+    if (!post->has_act) luaL_error(L, "%s: act_params given without act", fn);
     for (int i = 0; i < 2; i++) {
       lua_geti(L, top + 1, i + 1);
       if (!lua_isnil(L, -1)) {
-        if (!lua_isnumber(L, -1)) luaL_error(L, "conv2d: act_params[%d] must be a number, got %s", i + 1, luaL_typename(L, -1));
+        if (!lua_isnumber(L, -1)) luaL_error(L, "%s: act_params[%d] must be a number, got %s", fn, i + 1, luaL_typename(L, -1));
         post->act_params[i] = lua_tonumber(L, -1);
       }
       lua_pop(L, 1);
@@ -176,20 +179,20 @@ static bool post_args(lua_State *L, int opts, vtl_conv2d_post *post) {
     else if (post->act == VTL_ACT_SOFTPLUS) { post->act_params[0] = 1; post->act_params[1] = 20; }
   }
   if (lua_getfield(L, opts, "add") != LUA_TNIL) {
-    if (!luaL_testudata(L, -1, LVTL_TENSOR_MT)) luaL_error(L, "conv2d: add must be a tensor, got %s", luaL_typename(L, -1));
+    if (!luaL_testudata(L, -1, LVTL_TENSOR_MT)) luaL_error(L, "%s: add must be a tensor, got %s", fn, luaL_typename(L, -1));
     post->add = lvtl_checktensor(L, lua_gettop(L)); /* kept alive by the options table */
     any = true;
   }
   lua_settop(L, top);
   if (lua_getfield(L, opts, "channels_last") != LUA_TNIL) {
-    if (!lua_isboolean(L, -1)) luaL_error(L, "conv2d: channels_last must be a boolean, got %s", luaL_typename(L, -1));
+    if (!lua_isboolean(L, -1)) luaL_error(L, "%s: channels_last must be a boolean, got %s", fn, luaL_typename(L, -1));
     post->channels_last = lua_toboolean(L, -1);
     any = any || post->channels_last;
   }
   lua_settop(L, top);
   if (lua_getfield(L, opts, "pack") != LUA_TNIL) {
-    vtl_conv2d_pack **pp = luaL_testudata(L, -1, "vtl.Conv2dPack");
-    if (!pp || !*pp) luaL_error(L, "conv2d: pack must come from conv2d_pack(), got %s", luaL_typename(L, -1));
+    vtl_conv2d_pack **pp = luaL_testudata(L, -1, PACK_MT);
+    if (!pp || !*pp) luaL_error(L, "%s: pack must come from weight_pack(), got %s", fn, luaL_typename(L, -1));
     post->pack = *pp;
     any = true;
   }
@@ -208,14 +211,36 @@ static int l_conv2d(lua_State *L) {
   int opts = find_opts(L, 3);
   vtl_conv2d_params p = conv_params(L, opts, pos, w, "conv2d");
   vtl_conv2d_post post = {0};
-  bool any = post_args(L, opts, &post);
+  bool any = post_args(L, opts, &post, "conv2d");
   lvtl_box *box = newbox(L);
   return fill_box(L, box, any ? vtl_fn_conv2d_post(x, w, b, &p, &post) : vtl_fn_conv2d(x, w, b, &p));
 }
 
-/* ---- conv2d packs ---- */
+/* linear(x, w, b?, opts): act(x wᵀ + b + add) with conv2d's post-operation options (but
+   channels_last); an inference layer: with gradients it runs as differentiable ops */
+static int l_linear(lua_State *L) {
+  vtl_tensor *x = lvtl_checktensor(L, 1), *w = lvtl_checktensor(L, 2), *b = NULL;
+  if (!lua_isnoneornil(L, 3) && !is_opts(L, 3)) b = lvtl_checktensor(L, 3);
+  int opts = find_opts(L, 3);
+  vtl_conv2d_post post = {0};
+  post_args(L, opts, &post, "linear");
+  lvtl_box *box = newbox(L);
+  return fill_box(L, box, vtl_fn_linear_post(x, w, b, &post));
+}
 
-#define PACK_MT "vtl.Conv2dPack"
+/* attention_qkv(qkv, heads, scale) -> (B, N, C): see vtl_op_attention_qkv (no autograd) */
+static int l_attention_qkv(lua_State *L) {
+  vtl_tensor *qkv = lvtl_checktensor(L, 1);
+  lua_Integer heads = luaL_checkinteger(L, 2);
+  double scale = luaL_checknumber(L, 3);
+  if (vtl_requires_grad(qkv) && vtl_grad_enabled())
+    return luaL_error(L, "attention_qkv: no gradient (an inference op); use the composed attention under autograd");
+  lvtl_box *box = newbox(L);
+  return fill_box(L, box, vtl_op_attention_qkv(qkv, (int64_t)heads, scale));
+}
+
+/* ---- weight packs ---- */
+
 
 static int l_pack_gc(lua_State *L) {
   vtl_conv2d_pack **pp = luaL_checkudata(L, 1, PACK_MT);
@@ -224,18 +249,18 @@ static int l_pack_gc(lua_State *L) {
   return 0;
 }
 
-/* conv2d_pack() -> a pack for conv2d's {pack = } option */
-static int l_conv2d_pack(lua_State *L) {
+/* weight_pack() -> a pack for conv2d's and linear's {pack = } option */
+static int l_weight_pack(lua_State *L) {
   vtl_conv2d_pack **pp = lua_newuserdatauv(L, sizeof *pp, 0);
   *pp = NULL;
   luaL_setmetatable(L, PACK_MT);
   *pp = vtl_conv2d_pack_new();
-  if (!*pp) return luaL_error(L, "conv2d_pack: out of memory");
+  if (!*pp) return luaL_error(L, "weight_pack: out of memory");
   return 1;
 }
 
-/* conv2d_pack_bytes(pack) -> bytes of packed weights it holds */
-static int l_conv2d_pack_bytes(lua_State *L) {
+/* weight_pack_bytes(pack) -> bytes of packed weights it holds */
+static int l_weight_pack_bytes(lua_State *L) {
   vtl_conv2d_pack **pp = luaL_checkudata(L, 1, PACK_MT);
   lua_pushinteger(L, (lua_Integer)vtl_conv2d_pack_bytes(*pp));
   return 1;
@@ -393,7 +418,8 @@ static int l_adaptive_avg_pool2d_backward(lua_State *L) {
 }
 
 static const luaL_Reg nn_conv_funcs[] = {
-  {"conv2d", l_conv2d}, {"conv2d_pack", l_conv2d_pack}, {"conv2d_pack_bytes", l_conv2d_pack_bytes},
+  {"conv2d", l_conv2d}, {"linear", l_linear}, {"attention_qkv", l_attention_qkv}, {"weight_pack", l_weight_pack},
+  {"weight_pack_bytes", l_weight_pack_bytes},
   {"max_pool2d", l_max_pool2d}, {"avg_pool2d", l_avg_pool2d},
   {"adaptive_avg_pool2d", l_adaptive_avg_pool2d}, {"adaptive_max_pool2d", l_adaptive_max_pool2d},
   {"_conv2d_backward", l_conv2d_backward}, {"_max_pool2d_backward", l_max_pool2d_backward},

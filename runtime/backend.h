@@ -51,6 +51,10 @@ typedef struct vtl_nn_backend {
      conv2d_forward and elementwise ops */
   vtl_status (*conv2d_forward_post)(const vtl_conv2d_shape *s, const vtl_tensor *x, const vtl_tensor *w,
                                     const vtl_tensor *b, vtl_tensor *y, bool add, const vtl_conv2d_post *post);
+  /* y (M,N) = act(x (M,K) wᵀ + b (+ y when add)), contiguous; NULL: composed from matmul */
+  vtl_status (*linear_forward_post)(vtl_dtype dt, int64_t M, int64_t K, int64_t N, const vtl_tensor *x,
+                                    const vtl_tensor *w, const vtl_tensor *b, vtl_tensor *y, bool add,
+                                    const vtl_conv2d_post *post);
   vtl_status (*conv2d_backward_data)(const vtl_conv2d_shape *s, const vtl_tensor *gy, const vtl_tensor *w,
                                      vtl_tensor *gx);
   /* gw and (when not NULL) gb, overwritten */

@@ -250,6 +250,114 @@ vtl_tensor *vtl_op_conv2d_post(vtl_tensor *x, vtl_tensor *w, vtl_tensor *b, cons
   return y;
 }
 
+/* ---- linear with post-operations ---- */
+
+static vtl_status linear_check(vtl_tensor *x, vtl_tensor *w, vtl_tensor *b, const vtl_conv2d_post *post,
+                               int64_t *out_shape) {
+  char s1[96], s2[96];
+  vtl_tensor *all[4] = {x, w, b, post->add};
+  if (check_devices("linear", all, 4)) return vtl_error_status();
+  if (w->ndim != 2)
+    return vtl_error_set(VTL_ERR_ARG, "linear: weight must be 2-D (out, in), got shape %s",
+                         shape_str(w->shape, w->ndim, s1, sizeof s1));
+  if (x->ndim < 1 || x->shape[x->ndim - 1] != w->shape[1])
+    return vtl_error_set(VTL_ERR_ARG, "linear: input of shape %s does not match weight of shape %s",
+                         shape_str(x->shape, x->ndim, s1, sizeof s1), shape_str(w->shape, 2, s2, sizeof s2));
+  if (check_float("linear", "input", x)) return vtl_error_status();
+  if (w->dtype != x->dtype || (b && b->dtype != x->dtype))
+    return vtl_error_set(VTL_ERR_ARG, "linear: weight and bias must have the input's dtype %s", vtl_dtype_name(x->dtype));
+  if (b && (b->ndim != 1 || b->shape[0] != w->shape[0]))
+    return vtl_error_set(VTL_ERR_ARG, "linear: bias must be 1-D with %lld elements, got shape %s",
+                         (long long)w->shape[0], shape_str(b->shape, b->ndim, s1, sizeof s1));
+  memcpy(out_shape, x->shape, (size_t)x->ndim * sizeof *out_shape);
+  out_shape[x->ndim - 1] = w->shape[0];
+  if (post->has_act && ((int)post->act < 0 || post->act >= VTL_ACT_COUNT))
+    return vtl_error_set(VTL_ERR_ARG, "linear: unknown activation %d", (int)post->act);
+  vtl_tensor *a = post->add;
+  if (a && (a->ndim != x->ndim || memcmp(a->shape, out_shape, (size_t)x->ndim * sizeof *out_shape) != 0))
+    return vtl_error_set(VTL_ERR_ARG, "linear: the tensor to add must have the output's shape %s, got %s",
+                         shape_str(out_shape, x->ndim, s1, sizeof s1), shape_str(a->shape, a->ndim, s2, sizeof s2));
+  if (a && a->dtype != x->dtype)
+    return vtl_error_set(VTL_ERR_ARG, "linear: the tensor to add has dtype %s, the input %s", vtl_dtype_name(a->dtype),
+                         vtl_dtype_name(x->dtype));
+  return VTL_OK;
+}
+
+/* x wᵀ + b from differentiable or plain ops */
+static vtl_tensor *linear_compose(vtl_tensor *x, vtl_tensor *w, vtl_tensor *b, bool differentiable) {
+  vtl_tensor *wt = differentiable ? vtl_fn_transpose(w, 0, 1) : vtl_op_transpose(w, 0, 1);
+  vtl_tensor *y = wt ? (differentiable ? vtl_fn_matmul(x, wt) : vtl_op_matmul(x, wt)) : NULL;
+  vtl_tensor_release(wt);
+  if (y && b) {
+    vtl_tensor *t = differentiable ? vtl_fn_binary(VTL_BIN_ADD, y, b) : vtl_op_binary(VTL_BIN_ADD, y, b);
+    vtl_tensor_release(y);
+    y = t;
+  }
+  return y;
+}
+
+vtl_tensor *vtl_op_linear_post(vtl_tensor *x, vtl_tensor *w, vtl_tensor *b, const vtl_conv2d_post *post) {
+  int64_t shape[VTL_MAX_DIMS];
+  if (linear_check(x, w, b, post, shape)) return NULL;
+  const vtl_nn_backend *nn = nn_of(x);
+  if (!nn->linear_forward_post) return post_compose(linear_compose(x, w, b, false), post, false);
+  int64_t K = w->shape[1], N = w->shape[0], M = K ? vtl_tensor_numel(x) / K : 0;
+  if (!K) {
+    M = 1;
+    for (int d = 0; d < x->ndim - 1; d++) M *= x->shape[d];
+  }
+  vtl_tensor *in[3] = {x, w, b}, *c[3];
+  if (!contig(in, c, 3)) return NULL;
+  vtl_tensor *y = new_like_shape(shape, x->ndim, x->dtype, x);
+  vtl_status st = y ? VTL_OK : vtl_error_status();
+  if (st == VTL_OK && post->add) {
+    if (vtl_tensor_is_contiguous(post->add))
+      memcpy(vtl_tensor_data(y), vtl_tensor_data(post->add), (size_t)vtl_tensor_numel(y) * vtl_dtype_size(x->dtype));
+    else
+      st = vtl_op_copy_(y, post->add);
+  }
+  if (st == VTL_OK) st = nn->linear_forward_post(x->dtype, M, K, N, c[0], c[1], c[2], y, post->add != NULL, post);
+  release_all(c, 3);
+  if (st != VTL_OK) {
+    vtl_tensor_release(y);
+    return NULL;
+  }
+  return y;
+}
+
+vtl_tensor *vtl_fn_linear_post(vtl_tensor *x, vtl_tensor *w, vtl_tensor *b, const vtl_conv2d_post *post) {
+  vtl_tensor *in[4] = {x, w, b, post->add};
+  if (!vtl_ag_needs(in, 4)) return vtl_op_linear_post(x, w, b, post);
+  int64_t shape[VTL_MAX_DIMS];
+  if (linear_check(x, w, b, post, shape)) return NULL;
+  return post_compose(linear_compose(x, w, b, true), post, true);
+}
+
+vtl_tensor *vtl_op_attention_qkv(vtl_tensor *qkv, int64_t heads, double scale) {
+  char s1[96];
+  if (qkv->ndim != 3)
+    return vtl_error_set(VTL_ERR_ARG, "attention_qkv: qkv must be 3-D (B, N, 3*C), got shape %s",
+                         shape_str(qkv->shape, qkv->ndim, s1, sizeof s1)), NULL;
+  if (heads < 1 || qkv->shape[2] % (3 * heads) != 0)
+    return vtl_error_set(VTL_ERR_ARG, "attention_qkv: the last dim (%lld) must be 3 * heads * head_dim with %lld heads",
+                         (long long)qkv->shape[2], (long long)heads), NULL;
+  if (check_float("attention_qkv", "qkv", qkv)) return NULL;
+  if (vtl_tensor_device(qkv).type != VTL_CPU) {
+    vtl_device_format(vtl_tensor_device(qkv), s1, sizeof s1);
+    return vtl_error_set(VTL_ERR_ARG, "attention_qkv: runs on the CPU, got a tensor on %s", s1), NULL;
+  }
+  int64_t B = qkv->shape[0], N = qkv->shape[1], C = qkv->shape[2] / 3;
+  int64_t shape[3] = {B, N, C};
+  vtl_tensor *c = vtl_op_contiguous(qkv);
+  vtl_tensor *y = c ? new_like_shape(shape, 3, qkv->dtype, qkv) : NULL;
+  if (y && vtl_cpu_attention_qkv(qkv->dtype, B, N, heads, C / heads, scale, vtl_tensor_data(c), vtl_tensor_data(y))) {
+    vtl_tensor_release(y);
+    y = NULL;
+  }
+  vtl_tensor_release(c);
+  return y;
+}
+
 vtl_status vtl_op_conv2d_backward(vtl_tensor *gy, vtl_tensor *x, vtl_tensor *w, const vtl_conv2d_params *p,
                                   vtl_tensor **gx, vtl_tensor **gw, vtl_tensor **gb) {
   vtl_conv2d_shape s;

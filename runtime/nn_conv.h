@@ -95,6 +95,14 @@ vtl_tensor *vtl_op_conv2d(vtl_tensor *x, vtl_tensor *w, vtl_tensor *b, const vtl
    differentiable ops when a gradient is needed). */
 vtl_tensor *vtl_op_conv2d_post(vtl_tensor *x, vtl_tensor *w, vtl_tensor *b, const vtl_conv2d_params *p,
                                const vtl_conv2d_post *post);
+/* act(x wᵀ + b + post->add) over the last dim of x (any leading dims): x (*,K), w (N,K), b (N)
+   or NULL, add (*,N); for inference (vtl_fn_linear_post composes differentiable ops when a
+   gradient is needed). post->channels_last is ignored. */
+vtl_tensor *vtl_op_linear_post(vtl_tensor *x, vtl_tensor *w, vtl_tensor *b, const vtl_conv2d_post *post);
+/* Multi-head self-attention of an inference layer from its packed projection qkv (B,N,3*C),
+   C = heads * D: q, k, v per token and head as timm's (B,N,3,heads,D) view; returns (B,N,C) =
+   softmax(scale q kᵀ) v per sample and head, heads side by side. CPU, f32 or f64, no autograd. */
+vtl_tensor *vtl_op_attention_qkv(vtl_tensor *qkv, int64_t heads, double scale);
 /* Gradients of conv2d given gy (N,K,OH,OW): gx (shape of x), gw (shape of w), gb (K). */
 vtl_status vtl_op_conv2d_backward(vtl_tensor *gy, vtl_tensor *x, vtl_tensor *w, const vtl_conv2d_params *p,
                                   vtl_tensor **gx, vtl_tensor **gw, vtl_tensor **gb);
@@ -123,6 +131,7 @@ vtl_tensor *vtl_fn_conv2d(vtl_tensor *x, vtl_tensor *w, vtl_tensor *b, const vtl
    gradient */
 vtl_tensor *vtl_fn_conv2d_post(vtl_tensor *x, vtl_tensor *w, vtl_tensor *b, const vtl_conv2d_params *p,
                                const vtl_conv2d_post *post);
+vtl_tensor *vtl_fn_linear_post(vtl_tensor *x, vtl_tensor *w, vtl_tensor *b, const vtl_conv2d_post *post);
 /* indices (optional out) as in vtl_op_max_pool2d */
 vtl_tensor *vtl_fn_max_pool2d(vtl_tensor *x, const vtl_pool2d_params *p, vtl_tensor **indices);
 vtl_tensor *vtl_fn_avg_pool2d(vtl_tensor *x, const vtl_pool2d_params *p);
@@ -138,6 +147,14 @@ vtl_status vtl_cpu_conv2d_forward(const vtl_conv2d_shape *s, const void *x, cons
    post->pack. */
 vtl_status vtl_cpu_conv2d_forward_post(const vtl_conv2d_shape *s, const void *x, const void *w, const void *b,
                                        void *y, bool add, const vtl_conv2d_post *post, vtl_storage *wstorage);
+/* y (M,N) = act(x (M,K) wᵀ + b + y) when add, else act(x wᵀ + b); w (N,K), b (N) or NULL;
+   post and wstorage as for vtl_cpu_conv2d_forward_post (the same packs serve both). */
+vtl_status vtl_cpu_linear_forward_post(vtl_dtype dt, int64_t M, int64_t K, int64_t N, const void *x, const void *w,
+                                       const void *b, void *y, bool add, const vtl_conv2d_post *post,
+                                       vtl_storage *wstorage);
+/* out (B,N,H,D) from qkv (B,N,3,H,D), both contiguous (vtl_op_attention_qkv) */
+vtl_status vtl_cpu_attention_qkv(vtl_dtype dt, int64_t B, int64_t N, int64_t H, int64_t D, double scale,
+                                 const void *qkv, void *out);
 /* gx = conv2d's input gradient; overwrites gx */
 vtl_status vtl_cpu_conv2d_backward_data(const vtl_conv2d_shape *s, const void *gy, const void *w, void *gx);
 /* gw (and gb when not NULL) = weight and bias gradients; overwrite them */

@@ -74,12 +74,12 @@ T.test("conv2d packs: weights packed once, repacked after an in-place change or 
   vtl.seed(4)
   local x = vtl.randn(1, 16, 8, 8)
   local w = vtl.randn(32, 16, 3, 3) * 0.1
-  local pack = F.conv2d_pack()
-  T.eq(F.conv2d_pack_bytes(pack), 0, "empty pack")
+  local pack = F.weight_pack()
+  T.eq(F.weight_pack_bytes(pack), 0, "empty pack")
   local g <close> = vtl.no_grad()
   local y = F.conv2d(x, w, nil, {padding = 1, pack = pack})
   T.close(y, F.conv2d(x, w, nil, {padding = 1}), 1e-6, "first call")
-  T.truthy(F.conv2d_pack_bytes(pack) >= 32 * 16 * 9 * 4, "the pack holds the weights")
+  T.truthy(F.weight_pack_bytes(pack) >= 32 * 16 * 9 * 4, "the pack holds the weights")
   T.close(F.conv2d(x, w, nil, {padding = 1, pack = pack}), y, 0, "second call, from the pack")
   w:mul_(2) -- in place: the pack must notice
   T.close(F.conv2d(x, w, nil, {padding = 1, pack = pack}), y * 2, 1e-5, "after w:mul_(2)")
@@ -148,7 +148,7 @@ bad("add of another dtype", function() F.conv2d(bad_x, bad_w, nil, {add = vtl.ze
   "conv2d: the tensor to add has dtype f64, the input f32")
 bad("add not a tensor", function() F.conv2d(bad_x, bad_w, nil, {add = 1}) end, "conv2d: add must be a tensor, got number")
 bad("pack of the wrong kind", function() F.conv2d(bad_x, bad_w, nil, {pack = {}}) end,
-  "conv2d: pack must come from conv2d_pack()")
+  "conv2d: pack must come from weight_pack()")
 bad("channels_last not a boolean", function() F.conv2d(bad_x, bad_w, nil, {channels_last = 1}) end,
   "conv2d: channels_last must be a boolean")
 bad("negative padding_end", function() F.conv2d(bad_x, bad_w, nil, {padding_end = -1}) end,
@@ -193,7 +193,7 @@ local function randomize_norms(m)
 end
 
 T.test("fuse_for_inference: activations and residual sums move into the convolutions, same logits", function()
-  local want_acts = {resnet18 = 17, mobilenet_v2 = 35, mobilenet_v3_small = 41, efficientnet_b0 = 65,
+  local want_acts = {resnet18 = 17, mobilenet_v2 = 35, mobilenet_v3_small = 42, efficientnet_b0 = 65,
                      efficientnet_lite0 = 33, small_cnn = 5}
   for name, acts in pairs(want_acts) do
     if models.is_model(name) then
@@ -210,7 +210,7 @@ T.test("fuse_for_inference: activations and residual sums move into the convolut
         if rawget(c, "_act") then n_act = n_act + 1 end
         if rawget(c, "_pack") then n_pack = n_pack + 1 end
       end
-      T.eq(n_act, acts, name .. ": convolutions with a fused activation")
+      T.eq(n_act, acts, name .. ": convolutions and Linear layers with a fused activation")
       T.truthy(n_pack > 0, name .. ": packed convolutions")
       local y = vtl.no_grad(function() return fused(x) end)
       T.close(y, ref, 1e-4, name .. " logits")
@@ -232,4 +232,100 @@ T.test("fuse_for_inference: a clone of a fused model packs its own weights", fun
   T.truthy(rawget(c.conv1, "_pack") ~= rawget(fused.conv1, "_pack"), "distinct packs")
   vtl.no_grad(function() c.fc.weight:mul_(0) end)
   T.close(vtl.no_grad(function() return fused(x) end), y, 0, "the original is unaffected")
+end)
+
+-- ---- linear layers and attention ----
+
+T.test("linear post-operations: act(x wᵀ + b + add) for every activation, any leading dims, f32 and f64", function()
+  vtl.seed(21)
+  for _, dt in ipairs({"f32", "f64"}) do
+    local x = vtl.randn(2, 5, 24, {dtype = dt})
+    local w = vtl.randn(16, 24, {dtype = dt}) * 0.3
+    local b = vtl.randn(16, {dtype = dt})
+    local r = vtl.randn(2, 5, 16, {dtype = dt})
+    local pack = F.weight_pack()
+    local g <close> = vtl.no_grad()
+    local plain = F.linear(x, w, b)
+    for _, act in ipairs(ACTS) do
+      local y = F.linear(x, w, b, {act = act, add = r, pack = pack})
+      T.close(y, act_ref(act, plain + r), dt == "f32" and 2e-5 or 1e-12, dt .. " " .. act .. " with add")
+    end
+    T.close(F.linear(x, w, nil, {pack = pack}), x:matmul(w:t()), 1e-5, dt .. " no bias")
+    T.close(F.linear(x[1][1], w, b, {act = "relu"}), F.relu(plain[1][1]), 1e-5, dt .. " 1-D input")
+    if dt == "f32" then T.truthy(F.weight_pack_bytes(pack) >= 16 * 24 * 4, "packed weights") end
+  end
+end)
+
+T.test("linear post-operations with gradients: composed from differentiable ops", function()
+  vtl.seed(22)
+  local x = vtl.randn(3, 8):requires_grad_()
+  local w = vtl.randn(4, 8):requires_grad_()
+  local r = vtl.randn(3, 4):requires_grad_()
+  F.linear(x, w, nil, {act = "gelu", add = r}):sum():backward()
+  local x2, w2, r2 = x:detach():requires_grad_(), w:detach():requires_grad_(), r:detach():requires_grad_()
+  F.gelu(x2:matmul(w2:t()) + r2):sum():backward()
+  T.close(x.grad, x2.grad, 1e-5, "grad x")
+  T.close(w.grad, w2.grad, 1e-5, "grad w")
+  T.close(r.grad, r2.grad, 1e-5, "grad add")
+end)
+
+bad("linear: input and weight disagree", function() F.linear(vtl.randn(2, 3), vtl.randn(4, 5), nil, {act = "relu"}) end,
+  "linear: input of shape {2,3} does not match weight of shape {4,5}")
+bad("linear: add of the wrong shape", function() F.linear(vtl.randn(2, 3), vtl.randn(4, 3), nil, {add = vtl.zeros(2, 3)}) end,
+  "linear: the tensor to add must have the output's shape {2,4}, got {2,3}")
+bad("linear: bias of the wrong size", function() F.linear(vtl.randn(2, 3), vtl.randn(4, 3), vtl.zeros(3), {act = "relu"}) end,
+  "linear: bias must be 1-D with 4 elements, got shape {3}")
+bad("linear: unknown activation", function() F.linear(vtl.randn(2, 3), vtl.randn(4, 3), nil, {act = "nope"}) end,
+  "linear: unknown activation 'nope'")
+bad("linear: integer input", function() F.linear(vtl.ones(2, 3, {dtype = "i64"}), vtl.randn(4, 3), nil, {act = "relu"}) end,
+  "linear: input dtype i64 not supported")
+
+-- timm's attention, op by op: qkv (B,N,3,H,D) -> softmax(q kᵀ * scale) v -> (B,N,H*D)
+local function attention_ref(qkv, H, scale)
+  local B, N, C = qkv.shape[1], qkv.shape[2], qkv.shape[3] // 3
+  local t = qkv:reshape(B, N, 3, H, C // H):permute(3, 1, 4, 2, 5)
+  local q, k, v = t:select(1, 1), t:select(1, 2), t:select(1, 3)
+  local a = F.softmax((q * scale):matmul(k:transpose(-2, -1)), -1)
+  return a:matmul(v):transpose(2, 3):reshape(B, N, C)
+end
+
+T.test("attention_qkv: the heads' outputs from the packed projection, f32 and f64", function()
+  vtl.seed(23)
+  for _, dt in ipairs({"f32", "f64"}) do
+    for _, c in ipairs({{1, 197, 6, 64}, {3, 10, 2, 8}, {2, 1, 4, 4}}) do
+      local B, N, H, D = c[1], c[2], c[3], c[4]
+      local qkv = vtl.randn(B, N, 3 * H * D, {dtype = dt})
+      local g <close> = vtl.no_grad()
+      local y = F.attention_qkv(qkv, H, D ^ -0.5)
+      T.close(y, attention_ref(qkv, H, D ^ -0.5), dt == "f32" and 1e-5 or 1e-12, dt .. " " .. table.concat(c, "x"))
+    end
+  end
+end)
+
+bad("attention_qkv: not 3-D", function() F.attention_qkv(vtl.randn(4, 12), 2, 1) end,
+  "attention_qkv: qkv must be 3-D (B, N, 3*C), got shape {4,12}")
+bad("attention_qkv: heads do not divide", function() F.attention_qkv(vtl.randn(1, 4, 12), 3, 1) end,
+  "attention_qkv: the last dim (12) must be 3 * heads * head_dim with 3 heads")
+bad("attention_qkv: zero heads", function() F.attention_qkv(vtl.randn(1, 4, 12), 0, 1) end,
+  "attention_qkv: the last dim (12) must be 3 * heads * head_dim with 0 heads")
+bad("attention_qkv: under autograd", function() F.attention_qkv(vtl.randn(1, 4, 12):requires_grad_(), 2, 1) end,
+  "attention_qkv: no gradient")
+
+T.test("fuse_for_inference: ViT with fused GELU, residual sums and attention, same logits; gradients still flow", function()
+  vtl.seed(24)
+  local m = models.create("vit_tiny_patch16_224", {img_size = 32, num_classes = 5})
+  m:eval()
+  local x = vtl.randn(2, 3, 32, 32)
+  local ref = vtl.no_grad(function() return m(x) end)
+  local fused = models.fuse_for_inference(m)
+  local n_act = 0
+  for _, c in ipairs(fused:modules()) do if rawget(c, "_act") == "gelu" then n_act = n_act + 1 end end
+  T.eq(n_act, #fused.blocks._module_names, "one fused GELU per block")
+  T.close(vtl.no_grad(function() return fused(x) end), ref, 1e-4, "logits")
+  -- saliency through the fused model: the input needs a gradient, so attention runs op by op
+  local xg = x:clone():requires_grad_()
+  fused(xg):sum():backward()
+  local xr = x:clone():requires_grad_()
+  m(xr):sum():backward()
+  T.close(xg.grad, xr.grad, 1e-3, "input gradient")
 end)

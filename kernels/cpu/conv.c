@@ -16,6 +16,7 @@
 #include <cblas.h>
 #include <dnnl.h>
 #include "nn_conv.h"
+#include "parallel.h"
 
 static const vtl_device cpu = {VTL_CPU, 0};
 
@@ -27,7 +28,7 @@ static vtl_storage *scratch_new(size_t nbytes) { return vtl_storage_new(nbytes, 
  * oneDNN
  * ====================================================================================== */
 
-enum { K_FWD, K_BWD_DATA, K_BWD_WEIGHT };
+enum { K_FWD, K_BWD_DATA, K_BWD_WEIGHT, K_LINEAR };
 
 /* entries: three per distinct convolution of a network (forward, two backward), so room for
    MobileNet-sized zoos at two batch sizes */
@@ -211,6 +212,19 @@ static bool add_operand(dnnl_entry *e, int arg, bool output, const dnnl_memory_d
   return true;
 }
 
+/* po's steps as the attribute's post-ops (none: the attribute is left as it is) */
+static bool set_post_ops(dnnl_primitive_attr_t attr, const post_ops *po) {
+  if (!po->sum && !po->nelt) return true;
+  dnnl_post_ops_t ops = NULL;
+  bool ok = dnnl_post_ops_create(&ops) == dnnl_success;
+  if (ok && po->sum) ok = dnnl_post_ops_append_sum(ops, 1.0f) == dnnl_success;
+  for (int i = 0; ok && i < po->nelt; i++)
+    ok = dnnl_post_ops_append_eltwise(ops, 1.0f, po->alg[i], po->alpha[i], po->beta[i]) == dnnl_success;
+  if (ok) ok = dnnl_primitive_attr_set_post_ops(attr, ops) == dnnl_success;
+  if (ops) dnnl_post_ops_destroy(ops);
+  return ok;
+}
+
 static dnnl_entry *entry_build(const int64_t *key, int kind, bool bias, const vtl_conv2d_shape *s,
                                const post_ops *po) {
   dnnl_entry *e = calloc(1, sizeof *e);
@@ -221,15 +235,7 @@ static dnnl_entry *entry_build(const int64_t *key, int kind, bool bias, const vt
   bool ok = dnnl_primitive_attr_create(&attr) == dnnl_success &&
             dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user) == dnnl_success &&
             conv_desc(&fd, K_FWD, bias && kind == K_FWD, s);
-  if (ok && (po->sum || po->nelt)) {
-    dnnl_post_ops_t ops = NULL;
-    ok = dnnl_post_ops_create(&ops) == dnnl_success;
-    if (ok && po->sum) ok = dnnl_post_ops_append_sum(ops, 1.0f) == dnnl_success;
-    for (int i = 0; ok && i < po->nelt; i++)
-      ok = dnnl_post_ops_append_eltwise(ops, 1.0f, po->alg[i], po->alpha[i], po->beta[i]) == dnnl_success;
-    if (ok) ok = dnnl_primitive_attr_set_post_ops(attr, ops) == dnnl_success;
-    if (ops) dnnl_post_ops_destroy(ops);
-  }
+  ok = ok && set_post_ops(attr, po);
   if (ok && kind != K_FWD) {
     ok = dnnl_primitive_desc_create(&e->hint, &fd, NULL, engine, NULL) == dnnl_success;
     if (!ok) e->hint = NULL;
@@ -271,6 +277,47 @@ static dnnl_entry *entry_build(const int64_t *key, int kind, bool bias, const vt
   return e;
 }
 
+/* An inference linear layer y (M,N) = x (M,K) wᵀ + b with post-ops, as a oneDNN matmul whose
+   weights operand is w (N,K) read as a (K,N) matrix; the shape struct carries M, K, N as
+   N, C, K. */
+static dnnl_entry *linear_entry_build(const int64_t *key, bool bias, const vtl_conv2d_shape *s, const post_ops *po) {
+  dnnl_entry *e = calloc(1, sizeof *e);
+  if (!e) return NULL;
+  memcpy(e->key, key, sizeof e->key);
+  dnnl_memory_desc_t x, w, wany, b, y;
+  dnnl_dims_t xd = {s->N, s->C}, wd = {s->C, s->K}, bd = {1, s->K}, yd = {s->N, s->K};
+  bool ok = dnnl_memory_desc_init_by_tag(&x, 2, xd, dnnl_f32, dnnl_ab) == dnnl_success &&
+            dnnl_memory_desc_init_by_tag(&w, 2, wd, dnnl_f32, dnnl_ba) == dnnl_success &&
+            dnnl_memory_desc_init_by_tag(&wany, 2, wd, dnnl_f32, dnnl_format_tag_any) == dnnl_success &&
+            dnnl_memory_desc_init_by_tag(&b, 2, bd, dnnl_f32, dnnl_ab) == dnnl_success &&
+            dnnl_memory_desc_init_by_tag(&y, 2, yd, dnnl_f32, dnnl_ab) == dnnl_success;
+  dnnl_matmul_desc_t md;
+  ok = ok && dnnl_matmul_desc_init(&md, &x, &wany, bias ? &b : NULL, &y) == dnnl_success;
+  dnnl_primitive_attr_t attr = NULL;
+  ok = ok && dnnl_primitive_attr_create(&attr) == dnnl_success &&
+       dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user) == dnnl_success &&
+       set_post_ops(attr, po);
+  if (ok) {
+    ok = dnnl_primitive_desc_create(&e->pd, &md, attr, engine, NULL) == dnnl_success;
+    if (!ok) e->pd = NULL;
+  }
+  if (attr) dnnl_primitive_attr_destroy(attr);
+  if (ok) {
+    ok = dnnl_primitive_create(&e->prim, e->pd) == dnnl_success;
+    if (!ok) e->prim = NULL;
+  }
+  ok = ok && add_operand(e, DNNL_ARG_SRC, false, &x, dnnl_query_src_md, 0, false) &&
+       add_operand(e, DNNL_ARG_WEIGHTS, false, &w, dnnl_query_weights_md, 0, false) &&
+       (!bias || add_operand(e, DNNL_ARG_BIAS, false, &b, dnnl_query_weights_md, 1, false)) &&
+       add_operand(e, DNNL_ARG_DST, true, &y, dnnl_query_dst_md, 0, po->sum);
+  if (ok) {
+    const dnnl_memory_desc_t *sp = dnnl_primitive_desc_query_md(e->pd, dnnl_query_scratchpad_md, 0);
+    e->scratchpad = sp ? dnnl_memory_desc_get_size(sp) : 0;
+  }
+  if (!ok) { entry_free(e); return NULL; }
+  return e;
+}
+
 /* The cached entry for (kind, bias, shape), built on a miss; a reference for the caller, or
    NULL when oneDNN cannot run this convolution. */
 static dnnl_entry *entry_get(int kind, bool bias, const vtl_conv2d_shape *s, const post_ops *po) {
@@ -287,7 +334,7 @@ static dnnl_entry *entry_get(int kind, bool bias, const vtl_conv2d_shape *s, con
       return e;
     }
   pthread_mutex_unlock(&cache_lock);
-  dnnl_entry *e = entry_build(key, kind, bias, s, po);
+  dnnl_entry *e = kind == K_LINEAR ? linear_entry_build(key, bias, s, po) : entry_build(key, kind, bias, s, po);
   if (!e) return NULL;
   e->hash = hash;
   /* insert into a free slot or over the least recently used entry */
@@ -575,25 +622,13 @@ static gemm_plan plan_of(const vtl_conv2d_shape *s) {
   return p;
 }
 
-/* for (n = 0; n < N; n++) BODY, on nt threads; with nt == 1 outside any parallel region:
-   OpenBLAS called inside one, even an inactive if (0) region, ran several times slower */
-#define SAMPLES_FOR(nt, n, N, ...)                                                                        \
-  do {                                                                                                    \
-    if ((nt) > 1) {                                                                                       \
-      _Pragma("omp parallel for num_threads(nt) schedule(static)")                                        \
-      for (int64_t n = 0; n < (N); n++) __VA_ARGS__                                                       \
-    } else {                                                                                              \
-      for (int64_t n = 0; n < (N); n++) __VA_ARGS__                                                       \
-    }                                                                                                     \
-  } while (0)
-
 static vtl_status gemm_forward(const vtl_conv2d_shape *s, const void *x, const void *w, const void *b, void *y) {
   gemm_plan P = plan_of(s);
   size_t es = P.es;
   int nt = sample_threads(s->N);
   vtl_storage *cols = P.direct ? NULL : scratch_new((size_t)nt * P.colb);
   if (!P.direct && !cols) return vtl_error_status();
-SAMPLES_FOR(nt, n, s->N, {
+VTL_FOR_THREADS(nt, n, s->N, {
     char *col = cols ? (char *)cols->data + (size_t)omp_get_thread_num() * P.colb : NULL;
     for (int64_t g = 0; g < P.G; g++) {
       const char *xg = (const char *)x + (size_t)((n * s->C + g * P.Cg) * s->H * s->W) * es;
@@ -626,7 +661,7 @@ static vtl_status gemm_backward_data(const vtl_conv2d_shape *s, const void *gy, 
   int nt = sample_threads(s->N);
   vtl_storage *cols = P.direct ? NULL : scratch_new((size_t)nt * P.colb);
   if (!P.direct && !cols) return vtl_error_status();
-SAMPLES_FOR(nt, n, s->N, {
+VTL_FOR_THREADS(nt, n, s->N, {
     char *col = cols ? (char *)cols->data + (size_t)omp_get_thread_num() * P.colb : NULL;
     char *gxn = (char *)gx + (size_t)(n * s->C * s->H * s->W) * es;
     if (!P.direct) memset(gxn, 0, (size_t)(s->C * s->H * s->W) * es);
@@ -879,4 +914,38 @@ vtl_status vtl_cpu_conv2d_forward_post(const vtl_conv2d_shape *s, const void *x,
   vtl_storage_release(tmp);
   if (st == VTL_OK && post->has_act) vtl_cpu_activation_forward(s->dtype, post->act, y, y, ny, post->act_params);
   return st;
+}
+
+vtl_status vtl_cpu_linear_forward_post(vtl_dtype dt, int64_t M, int64_t K, int64_t N, const void *x, const void *w,
+                                       const void *b, void *y, bool add, const vtl_conv2d_post *post,
+                                       vtl_storage *wstorage) {
+  if (dt != VTL_F32 && dt != VTL_F64)
+    return vtl_error_set(VTL_ERR_ARG, "linear: kernel supports f32 and f64, got %s", vtl_dtype_name(dt));
+  size_t es = vtl_dtype_size(dt);
+  if (M * N == 0) return VTL_OK;
+  post_ops po = {.sum = add};
+  if (dt == VTL_F32 && K > 0 && (!post->has_act || eltwise_of(post->act, post->act_params, &po))) {
+    vtl_conv2d_shape s = {.dtype = dt, .N = M, .C = K, .K = N, .H = 1, .W = 1, .R = 1, .S = 1, .OH = 1, .OW = 1,
+                          .stride = {1, 1}, .dilation = {1, 1}, .groups = 1};
+    void *user[MAX_ARGS] = {(void *)x, (void *)w, b ? (void *)b : y, y};
+    int r = dnnl_conv(K_LINEAR, &s, user, b != NULL, &po, post->pack, wstorage);
+    if (r) return r > 0 ? VTL_OK : vtl_error_status();
+  }
+  /* y = x wᵀ + b (+ y) by BLAS, then the activation */
+  if (b) {
+    if (add) { /* y += b first: the GEMM below accumulates into y */
+      for (int64_t i = 0; i < M; i++)
+        if (dt == VTL_F32)
+          for (int64_t j = 0; j < N; j++) ((float *)y)[i * N + j] += ((const float *)b)[j];
+        else
+          for (int64_t j = 0; j < N; j++) ((double *)y)[i * N + j] += ((const double *)b)[j];
+    } else {
+      for (int64_t i = 0; i < M; i++) memcpy((char *)y + (size_t)(i * N) * es, b, (size_t)N * es);
+    }
+  }
+  double beta = b || add ? 1.0 : 0.0;
+  if (K > 0) gemm(dt, false, true, M, N, K, x, K, w, K, beta, y, N);
+  else if (!b && !add) memset(y, 0, (size_t)(M * N) * es);
+  if (post->has_act) vtl_cpu_activation_forward(dt, post->act, y, y, M * N, post->act_params);
+  return VTL_OK;
 }

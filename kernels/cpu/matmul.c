@@ -5,6 +5,8 @@
 #include <cblas.h>
 #include <dnnl.h>
 #include "iter.h"
+#include "parallel.h"
+#include "nn_norm.h"
 #include "backend.h"
 #include "gemm.h"
 
@@ -97,15 +99,48 @@ vtl_status vtl_cpu_matmul(vtl_tensor *out, const vtl_tensor *a, const vtl_tensor
     return vtl_error_set(VTL_ERR_ARG, "matmul: operand layout not supported by the kernel");
   const char *A = vtl_tensor_data(a), *B = vtl_tensor_data(b);
   char *C = vtl_tensor_data(out);
-  /* many small products: one per thread, BLAS single-threaded inside the parallel region.
-     Otherwise no parallel region at all: OpenBLAS called inside one, even an inactive one
-     (if (0)), ran a 197x64x197 product 3.5x slower on 2 threads. */
+  /* many small products: one per thread, BLAS single-threaded inside the parallel region;
+     otherwise none (see VTL_FOR_THREADS) */
   int nt = batch > 1 && M * N * K < (int64_t)1 << 21 && !omp_in_parallel() ? omp_get_max_threads() : 1;
-  if (nt > 1) {
-#pragma omp parallel for num_threads(nt) schedule(static)
-    for (int64_t i = 0; i < batch; i++) gemm_at(&g, i, out, a, b, A, B, C, es);
-  } else {
-    for (int64_t i = 0; i < batch; i++) gemm_at(&g, i, out, a, b, A, B, C, es);
-  }
+  VTL_FOR_THREADS(nt, i, batch, { gemm_at(&g, i, out, a, b, A, B, C, es); });
+  return VTL_OK;
+}
+
+/* Multi-head self-attention of an inference layer, from the packed projection: qkv (B,N,3,H,D)
+   contiguous (q, k, v for each token and head), out (B,N,H,D) = softmax(scale q kᵀ) v per
+   (sample, head). One (sample, head) per thread at a time, its N x N scores in a per-thread
+   buffer; the products read q, k, v and write out in place through their row strides. */
+vtl_status vtl_cpu_attention_qkv(vtl_dtype dt, int64_t B, int64_t N, int64_t H, int64_t D, double scale,
+                                 const void *qkv, void *out) {
+  if (dt != VTL_F32 && dt != VTL_F64)
+    return vtl_error_set(VTL_ERR_ARG, "attention: kernel supports f32 and f64, got %s", vtl_dtype_name(dt));
+  int64_t pairs = B * H, ld = 3 * H * D;
+  if (pairs == 0 || N == 0) return VTL_OK;
+  size_t es = vtl_dtype_size(dt);
+  int nt = omp_in_parallel() ? 1 : omp_get_max_threads();
+  if (nt > pairs) nt = (int)pairs;
+  size_t sb = (size_t)(N * N) * es;
+  char *scores = malloc((size_t)nt * sb);
+  if (!scores) return vtl_error_set(VTL_ERR_OOM, "attention: out of memory for %lld x %lld scores", (long long)N, (long long)N);
+  VTL_FOR_THREADS(nt, p, pairs, {
+    int64_t b = p / H, h = p % H;
+    char *S = scores + (size_t)omp_get_thread_num() * sb;
+    if (dt == VTL_F32) {
+      const float *q = (const float *)qkv + b * N * ld + h * D, *k = q + H * D, *v = q + 2 * H * D;
+      float *o = (float *)out + b * N * H * D + h * D, *s = (float *)S;
+      dnnl_sgemm('N', 'T', N, N, D, (float)scale, q, ld, k, ld, 0.0f, s, N);
+      vtl_cpu_softmax_forward(dt, s, s, N, N, 1, false);
+      dnnl_sgemm('N', 'N', N, D, N, 1.0f, s, N, v, ld, 0.0f, o, H * D);
+    } else {
+      const double *q = (const double *)qkv + b * N * ld + h * D, *k = q + H * D, *v = q + 2 * H * D;
+      double *o = (double *)out + b * N * H * D + h * D, *s = (double *)S;
+      cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)N, (int)N, (int)D, scale, q, (int)ld, k, (int)ld, 0.0,
+                  s, (int)N);
+      vtl_cpu_softmax_forward(dt, s, s, N, N, 1, false);
+      cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)N, (int)D, (int)N, 1.0, s, (int)N, v, (int)ld, 0.0, o,
+                  (int)(H * D));
+    }
+  });
+  free(scores);
   return VTL_OK;
 }

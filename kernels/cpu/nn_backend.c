@@ -19,6 +19,12 @@ static vtl_status conv2d_forward_post(const vtl_conv2d_shape *s, const vtl_tenso
   return vtl_cpu_conv2d_forward_post(s, dat(x), dat(w), dat(b), dat(y), add, post, w->storage);
 }
 
+static vtl_status linear_forward_post(vtl_dtype dt, int64_t M, int64_t K, int64_t N, const vtl_tensor *x,
+                                      const vtl_tensor *w, const vtl_tensor *b, vtl_tensor *y, bool add,
+                                      const vtl_conv2d_post *post) {
+  return vtl_cpu_linear_forward_post(dt, M, K, N, dat(x), dat(w), dat(b), dat(y), add, post, w->storage);
+}
+
 static vtl_status conv2d_backward_data(const vtl_conv2d_shape *s, const vtl_tensor *gy, const vtl_tensor *w,
                                        vtl_tensor *gx) {
   return vtl_cpu_conv2d_backward_data(s, dat(gy), dat(w), dat(gx));
@@ -175,6 +181,7 @@ static vtl_status dropout_backward(const vtl_tensor *g, const vtl_tensor *mask, 
 const vtl_nn_backend vtl_cpu_nn_backend = {
   .conv2d_forward = conv2d_forward,
   .conv2d_forward_post = conv2d_forward_post,
+  .linear_forward_post = linear_forward_post,
   .conv2d_backward_data = conv2d_backward_data,
   .conv2d_backward_weight = conv2d_backward_weight,
   .pool2d_forward = pool2d_forward,

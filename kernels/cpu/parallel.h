@@ -40,4 +40,17 @@ static inline void vtl_thread_range(int64_t n, int64_t *lo, int64_t *hi) {
     (total) = t_;                                                      \
   } while (0)
 
+/* for (int64_t i = 0; i < n; i++) BODY on nt threads; with nt <= 1 outside any parallel
+   region: OpenBLAS called inside one, even an inactive if (0) or one-thread region, ran small
+   products 3.5x slower. */
+#define VTL_FOR_THREADS(nt, i, n, ...)                                 \
+  do {                                                                 \
+    if ((nt) > 1) {                                                    \
+      _Pragma("omp parallel for num_threads(nt) schedule(static)")     \
+      for (int64_t i = 0; i < (n); i++) __VA_ARGS__                    \
+    } else {                                                           \
+      for (int64_t i = 0; i < (n); i++) __VA_ARGS__                    \
+    }                                                                  \
+  } while (0)
+
 #endif

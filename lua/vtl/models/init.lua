@@ -559,7 +559,7 @@ local function clone_module(m, memo)
     elseif type(v) == "table" and not core.is_tensor(v) then
       rawset(c, k, copy_table(v))
     elseif k == "_pack" then -- packed weights belong to one module: the copy packs its own
-      rawset(c, k, core.nn.conv2d_pack())
+      rawset(c, k, core.nn.weight_pack())
     else
       rawset(c, k, v)
     end
@@ -643,11 +643,13 @@ function fuse.folded(m, ...)
   return true
 end
 
----When child `act_name` of m is an activation module and child `conv_name` a convolution
----without one, moves the activation into the convolution (the child becomes an Identity).
+---When child `act_name` of m is an activation module and child `conv_name` a convolution or
+---Linear without one, moves the activation into it (the child becomes an Identity).
 function fuse.move_act(m, conv_name, act_name)
   local conv, a = m._modules[conv_name], m._modules[act_name]
-  if not (conv and a and is_a(conv, "Conv2d") and rawget(conv, "_act") == nil) then return false end
+  if not (conv and a and (is_a(conv, "Conv2d") or is_a(conv, "Linear")) and rawget(conv, "_act") == nil) then
+    return false
+  end
   local act, params = act_of(a)
   if not act then return false end
   fuse.act(conv, act, params)
@@ -710,12 +712,13 @@ function M.fuse_for_inference(model)
       end
     end
   end
-  -- a convolution followed (past Identities) by an activation in a Sequential
+  -- a convolution or Linear followed (past Identities) by an activation in a Sequential
   for _, m in ipairs(mods) do
     if is_a(m, "Sequential") then
       local names = m._module_names
       for i = 1, #names do
-        if is_a(m._modules[names[i]], "Conv2d") then
+        local c = m._modules[names[i]]
+        if is_a(c, "Conv2d") or is_a(c, "Linear") then
           local j = i + 1
           while j <= #names and is_a(m._modules[names[j]], "Identity") do j = j + 1 end
           if j <= #names then fuse.move_act(m, names[i], names[j]) end
@@ -730,8 +733,10 @@ function M.fuse_for_inference(model)
   end
   for _, m in ipairs(mods) do
     if is_a(m, "Conv2d") then
-      rawset(m, "_pack", core.nn.conv2d_pack())
+      rawset(m, "_pack", core.nn.weight_pack())
       rawset(m, "_channels_last", true)
+    elseif is_a(m, "Linear") then
+      rawset(m, "_pack", core.nn.weight_pack())
     end
   end
   rawset(copy, "fused", true)

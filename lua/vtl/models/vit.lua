@@ -59,16 +59,26 @@ function Attention:init(dim, heads, opts)
   self.proj = init_linear(nn.Linear(dim, dim))
 end
 
-function Attention:forward(x)
+-- vtl.models.fuse_for_inference: one kernel from the qkv projection to the heads' outputs (when
+-- there is no attention dropout to keep), and the residual sum in the output projection
+function Attention:_fuse_inference()
+  if self.attn_drop_rate == 0 then rawset(self, "_fused", true) end
+end
+
+---x: (B, N, C); add (optional): a tensor of the output's shape added to it.
+function Attention:forward(x, add)
   local B, N, C = x.shape[1], x.shape[2], x.shape[3]
   local H, D = self.num_heads, self.head_dim
+  if rawget(self, "_fused") and x.device == "cpu" and not (core.is_grad_enabled() and x.requires_grad) then
+    return self.proj(F.attention_qkv(self.qkv(x), H, self.scale), add)
+  end
   local qkv = self.qkv(x):reshape(B, N, 3, H, D):permute(3, 1, 4, 2, 5) -- (3, B, H, N, D)
   local q, k, v = qkv:select(1, 1), qkv:select(1, 2), qkv:select(1, 3)
   local attn = (q * self.scale):matmul(k:transpose(-2, -1))
   attn = F.softmax(attn, -1)
   if self.attn_drop_rate > 0 then attn = F.dropout(attn, {p = self.attn_drop_rate, training = self.training}) end
   local out = attn:matmul(v):transpose(2, 3):reshape(B, N, C)
-  return self.proj(out)
+  return self.proj(out, add)
 end
 
 -- the two attention matmuls (q kᵀ and attn v), as fvcore counts them
@@ -88,11 +98,18 @@ function Mlp:init(dim, hidden, drop)
   self.drop = drop or 0
 end
 
-function Mlp:forward(x)
+-- vtl.models.fuse_for_inference: the GELU runs inside fc1
+function Mlp:_fuse_inference(fuse) fuse.move_act(self, "fc1", "act") end
+
+---x: (B, N, C); add (optional): a tensor of the output's shape added to it (by fc2 when
+---there is no dropout after it).
+function Mlp:forward(x, add)
   x = self.act(self.fc1(x))
   if self.drop > 0 then x = F.dropout(x, {p = self.drop, training = self.training}) end
+  if self.drop == 0 then return self.fc2(x, add) end
   x = self.fc2(x)
   if self.drop > 0 then x = F.dropout(x, {p = self.drop, training = self.training}) end
+  if add then x = x + add end
   return x
 end
 
@@ -109,7 +126,14 @@ function Block:init(dim, heads, opts)
   self.drop_path_rate = opts.drop_path or 0
 end
 
+-- vtl.models.fuse_for_inference: the residual sums run inside the output projections
+function Block:_fuse_inference() rawset(self, "_fused", true) end
+
 function Block:forward(x)
+  if rawget(self, "_fused") then
+    x = self.attn(self.norm1(x), x)
+    return self.mlp(self.norm2(x), x)
+  end
   local p = self.drop_path_rate
   local a = self.attn(self.norm1(x))
   if p > 0 then a = F.drop_path(a, p, self.training) end

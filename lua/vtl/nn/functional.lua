@@ -30,12 +30,18 @@ end
 
 local function shape_str(t) return "{" .. table.concat(t.shape, ",") .. "}" end
 
----y = x @ wᵀ + b over the last dim of x (any leading dims).
+local linear_post = cnn.linear
+
+---y = x @ wᵀ + b over the last dim of x (any leading dims). opts (for inference layers): act
+---(an activation's name), act_params, add (a tensor of the output's shape added before the
+---activation) and pack (F.weight_pack()), as for F.conv2d: one pass on the CPU.
 ---@param x vtl.Tensor (*, in)
 ---@param w vtl.Tensor (out, in)
 ---@param b vtl.Tensor|nil (out)
+---@param opts table|nil
 ---@return vtl.Tensor (*, out)
-function F.linear(x, w, b)
+function F.linear(x, w, b, opts)
+  if opts and linear_post then return linear_post(x, w, b, opts) end
   if x:dim() == 0 or x:size(-1) ~= w:size(-1) then
     error(("linear: input of shape %s does not match weight of shape %s"):format(shape_str(x), shape_str(w)), 2)
   end

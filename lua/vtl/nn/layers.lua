@@ -45,11 +45,20 @@ end
 
 function Linear:reset_parameters() reset_linear_like(self.weight, self.bias) end
 
-function Linear:forward(x)
+---x: (*, in_features); add (optional): a tensor of the output's shape added to it.
+function Linear:forward(x, add)
   if x:dim() == 0 or x:size(-1) ~= self.in_features then
     self:raise("expected input with %d features in the last dim, got shape %s", self.in_features, shape_str(x))
   end
-  return F.linear(x, self.weight, self.bias)
+  -- vtl.models.fuse_for_inference's fused activation (_act, _act_params) and weight pack
+  local pack = rawget(self, "_pack")
+  if pack then
+    return F.linear(x, self.weight, self.bias,
+      {pack = pack, act = rawget(self, "_act"), act_params = rawget(self, "_act_params"), add = add})
+  end
+  local y = F.linear(x, self.weight, self.bias)
+  if add then y = y + add end
+  return y
 end
 
 function Linear:extra_repr()
