@@ -41,7 +41,7 @@ else
     local list = {}
     for l in p:lines() do list[#list + 1] = q(l) end
     p:close()
-    T.truthy(#list >= 3, "expected the notebooks in notebooks/")
+    T.truthy(#list >= 4, "expected the notebooks in notebooks/")
     local t0 = os.time()
     local ok, out = run_check(table.concat(list, " "))
     io.write(out)
