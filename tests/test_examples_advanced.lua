@@ -54,29 +54,33 @@ test("fewshot --quick: learned features beat random features on held-out classes
   T.truthy(m.protonet.shot1_ci > 0 and m.protonet.shot1_ci < 0.05, "a confidence interval")
 end)
 
--- seeds 1, 2 (quick settings, alpha 0.5 for seed 1): teacher 0.734 / 0.700, student alone
--- 0.590 / 0.590, student + KD 0.588 (seed 1; with alpha 0.1: 0.475 over both). Distillation
--- does NOT beat the student alone at this budget, so the test holds the recipe to what it
--- measured reliably: the teacher is clearly better and about 15x larger than the student.
-test("distill --quick: teacher vs student table with size and latency", function()
+-- seeds 1, 2, 3 (quick settings: 50 labelled + 200 unlabelled images per class): teacher
+-- 0.778 / 0.764 / 0.776, student alone 0.758 / 0.708 / 0.722, student + KD 0.780 / 0.786 /
+-- 0.786 (+0.022 / +0.078 / +0.064). Without the unlabelled transfer set distillation did not
+-- beat the student alone here (student + KD 0.718 vs 0.729 over the same seeds).
+test("distill --quick: the distilled student beats the student alone; size and latency table", function()
   local m, out = run_quick("distill")
   T.truthy(out:find("student + KD", 1, true), out)
-  T.truthy(m.teacher.accuracy > m.student.accuracy + 0.05, ("teacher %.3f vs student %.3f"):format(m.teacher.accuracy, m.student.accuracy))
-  T.truthy(m.kd.accuracy > 0.3, "the distilled student learns: " .. m.kd.accuracy)
+  T.truthy(m.kd.accuracy > m.student.accuracy + 0.01,
+    ("student + KD %.3f vs student alone %.3f"):format(m.kd.accuracy, m.student.accuracy))
   T.truthy(m.student.params * 10 < m.teacher.params)
   T.eq(m.student.params, m.kd.params)
   T.truthy(m.student.size_f32 < m.teacher.size_f32 and m.kd.latency_ms > 0)
 end)
 
--- seeds 1, 2, 3 (60 source images per class, 10 epochs): target accuracy source-only 0.120 /
--- 0.123 / 0.097, DANN 0.133 / 0.123 / 0.140, MMD 0.213 / 0.130 / 0.120 (means 0.113 / 0.132 /
--- 0.154); source accuracy of source-only 0.80 / 0.73 / 0.72. The shift is severe and the gains
--- are small next to the seed spread, so the test asserts the shift (source minus target > 0.4)
--- and that neither method falls below source-only by more than the spread (0.03).
-test("domain_adapt --quick: the shift is real; DANN and MMD do not fall below source-only", function()
+-- seeds 1, 2, 3 (quick settings: 60 source images per class, 10 epochs, target blurred + noise
+-- 0.4): target accuracy source-only 0.150 / 0.173 / 0.110, target batches through batch norm
+-- only 0.357 / 0.333 / 0.327, DANN 0.520 / 0.447 / 0.383, MMD 0.587 / 0.467 / 0.510. The test
+-- holds each method to below the smallest margin seen over those seeds: over source-only (DANN
+-- +0.27, MMD +0.29) and over the batch-norm-only row (DANN +0.056, MMD +0.13).
+test("domain_adapt --quick: DANN and MMD beat source-only and batch-norm-only on the shifted target", function()
   local m, out = run_quick("domain_adapt")
   T.truthy(out:find("DANN", 1, true) and out:find("MMD", 1, true), out)
   T.truthy(m.source_only.source - m.source_only.target > 0.4, "a real domain gap")
-  T.truthy(m.dann.target > m.source_only.target - 0.03, ("DANN %.3f vs %.3f"):format(m.dann.target, m.source_only.target))
-  T.truthy(m.mmd.target > m.source_only.target - 0.03, ("MMD %.3f vs %.3f"):format(m.mmd.target, m.source_only.target))
+  local so, bn = m.source_only.target, m.mixed_bn.target
+  T.truthy(m.dann.target > so + 0.2, ("DANN %.3f vs source-only %.3f"):format(m.dann.target, so))
+  T.truthy(m.mmd.target > so + 0.2, ("MMD %.3f vs source-only %.3f"):format(m.mmd.target, so))
+  T.truthy(m.dann.target > bn + 0.03, ("DANN %.3f vs batch norm only %.3f"):format(m.dann.target, bn))
+  T.truthy(m.mmd.target > bn + 0.05, ("MMD %.3f vs batch norm only %.3f"):format(m.mmd.target, bn))
 end)
+

@@ -1,6 +1,9 @@
--- Knowledge distillation on Fashion-MNIST: a larger teacher is trained first; then the same small
--- student is trained alone and with the teacher's softened outputs (vtl.distill.Distiller, T = 4,
--- alpha = 0.5). Prints accuracy, parameters, size on disk and batch-1 latency of each.
+-- Knowledge distillation on Fashion-MNIST with few labels: a larger teacher is trained on the
+-- labelled images first; then the same small student is trained alone on those images, and with
+-- the teacher's softened outputs (vtl.distill.Distiller, T = 4, alpha = 0.5) on the labelled
+-- images plus a transfer set of unlabelled ones, whose only labels are the teacher's outputs
+-- (cross-entropy ignores them: label -100). Prints accuracy, parameters, size on disk and
+-- batch-1 latency of each.
 --
 --   vtl examples/recipes/distill.lua            -- 200 images per class, 3 seeds
 --   vtl examples/recipes/distill.lua --quick    -- a one-minute version
@@ -12,7 +15,10 @@ local quick = false
 for _, a in ipairs(arg or {}) do if a == "--quick" then quick = true end end
 local run = vtl.recipe.start {name = "distill", defaults = {
   per_class = quick and 50 or 200, test_per_class = quick and 50 or 200,
-  teacher_width = 1.0, student_width = 0.25, teacher_epochs = quick and 5 or 10, epochs = quick and 5 or 10,
+  teacher_per_class = 0,             -- images per class the teacher learns from (0: the student's)
+  unlabelled_per_class = quick and 200 or 800, -- unlabelled images per class the student + KD also
+                                     -- sees, with the teacher's outputs as their only labels
+  teacher_width = 1.0, student_width = 0.25, teacher_epochs = 20, epochs = 15,
   lr = 3e-3, temperature = 4, alpha = 0.5, seeds = quick and "1" or "1,2,3",
 }}
 local cfg = run.config
@@ -24,11 +30,18 @@ for _, seed in ipairs(fashion.ints(cfg.seeds)) do
   local x, y = fashion.load("train", cfg.per_class, seed)
   local xt, yt = fashion.load("test", cfg.test_per_class, seed)
   local teacher = fashion.model(10, cfg.teacher_width, seed)
-  fashion.learner(teacher, x, y, seed):fit_one_cycle(cfg.teacher_epochs, cfg.lr)
+  local tx, ty = x, y
+  if cfg.teacher_per_class > 0 then tx, ty = fashion.load("train", cfg.teacher_per_class, seed + 500) end
+  fashion.learner(teacher, tx, ty, seed):fit_one_cycle(cfg.teacher_epochs, cfg.lr)
   local student = fashion.model(10, cfg.student_width, seed + 100)
   fashion.learner(student, x, y, seed):fit_one_cycle(cfg.epochs, cfg.lr)
   local kd = fashion.model(10, cfg.student_width, seed + 100)
-  fashion.learner(kd, x, y, seed, {callbacks = {vtl.distill.Distiller {teacher = teacher, temperature = cfg.temperature,
+  local kx, ky = x, y
+  if cfg.unlabelled_per_class > 0 then -- a transfer set: the teacher's outputs are its only labels
+    local ux = fashion.load("train", cfg.unlabelled_per_class, seed + 2000)
+    kx, ky = vtl.cat({x, ux}, 1), vtl.cat({y, vtl.full({ux.shape[1]}, -100, {dtype = "i64"})})
+  end
+  fashion.learner(kd, kx, ky, seed, {callbacks = {vtl.distill.Distiller {teacher = teacher, temperature = cfg.temperature,
     alpha = cfg.alpha}}}):fit_one_cycle(cfg.epochs, cfg.lr)
   for k, m in pairs {teacher = teacher, student = student, kd = kd} do
     acc[k][#acc[k] + 1] = fashion.accuracy(m, xt, yt)
