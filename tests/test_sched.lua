@@ -102,3 +102,21 @@ test("bad scheduler arguments are refused with the option named", function()
   T.raises(function() S.OneCycleLR(plain, {max_lr = 1, total_steps = 5}) end, "cycle_momentum needs")
   T.close(S.OneCycleLR(plain, {max_lr = 1, total_steps = 5, cycle_momentum = false}):get_last_lr()[1], 1 / 25, 1e-12)
 end)
+
+-- pct_start * total_steps = 1 makes the warm-up phase end at step 0; PyTorch 1.13 divides by
+-- zero there. vtl takes the empty phase as complete: the cycle starts at max_lr.
+T.test("OneCycleLR: a warm-up of no length starts at max_lr; a one-epoch fit on 4 batches trains", function()
+  local w = vtl.nn.Parameter(vtl.zeros(2))
+  local opt = vtl.optim.AdamW({w}, {lr = 1e-3})
+  local oc = S.OneCycleLR(opt, {max_lr = 1e-3, total_steps = 4, pct_start = 0.25})
+  local lrs = {opt.param_groups[1].lr}
+  for _ = 1, 3 do opt:step(); oc:step(); lrs[#lrs + 1] = opt.param_groups[1].lr end
+  T.close(lrs, {1e-3, 7.5e-4, 2.5e-4, 4e-9}, 1e-5, "the annealing phase alone")
+  vtl.seed(3)
+  local m = vtl.models.create("small_cnn", {num_classes = 3, in_chans = 1, width = 0.25})
+  local ds = vtl.data.TensorDataset(vtl.randn(100, 1, 16, 16), vtl.randint(1, 4, {100}))
+  local learn = vtl.train.Learner {model = m, train = ds, batch_size = 32, seed = 1, progress = false}
+  learn:fit_one_cycle(1, 1e-3)
+  T.eq(learn.iteration, 4, "four steps")
+  T.truthy(learn.last_loss == learn.last_loss, "a finite loss")
+end)

@@ -331,7 +331,9 @@ function OneCycleLR:point(e, k)
   for i, ph in ipairs(self:phases()) do
     local stop = ph[1]
     if e <= stop or i == #self:phases() then
-      local pct = (e - start) / (stop - start)
+      -- a phase of no length (pct_start * total_steps = 1: warm-up ends at step 0) is taken as
+      -- complete, where PyTorch divides by zero
+      local pct = stop > start and (e - start) / (stop - start) or 1
       lr = anneal(self.anneal_strategy, g[ph[2]], g[ph[3]], pct)
       mom = anneal(self.anneal_strategy, g[ph[4]], g[ph[5]], pct)
       break
