@@ -8,9 +8,11 @@
 #include "lvtl.h"
 #include "autograd.h"
 #include "grad_ops.h"
+#include "autocast.h"
 
 #define LVTL_NODE_MT "vtl.GradFn"
 #define LVTL_GUARD_MT "vtl.GradMode"
+#define LVTL_AUTOCAST_MT "vtl.Autocast"
 
 /* the thread running backward(): Lua backward functions run on it */
 static _Thread_local lua_State *backward_L;
@@ -161,6 +163,53 @@ static int l_set_grad_enabled(lua_State *L) {
   return 0;
 }
 
+/* ---- autocast (runtime/autocast.h) ---- */
+static int autocast_close(lua_State *L) {
+  int *saved = luaL_checkudata(L, 1, LVTL_AUTOCAST_MT);
+  if (saved[1]) vtl_autocast_leave(saved[0]);
+  saved[1] = 0;
+  return 0;
+}
+
+/* autocast(dtype, [fn, ...]): dtype "bf16" or "f16" (false, nil or "f32": autocast off inside);
+   runs fn in the region and leaves it (also on error), or without fn returns a guard for
+   `local ac <close> = vtl.autocast("bf16")`. */
+static int l_autocast(lua_State *L) {
+  vtl_dtype dt = VTL_F32;
+  if (lua_toboolean(L, 1)) {
+    const char *name = luaL_checkstring(L, 1);
+    if (!vtl_dtype_from_name(name, &dt) || (dt != VTL_BF16 && dt != VTL_F16 && dt != VTL_F32))
+      return luaL_error(L, "autocast: dtype must be \"bf16\", \"f16\" or false (off), got \"%s\"", name);
+  }
+  if (lua_isnoneornil(L, 2)) {
+    int *g = lua_newuserdatauv(L, 2 * sizeof *g, 0);
+    g[1] = 0;
+    luaL_setmetatable(L, LVTL_AUTOCAST_MT);
+    g[0] = vtl_autocast_enter(dt);
+    g[1] = 1;
+    return 1;
+  }
+  luaL_checktype(L, 2, LUA_TFUNCTION);
+  int n = lua_gettop(L);
+  int saved = vtl_autocast_enter(dt);
+  int st = lua_pcall(L, n - 2, LUA_MULTRET, 0);
+  vtl_autocast_leave(saved);
+  if (st != LUA_OK) return lua_error(L);
+  return lua_gettop(L) - 1;
+}
+
+static int l_autocast_dtype(lua_State *L) {
+  vtl_dtype dt = vtl_autocast_dtype();
+  if (dt == VTL_F32) lua_pushnil(L);
+  else lua_pushstring(L, vtl_dtype_name(dt));
+  return 1;
+}
+
+static int l_autocast_cache_size(lua_State *L) {
+  lua_pushinteger(L, vtl_autocast_cache_size());
+  return 1;
+}
+
 /* ---- nodes with a Lua backward ---- */
 /* L: the main thread (the registry is shared by all threads); the backward itself runs on
    the thread that called backward(). */
@@ -258,7 +307,8 @@ static const luaL_Reg methods[] = {
   {"requires_grad_", t_requires_grad_}, {"backward", t_backward}, {"detach", t_detach}, {NULL, NULL}};
 static const luaL_Reg funcs[] = {
   {"no_grad", l_no_grad}, {"enable_grad", l_enable_grad}, {"is_grad_enabled", l_is_grad_enabled},
-  {"set_grad_enabled", l_set_grad_enabled}, {"_record_function", l_record_function}, {NULL, NULL}};
+  {"set_grad_enabled", l_set_grad_enabled}, {"_record_function", l_record_function}, {"autocast", l_autocast},
+  {"autocast_dtype", l_autocast_dtype}, {"_autocast_cache_size", l_autocast_cache_size}, {NULL, NULL}};
 
 void lvtl_open_autograd(lua_State *L) {
   int mod = lua_gettop(L);
@@ -279,6 +329,12 @@ void lvtl_open_autograd(lua_State *L) {
   lua_setfield(L, -2, "__tostring");
   lua_pushcfunction(L, node_index);
   lua_setfield(L, -2, "__index");
+  luaL_newmetatable(L, LVTL_AUTOCAST_MT);
+  lua_pushcfunction(L, autocast_close);
+  lua_setfield(L, -2, "__close");
+  lua_pushcfunction(L, autocast_close);
+  lua_setfield(L, -2, "__gc");
+  lua_settop(L, mod);
   luaL_newmetatable(L, LVTL_GUARD_MT);
   lua_pushcfunction(L, guard_close);
   lua_setfield(L, -2, "__close");

@@ -2,6 +2,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "autograd.h"
+#include "autocast.h"
 #include "ops.h"
 
 static _Thread_local int grad_off;
@@ -242,7 +243,17 @@ static int push(nodevec *s, vtl_node *x) {
   return 1;
 }
 
+static vtl_status backward_run(vtl_tensor *root, vtl_tensor *g, bool retain_graph);
+
+/* the backward pass runs outside any autocast region, as PyTorch's */
 vtl_status vtl_autograd_backward(vtl_tensor *root, vtl_tensor *g, bool retain_graph) {
+  int ac = vtl_autocast_enter(VTL_F32);
+  vtl_status st = backward_run(root, g, retain_graph);
+  vtl_autocast_leave(ac);
+  return st;
+}
+
+static vtl_status backward_run(vtl_tensor *root, vtl_tensor *g, bool retain_graph) {
   static unsigned generation;
   if (!vtl_requires_grad(root))
     return vtl_error_set(VTL_ERR_ARG, "backward: the tensor does not require grad and has no grad_fn");

@@ -48,10 +48,12 @@ typedef struct vtl_nn_backend {
   vtl_status (*conv2d_forward)(const vtl_conv2d_shape *s, const vtl_tensor *x, const vtl_tensor *w,
                                const vtl_tensor *b, vtl_tensor *y);
   /* y = act(conv + b (+ y when add)) as vtl_op_conv2d_post; NULL: the op composes it from
-     conv2d_forward and elementwise ops */
+     conv2d_forward and elementwise ops. A backend with this entry takes f16/bf16 operands
+     here, and f32 weights with half activations when s->w_f32. */
   vtl_status (*conv2d_forward_post)(const vtl_conv2d_shape *s, const vtl_tensor *x, const vtl_tensor *w,
                                     const vtl_tensor *b, vtl_tensor *y, bool add, const vtl_conv2d_post *post);
-  /* y (M,N) = act(x (M,K) wᵀ + b (+ y when add)), contiguous; NULL: composed from matmul */
+  /* y (M,N) = act(x (M,K) wᵀ + b (+ y when add)), contiguous; NULL: composed from matmul.
+     Half dtypes as conv2d_forward_post (w and b f32 when their dtype says so). */
   vtl_status (*linear_forward_post)(vtl_dtype dt, int64_t M, int64_t K, int64_t N, const vtl_tensor *x,
                                     const vtl_tensor *w, const vtl_tensor *b, vtl_tensor *y, bool add,
                                     const vtl_conv2d_post *post);

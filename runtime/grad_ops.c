@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "grad_ops.h"
+#include "autocast.h"
 
 /* ---- temporaries of a backward rule: any failure makes the rest no-ops ---- */
 typedef struct { vtl_tensor *t[32]; int n; bool fail; } scope;
@@ -598,13 +599,27 @@ static vtl_status matmul_bw(vtl_node *n, vtl_tensor *g, vtl_tensor **gin) {
   if (!s.fail) { if (ga) gin[0] = vtl_tensor_retain(ga); if (gb) gin[1] = vtl_tensor_retain(gb); }
   return finish(&s, NULL, NULL);
 }
+static vtl_tensor *fn_matmul(vtl_tensor *a, vtl_tensor *b);
+
+/* in an autocast region both operands go to its reduced dtype (autocast.h) */
 vtl_tensor *vtl_fn_matmul(vtl_tensor *a, vtl_tensor *b) {
+  if (!vtl_autocast_casts(a) && !vtl_autocast_casts(b)) return fn_matmul(a, b);
+  if (!vtl_dtype_is_float(a->dtype) || !vtl_dtype_is_float(b->dtype) || a->dtype == VTL_F64 || b->dtype == VTL_F64)
+    return fn_matmul(a, b);
+  vtl_tensor *la = vtl_autocast_low(a), *lb = la ? vtl_autocast_low(b) : NULL;
+  vtl_tensor *r = lb ? fn_matmul(la, lb) : NULL;
+  vtl_tensor_release(la);
+  vtl_tensor_release(lb);
+  return r;
+}
+
+static vtl_tensor *fn_matmul(vtl_tensor *a, vtl_tensor *b) {
   vtl_tensor *in[2] = {a, b};
   if (!vtl_ag_needs(in, 2) || a->ndim == 0 || b->ndim == 0) return vtl_op_matmul(a, b);
   if (a->ndim == 1 || b->ndim == 1) {
     vtl_tensor *a2 = a->ndim == 1 ? vtl_fn_unsqueeze(a, 0) : vtl_tensor_retain(a);
     vtl_tensor *b2 = b->ndim == 1 ? vtl_fn_unsqueeze(b, 1) : vtl_tensor_retain(b);
-    vtl_tensor *r = a2 && b2 ? vtl_fn_matmul(a2, b2) : NULL;
+    vtl_tensor *r = a2 && b2 ? fn_matmul(a2, b2) : NULL;
     vtl_tensor_release(a2);
     vtl_tensor_release(b2);
     if (!r) return NULL;

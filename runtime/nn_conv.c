@@ -2,6 +2,7 @@
 #include <stdio.h>
 #include <string.h>
 #include "nn_conv.h"
+#include "autocast.h"
 #include "backend.h"
 #include "ops.h"
 #include "autograd.h"
@@ -33,6 +34,30 @@ static vtl_status check_float(const char *op, const char *what, const vtl_tensor
     return vtl_error_set(VTL_ERR_ARG, "%s: %s dtype %s not supported (expected f32 or f64)", op, what,
                          vtl_dtype_name(t->dtype));
   return VTL_OK;
+}
+
+static bool is_half(vtl_dtype d) { return d == VTL_F16 || d == VTL_BF16; }
+
+/* the matrix ops (conv2d, linear, attention) also take f16 and bf16 */
+static vtl_status check_float_half(const char *op, const char *what, const vtl_tensor *t) {
+  if (is_half(t->dtype)) return VTL_OK;
+  return check_float(op, what, t);
+}
+
+/* t as f32 (a new reference; NULL stays NULL without error); *fail set when a cast failed */
+static vtl_tensor *up(vtl_tensor *t, bool *fail) {
+  if (!t || *fail) return NULL;
+  vtl_tensor *r = vtl_op_to_dtype(t, VTL_F32);
+  if (!r) *fail = true;
+  return r;
+}
+
+/* takes y (f32) and returns it cast to dt */
+static vtl_tensor *down(vtl_tensor *y, vtl_dtype dt) {
+  if (!y) return NULL;
+  vtl_tensor *r = vtl_op_to_dtype(y, dt);
+  vtl_tensor_release(y);
+  return r;
 }
 
 /* A new contiguous tensor of shape/dtype on the device of `on`. */
@@ -68,8 +93,9 @@ vtl_status vtl_conv2d_params_same(vtl_conv2d_params *p, int64_t R, int64_t S, co
 
 /* Checks conv2d's operands and parameters and fills the kernel shape. gy (optional) must be
    the output's gradient. */
-static vtl_status conv2d_check(const char *op, vtl_tensor *x, vtl_tensor *w, vtl_tensor *b, vtl_tensor *gy,
-                               const vtl_conv2d_params *p, vtl_conv2d_shape *s) {
+/* mixed: x is of a half dtype and w, b are f32 (an autocast inference layer) */
+static vtl_status conv2d_check_m(const char *op, vtl_tensor *x, vtl_tensor *w, vtl_tensor *b, vtl_tensor *gy,
+                                 const vtl_conv2d_params *p, vtl_conv2d_shape *s, bool mixed) {
   char s1[96], s2[96];
   if (x->ndim != 4)
     return vtl_error_set(VTL_ERR_ARG, "%s: input must be 4-D (N,C,H,W), got shape %s", op,
@@ -79,11 +105,12 @@ static vtl_status conv2d_check(const char *op, vtl_tensor *x, vtl_tensor *w, vtl
                          shape_str(w->shape, w->ndim, s1, sizeof s1));
   vtl_tensor *all[4] = {x, w, b, gy};
   if (check_devices(op, all, 4)) return vtl_error_status();
-  if (check_float(op, "input", x)) return vtl_error_status();
-  if (w->dtype != x->dtype)
+  if (check_float_half(op, "input", x)) return vtl_error_status();
+  vtl_dtype wdt = mixed ? VTL_F32 : x->dtype;
+  if (w->dtype != wdt)
     return vtl_error_set(VTL_ERR_ARG, "%s: input and weight must have the same dtype, got %s and %s", op,
                          vtl_dtype_name(x->dtype), vtl_dtype_name(w->dtype));
-  if (b && b->dtype != x->dtype)
+  if (b && b->dtype != wdt)
     return vtl_error_set(VTL_ERR_ARG, "%s: input and bias must have the same dtype, got %s and %s", op,
                          vtl_dtype_name(x->dtype), vtl_dtype_name(b->dtype));
   if (gy && gy->dtype != x->dtype)
@@ -135,7 +162,7 @@ static vtl_status conv2d_check(const char *op, vtl_tensor *x, vtl_tensor *w, vtl
                            shape_str(want, 4, s1, sizeof s1), shape_str(gy->shape, gy->ndim, s2, sizeof s2));
   }
   *s = (vtl_conv2d_shape){.dtype = x->dtype, .N = N, .C = C, .H = H, .W = W, .K = K, .R = R, .S = S,
-                          .OH = OH, .OW = OW, .groups = G};
+                          .OH = OH, .OW = OW, .groups = G, .w_f32 = mixed};
   for (int d = 0; d < 2; d++) {
     s->stride[d] = p->stride[d];
     s->pad[d] = p->pad[d];
@@ -143,6 +170,11 @@ static vtl_status conv2d_check(const char *op, vtl_tensor *x, vtl_tensor *w, vtl
     s->dilation[d] = p->dilation[d];
   }
   return VTL_OK;
+}
+
+static vtl_status conv2d_check(const char *op, vtl_tensor *x, vtl_tensor *w, vtl_tensor *b, vtl_tensor *gy,
+                               const vtl_conv2d_params *p, vtl_conv2d_shape *s) {
+  return conv2d_check_m(op, x, w, b, gy, p, s, false);
 }
 
 /* contiguous versions of up to 3 tensors (NULL stays NULL); 0 on failure (all released) */
@@ -166,6 +198,19 @@ static void release_all(vtl_tensor **ts, int n) {
 vtl_tensor *vtl_op_conv2d(vtl_tensor *x, vtl_tensor *w, vtl_tensor *b, const vtl_conv2d_params *p) {
   vtl_conv2d_shape s;
   if (conv2d_check("conv2d", x, w, b, NULL, p, &s)) return NULL;
+  if (is_half(s.dtype)) {
+    if (nn_of(x)->conv2d_forward_post) { /* that entry takes half operands */
+      vtl_conv2d_post none = {0};
+      return vtl_op_conv2d_post(x, w, b, p, &none);
+    }
+    bool fail = false; /* computed in f32, rounded once to the half dtype */
+    vtl_tensor *xf = up(x, &fail), *wf = up(w, &fail), *bf = up(b, &fail);
+    vtl_tensor *y = fail ? NULL : down(vtl_op_conv2d(xf, wf, bf, p), s.dtype);
+    vtl_tensor_release(xf);
+    vtl_tensor_release(wf);
+    vtl_tensor_release(bf);
+    return y;
+  }
   int64_t shape[4] = {s.N, s.K, s.OH, s.OW};
   if (vtl_shape_numel(shape, 4, vtl_dtype_size(s.dtype), "conv2d") < 0) return NULL;
   vtl_tensor *in[3] = {x, w, b}, *c[3];
@@ -217,16 +262,16 @@ static vtl_tensor *post_compose(vtl_tensor *y, const vtl_conv2d_post *post, bool
   return y;
 }
 
-vtl_tensor *vtl_op_conv2d_post(vtl_tensor *x, vtl_tensor *w, vtl_tensor *b, const vtl_conv2d_params *p,
-                               const vtl_conv2d_post *post) {
+static vtl_tensor *conv2d_post_run(vtl_tensor *x, vtl_tensor *w, vtl_tensor *b, const vtl_conv2d_params *p,
+                                   const vtl_conv2d_post *post, bool mixed) {
   vtl_conv2d_shape s;
-  if (conv2d_check("conv2d", x, w, b, NULL, p, &s) || post_check(&s, x, post)) return NULL;
+  if (conv2d_check_m("conv2d", x, w, b, NULL, p, &s, mixed) || post_check(&s, x, post)) return NULL;
   const vtl_nn_backend *nn = nn_of(x);
   if (!nn->conv2d_forward_post) return post_compose(vtl_op_conv2d(x, w, b, p), post, false);
   int64_t shape[4] = {s.N, s.K, s.OH, s.OW};
   if (vtl_shape_numel(shape, 4, vtl_dtype_size(s.dtype), "conv2d") < 0) return NULL;
-  /* channels-last input is taken as it is (f32 on the CPU: oneDNN reads it directly) */
-  bool cpu_f32 = vtl_tensor_device(x).type == VTL_CPU && s.dtype == VTL_F32;
+  /* channels-last input is taken as it is (f32 or half on the CPU: oneDNN reads it directly) */
+  bool cpu_f32 = vtl_tensor_device(x).type == VTL_CPU && (s.dtype == VTL_F32 || is_half(s.dtype));
   s.x_cl = cpu_f32 && !vtl_tensor_is_contiguous(x) && vtl_tensor_is_channels_last(x);
   s.y_cl = cpu_f32 && post->channels_last;
   vtl_tensor *in[3] = {s.x_cl ? NULL : x, w, b}, *c[3];
@@ -250,10 +295,15 @@ vtl_tensor *vtl_op_conv2d_post(vtl_tensor *x, vtl_tensor *w, vtl_tensor *b, cons
   return y;
 }
 
+vtl_tensor *vtl_op_conv2d_post(vtl_tensor *x, vtl_tensor *w, vtl_tensor *b, const vtl_conv2d_params *p,
+                               const vtl_conv2d_post *post) {
+  return conv2d_post_run(x, w, b, p, post, false);
+}
+
 /* ---- linear with post-operations ---- */
 
 static vtl_status linear_check(vtl_tensor *x, vtl_tensor *w, vtl_tensor *b, const vtl_conv2d_post *post,
-                               int64_t *out_shape) {
+                               int64_t *out_shape, bool mixed) {
   char s1[96], s2[96];
   vtl_tensor *all[4] = {x, w, b, post->add};
   if (check_devices("linear", all, 4)) return vtl_error_status();
@@ -263,8 +313,9 @@ static vtl_status linear_check(vtl_tensor *x, vtl_tensor *w, vtl_tensor *b, cons
   if (x->ndim < 1 || x->shape[x->ndim - 1] != w->shape[1])
     return vtl_error_set(VTL_ERR_ARG, "linear: input of shape %s does not match weight of shape %s",
                          shape_str(x->shape, x->ndim, s1, sizeof s1), shape_str(w->shape, 2, s2, sizeof s2));
-  if (check_float("linear", "input", x)) return vtl_error_status();
-  if (w->dtype != x->dtype || (b && b->dtype != x->dtype))
+  if (check_float_half("linear", "input", x)) return vtl_error_status();
+  vtl_dtype wdt = mixed ? VTL_F32 : x->dtype;
+  if (w->dtype != wdt || (b && b->dtype != wdt))
     return vtl_error_set(VTL_ERR_ARG, "linear: weight and bias must have the input's dtype %s", vtl_dtype_name(x->dtype));
   if (b && (b->ndim != 1 || b->shape[0] != w->shape[0]))
     return vtl_error_set(VTL_ERR_ARG, "linear: bias must be 1-D with %lld elements, got shape %s",
@@ -296,9 +347,10 @@ static vtl_tensor *linear_compose(vtl_tensor *x, vtl_tensor *w, vtl_tensor *b, b
   return y;
 }
 
-vtl_tensor *vtl_op_linear_post(vtl_tensor *x, vtl_tensor *w, vtl_tensor *b, const vtl_conv2d_post *post) {
+static vtl_tensor *linear_post_run(vtl_tensor *x, vtl_tensor *w, vtl_tensor *b, const vtl_conv2d_post *post,
+                                   bool mixed) {
   int64_t shape[VTL_MAX_DIMS];
-  if (linear_check(x, w, b, post, shape)) return NULL;
+  if (linear_check(x, w, b, post, shape, mixed)) return NULL;
   const vtl_nn_backend *nn = nn_of(x);
   if (!nn->linear_forward_post) return post_compose(linear_compose(x, w, b, false), post, false);
   int64_t K = w->shape[1], N = w->shape[0], M = K ? vtl_tensor_numel(x) / K : 0;
@@ -325,11 +377,67 @@ vtl_tensor *vtl_op_linear_post(vtl_tensor *x, vtl_tensor *w, vtl_tensor *b, cons
   return y;
 }
 
+vtl_tensor *vtl_op_linear_post(vtl_tensor *x, vtl_tensor *w, vtl_tensor *b, const vtl_conv2d_post *post) {
+  return linear_post_run(x, w, b, post, false);
+}
+
+/* ---- autocast (see autocast.h) ---- */
+
+static vtl_tensor *fn_linear_post(vtl_tensor *x, vtl_tensor *w, vtl_tensor *b, const vtl_conv2d_post *post);
+
+/* the operands of a matrix op under autocast: x, add and (unless keep_w) w, b cast to the
+   region's dtype; false with the error set */
+typedef struct { vtl_tensor *x, *w, *b, *add; } ac_args;
+
+static bool ac_cast(ac_args *a, vtl_tensor *x, vtl_tensor *w, vtl_tensor *b, vtl_tensor *add, bool keep_w) {
+  a->x = vtl_autocast_low(x);
+  a->w = keep_w ? vtl_tensor_retain(w) : vtl_autocast_low(w);
+  a->b = !b ? NULL : keep_w ? vtl_tensor_retain(b) : vtl_autocast_low(b);
+  a->add = add ? vtl_autocast_low(add) : NULL;
+  return a->x && a->w && (!b || a->b) && (!add || a->add);
+}
+
+static void ac_release(ac_args *a) {
+  vtl_tensor_release(a->x);
+  vtl_tensor_release(a->w);
+  vtl_tensor_release(a->b);
+  vtl_tensor_release(a->add);
+}
+
+/* An inference layer on the CPU keeps its f32 weights (the kernel converts them as it packs
+   them) and casts only the activations. */
+static bool ac_keep_weights(vtl_tensor *x, vtl_tensor *w, vtl_tensor *b) {
+  return vtl_tensor_device(x).type == VTL_CPU && w->dtype == VTL_F32 && (!b || b->dtype == VTL_F32) &&
+         (x->dtype == VTL_F32 || x->dtype == vtl_autocast_dtype());
+}
+
+static bool ac_active(vtl_tensor *x) {
+  return vtl_autocast_dtype() != VTL_F32 && (x->dtype == VTL_F32 || is_half(x->dtype));
+}
+
 vtl_tensor *vtl_fn_linear_post(vtl_tensor *x, vtl_tensor *w, vtl_tensor *b, const vtl_conv2d_post *post) {
+  vtl_tensor *in[4] = {x, w, b, post->add};
+  bool needs = vtl_ag_needs(in, 4);
+  if (ac_active(x)) {
+    bool keep = !needs && ac_keep_weights(x, w, b);
+    ac_args a;
+    vtl_tensor *y = NULL;
+    if (ac_cast(&a, x, w, b, post->add, keep)) {
+      vtl_conv2d_post q = *post;
+      q.add = a.add;
+      y = keep ? linear_post_run(a.x, a.w, a.b, &q, true) : fn_linear_post(a.x, a.w, a.b, &q);
+    }
+    ac_release(&a);
+    return y;
+  }
+  return fn_linear_post(x, w, b, post);
+}
+
+static vtl_tensor *fn_linear_post(vtl_tensor *x, vtl_tensor *w, vtl_tensor *b, const vtl_conv2d_post *post) {
   vtl_tensor *in[4] = {x, w, b, post->add};
   if (!vtl_ag_needs(in, 4)) return vtl_op_linear_post(x, w, b, post);
   int64_t shape[VTL_MAX_DIMS];
-  if (linear_check(x, w, b, post, shape)) return NULL;
+  if (linear_check(x, w, b, post, shape, false)) return NULL;
   return post_compose(linear_compose(x, w, b, true), post, true);
 }
 
@@ -341,10 +449,17 @@ vtl_tensor *vtl_op_attention_qkv(vtl_tensor *qkv, int64_t heads, double scale) {
   if (heads < 1 || qkv->shape[2] % (3 * heads) != 0)
     return vtl_error_set(VTL_ERR_ARG, "attention_qkv: the last dim (%lld) must be 3 * heads * head_dim with %lld heads",
                          (long long)qkv->shape[2], (long long)heads), NULL;
-  if (check_float("attention_qkv", "qkv", qkv)) return NULL;
+  if (check_float_half("attention_qkv", "qkv", qkv)) return NULL;
   if (vtl_tensor_device(qkv).type != VTL_CPU) {
     vtl_device_format(vtl_tensor_device(qkv), s1, sizeof s1);
     return vtl_error_set(VTL_ERR_ARG, "attention_qkv: runs on the CPU, got a tensor on %s", s1), NULL;
+  }
+  if (is_half(qkv->dtype)) { /* computed in f32 */
+    bool fail = false;
+    vtl_tensor *f = up(qkv, &fail);
+    vtl_tensor *y = fail ? NULL : down(vtl_op_attention_qkv(f, heads, scale), qkv->dtype);
+    vtl_tensor_release(f);
+    return y;
   }
   int64_t B = qkv->shape[0], N = qkv->shape[1], C = qkv->shape[2] / 3;
   int64_t shape[3] = {B, N, C};
@@ -362,6 +477,32 @@ vtl_status vtl_op_conv2d_backward(vtl_tensor *gy, vtl_tensor *x, vtl_tensor *w, 
                                   vtl_tensor **gx, vtl_tensor **gw, vtl_tensor **gb) {
   vtl_conv2d_shape s;
   if (conv2d_check("conv2d_backward", x, w, NULL, gy, p, &s)) return vtl_error_status();
+  if (is_half(s.dtype)) { /* computed in f32, the gradients rounded to the half dtype */
+    bool fail = false;
+    vtl_tensor *gyf = up(gy, &fail), *xf = up(x, &fail), *wf = up(w, &fail);
+    vtl_tensor *rx = NULL, *rw = NULL, *rb = NULL;
+    vtl_status st = fail ? vtl_error_status()
+                         : vtl_op_conv2d_backward(gyf, xf, wf, p, gx ? &rx : NULL, gw ? &rw : NULL, gb ? &rb : NULL);
+    vtl_tensor_release(gyf);
+    vtl_tensor_release(xf);
+    vtl_tensor_release(wf);
+    if (st == VTL_OK) {
+      rx = down(rx, s.dtype);
+      rw = down(rw, s.dtype);
+      rb = down(rb, s.dtype);
+      if ((gx && !rx) || (gw && !rw) || (gb && !rb)) st = vtl_error_status();
+    }
+    if (st != VTL_OK) {
+      vtl_tensor_release(rx);
+      vtl_tensor_release(rw);
+      vtl_tensor_release(rb);
+      return st;
+    }
+    if (gx) *gx = rx;
+    if (gw) *gw = rw;
+    if (gb) *gb = rb;
+    return VTL_OK;
+  }
   vtl_tensor *in[3] = {gy, gx ? w : NULL, gw ? x : NULL}, *c[3];
   if (!contig(in, c, 3)) return vtl_error_status();
   vtl_tensor *rx = NULL, *rw = NULL, *rb = NULL;
@@ -423,7 +564,14 @@ static vtl_status conv2d_bw(vtl_node *nd, vtl_tensor *gout, vtl_tensor **gin) {
                                 nd->needs[1] ? &gin[1] : NULL, has_bias && nd->needs[2] ? &gin[2] : NULL);
 }
 
+static vtl_tensor *fn_conv2d(vtl_tensor *x, vtl_tensor *w, vtl_tensor *b, const vtl_conv2d_params *p);
+
 vtl_tensor *vtl_fn_conv2d(vtl_tensor *x, vtl_tensor *w, vtl_tensor *b, const vtl_conv2d_params *p) {
+  vtl_conv2d_post none = {0};
+  return vtl_fn_conv2d_post(x, w, b, p, &none);
+}
+
+static vtl_tensor *fn_conv2d(vtl_tensor *x, vtl_tensor *w, vtl_tensor *b, const vtl_conv2d_params *p) {
   vtl_tensor *y = vtl_op_conv2d(x, w, b, p);
   vtl_tensor *in[3] = {x, w, b};
   int n = b ? 3 : 2;
@@ -436,13 +584,33 @@ vtl_tensor *vtl_fn_conv2d(vtl_tensor *x, vtl_tensor *w, vtl_tensor *b, const vtl
   return vtl_ag_attach(y, nd);
 }
 
-vtl_tensor *vtl_fn_conv2d_post(vtl_tensor *x, vtl_tensor *w, vtl_tensor *b, const vtl_conv2d_params *p,
-                               const vtl_conv2d_post *post) {
+static vtl_tensor *fn_conv2d_post(vtl_tensor *x, vtl_tensor *w, vtl_tensor *b, const vtl_conv2d_params *p,
+                                  const vtl_conv2d_post *post, bool mixed) {
   vtl_tensor *in[4] = {x, w, b, post->add};
-  if (!vtl_ag_needs(in, 4)) return vtl_op_conv2d_post(x, w, b, p, post);
+  if (!vtl_ag_needs(in, 4)) {
+    bool plain = !post->add && !post->has_act && !post->pack && !post->channels_last && !mixed;
+    return plain ? vtl_op_conv2d(x, w, b, p) : conv2d_post_run(x, w, b, p, post, mixed);
+  }
   vtl_conv2d_shape s;
   if (conv2d_check("conv2d", x, w, b, NULL, p, &s) || post_check(&s, x, post)) return NULL;
-  return post_compose(vtl_fn_conv2d(x, w, b, p), post, true);
+  if (!post->add && !post->has_act) return fn_conv2d(x, w, b, p);
+  return post_compose(fn_conv2d(x, w, b, p), post, true);
+}
+
+vtl_tensor *vtl_fn_conv2d_post(vtl_tensor *x, vtl_tensor *w, vtl_tensor *b, const vtl_conv2d_params *p,
+                               const vtl_conv2d_post *post) {
+  if (!ac_active(x)) return fn_conv2d_post(x, w, b, p, post, false);
+  vtl_tensor *in[4] = {x, w, b, post->add};
+  bool keep = !vtl_ag_needs(in, 4) && ac_keep_weights(x, w, b);
+  ac_args a;
+  vtl_tensor *y = NULL;
+  if (ac_cast(&a, x, w, b, post->add, keep)) {
+    vtl_conv2d_post q = *post;
+    q.add = a.add;
+    y = fn_conv2d_post(a.x, a.w, a.b, p, &q, keep);
+  }
+  ac_release(&a);
+  return y;
 }
 
 /* ======================================================================================
@@ -463,7 +631,7 @@ static vtl_status pool_input_check(const char *op, vtl_tensor *x) {
   if (x->ndim != 3 && x->ndim != 4)
     return vtl_error_set(VTL_ERR_ARG, "%s: input must be 3-D (C,H,W) or 4-D (N,C,H,W), got shape %s", op,
                          shape_str(x->shape, x->ndim, s1, sizeof s1));
-  if (check_devices(op, &x, 1) || check_float(op, "input", x)) return vtl_error_status();
+  if (check_devices(op, &x, 1) || check_float_half(op, "input", x)) return vtl_error_status();
   int nd = x->ndim;
   for (int d = nd - 3; d < nd; d++)
     if (x->shape[d] < 1)
@@ -543,6 +711,15 @@ static vtl_status in_shape_check(const char *op, const int64_t *in_shape, int in
 
 /* runs a pooling forward (max kinds write the indices too when asked) */
 static vtl_tensor *pool_run(vtl_tensor *x, const vtl_pool2d_shape *s, vtl_pool_kind k, vtl_tensor **indices) {
+  if (is_half(x->dtype)) { /* pooled in f32 (exact for max), rounded to the half dtype */
+    bool fail = false;
+    vtl_tensor *f = up(x, &fail);
+    vtl_pool2d_shape c = *s;
+    c.dtype = VTL_F32;
+    vtl_tensor *y = fail ? NULL : down(pool_run(f, &c, k, indices), x->dtype);
+    vtl_tensor_release(f);
+    return y;
+  }
   int64_t shape[4];
   out_shape(x->shape, x->ndim, s->OH, s->OW, shape);
   /* a channels-last CPU input (an inference model's activations) keeps its layout */
@@ -632,6 +809,13 @@ static vtl_tensor *max_backward(const char *op, vtl_pool_kind kind, vtl_tensor *
 
 vtl_tensor *vtl_op_max_pool2d_backward(vtl_tensor *gy, vtl_tensor *indices, const int64_t *in_shape, int in_ndim,
                                        const vtl_pool2d_params *p) {
+  if (gy && is_half(gy->dtype)) {
+    bool fail = false;
+    vtl_tensor *f = up(gy, &fail);
+    vtl_tensor *r = fail ? NULL : down(vtl_op_max_pool2d_backward(f, indices, in_shape, in_ndim, p), gy->dtype);
+    vtl_tensor_release(f);
+    return r;
+  }
   if (p && (p->kernel[0] < 1 || p->kernel[1] < 1 || p->stride[0] < 1 || p->stride[1] < 1 || p->dilation[0] < 1 ||
             p->dilation[1] < 1 || p->pad[0] < 0 || p->pad[1] < 0))
     p = NULL; /* not a valid window: look at every output */
@@ -640,6 +824,13 @@ vtl_tensor *vtl_op_max_pool2d_backward(vtl_tensor *gy, vtl_tensor *indices, cons
 
 vtl_tensor *vtl_op_adaptive_max_pool2d_backward(vtl_tensor *gy, vtl_tensor *indices, const int64_t *in_shape,
                                                 int in_ndim) {
+  if (gy && is_half(gy->dtype)) {
+    bool fail = false;
+    vtl_tensor *f = up(gy, &fail);
+    vtl_tensor *r = fail ? NULL : down(vtl_op_adaptive_max_pool2d_backward(f, indices, in_shape, in_ndim), gy->dtype);
+    vtl_tensor_release(f);
+    return r;
+  }
   return max_backward("adaptive_max_pool2d_backward", VTL_POOL_ADAPTIVE_MAX, gy, indices, in_shape, in_ndim, NULL);
 }
 
@@ -668,6 +859,13 @@ vtl_tensor *vtl_op_avg_pool2d(vtl_tensor *x, const vtl_pool2d_params *p) {
 
 vtl_tensor *vtl_op_avg_pool2d_backward(vtl_tensor *gy, const int64_t *in_shape, int in_ndim,
                                        const vtl_pool2d_params *p) {
+  if (gy && is_half(gy->dtype)) {
+    bool fail = false;
+    vtl_tensor *f = up(gy, &fail);
+    vtl_tensor *r = fail ? NULL : down(vtl_op_avg_pool2d_backward(f, in_shape, in_ndim, p), gy->dtype);
+    vtl_tensor_release(f);
+    return r;
+  }
   const char *op = "avg_pool2d_backward";
   vtl_pool2d_shape s;
   vtl_pool2d_params q = avg_params(p);
@@ -709,6 +907,13 @@ vtl_tensor *vtl_op_adaptive_avg_pool2d(vtl_tensor *x, int64_t oh, int64_t ow) {
 }
 
 vtl_tensor *vtl_op_adaptive_avg_pool2d_backward(vtl_tensor *gy, const int64_t *in_shape, int in_ndim) {
+  if (gy && is_half(gy->dtype)) {
+    bool fail = false;
+    vtl_tensor *f = up(gy, &fail);
+    vtl_tensor *r = fail ? NULL : down(vtl_op_adaptive_avg_pool2d_backward(f, in_shape, in_ndim), gy->dtype);
+    vtl_tensor_release(f);
+    return r;
+  }
   const char *op = "adaptive_avg_pool2d_backward";
   vtl_pool2d_shape s;
   if (in_shape_check(op, in_shape, in_ndim)) return NULL;

@@ -49,12 +49,14 @@ typedef struct {
 
 /* x: (N,C,H,W), w: (K,C/groups,R,S), b: (K), y: (N,K,OH,OW), all contiguous, except that
    x_cl / y_cl say x / y are channels-last: their memory is (N,H,W,C) / (N,OH,OW,K), which only
-   vtl_cpu_conv2d_forward_post accepts. */
+   vtl_cpu_conv2d_forward_post accepts. w_f32: x and y are of a half dtype while w and b are
+   f32 (an autocast inference layer: the CPU kernel converts the weights as it packs them). */
 typedef struct {
   vtl_dtype dtype;
   int64_t N, C, H, W, K, R, S, OH, OW;
   int64_t stride[2], pad[2], pad_end[2], dilation[2], groups;
   bool x_cl, y_cl;
+  bool w_f32;
 } vtl_conv2d_shape;
 
 /* x: (P,H,W) planes (P = N*C), y: (P,OH,OW), contiguous. */
@@ -138,7 +140,7 @@ vtl_tensor *vtl_fn_avg_pool2d(vtl_tensor *x, const vtl_pool2d_params *p);
 vtl_tensor *vtl_fn_adaptive_avg_pool2d(vtl_tensor *x, int64_t oh, int64_t ow);
 vtl_tensor *vtl_fn_adaptive_max_pool2d(vtl_tensor *x, int64_t oh, int64_t ow, vtl_tensor **indices);
 
-/* ---- CPU kernels (contiguous buffers of s->dtype; f32 and f64) ---- */
+/* ---- CPU kernels (contiguous buffers of s->dtype; f32 and f64, and f16/bf16 for the forward_post ones) ---- */
 
 /* y = conv(x, w) + b (b may be NULL) */
 vtl_status vtl_cpu_conv2d_forward(const vtl_conv2d_shape *s, const void *x, const void *w, const void *b, void *y);
@@ -148,10 +150,11 @@ vtl_status vtl_cpu_conv2d_forward(const vtl_conv2d_shape *s, const void *x, cons
 vtl_status vtl_cpu_conv2d_forward_post(const vtl_conv2d_shape *s, const void *x, const void *w, const void *b,
                                        void *y, bool add, const vtl_conv2d_post *post, vtl_storage *wstorage);
 /* y (M,N) = act(x (M,K) wᵀ + b + y) when add, else act(x wᵀ + b); w (N,K), b (N) or NULL;
-   post and wstorage as for vtl_cpu_conv2d_forward_post (the same packs serve both). */
+   post and wstorage as for vtl_cpu_conv2d_forward_post (the same packs serve both). dt may be a
+   half type (oneDNN, or the f32 path on converted copies); w_f32: w and b are f32 then. */
 vtl_status vtl_cpu_linear_forward_post(vtl_dtype dt, int64_t M, int64_t K, int64_t N, const void *x, const void *w,
                                        const void *b, void *y, bool add, const vtl_conv2d_post *post,
-                                       vtl_storage *wstorage);
+                                       vtl_storage *wstorage, bool w_f32);
 /* out (B,N,H,D) from qkv (B,N,3,H,D), both contiguous (vtl_op_attention_qkv) */
 vtl_status vtl_cpu_attention_qkv(vtl_dtype dt, int64_t B, int64_t N, int64_t H, int64_t D, double scale,
                                  const void *qkv, void *out);

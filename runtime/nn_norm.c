@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "nn_norm.h"
+#include "autocast.h"
 #include "backend.h"
 #include "ops.h"
 #include "autograd.h"
@@ -246,7 +247,7 @@ static vtl_status batch_norm_bw(vtl_node *nd, vtl_tensor *gout, vtl_tensor **gin
                                     nd->needs[1] ? &gin[1] : NULL, nd->needs[2] ? &gin[2] : NULL);
 }
 
-vtl_tensor *vtl_fn_batch_norm(vtl_tensor *x, vtl_tensor *running_mean, vtl_tensor *running_var, vtl_tensor *weight,
+static vtl_tensor *fn_batch_norm(vtl_tensor *x, vtl_tensor *running_mean, vtl_tensor *running_var, vtl_tensor *weight,
                               vtl_tensor *bias, bool training, double momentum, double eps) {
   vtl_tensor *mean, *invstd;
   vtl_tensor *out = vtl_op_batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps, &mean, &invstd);
@@ -368,7 +369,7 @@ static vtl_status layer_norm_bw(vtl_node *nd, vtl_tensor *gout, vtl_tensor **gin
                                     nd->needs[1] ? &gin[1] : NULL, nd->needs[2] ? &gin[2] : NULL);
 }
 
-vtl_tensor *vtl_fn_layer_norm(vtl_tensor *x, const int64_t *normalized_shape, int nnorm, vtl_tensor *weight,
+static vtl_tensor *fn_layer_norm(vtl_tensor *x, const int64_t *normalized_shape, int nnorm, vtl_tensor *weight,
                               vtl_tensor *bias, double eps) {
   vtl_tensor *mean, *rstd;
   vtl_tensor *out = vtl_op_layer_norm(x, normalized_shape, nnorm, weight, bias, eps, &mean, &rstd);
@@ -481,7 +482,7 @@ static vtl_status group_norm_bw(vtl_node *nd, vtl_tensor *gout, vtl_tensor **gin
                                     nd->needs[1] ? &gin[1] : NULL, nd->needs[2] ? &gin[2] : NULL);
 }
 
-vtl_tensor *vtl_fn_group_norm(vtl_tensor *x, int64_t groups, vtl_tensor *weight, vtl_tensor *bias, double eps) {
+static vtl_tensor *fn_group_norm(vtl_tensor *x, int64_t groups, vtl_tensor *weight, vtl_tensor *bias, double eps) {
   vtl_tensor *mean, *rstd;
   vtl_tensor *out = vtl_op_group_norm(x, groups, weight, bias, eps, &mean, &rstd);
   if (!out) return NULL;
@@ -530,8 +531,24 @@ static void act_params(vtl_activation act, const double *params, double p[2]) {
   if (act == VTL_ACT_SOFTPLUS) { p[0] = params[0]; p[1] = params[1]; }
 }
 
+static bool is_half(vtl_dtype d) { return d == VTL_F16 || d == VTL_BF16; }
+
+/* takes r (f32) and returns it rounded to dt */
+static vtl_tensor *round_to(vtl_tensor *r, vtl_dtype dt) {
+  if (!r) return NULL;
+  vtl_tensor *h = vtl_op_to_dtype(r, dt);
+  vtl_tensor_release(r);
+  return h;
+}
+
 vtl_tensor *vtl_op_activation(vtl_activation act, vtl_tensor *x, const double *params) {
   if ((unsigned)act >= VTL_ACT_COUNT) return vtl_error_set(VTL_ERR_ARG, "activation: unknown activation %d", (int)act), NULL;
+  if (is_half(x->dtype)) { /* computed in f32, rounded once */
+    vtl_tensor *f = vtl_op_to_dtype(x, VTL_F32);
+    vtl_tensor *r = f ? round_to(vtl_op_activation(act, f, params), x->dtype) : NULL;
+    vtl_tensor_release(f);
+    return r;
+  }
   const char *op = act_names[act];
   if (!check_input_dev(op, "input", x)) return NULL;
   double p[2];
@@ -552,6 +569,13 @@ vtl_tensor *vtl_op_activation_backward(vtl_activation act, vtl_tensor *gout, vtl
   char op[48];
   snprintf(op, sizeof op, "%s_backward", act_names[act]);
   const char *what = vtl_activation_uses_output(act) ? "output" : "input";
+  if (s && gout && is_half(s->dtype)) {
+    vtl_tensor *sf = vtl_op_to_dtype(s, VTL_F32), *gf = sf ? vtl_op_to_dtype(gout, VTL_F32) : NULL;
+    vtl_tensor *r = gf ? round_to(vtl_op_activation_backward(act, gf, sf, params), s->dtype) : NULL;
+    vtl_tensor_release(sf);
+    vtl_tensor_release(gf);
+    return r;
+  }
   if (!check_input_dev(op, what, s) || !check_gout(op, gout, s, what)) return NULL;
   double p[2];
   act_params(act, params, p);
@@ -641,7 +665,7 @@ static vtl_status softmax_bw(vtl_node *nd, vtl_tensor *gout, vtl_tensor **gin) {
   return gin[0] ? VTL_OK : vtl_error_status();
 }
 
-vtl_tensor *vtl_fn_softmax(vtl_tensor *x, int dim, bool logsm) {
+static vtl_tensor *fn_softmax(vtl_tensor *x, int dim, bool logsm) {
   vtl_tensor *out = vtl_op_softmax(x, dim, logsm);
   if (!out || !vtl_ag_needs(&x, 1)) return out;
   vtl_node *nd = vtl_ag_node(logsm ? "LogSoftmaxBackward" : "SoftmaxBackward", softmax_bw, &x, 1);
@@ -887,7 +911,7 @@ static vtl_status cross_entropy_bw(vtl_node *nd, vtl_tensor *gout, vtl_tensor **
                                        nd->needs[0] ? &gin[0] : NULL, nd->needs[1] ? &gin[1] : NULL);
 }
 
-vtl_tensor *vtl_fn_cross_entropy(vtl_tensor *logits, vtl_tensor *target, vtl_tensor *weight, int64_t ignore_index,
+static vtl_tensor *fn_cross_entropy(vtl_tensor *logits, vtl_tensor *target, vtl_tensor *weight, int64_t ignore_index,
                                  double label_smoothing, vtl_reduction red) {
   vtl_tensor *out = vtl_op_cross_entropy(logits, target, weight, ignore_index, label_smoothing, red);
   vtl_tensor *ins[2] = {logits, target};
@@ -912,7 +936,7 @@ static vtl_status nll_loss_bw(vtl_node *nd, vtl_tensor *gout, vtl_tensor **gin) 
   return gin[0] ? VTL_OK : vtl_error_status();
 }
 
-vtl_tensor *vtl_fn_nll_loss(vtl_tensor *logp, vtl_tensor *target, vtl_tensor *weight, int64_t ignore_index,
+static vtl_tensor *fn_nll_loss(vtl_tensor *logp, vtl_tensor *target, vtl_tensor *weight, int64_t ignore_index,
                             vtl_reduction red) {
   vtl_tensor *out = vtl_op_nll_loss(logp, target, weight, ignore_index, red);
   if (!out || !vtl_ag_needs(&logp, 1)) return out;
@@ -1008,7 +1032,7 @@ static vtl_status pointwise_loss_bw(vtl_node *nd, vtl_tensor *gout, vtl_tensor *
                                         nd->needs[0] ? &gin[0] : NULL, nd->needs[1] ? &gin[1] : NULL);
 }
 
-vtl_tensor *vtl_fn_pointwise_loss(vtl_loss kind, vtl_tensor *input, vtl_tensor *target, vtl_reduction red, double param) {
+static vtl_tensor *fn_pointwise_loss(vtl_loss kind, vtl_tensor *input, vtl_tensor *target, vtl_reduction red, double param) {
   vtl_tensor *out = vtl_op_pointwise_loss(kind, input, target, red, param);
   vtl_tensor *ins[2] = {input, target};
   if (!out || !vtl_ag_needs(ins, 2)) return out;
@@ -1118,7 +1142,7 @@ static vtl_status bce_bw(vtl_node *nd, vtl_tensor *gout, vtl_tensor **gin) {
                                          nd->needs[1] ? &gin[1] : NULL);
 }
 
-vtl_tensor *vtl_fn_bce_with_logits(vtl_tensor *x, vtl_tensor *target, vtl_tensor *weight, vtl_tensor *pos_weight,
+static vtl_tensor *fn_bce_with_logits(vtl_tensor *x, vtl_tensor *target, vtl_tensor *weight, vtl_tensor *pos_weight,
                                    vtl_reduction red) {
   vtl_tensor *out = vtl_op_bce_with_logits(x, target, weight, pos_weight, red);
   vtl_tensor *ins[2] = {x, target};
@@ -1138,6 +1162,13 @@ vtl_tensor *vtl_fn_bce_with_logits(vtl_tensor *x, vtl_tensor *target, vtl_tensor
 vtl_tensor *vtl_op_dropout(vtl_tensor *x, double p, bool training, uint64_t seed, uint64_t *offset, vtl_tensor **mask) {
   static const char op[] = "dropout";
   if (mask) *mask = NULL;
+  if (x && is_half(x->dtype) && (!training || p == 0) && p >= 0 && p <= 1) return vtl_tensor_retain(x);
+  if (x && is_half(x->dtype) && training && p > 0) { /* the same mask, computed in f32 */
+    vtl_tensor *f = vtl_op_to_dtype(x, VTL_F32);
+    vtl_tensor *r = f ? round_to(vtl_op_dropout(f, p, training, seed, offset, mask), x->dtype) : NULL;
+    vtl_tensor_release(f);
+    return r;
+  }
   if (!check_input_dev(op, "input", x)) return NULL;
   if (!(p >= 0 && p <= 1)) return vtl_error_set(VTL_ERR_ARG, "%s: p must be in [0, 1], got %g", op, p), NULL;
   if (!training || p == 0) return vtl_tensor_retain(x);
@@ -1165,6 +1196,12 @@ vtl_tensor *vtl_op_dropout(vtl_tensor *x, double p, bool training, uint64_t seed
 vtl_tensor *vtl_op_dropout_backward(vtl_tensor *gout, vtl_tensor *mask, double p) {
   static const char op[] = "dropout_backward";
   if (!gout) return vtl_error_set(VTL_ERR_ARG, "%s: gout is missing", op), NULL;
+  if (is_half(gout->dtype)) {
+    vtl_tensor *f = vtl_op_to_dtype(gout, VTL_F32);
+    vtl_tensor *r = f ? round_to(vtl_op_dropout_backward(f, mask, p), gout->dtype) : NULL;
+    vtl_tensor_release(f);
+    return r;
+  }
   if (!check_input_dev(op, "gout", gout)) return NULL;
   if (!mask || mask->dtype != VTL_BOOL)
     return vtl_error_set(VTL_ERR_ARG, "%s: mask must be a bool tensor, got %s", op,
@@ -1214,4 +1251,94 @@ vtl_tensor *vtl_fn_dropout(vtl_tensor *x, double p, bool training, uint64_t seed
   if (out && mask) *mask = m;
   else vtl_tensor_release(m);
   return out;
+}
+
+/* ---- autocast: these ops run in f32 (autocast.h) ---- */
+
+/* half operands cast up (new references in c[], NULL entries allowed); false on failure */
+static bool ac_up(vtl_tensor *const *in, vtl_tensor **c, int n) {
+  bool ok = true;
+  for (int i = 0; i < n; i++) {
+    c[i] = ok && in[i] ? vtl_autocast_f32(in[i]) : NULL;
+    if (in[i] && !c[i]) ok = false;
+  }
+  if (!ok) release_all(c, n);
+  return ok;
+}
+
+vtl_tensor *vtl_fn_batch_norm(vtl_tensor *x, vtl_tensor *running_mean, vtl_tensor *running_var, vtl_tensor *weight,
+                              vtl_tensor *bias, bool training, double momentum, double eps) {
+  if (vtl_autocast_dtype() == VTL_F32)
+    return fn_batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps);
+  vtl_tensor *in[3] = {x, weight, bias}, *c[3];
+  if (!ac_up(in, c, 3)) return NULL;
+  vtl_tensor *r = fn_batch_norm(c[0], running_mean, running_var, c[1], c[2], training, momentum, eps);
+  release_all(c, 3);
+  return r;
+}
+
+vtl_tensor *vtl_fn_layer_norm(vtl_tensor *x, const int64_t *normalized_shape, int nnorm, vtl_tensor *weight,
+                              vtl_tensor *bias, double eps) {
+  if (vtl_autocast_dtype() == VTL_F32) return fn_layer_norm(x, normalized_shape, nnorm, weight, bias, eps);
+  vtl_tensor *in[3] = {x, weight, bias}, *c[3];
+  if (!ac_up(in, c, 3)) return NULL;
+  vtl_tensor *r = fn_layer_norm(c[0], normalized_shape, nnorm, c[1], c[2], eps);
+  release_all(c, 3);
+  return r;
+}
+
+vtl_tensor *vtl_fn_group_norm(vtl_tensor *x, int64_t groups, vtl_tensor *weight, vtl_tensor *bias, double eps) {
+  if (vtl_autocast_dtype() == VTL_F32) return fn_group_norm(x, groups, weight, bias, eps);
+  vtl_tensor *in[3] = {x, weight, bias}, *c[3];
+  if (!ac_up(in, c, 3)) return NULL;
+  vtl_tensor *r = fn_group_norm(c[0], groups, c[1], c[2], eps);
+  release_all(c, 3);
+  return r;
+}
+
+vtl_tensor *vtl_fn_softmax(vtl_tensor *x, int dim, bool logsm) {
+  if (vtl_autocast_dtype() == VTL_F32) return fn_softmax(x, dim, logsm);
+  vtl_tensor *c = vtl_autocast_f32(x);
+  vtl_tensor *r = c ? fn_softmax(c, dim, logsm) : NULL;
+  vtl_tensor_release(c);
+  return r;
+}
+
+vtl_tensor *vtl_fn_cross_entropy(vtl_tensor *logits, vtl_tensor *target, vtl_tensor *weight, int64_t ignore_index,
+                                 double label_smoothing, vtl_reduction red) {
+  if (vtl_autocast_dtype() == VTL_F32) return fn_cross_entropy(logits, target, weight, ignore_index, label_smoothing, red);
+  vtl_tensor *in[3] = {logits, target, weight}, *c[3];
+  if (!ac_up(in, c, 3)) return NULL;
+  vtl_tensor *r = fn_cross_entropy(c[0], c[1], c[2], ignore_index, label_smoothing, red);
+  release_all(c, 3);
+  return r;
+}
+
+vtl_tensor *vtl_fn_nll_loss(vtl_tensor *logp, vtl_tensor *target, vtl_tensor *weight, int64_t ignore_index,
+                            vtl_reduction red) {
+  if (vtl_autocast_dtype() == VTL_F32) return fn_nll_loss(logp, target, weight, ignore_index, red);
+  vtl_tensor *in[2] = {logp, weight}, *c[2];
+  if (!ac_up(in, c, 2)) return NULL;
+  vtl_tensor *r = fn_nll_loss(c[0], target, c[1], ignore_index, red);
+  release_all(c, 2);
+  return r;
+}
+
+vtl_tensor *vtl_fn_pointwise_loss(vtl_loss kind, vtl_tensor *input, vtl_tensor *target, vtl_reduction red, double param) {
+  if (vtl_autocast_dtype() == VTL_F32) return fn_pointwise_loss(kind, input, target, red, param);
+  vtl_tensor *in[2] = {input, target}, *c[2];
+  if (!ac_up(in, c, 2)) return NULL;
+  vtl_tensor *r = fn_pointwise_loss(kind, c[0], c[1], red, param);
+  release_all(c, 2);
+  return r;
+}
+
+vtl_tensor *vtl_fn_bce_with_logits(vtl_tensor *x, vtl_tensor *target, vtl_tensor *weight, vtl_tensor *pos_weight,
+                                   vtl_reduction red) {
+  if (vtl_autocast_dtype() == VTL_F32) return fn_bce_with_logits(x, target, weight, pos_weight, red);
+  vtl_tensor *in[4] = {x, target, weight, pos_weight}, *c[4];
+  if (!ac_up(in, c, 4)) return NULL;
+  vtl_tensor *r = fn_bce_with_logits(c[0], c[1], c[2], c[3], red);
+  release_all(c, 4);
+  return r;
 }

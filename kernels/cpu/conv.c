@@ -17,6 +17,7 @@
 #include <dnnl.h>
 #include "nn_conv.h"
 #include "parallel.h"
+#include "iter.h"
 
 static const vtl_device cpu = {VTL_CPU, 0};
 
@@ -33,7 +34,7 @@ enum { K_FWD, K_BWD_DATA, K_BWD_WEIGHT, K_LINEAR };
 /* entries: three per distinct convolution of a network (forward, two backward), so room for
    MobileNet-sized zoos at two batch sizes */
 #define CACHE_SIZE 256
-#define KEY_LEN 27
+#define KEY_LEN 28
 #define MAX_ARGS 4
 
 /* One operand of a cached primitive: the plain layout the caller holds and the primitive's
@@ -117,7 +118,7 @@ static uint64_t make_key(int64_t *k, int kind, bool bias, const vtl_conv2d_shape
                         s->stride[0], s->stride[1], s->pad[0], s->pad[1], s->pad_end[0], s->pad_end[1],
                         s->dilation[0], s->dilation[1], s->groups, omp_get_max_threads(),
                         po->sum, po->nelt, po->nelt ? po->alg[0] : 0, po->nelt > 1 ? po->alg[1] : 0,
-                        s->x_cl | s->y_cl << 1, 0};
+                        s->x_cl | s->y_cl << 1, s->dtype | s->w_f32 << 8, 0};
   uint32_t f[4] = {0};
   for (int i = 0; i < po->nelt; i++) {
     memcpy(&f[2 * i], &po->alpha[i], 4);
@@ -129,6 +130,11 @@ static uint64_t make_key(int64_t *k, int kind, bool bias, const vtl_conv2d_shape
   for (int i = 0; i < KEY_LEN; i++) h = (h ^ (uint64_t)v[i]) * 1099511628211ull;
   return h;
 }
+
+static dnnl_data_type_t dnnl_dt(vtl_dtype d) {
+  return d == VTL_BF16 ? dnnl_bf16 : d == VTL_F16 ? dnnl_f16 : dnnl_f32;
+}
+static bool is_half(vtl_dtype d) { return d == VTL_BF16 || d == VTL_F16; }
 
 static bool engine_ready(void) {
   pthread_mutex_lock(&cache_lock);
@@ -152,17 +158,20 @@ static void conv_mds(const vtl_conv2d_shape *s, bool any, dnnl_memory_desc_t *x,
      reorder to and from); only the weights keep the primitive's choice */
   dnnl_format_tag_t xt = any ? (s->y_cl ? dnnl_nhwc : a) : s->x_cl ? dnnl_nhwc : dnnl_nchw;
   dnnl_format_tag_t yt = any ? (s->y_cl ? dnnl_nhwc : a) : s->y_cl ? dnnl_nhwc : dnnl_nchw;
-  dnnl_memory_desc_init_by_tag(x, 4, xd, dnnl_f32, xt);
-  dnnl_memory_desc_init_by_tag(y, 4, yd, dnnl_f32, yt);
-  dnnl_memory_desc_init_by_tag(b, 1, bd, dnnl_f32, any ? a : dnnl_x);
+  /* the primitive's weights have the activations' dtype; the caller's may be f32 (w_f32) */
+  dnnl_data_type_t dt = dnnl_dt(s->dtype), wdt = any || !s->w_f32 ? dt : dnnl_f32;
+  dnnl_data_type_t bdt = s->w_f32 ? dnnl_f32 : dt;
+  dnnl_memory_desc_init_by_tag(x, 4, xd, dt, xt);
+  dnnl_memory_desc_init_by_tag(y, 4, yd, dt, yt);
+  dnnl_memory_desc_init_by_tag(b, 1, bd, bdt, any ? a : dnnl_x);
   int64_t g = s->groups;
   dnnl_format_tag_t wt = any ? a : g > 1 ? dnnl_goihw : dnnl_oihw;
   if (g > 1) {
     dnnl_dims_t wd = {g, s->K / g, s->C / g, s->R, s->S};
-    dnnl_memory_desc_init_by_tag(w, 5, wd, dnnl_f32, wt);
+    dnnl_memory_desc_init_by_tag(w, 5, wd, wdt, wt);
   } else {
     dnnl_dims_t wd = {s->K, s->C, s->R, s->S};
-    dnnl_memory_desc_init_by_tag(w, 4, wd, dnnl_f32, wt);
+    dnnl_memory_desc_init_by_tag(w, 4, wd, wdt, wt);
   }
 }
 
@@ -286,11 +295,12 @@ static dnnl_entry *linear_entry_build(const int64_t *key, bool bias, const vtl_c
   memcpy(e->key, key, sizeof e->key);
   dnnl_memory_desc_t x, w, wany, b, y;
   dnnl_dims_t xd = {s->N, s->C}, wd = {s->C, s->K}, bd = {1, s->K}, yd = {s->N, s->K};
-  bool ok = dnnl_memory_desc_init_by_tag(&x, 2, xd, dnnl_f32, dnnl_ab) == dnnl_success &&
-            dnnl_memory_desc_init_by_tag(&w, 2, wd, dnnl_f32, dnnl_ba) == dnnl_success &&
-            dnnl_memory_desc_init_by_tag(&wany, 2, wd, dnnl_f32, dnnl_format_tag_any) == dnnl_success &&
-            dnnl_memory_desc_init_by_tag(&b, 2, bd, dnnl_f32, dnnl_ab) == dnnl_success &&
-            dnnl_memory_desc_init_by_tag(&y, 2, yd, dnnl_f32, dnnl_ab) == dnnl_success;
+  dnnl_data_type_t dt = dnnl_dt(s->dtype), wdt = s->w_f32 ? dnnl_f32 : dt;
+  bool ok = dnnl_memory_desc_init_by_tag(&x, 2, xd, dt, dnnl_ab) == dnnl_success &&
+            dnnl_memory_desc_init_by_tag(&w, 2, wd, wdt, dnnl_ba) == dnnl_success &&
+            dnnl_memory_desc_init_by_tag(&wany, 2, wd, dt, dnnl_format_tag_any) == dnnl_success &&
+            dnnl_memory_desc_init_by_tag(&b, 2, bd, wdt, dnnl_ab) == dnnl_success &&
+            dnnl_memory_desc_init_by_tag(&y, 2, yd, dt, dnnl_ab) == dnnl_success;
   dnnl_matmul_desc_t md;
   ok = ok && dnnl_matmul_desc_init(&md, &x, &wany, bias ? &b : NULL, &y) == dnnl_success;
   dnnl_primitive_attr_t attr = NULL;
@@ -870,18 +880,76 @@ static void relayout(vtl_dtype dt, void *dst, const void *src, int64_t N, int64_
   else RELAYOUT_BODY(double);
 }
 
+/* A half-precision layer run in f32: x, y (when added to) and the weights (unless already
+   f32) converted into scratch, the f32 path run, y converted back. nx, nw, ny: element counts
+   of x, w, y; nb of b. */
+typedef struct {
+  vtl_dtype dt;
+  bool w_f32;
+  int64_t nx, nw, nb, ny;
+  const void *x, *w, *b;
+  void *y;
+  bool add;
+  float *xf, *wf, *bf, *yf;
+  vtl_storage *tmp;
+} half_io;
+
+static vtl_status half_in(half_io *h) {
+  bool cw = !h->w_f32;
+  size_t n = (size_t)(h->nx + h->ny + (cw ? h->nw + h->nb : 0));
+  h->tmp = scratch_new(n * sizeof(float) + 64);
+  if (!h->tmp) return vtl_error_status();
+  float *p = h->tmp->data;
+  h->xf = p;
+  h->yf = p + h->nx;
+  vtl_cpu_cast(h->xf, VTL_F32, 4, h->x, h->dt, 2, h->nx);
+  if (h->add) vtl_cpu_cast(h->yf, VTL_F32, 4, h->y, h->dt, 2, h->ny);
+  h->wf = (float *)h->w;
+  h->bf = (float *)h->b;
+  if (cw) {
+    h->wf = h->yf + h->ny;
+    vtl_cpu_cast(h->wf, VTL_F32, 4, h->w, h->dt, 2, h->nw);
+    if (h->b) {
+      h->bf = h->wf + h->nw;
+      vtl_cpu_cast(h->bf, VTL_F32, 4, h->b, h->dt, 2, h->nb);
+    }
+  }
+  return VTL_OK;
+}
+
+static vtl_status half_out(half_io *h, vtl_status st) {
+  if (st == VTL_OK) vtl_cpu_cast(h->y, h->dt, 2, h->yf, VTL_F32, 4, h->ny); /* byte strides */
+  vtl_storage_release(h->tmp);
+  return st;
+}
+
 vtl_status vtl_cpu_conv2d_forward_post(const vtl_conv2d_shape *s, const void *x, const void *w, const void *b,
                                        void *y, bool add, const vtl_conv2d_post *post, vtl_storage *wstorage) {
-  if (check_dtype(s, "conv2d")) return vtl_error_status();
+  bool half = is_half(s->dtype);
+  if (!half && check_dtype(s, "conv2d")) return vtl_error_status();
   size_t es = vtl_dtype_size(s->dtype);
   int64_t ny = s->N * s->K * s->OH * s->OW;
   if (ny == 0) return VTL_OK;
   post_ops po = {.sum = add};
-  bool fused = s->dtype == VTL_F32 && s->C > 0 && (!post->has_act || eltwise_of(post->act, post->act_params, &po));
+  /* oneDNN runs f32 and bf16 here (its f16 CPU kernels need AVX512-FP16: f16 takes the f32 path) */
+  bool fused = (s->dtype == VTL_F32 || s->dtype == VTL_BF16) && s->C > 0 &&
+               (!post->has_act || eltwise_of(post->act, post->act_params, &po));
   if (fused) {
     void *user[MAX_ARGS] = {(void *)x, (void *)w, b ? (void *)b : y, y};
     int r = dnnl_conv(K_FWD, s, user, b != NULL, &po, post->pack, wstorage);
     if (r) return r > 0 ? VTL_OK : vtl_error_status();
+  }
+  if (half) { /* oneDNN has no such half kernel here: the same layer in f32 */
+    half_io h = {.dt = s->dtype, .w_f32 = s->w_f32, .nx = s->N * s->C * s->H * s->W,
+                 .nw = s->K * (s->C / s->groups) * s->R * s->S, .nb = s->K, .ny = ny, .x = x, .w = w, .b = b, .y = y,
+                 .add = add};
+    if (half_in(&h)) return vtl_error_status();
+    vtl_conv2d_shape p = *s;
+    p.dtype = VTL_F32;
+    p.w_f32 = false;
+    vtl_conv2d_post q = *post;
+    q.pack = NULL;
+    return half_out(&h, vtl_cpu_conv2d_forward_post(&p, h.xf, h.wf, h.bf, h.yf, add, &q, NULL));
   }
   /* the plain convolution on (N,C,H,W) buffers, then the sum and the activation as separate
      passes */
@@ -918,18 +986,27 @@ vtl_status vtl_cpu_conv2d_forward_post(const vtl_conv2d_shape *s, const void *x,
 
 vtl_status vtl_cpu_linear_forward_post(vtl_dtype dt, int64_t M, int64_t K, int64_t N, const void *x, const void *w,
                                        const void *b, void *y, bool add, const vtl_conv2d_post *post,
-                                       vtl_storage *wstorage) {
-  if (dt != VTL_F32 && dt != VTL_F64)
-    return vtl_error_set(VTL_ERR_ARG, "linear: kernel supports f32 and f64, got %s", vtl_dtype_name(dt));
+                                       vtl_storage *wstorage, bool w_f32) {
+  bool half = is_half(dt);
+  if (dt != VTL_F32 && dt != VTL_F64 && !half)
+    return vtl_error_set(VTL_ERR_ARG, "linear: kernel supports f32, f64, f16 and bf16, got %s", vtl_dtype_name(dt));
   size_t es = vtl_dtype_size(dt);
   if (M * N == 0) return VTL_OK;
   post_ops po = {.sum = add};
-  if (dt == VTL_F32 && K > 0 && (!post->has_act || eltwise_of(post->act, post->act_params, &po))) {
+  if ((dt == VTL_F32 || dt == VTL_BF16) && K > 0 && (!post->has_act || eltwise_of(post->act, post->act_params, &po))) {
     vtl_conv2d_shape s = {.dtype = dt, .N = M, .C = K, .K = N, .H = 1, .W = 1, .R = 1, .S = 1, .OH = 1, .OW = 1,
-                          .stride = {1, 1}, .dilation = {1, 1}, .groups = 1};
+                          .stride = {1, 1}, .dilation = {1, 1}, .groups = 1, .w_f32 = half && w_f32};
     void *user[MAX_ARGS] = {(void *)x, (void *)w, b ? (void *)b : y, y};
     int r = dnnl_conv(K_LINEAR, &s, user, b != NULL, &po, post->pack, wstorage);
     if (r) return r > 0 ? VTL_OK : vtl_error_status();
+  }
+  if (half) { /* no oneDNN half kernel: the same layer in f32 */
+    half_io h = {.dt = dt, .w_f32 = w_f32, .nx = M * K, .nw = N * K, .nb = N, .ny = M * N, .x = x, .w = w, .b = b,
+                 .y = y, .add = add};
+    if (half_in(&h)) return vtl_error_status();
+    vtl_conv2d_post q = *post;
+    q.pack = NULL;
+    return half_out(&h, vtl_cpu_linear_forward_post(VTL_F32, M, K, N, h.xf, h.wf, h.bf, h.yf, add, &q, NULL, false));
   }
   /* y = x wᵀ + b (+ y) by BLAS, then the activation */
   if (b) {

@@ -7,9 +7,31 @@
 
 static inline int is_intlike(vtl_dtype d) { return d == VTL_I64 || d == VTL_I32 || d == VTL_U8 || d == VTL_BOOL; }
 
+/* contiguous f32 <-> bf16 runs (autocast casts whole activations): the same rounding as
+   vtl_f32_to_bf16, in a loop the compiler vectorises */
+static void f32_to_bf16_run(uint16_t *o, const char *a, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; i++) {
+    uint32_t x;
+    memcpy(&x, a + 4 * i, 4);
+    uint32_t r = (x + 0x7fffu + ((x >> 16) & 1u)) >> 16;
+    o[i] = (x & 0x7fffffffu) > 0x7f800000u ? (uint16_t)((x >> 16) | 0x40u) : (uint16_t)r;
+  }
+}
+
+static void bf16_to_f32_run(char *o, const uint16_t *a, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; i++) {
+    uint32_t x = (uint32_t)a[i] << 16;
+    memcpy(o + 4 * i, &x, 4);
+  }
+}
+
 void vtl_cpu_cast(void *dst, vtl_dtype dd, int64_t ds, const void *src, vtl_dtype sd, int64_t ss, int64_t n) {
   char *o = dst;
   const char *a = src;
+  if (dd == VTL_BF16 && sd == VTL_F32 && ds == 2 && ss == 4) { f32_to_bf16_run(dst, a, n); return; }
+  if (dd == VTL_F32 && sd == VTL_BF16 && ds == 4 && ss == 2) { bf16_to_f32_run(o, src, n); return; }
   if (dd == sd) {
     size_t es = vtl_dtype_size(dd);
     if (ds == (int64_t)es && ss == (int64_t)es) { memmove(o, a, (size_t)n * es); return; }

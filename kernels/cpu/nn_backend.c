@@ -22,7 +22,8 @@ static vtl_status conv2d_forward_post(const vtl_conv2d_shape *s, const vtl_tenso
 static vtl_status linear_forward_post(vtl_dtype dt, int64_t M, int64_t K, int64_t N, const vtl_tensor *x,
                                       const vtl_tensor *w, const vtl_tensor *b, vtl_tensor *y, bool add,
                                       const vtl_conv2d_post *post) {
-  return vtl_cpu_linear_forward_post(dt, M, K, N, dat(x), dat(w), dat(b), dat(y), add, post, w->storage);
+  return vtl_cpu_linear_forward_post(dt, M, K, N, dat(x), dat(w), dat(b), dat(y), add, post, w->storage,
+                                     w->dtype == VTL_F32 && x->dtype != VTL_F32);
 }
 
 static vtl_status conv2d_backward_data(const vtl_conv2d_shape *s, const vtl_tensor *gy, const vtl_tensor *w,

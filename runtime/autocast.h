@@ -1,0 +1,31 @@
+/*
+ * Mixed-precision regions (vtl.autocast). Inside a region the matrix ops (conv2d, linear,
+ * matmul) cast their floating inputs to the region's reduced dtype (bf16 or f16) and return
+ * that dtype; the numerically sensitive ops (softmax, norms, losses) cast half inputs up to
+ * f32 and return f32. Weights stay f32 (their gradients arrive in f32 through the cast). A
+ * leaf that requires grad (a parameter) is cast once per outermost region and per version, as
+ * PyTorch's autocast caches it. The state is per thread; the backward pass runs outside it.
+ */
+#ifndef VTL_AUTOCAST_H
+#define VTL_AUTOCAST_H
+#include "core.h"
+
+/* the region's reduced dtype, or VTL_F32 outside any region (or in a disabled one) */
+vtl_dtype vtl_autocast_dtype(void);
+/* Enters a region of dtype VTL_BF16 or VTL_F16, or VTL_F32 for a region with autocast off
+   (nested in an enabled one). Returns the state vtl_autocast_leave restores. */
+int vtl_autocast_enter(vtl_dtype dt);
+/* Leaves the region; leaving the outermost one drops the cached weight casts. */
+void vtl_autocast_leave(int saved);
+
+/* For a reduced-precision op: x cast to the region's dtype (differentiably) when x is f32, f16
+   or bf16 of another dtype; otherwise x itself. A new reference (NULL with the error set). */
+vtl_tensor *vtl_autocast_low(vtl_tensor *x);
+/* For an op that runs in f32: a half x cast to f32 when a region is active; otherwise x
+   itself. A new reference (NULL with the error set). NULL x gives NULL without error. */
+vtl_tensor *vtl_autocast_f32(vtl_tensor *x);
+/* whether vtl_autocast_low would cast x */
+bool vtl_autocast_casts(const vtl_tensor *x);
+/* cached weight casts held (for tests) */
+int vtl_autocast_cache_size(void);
+#endif

@@ -1,0 +1,225 @@
+-- Mixed precision (vtl.autocast): training and eval passes of a small CNN and a transformer
+-- block against PyTorch's CPU autocast (bf16), the fused inference path, f16, the region's
+-- rules (nesting, disabling, errors, the weight-cast cache) and half-precision layers.
+local T = require "testlib"
+local vtl = require "vtl"
+local nn, F = vtl.nn, vtl.nn.functional
+local FIX = os.getenv("VTL_FIXTURES") or "build/fixtures"
+
+local SmallCNN = nn.Module:extend("SmallCNN")
+function SmallCNN:init()
+  self.conv1 = nn.Conv2d(1, 8, 3, {padding = 1})
+  self.bn1 = nn.BatchNorm2d(8)
+  self.conv2 = nn.Conv2d(8, 16, 3, {padding = 1})
+  self.bn2 = nn.BatchNorm2d(16)
+  self.fc = nn.Linear(16 * 7 * 7, 10)
+end
+function SmallCNN:forward(x)
+  x = F.max_pool2d(F.relu(self.bn1(self.conv1(x))), 2)
+  x = F.max_pool2d(F.relu(self.bn2(self.conv2(x))), 2)
+  return self.fc(x:flatten(2))
+end
+
+local Block = nn.Module:extend("Block")
+function Block:init()
+  local c = 32
+  self.heads = 4
+  self.norm1 = nn.LayerNorm(c)
+  self.qkv = nn.Linear(c, 3 * c)
+  self.proj = nn.Linear(c, c)
+  self.norm2 = nn.LayerNorm(c)
+  self.fc1 = nn.Linear(c, 2 * c)
+  self.fc2 = nn.Linear(2 * c, c)
+  self.head = nn.Linear(c, 5)
+end
+function Block:forward(x)
+  local B, N, C = x.shape[1], x.shape[2], x.shape[3]
+  local h = self.heads
+  local d = C // h
+  local qkv = self.qkv(self.norm1(x)):reshape(B, N, 3, h, d):permute(3, 1, 4, 2, 5)
+  local q, k, v = qkv[1], qkv[2], qkv[3]
+  local a = F.softmax(q:matmul(k:transpose(-2, -1)) * d ^ -0.5, -1)
+  x = x + self.proj(a:matmul(v):transpose(2, 3):reshape(B, N, C))
+  x = x + self.fc2(F.gelu(self.fc1(self.norm2(x))))
+  return self.head(x:mean(2))
+end
+
+-- |a - b| / max |b|, both as f64
+local function rel(a, b)
+  a, b = a:double(), b:double()
+  return (a - b):abs():max():item() / math.max(b:abs():max():item(), 1e-12)
+end
+-- ||a - b|| / ||b||
+local function rel_norm(a, b)
+  a, b = a:double(), b:double()
+  return ((a - b) ^ 2):sum():sqrt():item() / math.max((b ^ 2):sum():sqrt():item(), 1e-12)
+end
+
+for _, case in ipairs{{"cnn", SmallCNN}, {"block", Block}} do
+  local name, class = case[1], case[2]
+  T.test(name .. ": a bf16 autocast training pass matches PyTorch's CPU autocast", function()
+    local init = vtl.load(FIX .. "/amp_" .. name .. "_init.safetensors")
+    local ref = vtl.load(FIX .. "/amp_" .. name .. "_ref.safetensors")
+    local model = class()
+    model:load_state_dict(init)
+    model:train()
+    local logits, loss = vtl.autocast("bf16", function()
+      local l = model(ref.x)
+      return l, F.cross_entropy(l, ref.y)
+    end)
+    T.eq(logits.dtype, "bf16", "logits from a Linear in the region are bf16")
+    T.eq(ref.logits_dtype_bf16:item(), 1, "PyTorch's are too")
+    T.eq(loss.dtype, "f32", "cross-entropy runs in f32")
+    T.truthy(vtl.autocast_dtype() == nil, "the region is left")
+    loss:backward()
+    local e_logits = rel(logits, ref.logits)
+    local e_loss = math.abs(loss:item() - ref.loss:item())
+    T.truthy(e_logits < 2e-2, ("logits: relative error %.3g"):format(e_logits))
+    T.truthy(e_loss < 1e-2, ("loss %.5f, PyTorch %.5f"):format(loss:item(), ref.loss:item()))
+    local worst, wname = 0, ""
+    for _, e in ipairs(model:named_parameters()) do
+      local pname, p = e[1], e[2]
+      T.eq(p.grad.dtype, "f32", pname .. ": the gradient of an f32 weight is f32")
+      local want = ref["grad." .. pname]
+      if name == "cnn" and pname:match("^conv%d%.bias$") then
+        -- a bias before a training-mode batch norm has a zero gradient in exact arithmetic:
+        -- both sides hold rounding noise, bounded against the layer's weight gradient
+        local scale = ref["grad." .. pname:gsub("bias", "weight")]:abs():max():item()
+        local e = (p.grad - want):abs():max():item() / scale
+        T.truthy(e < 1e-2, ("%s: noise %.3g of the weight gradient"):format(pname, e))
+      else
+        local e = rel_norm(p.grad, want)
+        if e > worst then worst, wname = e, pname end
+      end
+    end
+    T.truthy(worst < 5e-2, ("worst gradient %s: relative error %.3g"):format(wname, worst))
+    print(("  %s: logits %.2e, loss %.2e, worst gradient (%s) %.2e vs PyTorch autocast"):format(name, e_logits,
+      e_loss, wname, worst))
+  end)
+
+  T.test(name .. ": bf16 autocast eval logits match PyTorch's", function()
+    local init = vtl.load(FIX .. "/amp_" .. name .. "_init.safetensors")
+    local ref = vtl.load(FIX .. "/amp_" .. name .. "_ref.safetensors")
+    local model = class()
+    model:load_state_dict(init)
+    model:eval()
+    local y = vtl.no_grad(function() return vtl.autocast("bf16", function() return model(ref.x) end) end)
+    local e = rel(y, ref.eval_logits)
+    local e32 = rel(y, ref.eval_logits_f32)
+    T.truthy(e < 2e-2, ("relative error %.3g against PyTorch autocast"):format(e))
+    T.truthy(e32 < 3e-2, ("relative error %.3g against f32"):format(e32))
+    T.eq(table.concat(y:argmax(2):tolist(), ","), table.concat(ref.eval_logits:argmax(2):tolist(), ","),
+      "same predicted classes")
+  end)
+end
+
+T.test("fused inference models under bf16 autocast agree with their f32 logits", function()
+  vtl.seed(3)
+  for _, arch in ipairs{"resnet18", "mobilenet_v3_small", "vit_tiny_patch16_224"} do
+    local size = arch:find("vit") and 224 or 64
+    local m = vtl.models.create(arch, {num_classes = 7})
+    m:eval()
+    local f = vtl.models.fuse_for_inference(m)
+    local x = vtl.randn(2, 3, size, size)
+    local y32 = vtl.no_grad(function() return f(x) end)
+    local y16, yplain = vtl.no_grad(function()
+      return vtl.autocast("bf16", function() return f(x), m(x) end)
+    end)
+    T.eq(y16.dtype, "bf16", arch)
+    local e, ep = rel(y16, y32), rel(yplain, y32)
+    T.truthy(e < 4e-2, ("%s fused: relative error %.3g"):format(arch, e))
+    T.truthy(ep < 4e-2, ("%s plain: relative error %.3g"):format(arch, ep))
+    -- the weights stay f32: the kernel converts them as it packs them
+    for _, p in ipairs(f:parameters()) do T.eq(p.dtype, "f32", arch .. " parameter") end
+  end
+end)
+
+T.test("f16 autocast: logits within f16 rounding of the f32 model", function()
+  local init = vtl.load(FIX .. "/amp_block_init.safetensors")
+  local ref = vtl.load(FIX .. "/amp_block_ref.safetensors")
+  local model = Block()
+  model:load_state_dict(init)
+  model:eval()
+  local y = vtl.no_grad(function() return vtl.autocast("f16", function() return model(ref.x) end) end)
+  T.eq(y.dtype, "f16")
+  local e = rel(y, ref.eval_logits_f32)
+  T.truthy(e < 5e-3, ("relative error %.3g"):format(e))
+  model:train()
+  local loss = vtl.autocast("f16", function() return F.cross_entropy(model(ref.x), ref.y) end)
+  loss:backward()
+  T.truthy(rel_norm(model.fc1.weight.grad, ref["grad.fc1.weight"]) < 3e-2, "fc1 gradient")
+end)
+
+T.test("autocast regions: nesting, switching off, guards, errors and bad arguments", function()
+  T.truthy(vtl.autocast_dtype() == nil)
+  vtl.autocast("bf16", function()
+    T.eq(vtl.autocast_dtype(), "bf16")
+    vtl.autocast(false, function()
+      T.truthy(vtl.autocast_dtype() == nil, "off inside")
+      local y = F.linear(vtl.randn(2, 3), vtl.randn(4, 3))
+      T.eq(y.dtype, "f32", "no cast with autocast off")
+    end)
+    vtl.autocast("f16", function() T.eq(vtl.autocast_dtype(), "f16") end)
+    T.eq(vtl.autocast_dtype(), "bf16", "restored after a nested region")
+  end)
+  do
+    local g <close> = vtl.autocast("bf16")
+    T.eq(vtl.autocast_dtype(), "bf16", "guard form")
+    T.eq(vtl.randn(2, 3):matmul(vtl.randn(3, 2)).dtype, "bf16", "matmul in the region")
+  end
+  T.truthy(vtl.autocast_dtype() == nil, "guard closed")
+  local ok, err = pcall(vtl.autocast, "bf16", function() error("boom") end)
+  T.truthy(not ok)
+  T.truthy(tostring(err):find("boom"), err)
+  T.truthy(vtl.autocast_dtype() == nil, "left after an error")
+  T.raises(function() vtl.autocast("i64", function() end) end, "dtype must be")
+  T.raises(function() vtl.autocast("bogus", function() end) end, "dtype must be")
+  T.raises(function() vtl.autocast("bf16", 42) end, "function")
+  -- f64 is never cast; integer operands are left alone
+  vtl.autocast("bf16", function()
+    T.eq(vtl.randn(2, 3):double():matmul(vtl.randn(3, 2):double()).dtype, "f64")
+    T.eq(F.softmax(vtl.randn(2, 3):to("bf16"), -1).dtype, "f32", "softmax runs in f32")
+    T.eq(F.layer_norm(vtl.randn(2, 4):to("bf16"), {4}).dtype, "f32", "layer norm runs in f32")
+  end)
+end)
+
+T.test("autocast casts each weight once per region and sees in-place updates", function()
+  local lin = nn.Linear(6, 3)
+  local x = vtl.randn(4, 6)
+  vtl.autocast("bf16", function()
+    local a = lin(x)
+    lin(x)
+    T.eq(vtl._autocast_cache_size(), 2, "weight and bias cached once")
+    vtl.no_grad(function() lin.weight:mul_(2) end)
+    local b = lin(x)
+    local want = (F.linear(x, lin.weight, lin.bias)):float()
+    T.truthy(rel(b, want) < 1e-2, "the doubled weights are used")
+    T.truthy(rel(a, want) > 0.1, "and differ from the first result")
+  end)
+  T.eq(vtl._autocast_cache_size(), 0, "the cache goes with the outermost region")
+end)
+
+T.test("half-precision layers outside autocast: conv2d, linear, pooling and their gradients", function()
+  vtl.seed(5)
+  local x, w, b = vtl.randn(2, 4, 9, 9), vtl.randn(6, 4, 3, 3), vtl.randn(6)
+  for _, dt in ipairs{"bf16", "f16"} do
+    local xh, wh, bh = x:to(dt), w:to(dt), b:to(dt)
+    local want = F.conv2d(xh:float(), wh:float(), bh:float(), {padding = 1})
+    local y = F.conv2d(xh, wh, bh, {padding = 1})
+    T.eq(y.dtype, dt)
+    T.truthy(rel(y, want) < 1e-2, dt .. " conv2d")
+    local yl = F.linear(xh:flatten(2), vtl.randn(5, 324):to(dt), nil, {act = "relu"})
+    T.eq(yl.dtype, dt, "linear")
+    T.eq(F.max_pool2d(y, 2).dtype, dt, "max pool")
+    local xg = xh:clone():requires_grad_(true)
+    local wg = wh:clone():requires_grad_(true)
+    local out = F.conv2d(xg, wg, nil, {padding = 1})
+    out:float():sum():backward()
+    T.eq(xg.grad.dtype, dt)
+    local xf, wf = xh:float():requires_grad_(true), wh:float():requires_grad_(true)
+    F.conv2d(xf, wf, nil, {padding = 1}):sum():backward()
+    T.truthy(rel(xg.grad, xf.grad) < 1e-2, dt .. " input gradient")
+    T.truthy(rel(wg.grad, wf.grad) < 1e-2, dt .. " weight gradient")
+  end
+  T.raises(function() F.conv2d(x:to("bf16"), w, b) end, "same dtype")
+end)
