@@ -223,3 +223,111 @@ T.test("half-precision layers outside autocast: conv2d, linear, pooling and thei
   end
   T.raises(function() F.conv2d(x:to("bf16"), w, b) end, "same dtype")
 end)
+
+-- ---- GradScaler ----
+
+local function block_and_data()
+  local init = vtl.load(FIX .. "/amp_block_init.safetensors")
+  local ref = vtl.load(FIX .. "/amp_block_ref.safetensors")
+  local model = Block()
+  model:load_state_dict(init)
+  model:train()
+  return model, ref
+end
+
+T.test("GradScaler: scaled f16 gradients survive where unscaled ones underflow", function()
+  local tiny = 2 ^ -20 -- a loss this small makes the f16 activation gradients underflow
+  local model, ref = block_and_data()
+  F.cross_entropy(model(ref.x), ref.y):mul(tiny):backward()
+  local want = model.fc1.weight.grad:clone()
+  for _, p in ipairs(model:parameters()) do p.grad = nil end
+  vtl.autocast("f16", function() return F.cross_entropy(model(ref.x), ref.y):mul(tiny) end):backward()
+  local lost = rel_norm(model.fc1.weight.grad, want)
+  for _, p in ipairs(model:parameters()) do p.grad = nil end
+  local scaler = vtl.amp.GradScaler()
+  local opt = vtl.optim.SGD(model:parameters(), {lr = 0})
+  local loss = vtl.autocast("f16", function() return F.cross_entropy(model(ref.x), ref.y):mul(tiny) end)
+  scaler:scale(loss):backward()
+  scaler:unscale_(opt)
+  local kept = rel_norm(model.fc1.weight.grad, want)
+  T.truthy(lost > 0.5, ("unscaled: fc1 gradient error %.3g (underflow expected)"):format(lost))
+  T.truthy(kept < 1e-2, ("scaled: fc1 gradient error %.3g"):format(kept))
+  print(("  f16 gradients of a 2^-20 loss: error %.2f unscaled, %.2e with GradScaler"):format(lost, kept))
+end)
+
+T.test("GradScaler: skips overflowing steps, backs off and grows the scale", function()
+  local w = vtl.tensor({1.0, 2.0}):requires_grad_(true)
+  local opt = vtl.optim.SGD({w}, {lr = 0.1})
+  local s = vtl.amp.GradScaler{init_scale = 8, growth_interval = 2}
+  local function iter(bad)
+    opt:zero_grad()
+    local loss = (w * w):sum()
+    if bad then loss = loss * math.huge end
+    s:scale(loss):backward()
+    local took = s:step(opt)
+    s:update()
+    return took
+  end
+  T.eq(s:scale(vtl.tensor(3.0)):item(), 24, "scale multiplies")
+  local before = w:clone()
+  T.eq(iter(true), false, "an inf gradient skips the step")
+  T.close(w, before, 0, "the weights did not move")
+  T.eq(s:get_scale(), 4, "the scale backs off by half")
+  T.eq(iter(false), true)
+  -- the step used the unscaled gradient 2w: w - 0.1 * 2w
+  T.close(w, before * 0.8, 1e-6, "unscaled gradient")
+  T.eq(s:get_scale(), 4, "one clean step: no growth yet")
+  iter(false)
+  T.eq(s:get_scale(), 8, "growth_interval clean steps: the scale doubles")
+  local sd = s:state_dict()
+  local s2 = vtl.amp.GradScaler()
+  s2:load_state_dict(sd)
+  T.eq(s2:get_scale(), 8)
+  -- misuse
+  opt:zero_grad()
+  s:scale((w * w):sum()):backward()
+  s:unscale_(opt)
+  T.raises(function() s:unscale_(opt) end, "already")
+  s:step(opt)
+  T.raises(function() s:step(opt) end, "already")
+  s:update()
+  T.raises(function() s:update() end, "no optimizer")
+  T.raises(function() vtl.amp.GradScaler{init_scale = -1} end, "init_scale")
+  T.raises(function() vtl.amp.GradScaler{growth_factor = 0.5} end, "growth_factor")
+  T.raises(function() vtl.amp.GradScaler{backoff_factor = 2} end, "backoff_factor")
+  T.raises(function() vtl.amp.GradScaler{growth_interval = 0} end, "growth_interval")
+  T.raises(function() vtl.amp.GradScaler{bogus = 1} end, "unknown option")
+  T.raises(function() s:step({}) end, "optimizer")
+  local off = vtl.amp.GradScaler{enabled = false}
+  T.eq(off:get_scale(), 1)
+  local l = vtl.tensor(2.0)
+  T.truthy(off:scale(l) == l, "disabled: the loss itself")
+end)
+
+T.test("Learner: precision = bf16 and f16 train to the f32 accuracy band", function()
+  local function dataset(n, seed)
+    local g = vtl.Generator(seed)
+    local y = vtl.randint(1, 5, {n}, {generator = g})
+    local x = vtl.randn({n, 3, 12, 12}, {generator = g}) + y:to("f32"):reshape({n, 1, 1, 1}) * 0.5
+    return vtl.data.TensorDataset(x, y)
+  end
+  local accs = {}
+  for _, prec in ipairs{"f32", "bf16", "f16"} do
+    vtl.seed(1)
+    local model = vtl.models.create("small_cnn", {num_classes = 4, drop_rate = 0})
+    local learn = vtl.train.Learner{model = model, train = dataset(96, 5), valid = dataset(48, 9), batch_size = 16,
+                                    progress = false, seed = 3, precision = prec}
+    learn:fit(4, 3e-3)
+    local r = learn:evaluate()
+    T.eq(r.pred.dtype, "f32", prec .. ": predictions come back in f32")
+    T.eq(learn:predict(dataset(8, 4)).dtype, "f32", prec .. ": probabilities too")
+    accs[prec] = r.pred:argmax(2):eq(r.target):to("f32"):mean():item()
+    if prec == "f16" then T.eq(learn.skipped_steps or 0, 0, "no overflow at the default scale here") end
+  end
+  print(("  accuracy after 4 epochs: f32 %.3f, bf16 %.3f, f16 %.3f"):format(accs.f32, accs.bf16, accs.f16))
+  T.truthy(accs.f32 > 0.5, "the task is learnt")
+  T.truthy(math.abs(accs.bf16 - accs.f32) <= 0.1, "bf16 within 0.1 of f32")
+  T.truthy(math.abs(accs.f16 - accs.f32) <= 0.1, "f16 within 0.1 of f32")
+  T.raises(function() vtl.train.Learner{model = vtl.models.create("small_cnn", {num_classes = 4}), precision = "f8"} end,
+    "precision")
+end)

@@ -3,7 +3,8 @@
 --       seeded random weights (batch-norm statistics included) written for both sides
 --   vtl tests/bench/infer.lua run <model> <weights.safetensors> <threads> <batches> <reps> [fused]
 --       prints "<batch> <images/s>" for each batch size (best of reps timed runs after one
---       warm-up run), then "rss <peak RSS in MiB>"; fused: vtl.models.fuse_for_inference first
+--       warm-up run), then "rss <peak RSS in MiB>"; fused: vtl.models.fuse_for_inference first;
+--       fused-bf16: that model run in a bf16 autocast region
 local vtl = require "vtl"
 local models = require "vtl.models"
 
@@ -35,13 +36,15 @@ if mode == "save" then
 end
 
 assert(mode == "run", "usage: infer.lua save|run <model> <weights> ...")
-local threads, batches, reps, fused = tonumber(arg[4]), arg[5], tonumber(arg[6]), arg[7] == "fused"
+local threads, batches, reps = tonumber(arg[4]), arg[5], tonumber(arg[6])
+local fused, bf16 = arg[7] == "fused" or arg[7] == "fused-bf16", arg[7] == "fused-bf16"
 vtl.set_num_threads(threads)
 local model = models.create(name, {pretrained = path})
 model:eval()
 if fused then model = models.fuse_for_inference(model) end
 local size = model.pretrained_cfg.input_size
 local g <close> = vtl.no_grad()
+local ac <close> = vtl.autocast(bf16 and "bf16" or false)
 for b in batches:gmatch("%d+") do
   local n = tonumber(b)
   local x = vtl.randn(n, size[1], size[2], size[3])

@@ -1,7 +1,8 @@
 """Inference throughput of the PyTorch twin of a vtl zoo model (eval mode, torch.no_grad), for
 tests/bench/infer.sh. The weights are the ones vtl wrote (loaded with strict=True).
 
-Usage: infer.py <model> <weights.safetensors> <threads> <batches> <reps>
+Usage: infer.py <model> <weights.safetensors> <threads> <batches> <reps> [bf16]
+bf16: the model runs under torch.autocast("cpu", dtype=torch.bfloat16).
 Prints "<batch> <images/s>" for each batch size (best of reps timed runs after one warm-up
 run), then "rss <peak RSS in MiB>".
 """
@@ -26,12 +27,13 @@ def build(name):
 
 def main():
     name, path, threads, batches, reps = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5])
+    bf16 = len(sys.argv) > 6 and sys.argv[6] == "bf16"
     torch.set_num_threads(threads)
     model = build(name)
     model.load_state_dict(load_file(path), strict=True)
     model.eval()
     size = 224
-    with torch.no_grad():
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         for b in batches.split(","):
             n = int(b)
             x = torch.randn(n, 3, size, size)

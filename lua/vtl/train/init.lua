@@ -48,7 +48,9 @@ end
 ---for validation), train_bn (true: batch norm stays trainable in frozen groups), callbacks
 ---(list), quiet (progress as one line per epoch, no redrawn bar), progress (false: no progress
 ---output at all), batch_transform (e.g. MixUp, for training batches),
----checkpoint_dir (where Ctrl-C during fit saves; default "runs/interrupted").
+---checkpoint_dir (where Ctrl-C during fit saves; default "runs/interrupted"), precision ("bf16" or
+---"f16": forward passes and losses in a vtl.autocast region, f16 with a vtl.amp.GradScaler;
+---"f32" or nil: full precision).
 ---@param opts table
 function M.Learner(opts)
   if type(opts) ~= "table" then fail("Learner: expected an options table", 2) end
@@ -66,6 +68,12 @@ function M.Learner(opts)
   if self.grad_clip ~= nil and (type(self.grad_clip) ~= "number" or self.grad_clip <= 0) then
     fail("Learner: grad_clip must be a positive number", 2)
   end
+  local prec = opts.precision
+  if prec ~= nil and prec ~= "f32" and prec ~= "bf16" and prec ~= "f16" then
+    fail("Learner: precision must be \"f32\", \"bf16\" or \"f16\", got " .. tostring(prec), 2)
+  end
+  if prec == "bf16" or prec == "f16" then self.amp_dtype = prec end
+  if prec == "f16" then self.scaler = require("vtl.amp").GradScaler() end
   -- data
   local function loader(ds, train, what)
     if ds == nil then return nil end
@@ -249,9 +257,13 @@ end
 function Learner:_train_batch(batch)
   self.batch = batch
   self:_event("before_batch", batch)
-  local out = self.model(batch.input)
-  self.pred = out
-  local loss = self.loss_fn(out, batch.target)
+  local out, loss
+  do
+    local ac <close> = self.amp_dtype and core.autocast(self.amp_dtype) or nil
+    out = self.model(batch.input)
+    self.pred = out
+    loss = self.loss_fn(out, batch.target)
+  end
   self.loss = loss
   self.last_loss = item(loss)
   self:_event("after_loss", loss)
@@ -263,18 +275,25 @@ function Learner:_train_batch(batch)
     self.last_loss = item(loss)
   end
   local l = self.accumulate > 1 and loss / self.accumulate or loss
+  if self.scaler then l = self.scaler:scale(l) end
   l:backward()
   self:_event("after_backward")
   self.accum_count = (self.accum_count or 0) + 1
   self.pending_sum, self.pending_count = self.pending_sum + (self.last_loss or 0), self.pending_count + 1
   if self.accum_count >= self.accumulate or self.batch_in_epoch == self.n_batches then
     critical(function()
+      if self.scaler then self.scaler:unscale_(self.opt) end
       if self.grad_clip then
         local ps = {}
         for _, p in ipairs(self.model:parameters()) do if p.grad then ps[#ps + 1] = p end end
         if #ps > 0 then vtl.nn.utils.clip_grad_norm(ps, self.grad_clip) end
       end
-      self.opt:step()
+      if self.scaler then -- skipped when a gradient overflowed; the scale adapts
+        self.skipped_steps = (self.skipped_steps or 0) + (self.scaler:step(self.opt) and 0 or 1)
+        self.scaler:update()
+      else
+        self.opt:step()
+      end
       self.opt:zero_grad()
       self.accum_count = 0
       self.iteration = self.iteration + 1
@@ -301,7 +320,12 @@ function Learner:_predict_loader(dl, epoch)
   local outs, targets, losses, n = {}, {}, 0, 0
   local guard <close> = vtl.no_grad()
   for b in dl:iter(epoch or 1) do
-    local out = self.model(b.input)
+    local out
+    do
+      local ac <close> = self.amp_dtype and core.autocast(self.amp_dtype) or nil
+      out = self.model(b.input)
+    end
+    if out.dtype == "bf16" or out.dtype == "f16" then out = out:float() end
     outs[#outs + 1] = out
     if b.target ~= nil then
       targets[#targets + 1] = b.target
@@ -631,7 +655,10 @@ function Learner:predict(x, opts)
   local was = self.model.training
   self.model:eval()
   local guard <close> = vtl.no_grad()
-  local function probs_of(input) return vtl.nn.functional.softmax(self.model(input), 2) end
+  local function probs_of(input) -- in the training precision; softmax gives f32 either way
+    local ac <close> = self.amp_dtype and core.autocast(self.amp_dtype) or nil
+    return vtl.nn.functional.softmax(self.model(input), 2)
+  end
   local function mirror(input) -- left-right, along the last dim
     local w = input.shape[input.ndim]
     return input:index_select(input.ndim, vtl.arange(w, 0, -1))
