@@ -2,6 +2,7 @@
 #include <lua.h>
 #include <lauxlib.h>
 #include <unistd.h>
+#include "autocast.h"
 #include "lvtl.h"
 #include "backend.h"
 
@@ -145,9 +146,22 @@ static int cuda_memory_stats(lua_State *L) {
   return 1;
 }
 
+/* allow_tf32([on]): whether f32 matmuls on a GPU may use TF32 (default false, as PyTorch's
+   matmul setting); with an argument sets it and returns the previous setting */
+static int cuda_allow_tf32(lua_State *L) {
+  bool prev = vtl_matmul_allow_tf32();
+  if (!lua_isnoneornil(L, 1)) {
+    luaL_checktype(L, 1, LUA_TBOOLEAN);
+    vtl_set_matmul_allow_tf32(lua_toboolean(L, 1));
+  }
+  lua_pushboolean(L, prev);
+  return 1;
+}
+
 static const luaL_Reg cuda_funcs[] = {
   {"is_available", cuda_is_available}, {"device_count", cuda_device_count}, {"synchronize", cuda_synchronize},
-  {"empty_cache", cuda_empty_cache}, {"memory_stats", cuda_memory_stats}, {NULL, NULL}};
+  {"empty_cache", cuda_empty_cache}, {"memory_stats", cuda_memory_stats}, {"allow_tf32", cuda_allow_tf32},
+  {NULL, NULL}};
 
 static const luaL_Reg sys_funcs[] = {
   {"clock", l_clock}, {"set_num_threads", l_set_num_threads}, {"get_num_threads", l_get_num_threads},

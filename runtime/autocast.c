@@ -14,7 +14,11 @@ static _Thread_local int depth;
 static _Thread_local cast_entry *cache;
 static _Thread_local int ncache, capcache;
 
+static bool tf32_matmul;
+
 vtl_dtype vtl_autocast_dtype(void) { return cur; }
+bool vtl_matmul_allow_tf32(void) { return tf32_matmul; }
+void vtl_set_matmul_allow_tf32(bool on) { tf32_matmul = on; }
 
 static void cache_clear(void) {
   for (int i = 0; i < ncache; i++) {

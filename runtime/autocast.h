@@ -28,4 +28,9 @@ vtl_tensor *vtl_autocast_f32(vtl_tensor *x);
 bool vtl_autocast_casts(const vtl_tensor *x);
 /* cached weight casts held (for tests) */
 int vtl_autocast_cache_size(void);
+
+/* Whether f32 matrix products on a GPU may use TF32 tensor cores (cuBLAS); off by default, as
+   PyTorch's torch.backends.cuda.matmul.allow_tf32. Process-wide. */
+bool vtl_matmul_allow_tf32(void);
+void vtl_set_matmul_allow_tf32(bool on);
 #endif

@@ -183,6 +183,13 @@ T.test("autocast regions: nesting, switching off, guards, errors and bad argumen
   end)
 end)
 
+T.test("vtl.cuda.allow_tf32 is a process-wide switch, off by default", function()
+  T.eq(vtl.cuda.allow_tf32(), false)
+  T.eq(vtl.cuda.allow_tf32(true), false, "returns the previous setting")
+  T.eq(vtl.cuda.allow_tf32(false), true)
+  T.raises(function() vtl.cuda.allow_tf32(1) end, "boolean expected")
+end)
+
 T.test("autocast casts each weight once per region and sees in-place updates", function()
   local lin = nn.Linear(6, 3)
   local x = vtl.randn(4, 6)

@@ -1,4 +1,4 @@
-// CUDA matmul: cuBLAS strided-batched GEMM for f32 (exact f32, no TF32), f64, and f16/bf16
+// CUDA matmul: cuBLAS strided-batched GEMM for f32 (exact f32, or TF32 when allowed), f64, and f16/bf16
 // operands computing in f32; a plain kernel for i64. The contract is kernels/cpu/matmul.c's:
 // out (batch..., M, N) contiguous; a (batch..., M, K) and b (batch..., K, N) with the same
 // batch shape as views (broadcast batch dims have stride 0), each matrix either row- or
@@ -8,6 +8,7 @@
 // passed first and the output's leading dimension is N.
 #include "common.cuh"
 extern "C" {
+#include "autocast.h"
 #include "gemm.h"
 }
 
@@ -126,7 +127,10 @@ vtl_status vtl_cu_matmul(vtl_tensor *out, const vtl_tensor *a, const vtl_tensor 
   const char *A = (const char *)vtl_tensor_data(a), *Bp = (const char *)vtl_tensor_data(b);
   char *Cp = (char *)vtl_tensor_data(out);
   cudaDataType_t ty = cuda_type(dt);
-  cublasComputeType_t ct = dt == VTL_F64 ? CUBLAS_COMPUTE_64F : CUBLAS_COMPUTE_32F;
+  // f32 products are exact f32 unless TF32 is allowed (vtl.cuda.allow_tf32)
+  cublasComputeType_t ct = dt == VTL_F64                               ? CUBLAS_COMPUTE_64F
+                           : dt == VTL_F32 && vtl_matmul_allow_tf32() ? CUBLAS_COMPUTE_32F_FAST_TF32
+                                                                      : CUBLAS_COMPUTE_32F;
   float one_f = 1, zero_f = 0;
   double one_d = 1, zero_d = 0;
   const void *alpha = dt == VTL_F64 ? (const void *)&one_d : (const void *)&one_f;
