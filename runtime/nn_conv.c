@@ -473,6 +473,21 @@ vtl_tensor *vtl_op_attention_qkv(vtl_tensor *qkv, int64_t heads, double scale) {
   return y;
 }
 
+/* the computed gradients to the caller's slots, or all released on failure */
+static vtl_status hand_grads(vtl_status st, vtl_tensor *rx, vtl_tensor *rw, vtl_tensor *rb, vtl_tensor **gx,
+                             vtl_tensor **gw, vtl_tensor **gb) {
+  if (st != VTL_OK) {
+    vtl_tensor_release(rx);
+    vtl_tensor_release(rw);
+    vtl_tensor_release(rb);
+    return st;
+  }
+  if (gx) *gx = rx;
+  if (gw) *gw = rw;
+  if (gb) *gb = rb;
+  return VTL_OK;
+}
+
 vtl_status vtl_op_conv2d_backward(vtl_tensor *gy, vtl_tensor *x, vtl_tensor *w, const vtl_conv2d_params *p,
                                   vtl_tensor **gx, vtl_tensor **gw, vtl_tensor **gb) {
   vtl_conv2d_shape s;
@@ -492,16 +507,7 @@ vtl_status vtl_op_conv2d_backward(vtl_tensor *gy, vtl_tensor *x, vtl_tensor *w, 
       rb = down(rb, s.dtype);
       if ((gx && !rx) || (gw && !rw) || (gb && !rb)) st = vtl_error_status();
     }
-    if (st != VTL_OK) {
-      vtl_tensor_release(rx);
-      vtl_tensor_release(rw);
-      vtl_tensor_release(rb);
-      return st;
-    }
-    if (gx) *gx = rx;
-    if (gw) *gw = rw;
-    if (gb) *gb = rb;
-    return VTL_OK;
+    return hand_grads(st, rx, rw, rb, gx, gw, gb);
   }
   vtl_tensor *in[3] = {gy, gx ? w : NULL, gw ? x : NULL}, *c[3];
   if (!contig(in, c, 3)) return vtl_error_status();
@@ -521,16 +527,7 @@ vtl_status vtl_op_conv2d_backward(vtl_tensor *gy, vtl_tensor *x, vtl_tensor *w, 
     if (!rb) st = vtl_error_status();
   }
   release_all(c, 3);
-  if (st != VTL_OK) {
-    vtl_tensor_release(rx);
-    vtl_tensor_release(rw);
-    vtl_tensor_release(rb);
-    return st;
-  }
-  if (gx) *gx = rx;
-  if (gw) *gw = rw;
-  if (gb) *gb = rb;
-  return VTL_OK;
+  return hand_grads(st, rx, rw, rb, gx, gw, gb);
 }
 
 /* ---- autograd ---- */
