@@ -454,6 +454,17 @@ vtl_tensor *vtl_op_attention_qkv(vtl_tensor *qkv, int64_t heads, double scale) {
     vtl_device_format(vtl_tensor_device(qkv), s1, sizeof s1);
     return vtl_error_set(VTL_ERR_ARG, "attention_qkv: runs on the CPU, got a tensor on %s", s1), NULL;
   }
+  if (qkv->dtype == VTL_BF16) { /* oneDNN's bf16 products where it has them */
+    int64_t B = qkv->shape[0], N = qkv->shape[1], C = qkv->shape[2] / 3;
+    int64_t shape[3] = {B, N, C};
+    vtl_tensor *c = vtl_op_contiguous(qkv);
+    vtl_tensor *y = c ? new_like_shape(shape, 3, qkv->dtype, qkv) : NULL;
+    int r = y ? vtl_cpu_attention_qkv_bf16(B, N, heads, C / heads, scale, vtl_tensor_data(c), vtl_tensor_data(y)) : -1;
+    vtl_tensor_release(c);
+    if (r > 0) return y;
+    vtl_tensor_release(y);
+    if (r < 0) return NULL;
+  }
   if (is_half(qkv->dtype)) { /* computed in f32 */
     bool fail = false;
     vtl_tensor *f = up(qkv, &fail);

@@ -158,6 +158,10 @@ vtl_status vtl_cpu_linear_forward_post(vtl_dtype dt, int64_t M, int64_t K, int64
 /* out (B,N,H,D) from qkv (B,N,3,H,D), both contiguous (vtl_op_attention_qkv) */
 vtl_status vtl_cpu_attention_qkv(vtl_dtype dt, int64_t B, int64_t N, int64_t H, int64_t D, double scale,
                                  const void *qkv, void *out);
+/* the same from a bf16 qkv into a bf16 out, by oneDNN bf16 matmuls (the scores and softmax in
+   f32, the probabilities rounded to bf16 for the second product): 1 done, 0 not available here
+   (compute in f32 instead), -1 error set */
+int vtl_cpu_attention_qkv_bf16(int64_t B, int64_t N, int64_t H, int64_t D, double scale, const void *qkv, void *out);
 /* gx = conv2d's input gradient; overwrites gx */
 vtl_status vtl_cpu_conv2d_backward_data(const vtl_conv2d_shape *s, const void *gy, const void *w, void *gx);
 /* gw (and gb when not NULL) = weight and bias gradients; overwrite them */

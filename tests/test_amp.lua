@@ -183,6 +183,19 @@ T.test("autocast regions: nesting, switching off, guards, errors and bad argumen
   end)
 end)
 
+T.test("bf16 attention from a packed projection matches the f32 kernel", function()
+  vtl.seed(9)
+  for _, c in ipairs{{2, 5, 3, 4}, {1, 197, 6, 64}, {3, 17, 2, 8}} do
+    local B, N, H, D = c[1], c[2], c[3], c[4]
+    local qkv = vtl.randn(B, N, 3 * H * D)
+    local want = F.attention_qkv(qkv, H, D ^ -0.5)
+    local got = F.attention_qkv(qkv:to("bf16"), H, D ^ -0.5)
+    T.eq(got.dtype, "bf16")
+    local e = rel(got, want)
+    T.truthy(e < 2e-2, ("B=%d N=%d H=%d D=%d: relative error %.3g"):format(B, N, H, D, e))
+  end
+end)
+
 T.test("vtl.cuda.allow_tf32 is a process-wide switch, off by default", function()
   T.eq(vtl.cuda.allow_tf32(), false)
   T.eq(vtl.cuda.allow_tf32(true), false, "returns the previous setting")

@@ -1026,3 +1026,111 @@ vtl_status vtl_cpu_linear_forward_post(vtl_dtype dt, int64_t M, int64_t K, int64
   if (post->has_act) vtl_cpu_activation_forward(dt, post->act, y, y, M * N, post->act_params);
   return VTL_OK;
 }
+
+/* ======================================================================================
+ * bf16 attention (vtl_op_attention_qkv in an autocast region)
+ * ====================================================================================== */
+
+/* The two batched oneDNN matmuls of one attention shape: S = q kᵀ (bf16 in, f32 out) and
+   O = P v (bf16), both reading q, k, v in place from the (B,N,3,H,D) projection and writing O
+   in (B,N,H,D). A few shapes are kept (one per model and batch size in practice). */
+typedef struct {
+  int64_t B, N, H, D;
+  int threads;
+  dnnl_primitive_t qk, pv;
+  dnnl_memory_desc_t q, k, s, p, v, o;
+} attn_entry;
+
+#define ATTN_CACHE 8
+static attn_entry attn_cache[ATTN_CACHE];
+static int attn_next;
+
+static bool attn_build(attn_entry *e) {
+  int64_t B = e->B, N = e->N, H = e->H, D = e->D, ld = 3 * H * D;
+  dnnl_dims_t qd = {B, H, N, D}, qs = {N * ld, D, ld, 1};
+  dnnl_dims_t kd = {B, H, D, N}, ks = {N * ld, D, 1, ld};
+  dnnl_dims_t sd = {B, H, N, N};
+  dnnl_dims_t os = {N * H * D, D, H * D, 1};
+  bool ok = dnnl_memory_desc_init_by_strides(&e->q, 4, qd, dnnl_bf16, qs) == dnnl_success &&
+            dnnl_memory_desc_init_by_strides(&e->k, 4, kd, dnnl_bf16, ks) == dnnl_success &&
+            dnnl_memory_desc_init_by_tag(&e->s, 4, sd, dnnl_f32, dnnl_abcd) == dnnl_success &&
+            dnnl_memory_desc_init_by_tag(&e->p, 4, sd, dnnl_bf16, dnnl_abcd) == dnnl_success &&
+            dnnl_memory_desc_init_by_strides(&e->v, 4, qd, dnnl_bf16, qs) == dnnl_success &&
+            dnnl_memory_desc_init_by_strides(&e->o, 4, qd, dnnl_bf16, os) == dnnl_success;
+  dnnl_matmul_desc_t m1, m2;
+  ok = ok && dnnl_matmul_desc_init(&m1, &e->q, &e->k, NULL, &e->s) == dnnl_success &&
+       dnnl_matmul_desc_init(&m2, &e->p, &e->v, NULL, &e->o) == dnnl_success;
+  dnnl_primitive_desc_t pd1 = NULL, pd2 = NULL;
+  ok = ok && dnnl_primitive_desc_create(&pd1, &m1, NULL, engine, NULL) == dnnl_success &&
+       dnnl_primitive_desc_create(&pd2, &m2, NULL, engine, NULL) == dnnl_success;
+  e->qk = e->pv = NULL;
+  ok = ok && dnnl_primitive_create(&e->qk, pd1) == dnnl_success && dnnl_primitive_create(&e->pv, pd2) == dnnl_success;
+  if (pd1) dnnl_primitive_desc_destroy(pd1);
+  if (pd2) dnnl_primitive_desc_destroy(pd2);
+  if (!ok) {
+    if (e->qk) dnnl_primitive_destroy(e->qk);
+    if (e->pv) dnnl_primitive_destroy(e->pv);
+    e->qk = e->pv = NULL;
+  }
+  return ok;
+}
+
+/* 1 done, 0 not handled (no oneDNN bf16 matmul here: the caller computes in f32), -1 error set */
+int vtl_cpu_attention_qkv_bf16(int64_t B, int64_t N, int64_t H, int64_t D, double scale, const void *qkv, void *out) {
+  if (B * H * N == 0) return 1;
+  if (!engine_ready()) return 0;
+  int threads = omp_get_max_threads();
+  pthread_mutex_lock(&cache_lock);
+  attn_entry *e = NULL;
+  for (int i = 0; i < ATTN_CACHE && !e; i++)
+    if (attn_cache[i].qk && attn_cache[i].B == B && attn_cache[i].N == N && attn_cache[i].H == H &&
+        attn_cache[i].D == D && attn_cache[i].threads == threads)
+      e = &attn_cache[i];
+  if (!e) {
+    e = &attn_cache[attn_next];
+    attn_next = (attn_next + 1) % ATTN_CACHE;
+    if (e->qk) dnnl_primitive_destroy(e->qk);
+    if (e->pv) dnnl_primitive_destroy(e->pv);
+    *e = (attn_entry){.B = B, .N = N, .H = H, .D = D, .threads = threads};
+    if (!attn_build(e)) {
+      pthread_mutex_unlock(&cache_lock);
+      return 0;
+    }
+  }
+  /* the entry stays valid while the lock is held: the products run under it (one at a time) */
+  int64_t ns = B * H * N * N;
+  vtl_storage *tmp = scratch_new((size_t)ns * 6 + 64);
+  if (!tmp) {
+    pthread_mutex_unlock(&cache_lock);
+    return -1;
+  }
+  float *s = tmp->data;
+  uint16_t *p = (uint16_t *)(s + ns);
+  const uint16_t *q = qkv;
+  dnnl_memory_t mq = NULL, mk = NULL, ms = NULL, mp = NULL, mv = NULL, mo = NULL;
+  bool ok = dnnl_memory_create(&mq, &e->q, engine, (void *)q) == dnnl_success &&
+            dnnl_memory_create(&mk, &e->k, engine, (void *)(q + H * D)) == dnnl_success &&
+            dnnl_memory_create(&ms, &e->s, engine, s) == dnnl_success &&
+            dnnl_memory_create(&mp, &e->p, engine, p) == dnnl_success &&
+            dnnl_memory_create(&mv, &e->v, engine, (void *)(q + 2 * H * D)) == dnnl_success &&
+            dnnl_memory_create(&mo, &e->o, engine, out) == dnnl_success;
+  if (ok) {
+    dnnl_exec_arg_t a1[3] = {{DNNL_ARG_SRC, mq}, {DNNL_ARG_WEIGHTS, mk}, {DNNL_ARG_DST, ms}};
+    ok = dnnl_primitive_execute(e->qk, stream, 3, a1) == dnnl_success && dnnl_stream_wait(stream) == dnnl_success;
+  }
+  if (ok) { /* softmax(scale * s) per row, in f32, rounded once to bf16 */
+    float f = (float)scale;
+#pragma omp parallel for if (ns > 65536)
+    for (int64_t i = 0; i < ns; i++) s[i] *= f;
+    vtl_cpu_softmax_forward(VTL_F32, s, s, B * H * N, N, 1, false);
+    vtl_cpu_cast(p, VTL_BF16, 2, s, VTL_F32, 4, ns);
+    dnnl_exec_arg_t a2[3] = {{DNNL_ARG_SRC, mp}, {DNNL_ARG_WEIGHTS, mv}, {DNNL_ARG_DST, mo}};
+    ok = dnnl_primitive_execute(e->pv, stream, 3, a2) == dnnl_success && dnnl_stream_wait(stream) == dnnl_success;
+  }
+  pthread_mutex_unlock(&cache_lock);
+  dnnl_memory_t all[6] = {mq, mk, ms, mp, mv, mo};
+  for (int i = 0; i < 6; i++)
+    if (all[i]) dnnl_memory_destroy(all[i]);
+  vtl_storage_release(tmp);
+  return ok ? 1 : 0;
+}
