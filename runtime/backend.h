@@ -59,6 +59,9 @@ typedef struct vtl_nn_backend {
                                     const vtl_conv2d_post *post);
   vtl_status (*conv2d_backward_data)(const vtl_conv2d_shape *s, const vtl_tensor *gy, const vtl_tensor *w,
                                      vtl_tensor *gx);
+  /* conv2d_forward and the two backward entries also take f16 and bf16 operands (otherwise the
+     op layer computes half convolutions in f32) */
+  bool conv_half;
   /* gw and (when not NULL) gb, overwritten */
   vtl_status (*conv2d_backward_weight)(const vtl_conv2d_shape *s, const vtl_tensor *gy, const vtl_tensor *x,
                                        vtl_tensor *gw, vtl_tensor *gb);

@@ -195,13 +195,33 @@ static void release_all(vtl_tensor **ts, int n) {
   for (int i = 0; i < n; i++) vtl_tensor_release(ts[i]);
 }
 
+/* the backend's conv2d_forward on contiguous operands */
+static vtl_tensor *conv2d_native(vtl_tensor *x, vtl_tensor *w, vtl_tensor *b, const vtl_conv2d_shape *s) {
+  int64_t shape[4] = {s->N, s->K, s->OH, s->OW};
+  if (vtl_shape_numel(shape, 4, vtl_dtype_size(s->dtype), "conv2d") < 0) return NULL;
+  vtl_tensor *in[3] = {x, w, b}, *c[3];
+  if (!contig(in, c, 3)) return NULL;
+  vtl_tensor *y = new_like_shape(shape, 4, s->dtype, x);
+  if (y && nn_of(x)->conv2d_forward(s, c[0], c[1], c[2], y) != VTL_OK) {
+    vtl_tensor_release(y);
+    y = NULL;
+  }
+  release_all(c, 3);
+  return y;
+}
+
 vtl_tensor *vtl_op_conv2d(vtl_tensor *x, vtl_tensor *w, vtl_tensor *b, const vtl_conv2d_params *p) {
   vtl_conv2d_shape s;
   if (conv2d_check("conv2d", x, w, b, NULL, p, &s)) return NULL;
   if (is_half(s.dtype)) {
-    if (nn_of(x)->conv2d_forward_post) { /* that entry takes half operands */
+    const vtl_nn_backend *nn = nn_of(x);
+    if (nn->conv2d_forward_post) { /* that entry takes half operands */
       vtl_conv2d_post none = {0};
       return vtl_op_conv2d_post(x, w, b, p, &none);
+    }
+    if (nn->conv_half) { /* the device's own half kernels; computed in f32 if they fail */
+      vtl_tensor *y = conv2d_native(x, w, b, &s);
+      if (y) return y;
     }
     bool fail = false; /* computed in f32, rounded once to the half dtype */
     vtl_tensor *xf = up(x, &fail), *wf = up(w, &fail), *bf = up(b, &fail);
@@ -211,17 +231,7 @@ vtl_tensor *vtl_op_conv2d(vtl_tensor *x, vtl_tensor *w, vtl_tensor *b, const vtl
     vtl_tensor_release(bf);
     return y;
   }
-  int64_t shape[4] = {s.N, s.K, s.OH, s.OW};
-  if (vtl_shape_numel(shape, 4, vtl_dtype_size(s.dtype), "conv2d") < 0) return NULL;
-  vtl_tensor *in[3] = {x, w, b}, *c[3];
-  if (!contig(in, c, 3)) return NULL;
-  vtl_tensor *y = new_like_shape(shape, 4, s.dtype, x);
-  if (y && nn_of(x)->conv2d_forward(&s, c[0], c[1], c[2], y) != VTL_OK) {
-    vtl_tensor_release(y);
-    y = NULL;
-  }
-  release_all(c, 3);
-  return y;
+  return conv2d_native(x, w, b, &s);
 }
 
 /* the post-operation's added tensor must be the output: same shape, dtype and device */
@@ -499,27 +509,31 @@ static vtl_status hand_grads(vtl_status st, vtl_tensor *rx, vtl_tensor *rw, vtl_
   return VTL_OK;
 }
 
-vtl_status vtl_op_conv2d_backward(vtl_tensor *gy, vtl_tensor *x, vtl_tensor *w, const vtl_conv2d_params *p,
-                                  vtl_tensor **gx, vtl_tensor **gw, vtl_tensor **gb) {
-  vtl_conv2d_shape s;
-  if (conv2d_check("conv2d_backward", x, w, NULL, gy, p, &s)) return vtl_error_status();
-  if (is_half(s.dtype)) { /* computed in f32, the gradients rounded to the half dtype */
-    bool fail = false;
-    vtl_tensor *gyf = up(gy, &fail), *xf = up(x, &fail), *wf = up(w, &fail);
-    vtl_tensor *rx = NULL, *rw = NULL, *rb = NULL;
-    vtl_status st = fail ? vtl_error_status()
-                         : vtl_op_conv2d_backward(gyf, xf, wf, p, gx ? &rx : NULL, gw ? &rw : NULL, gb ? &rb : NULL);
-    vtl_tensor_release(gyf);
-    vtl_tensor_release(xf);
-    vtl_tensor_release(wf);
-    if (st == VTL_OK) {
-      rx = down(rx, s.dtype);
-      rw = down(rw, s.dtype);
-      rb = down(rb, s.dtype);
-      if ((gx && !rx) || (gw && !rw) || (gb && !rb)) st = vtl_error_status();
-    }
-    return hand_grads(st, rx, rw, rb, gx, gw, gb);
+/* half gradients computed in f32 and rounded to the half dtype */
+static vtl_status conv2d_backward_f32(vtl_tensor *gy, vtl_tensor *x, vtl_tensor *w, const vtl_conv2d_params *p,
+                                      const vtl_conv2d_shape *sh, vtl_tensor **gx, vtl_tensor **gw, vtl_tensor **gb) {
+  vtl_conv2d_shape s = *sh;
+  bool fail = false;
+  vtl_tensor *gyf = up(gy, &fail), *xf = up(x, &fail), *wf = up(w, &fail);
+  vtl_tensor *rx = NULL, *rw = NULL, *rb = NULL;
+  vtl_status st = fail ? vtl_error_status()
+                       : vtl_op_conv2d_backward(gyf, xf, wf, p, gx ? &rx : NULL, gw ? &rw : NULL, gb ? &rb : NULL);
+  vtl_tensor_release(gyf);
+  vtl_tensor_release(xf);
+  vtl_tensor_release(wf);
+  if (st == VTL_OK) {
+    rx = down(rx, s.dtype);
+    rw = down(rw, s.dtype);
+    rb = down(rb, s.dtype);
+    if ((gx && !rx) || (gw && !rw) || (gb && !rb)) st = vtl_error_status();
   }
+  return hand_grads(st, rx, rw, rb, gx, gw, gb);
+}
+
+/* the backend's backward kernels on contiguous operands */
+static vtl_status conv2d_backward_run(vtl_tensor *gy, vtl_tensor *x, vtl_tensor *w, const vtl_conv2d_shape *sh,
+                                      vtl_tensor **gx, vtl_tensor **gw, vtl_tensor **gb) {
+  vtl_conv2d_shape s = *sh;
   vtl_tensor *in[3] = {gy, gx ? w : NULL, gw ? x : NULL}, *c[3];
   if (!contig(in, c, 3)) return vtl_error_status();
   vtl_tensor *rx = NULL, *rw = NULL, *rb = NULL;
@@ -539,6 +553,16 @@ vtl_status vtl_op_conv2d_backward(vtl_tensor *gy, vtl_tensor *x, vtl_tensor *w, 
   }
   release_all(c, 3);
   return hand_grads(st, rx, rw, rb, gx, gw, gb);
+}
+
+vtl_status vtl_op_conv2d_backward(vtl_tensor *gy, vtl_tensor *x, vtl_tensor *w, const vtl_conv2d_params *p,
+                                  vtl_tensor **gx, vtl_tensor **gw, vtl_tensor **gb) {
+  vtl_conv2d_shape s;
+  if (conv2d_check("conv2d_backward", x, w, NULL, gy, p, &s)) return vtl_error_status();
+  if (!is_half(s.dtype)) return conv2d_backward_run(gy, x, w, &s, gx, gw, gb);
+  /* the device's own half kernels where it has them, else (or if they fail) in f32 */
+  if (nn_of(x)->conv_half && conv2d_backward_run(gy, x, w, &s, gx, gw, gb) == VTL_OK) return VTL_OK;
+  return conv2d_backward_f32(gy, x, w, p, &s, gx, gw, gb);
 }
 
 /* ---- autograd ---- */

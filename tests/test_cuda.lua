@@ -1029,3 +1029,30 @@ gpu_test("vtl.cuda.allow_tf32: exact f32 products by default, TF32 when allowed"
   T.truthy(exact < 1e-5, ("exact: %.3g"):format(exact))
   T.truthy(tf32 < 1e-2 and tf32 > exact, ("tf32: %.3g (exact %.3g)"):format(tf32, exact))
 end)
+
+gpu_test("half convolutions on cuDNN (tensor cores): forward and gradients against the CPU in f32", function()
+  vtl.seed(13)
+  local F = vtl.nn.functional
+  local x, w, b = vtl.randn(4, 8, 15, 15), vtl.randn(16, 8, 3, 3), vtl.randn(16)
+  for _, dt in ipairs{"f16", "bf16"} do
+    for _, o in ipairs{{padding = 1}, {stride = 2, padding = {2, 1}}, {padding = 1, groups = 2}} do
+      local wo = o.groups and w:narrow(2, 1, 4):contiguous() or w
+      local xh, wh, bh = x:to(dt), wo:to(dt), b:to(dt)
+      local want = F.conv2d(xh:float(), wh:float(), bh:float(), o)
+      local xg = xh:cuda():requires_grad_(true)
+      local wg = wh:cuda():requires_grad_(true)
+      local y = F.conv2d(xg, wg, bh:cuda(), o)
+      T.eq(y.dtype, dt)
+      local e = (y:cpu():double() - want:double()):abs():max():item() / want:abs():max():item()
+      T.truthy(e < 2e-2, ("%s forward: relative error %.3g"):format(dt, e))
+      y:float():sum():backward()
+      local xf, wf = xh:float():requires_grad_(true), wh:float():requires_grad_(true)
+      F.conv2d(xf, wf, bh:float(), o):sum():backward()
+      for _, pr in ipairs{{xg.grad, xf.grad, "input"}, {wg.grad, wf.grad, "weight"}} do
+        T.eq(pr[1].dtype, dt)
+        local ge = (pr[1]:cpu():double() - pr[2]:double()):abs():max():item() / pr[2]:abs():max():item()
+        T.truthy(ge < 2e-2, ("%s %s gradient: relative error %.3g"):format(dt, pr[3], ge))
+      end
+    end
+  end
+end)

@@ -106,7 +106,13 @@ vtl_status make_desc(const conv_geom &g, conv_desc &d) {
     if (v > INT_MAX)
       return vtl_error_set(VTL_ERR_ARG, "conv2d: sizes beyond %d elements are not supported on cuda (cuDNN's limit)",
                            INT_MAX);
-  cudnnDataType_t dt = s.dtype == VTL_F32 ? CUDNN_DATA_FLOAT : CUDNN_DATA_DOUBLE;
+  // half data (autocast) is computed in f32 on tensor cores; f32 and f64 exactly
+  bool half = s.dtype == VTL_F16 || s.dtype == VTL_BF16;
+  cudnnDataType_t dt = s.dtype == VTL_F32   ? CUDNN_DATA_FLOAT
+                       : s.dtype == VTL_F64 ? CUDNN_DATA_DOUBLE
+                       : s.dtype == VTL_F16 ? CUDNN_DATA_HALF
+                                            : CUDNN_DATA_BFLOAT16;
+  cudnnDataType_t ct = half ? CUDNN_DATA_FLOAT : dt;
   int ph = g.padded ? 0 : (int)s.pad[0], pw = g.padded ? 0 : (int)s.pad[1];
   DNN(cudnnCreateTensorDescriptor(&d.x), "descriptor");
   DNN(cudnnCreateTensorDescriptor(&d.y), "descriptor");
@@ -120,11 +126,11 @@ vtl_status make_desc(const conv_geom &g, conv_desc &d) {
   DNN(cudnnSetFilter4dDescriptor(d.w, dt, CUDNN_TENSOR_NCHW, (int)s.K, (int)(s.C / s.groups), (int)s.R, (int)s.S),
       "weight descriptor");
   DNN(cudnnSetConvolution2dDescriptor(d.c, ph, pw, (int)s.stride[0], (int)s.stride[1], (int)s.dilation[0],
-                                      (int)s.dilation[1], CUDNN_CROSS_CORRELATION, dt),
+                                      (int)s.dilation[1], CUDNN_CROSS_CORRELATION, ct),
       "convolution descriptor");
   DNN(cudnnSetConvolutionGroupCount(d.c, (int)s.groups), "group count");
-  // exact f32 products (no TF32 tensor cores), as the CPU computes them
-  DNN(cudnnSetConvolutionMathType(d.c, CUDNN_FMA_MATH), "math type");
+  // exact f32 products (no TF32 tensor cores), as the CPU computes them; half on tensor cores
+  DNN(cudnnSetConvolutionMathType(d.c, half ? CUDNN_TENSOR_OP_MATH : CUDNN_FMA_MATH), "math type");
   int n, c, h, w;
   DNN(cudnnGetConvolution2dForwardOutputDim(d.c, d.x, d.w, &n, &c, &h, &w), "output size");
   if (n != s.N || c != s.K || h != s.OH || w != s.OW)
@@ -140,11 +146,13 @@ conv_key key_of(conv_dir dir, const conv_geom &g) {
 }
 
 // An acceptable algorithm from a list of candidates, best first: it runs (status), does not
-// convert to TF32 or half (math type), and for the backward passes is deterministic.
-template <class Perf> bool pick(const Perf *p, int n, bool need_det, conv_algo *out) {
+// convert f32 to TF32 or half (math type; half data takes tensor-core algorithms), and for the
+// backward passes is deterministic.
+template <class Perf> bool pick(const Perf *p, int n, bool need_det, bool tensor_ops, conv_algo *out) {
   for (int i = 0; i < n; i++) {
     if (p[i].status != CUDNN_STATUS_SUCCESS) continue;
-    if (p[i].mathType == CUDNN_TENSOR_OP_MATH || p[i].mathType == CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION) continue;
+    if (p[i].mathType == CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION) continue;
+    if (!tensor_ops && p[i].mathType == CUDNN_TENSOR_OP_MATH) continue;
     if (need_det && p[i].determinism != CUDNN_DETERMINISTIC) continue;
     out->algo = (int)p[i].algo;
     out->workspace = p[i].memory;
@@ -163,6 +171,7 @@ vtl_status choose(int dev, cudnnHandle_t h, conv_dir dir, const conv_geom &g, co
     if (it != s.cache.end()) { *out = it->second; return VTL_OK; }
   }
   bool bench = benchmark_mode(), ok = false;
+  bool tc = g.s.dtype == VTL_F16 || g.s.dtype == VTL_BF16;
   int n = 0;
   if (dir == FWD) {
     cudnnConvolutionFwdAlgoPerf_t p[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
@@ -170,7 +179,7 @@ vtl_status choose(int dev, cudnnHandle_t h, conv_dir dir, const conv_geom &g, co
                    "algorithm search");
     else DNN(cudnnGetConvolutionForwardAlgorithm_v7(h, d.x, d.w, d.c, d.y, CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &n, p),
              "algorithm choice");
-    ok = pick(p, n, false, out);
+    ok = pick(p, n, false, tc, out);
   } else if (dir == BWD_DATA) {
     cudnnConvolutionBwdDataAlgoPerf_t p[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT];
     if (bench)
@@ -179,7 +188,7 @@ vtl_status choose(int dev, cudnnHandle_t h, conv_dir dir, const conv_geom &g, co
     else
       DNN(cudnnGetConvolutionBackwardDataAlgorithm_v7(h, d.w, d.y, d.c, d.x, CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &n, p),
           "algorithm choice");
-    ok = pick(p, n, true, out) || pick(p, n, false, out);
+    ok = pick(p, n, true, tc, out) || pick(p, n, false, tc, out);
   } else {
     cudnnConvolutionBwdFilterAlgoPerf_t p[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT];
     if (bench)
@@ -190,7 +199,7 @@ vtl_status choose(int dev, cudnnHandle_t h, conv_dir dir, const conv_geom &g, co
       DNN(cudnnGetConvolutionBackwardFilterAlgorithm_v7(h, d.x, d.y, d.c, d.w, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, &n,
                                                         p),
           "algorithm choice");
-    ok = pick(p, n, true, out) || pick(p, n, false, out);
+    ok = pick(p, n, true, tc, out) || pick(p, n, false, tc, out);
   }
   if (!ok)
     return vtl_error_set(VTL_ERR_DEVICE, "conv2d: cuDNN offers no %s algorithm for this shape",
@@ -238,6 +247,9 @@ vtl_status pad_copy(const conv_geom &g, const void *src, void *dst, bool to_padd
   if (s.dtype == VTL_F32)
     pad_planes<float><<<vtl_cu_blocks(total), 256, 0, st>>>((const float *)src, (float *)dst, planes, s.H, s.W, g.Hp,
                                                             g.Wp, s.pad[0], s.pad[1], to_padded);
+  else if (vtl_dtype_size(s.dtype) == 2) // f16 / bf16 bits (all-zero bits are +0 in both)
+    pad_planes<uint16_t><<<vtl_cu_blocks(total), 256, 0, st>>>((const uint16_t *)src, (uint16_t *)dst, planes, s.H,
+                                                               s.W, g.Hp, g.Wp, s.pad[0], s.pad[1], to_padded);
   else
     pad_planes<double><<<vtl_cu_blocks(total), 256, 0, st>>>((const double *)src, (double *)dst, planes, s.H, s.W,
                                                              g.Hp, g.Wp, s.pad[0], s.pad[1], to_padded);
@@ -245,12 +257,12 @@ vtl_status pad_copy(const conv_geom &g, const void *src, void *dst, bool to_padd
   return VTL_OK;
 }
 
-// alpha = 1, beta = 0 in the data's type (cuDNN reads double scalars for double data)
+// alpha = 1, beta = 0: cuDNN reads double scalars for double data, float for the others
 struct scalars {
   float f1 = 1, f0 = 0;
   double d1 = 1, d0 = 0;
-  const void *one(vtl_dtype dt) const { return dt == VTL_F32 ? (const void *)&f1 : (const void *)&d1; }
-  const void *zero(vtl_dtype dt) const { return dt == VTL_F32 ? (const void *)&f0 : (const void *)&d0; }
+  const void *one(vtl_dtype dt) const { return dt == VTL_F64 ? (const void *)&d1 : (const void *)&f1; }
+  const void *zero(vtl_dtype dt) const { return dt == VTL_F64 ? (const void *)&d0 : (const void *)&f0; }
 };
 
 // everything one convolution call needs: stream, handle, descriptors, algorithm and workspace
