@@ -796,7 +796,18 @@ vtl_status vtl_cpu_conv2d_forward(const vtl_conv2d_shape *s, const void *x, cons
   return gemm_forward(s, x, w, b, y);
 }
 
+/* bf16 gradients: oneDNN's bf16 kernels or an error (the op layer then computes in f32) */
+static vtl_status bf16_backward(int kind, const vtl_conv2d_shape *s, void *const *user, bool bias) {
+  int r = dnnl_conv(kind, s, user, bias, &no_post, NULL, NULL);
+  if (r) return r > 0 ? VTL_OK : vtl_error_status();
+  return vtl_error_set(VTL_ERR_ARG, "conv2d_backward: no bf16 kernel for this convolution here");
+}
+
 vtl_status vtl_cpu_conv2d_backward_data(const vtl_conv2d_shape *s, const void *gy, const void *w, void *gx) {
+  if (s->dtype == VTL_BF16 && s->N * s->C * s->H * s->W > 0 && s->K > 0 && s->OH * s->OW > 0) {
+    void *user[MAX_ARGS] = {(void *)gy, (void *)w, gx};
+    return bf16_backward(K_BWD_DATA, s, user, false);
+  }
   if (check_dtype(s, "conv2d_backward")) return vtl_error_status();
   size_t es = vtl_dtype_size(s->dtype);
   int64_t nx = s->N * s->C * s->H * s->W;
@@ -815,6 +826,10 @@ vtl_status vtl_cpu_conv2d_backward_data(const vtl_conv2d_shape *s, const void *g
 
 vtl_status vtl_cpu_conv2d_backward_weight(const vtl_conv2d_shape *s, const void *gy, const void *x, void *gw,
                                           void *gb) {
+  if (s->dtype == VTL_BF16 && s->N * s->OH * s->OW > 0 && s->C > 0 && s->K > 0) {
+    void *user[MAX_ARGS] = {(void *)gy, (void *)x, gw, gb};
+    return bf16_backward(K_BWD_WEIGHT, s, user, gb != NULL);
+  }
   if (check_dtype(s, "conv2d_backward")) return vtl_error_status();
   size_t es = vtl_dtype_size(s->dtype);
   int64_t nw = s->K * (s->C / (s->groups ? s->groups : 1)) * s->R * s->S;

@@ -1,20 +1,31 @@
 #!/usr/bin/env bash
 # Training-step throughput (forward + backward + SGD momentum) of ResNet-18 and MobileNetV2
 # in vtl and PyTorch, same machine, same thread count, one run; prints images/s, the ratio
-# vtl/PyTorch (above 1: vtl faster) and each side's peak RSS.
+# vtl/PyTorch (above 1: vtl faster) and each side's peak RSS; then (BF16=1, the default) the same
+# steps with the forward pass in bf16 autocast on both sides.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 VTL=${VTL:-./vtl}
 threads=${THREADS:-$(nproc)}
 steps=${STEPS:-3}
+bf16=${BF16:-1}
 echo "machine: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores; threads: $threads; best of $steps steps"
 printf '%-26s %10s %10s %7s %12s %12s\n' config vtl_img/s torch_img/s ratio vtl_rss_MiB torch_rss_MiB
-for cfg in "resnet18 32 64" "resnet18 16 224" "mobilenet_v2 32 64" "mobilenet_v2 16 224"; do
-  set -- $cfg
-  v=$("$VTL" tests/bench/train_step.lua "$1" "$2" "$3" "$steps" "$threads")
-  p=$(/usr/bin/python3 tests/bench/train_step.py "$1" "$2" "$3" "$steps" "$threads")
-  read -r vi vr <<<"$v"
-  read -r pi pr <<<"$p"
-  awk -v c="$1 b$2 ${3}x$3" -v vi="$vi" -v pi="$pi" -v vr="$vr" -v pr="$pr" \
-    'BEGIN { printf "%-26s %10.2f %10.2f %6.2fx %12.0f %12.0f\n", c, vi, pi, vi / pi, vr, pr }'
-done
+run() { # $1: "" or bf16
+  local mode=${1:-}
+  for cfg in "resnet18 32 64" "resnet18 16 224" "mobilenet_v2 32 64" "mobilenet_v2 16 224"; do
+    set -- $cfg "$mode"
+    v=$("$VTL" tests/bench/train_step.lua "$1" "$2" "$3" "$steps" "$threads" $4)
+    p=$(/usr/bin/python3 tests/bench/train_step.py "$1" "$2" "$3" "$steps" "$threads" $4)
+    read -r vi vr <<<"$v"
+    read -r pi pr why <<<"$p"
+    awk -v c="$1 b$2 ${3}x$3" -v vi="$vi" -v pi="$pi" -v vr="$vr" -v pr="$pr" -v why="${why:-}" \
+      'BEGIN { if (pi == "nan") printf "%-26s %10.2f %10s %7s %12.0f %12s  (PyTorch: %s)\n", c, vi, "-", "-", vr, "-", why;
+               else printf "%-26s %10.2f %10.2f %6.2fx %12.0f %12.0f\n", c, vi, pi, vi / pi, vr, pr }'
+  done
+}
+run
+if [ "$bf16" = 1 ]; then
+  echo "bf16 autocast (vtl.autocast(\"bf16\") / torch.autocast(\"cpu\", bfloat16)):"
+  run bf16
+fi

@@ -4,6 +4,7 @@ local vtl = require "vtl"
 local models = require "models"
 local B = require "benchlib"
 local name, batch, size, steps, threads = arg[1], tonumber(arg[2]), tonumber(arg[3]), tonumber(arg[4]), tonumber(arg[5])
+local bf16 = arg[6] == "bf16" -- forward and loss in a bf16 autocast region
 vtl.set_num_threads(threads)
 vtl.seed(0)
 local model = models[name]()
@@ -14,7 +15,7 @@ local y = vtl.randint(1, 1001, {batch})
 
 local function step()
   opt:zero_grad()
-  local loss = vtl.nn.functional.cross_entropy(model(x), y)
+  local loss = vtl.autocast(bf16 and "bf16" or false, function() return vtl.nn.functional.cross_entropy(model(x), y) end)
   loss:backward()
   opt:step()
 end
