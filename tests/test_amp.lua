@@ -345,6 +345,23 @@ T.test("Learner: precision = bf16 and f16 train to the f32 accuracy band", funct
     if prec == "f16" then T.eq(learn.skipped_steps or 0, 0, "no overflow at the default scale here") end
   end
   print(("  accuracy after 4 epochs: f32 %.3f, bf16 %.3f, f16 %.3f"):format(accs.f32, accs.bf16, accs.f16))
+  -- an f16 checkpoint keeps the loss scale
+  local dir = os.tmpname()
+  os.remove(dir)
+  local function f16_learner()
+    vtl.seed(1)
+    return vtl.train.Learner{model = vtl.models.create("small_cnn", {num_classes = 4, drop_rate = 0}),
+                             train = dataset(32, 5), batch_size = 16, progress = false, seed = 3, precision = "f16"}
+  end
+  local a = f16_learner()
+  a:fit(1, 1e-3)
+  a.scaler:update(1024) -- as after overflows
+  a:save(dir)
+  local b = f16_learner()
+  T.eq(b.scaler:get_scale(), 65536)
+  b:load(dir)
+  T.eq(b.scaler:get_scale(), 1024, "the loss scale comes back from the checkpoint")
+  os.execute("rm -rf '" .. dir .. "'")
   T.truthy(accs.f32 > 0.5, "the task is learnt")
   T.truthy(math.abs(accs.bf16 - accs.f32) <= 0.1, "bf16 within 0.1 of f32")
   T.truthy(math.abs(accs.f16 - accs.f32) <= 0.1, "f16 within 0.1 of f32")

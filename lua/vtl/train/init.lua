@@ -729,6 +729,7 @@ function Learner:save(dir)
     rng = {tostring(g.seed), tostring(g.offset)}, callbacks = cb_states,
     sched = self.sched and self.sched:state_dict() or nil,
     group_lrs = {}, group_moms = {},
+    scaler = self.scaler and self.scaler:state_dict() or nil, -- f16 training's loss scale
   }
   for k, grp in ipairs(self.opt.param_groups) do
     state.group_lrs[k] = grp.lr
@@ -808,6 +809,7 @@ function Learner:load(dir)
   if state.rng then
     vtl.default_generator:set_state({seed = math.tointeger(tonumber(state.rng[1])), offset = math.tointeger(tonumber(state.rng[2]))})
   end
+  if self.scaler and type(state.scaler) == "table" then self.scaler:load_state_dict(state.scaler) end
   self.history = state.history or {}
   self.epoch = state.epoch or 0
   self.iteration = state.iteration or 0
