@@ -6,19 +6,7 @@ local vtl = require "vtl"
 local nn, F = vtl.nn, vtl.nn.functional
 local FIX = os.getenv("VTL_FIXTURES") or "build/fixtures"
 
-local SmallCNN = nn.Module:extend("SmallCNN")
-function SmallCNN:init()
-  self.conv1 = nn.Conv2d(1, 8, 3, {padding = 1})
-  self.bn1 = nn.BatchNorm2d(8)
-  self.conv2 = nn.Conv2d(8, 16, 3, {padding = 1})
-  self.bn2 = nn.BatchNorm2d(16)
-  self.fc = nn.Linear(16 * 7 * 7, 10)
-end
-function SmallCNN:forward(x)
-  x = F.max_pool2d(F.relu(self.bn1(self.conv1(x))), 2)
-  x = F.max_pool2d(F.relu(self.bn2(self.conv2(x))), 2)
-  return self.fc(x:flatten(2))
-end
+local SmallCNN = require "smallcnn"
 
 local Block = nn.Module:extend("Block")
 function Block:init()
@@ -55,14 +43,18 @@ local function rel_norm(a, b)
   return ((a - b) ^ 2):sum():sqrt():item() / math.max((b ^ 2):sum():sqrt():item(), 1e-12)
 end
 
+-- a reference case: the model with PyTorch's initial weights, and PyTorch's results
+local function load_case(name, class, train)
+  local model = class()
+  model:load_state_dict(vtl.load(FIX .. "/amp_" .. name .. "_init.safetensors"))
+  model:train(train)
+  return model, vtl.load(FIX .. "/amp_" .. name .. "_ref.safetensors")
+end
+
 for _, case in ipairs{{"cnn", SmallCNN}, {"block", Block}} do
   local name, class = case[1], case[2]
   T.test(name .. ": a bf16 autocast training pass matches PyTorch's CPU autocast", function()
-    local init = vtl.load(FIX .. "/amp_" .. name .. "_init.safetensors")
-    local ref = vtl.load(FIX .. "/amp_" .. name .. "_ref.safetensors")
-    local model = class()
-    model:load_state_dict(init)
-    model:train()
+    local model, ref = load_case(name, class, true)
     local logits, loss = vtl.autocast("bf16", function()
       local l = model(ref.x)
       return l, F.cross_entropy(l, ref.y)
@@ -98,11 +90,7 @@ for _, case in ipairs{{"cnn", SmallCNN}, {"block", Block}} do
   end)
 
   T.test(name .. ": bf16 autocast eval logits match PyTorch's", function()
-    local init = vtl.load(FIX .. "/amp_" .. name .. "_init.safetensors")
-    local ref = vtl.load(FIX .. "/amp_" .. name .. "_ref.safetensors")
-    local model = class()
-    model:load_state_dict(init)
-    model:eval()
+    local model, ref = load_case(name, class, false)
     local y = vtl.no_grad(function() return vtl.autocast("bf16", function() return model(ref.x) end) end)
     local e = rel(y, ref.eval_logits)
     local e32 = rel(y, ref.eval_logits_f32)
@@ -135,11 +123,7 @@ T.test("fused inference models under bf16 autocast agree with their f32 logits",
 end)
 
 T.test("f16 autocast: logits within f16 rounding of the f32 model", function()
-  local init = vtl.load(FIX .. "/amp_block_init.safetensors")
-  local ref = vtl.load(FIX .. "/amp_block_ref.safetensors")
-  local model = Block()
-  model:load_state_dict(init)
-  model:eval()
+  local model, ref = load_case("block", Block, false)
   local y = vtl.no_grad(function() return vtl.autocast("f16", function() return model(ref.x) end) end)
   T.eq(y.dtype, "f16")
   local e = rel(y, ref.eval_logits_f32)
@@ -246,18 +230,10 @@ end)
 
 -- ---- GradScaler ----
 
-local function block_and_data()
-  local init = vtl.load(FIX .. "/amp_block_init.safetensors")
-  local ref = vtl.load(FIX .. "/amp_block_ref.safetensors")
-  local model = Block()
-  model:load_state_dict(init)
-  model:train()
-  return model, ref
-end
 
 T.test("GradScaler: scaled f16 gradients survive where unscaled ones underflow", function()
   local tiny = 2 ^ -20 -- a loss this small makes the f16 activation gradients underflow
-  local model, ref = block_and_data()
+  local model, ref = load_case("block", Block, true)
   F.cross_entropy(model(ref.x), ref.y):mul(tiny):backward()
   local want = model.fc1.weight.grad:clone()
   for _, p in ipairs(model:parameters()) do p.grad = nil end

@@ -5,19 +5,7 @@ local vtl = require "vtl"
 local nn, F = vtl.nn, vtl.nn.functional
 local FIX = os.getenv("VTL_FIXTURES") or "build/fixtures"
 
-local SmallCNN = nn.Module:extend("SmallCNN")
-function SmallCNN:init()
-  self.conv1 = nn.Conv2d(1, 8, 3, {padding = 1})
-  self.bn1 = nn.BatchNorm2d(8)
-  self.conv2 = nn.Conv2d(8, 16, 3, {padding = 1})
-  self.bn2 = nn.BatchNorm2d(16)
-  self.fc = nn.Linear(16 * 7 * 7, 10)
-end
-function SmallCNN:forward(x)
-  x = F.max_pool2d(F.relu(self.bn1(self.conv1(x))), 2)
-  x = F.max_pool2d(F.relu(self.bn2(self.conv2(x))), 2)
-  return self.fc(x:flatten(2))
-end
+local SmallCNN = require "smallcnn"
 
 T.test("small CNN: 50 SGD-momentum steps follow PyTorch's loss curve within 1e-4", function()
   local init = vtl.load(FIX .. "/train_init.safetensors")
