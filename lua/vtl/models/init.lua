@@ -692,10 +692,18 @@ M.fuse = fuse
 ---post-operations on the CPU), and each convolution's weights kept in the kernel's layout
 ---between calls. The original model is untouched; the copy is for inference only (its
 ---forward skips training-time behaviour such as stochastic depth). Returns the copy and the
----number of folded batch norms.
+---number of folded batch norms. opts.precision = "bf16" (or "f16"): the copy's forward runs in
+---a vtl.autocast region of that dtype (its f32 weights are converted once, as they are packed)
+---and returns f32 outputs.
 ---@param model vtl.nn.Module
+---@param opts {precision: string}|nil
 ---@return vtl.nn.Module fused, integer count
-function M.fuse_for_inference(model)
+function M.fuse_for_inference(model, opts)
+  local precision = opts and opts.precision
+  if opts ~= nil and type(opts) ~= "table" then error("fuse_for_inference: options must be a table", 2) end
+  if precision ~= nil and precision ~= "f32" and precision ~= "bf16" and precision ~= "f16" then
+    error("fuse_for_inference: precision must be \"f32\", \"bf16\" or \"f16\", got " .. tostring(precision), 2)
+  end
   local copy = M.clone(model)
   copy:eval()
   copy:requires_grad_(false)
@@ -740,6 +748,19 @@ function M.fuse_for_inference(model)
     end
   end
   rawset(copy, "fused", true)
+  if precision == "bf16" or precision == "f16" then
+    local forward = copy.forward
+    rawset(copy, "inference_precision", precision)
+    rawset(copy, "forward", function(self, ...)
+      local y
+      do
+        local ac <close> = core.autocast(precision)
+        y = forward(self, ...)
+      end
+      if core.is_tensor(y) and (y.dtype == "bf16" or y.dtype == "f16") then y = y:float() end
+      return y
+    end)
+  end
   return copy, n
 end
 
