@@ -12,19 +12,42 @@ static vtl_tensor *checked_index(const char *op, vtl_tensor *index, int64_t size
   vtl_tensor *t = c ? vtl_op_to_dtype(c, VTL_I64) : NULL;
   vtl_tensor_release(c);
   if (!t) return NULL;
-  const int64_t *p = vtl_tensor_data(t);
-  int64_t n = vtl_tensor_numel(t);
+  /* a device index is checked in a host copy (the kernels trust it) */
+  vtl_tensor *h = vtl_tensor_device(t).type == VTL_CPU ? vtl_tensor_retain(t)
+                                                       : vtl_tensor_to_device(t, (vtl_device){VTL_CPU, 0});
+  if (!h) {
+    vtl_tensor_release(t);
+    return NULL;
+  }
+  const int64_t *p = vtl_tensor_data(h);
+  int64_t n = vtl_tensor_numel(h);
   for (int64_t i = 0; i < n; i++)
     if (p[i] < 0 || p[i] >= size) {
+      int64_t bad = p[i];
+      vtl_tensor_release(h);
       vtl_tensor_release(t);
       return vtl_error_set(VTL_ERR_ARG, "%s: index %lld out of range for dim %d of size %lld", op,
-                           (long long)p[i] + 1, dim + 1, (long long)size), NULL;
+                           (long long)bad + 1, dim + 1, (long long)size), NULL;
     }
+  vtl_tensor_release(h);
   return t;
 }
 
+/* x, index (and src) on one device whose backend has the kernel (gather, or scatter) */
+static vtl_status index_devices(const char *op, vtl_tensor *x, vtl_tensor *index, vtl_tensor *src, bool scatter) {
+  if (vtl_tensor_device(x).type == VTL_CPU) {
+    if (vtl_require_cpu(op, index) || (src && vtl_require_cpu(op, src))) return vtl_error_status();
+    return VTL_OK;
+  }
+  const vtl_backend *be = vtl_backend_get(vtl_tensor_device(x));
+  if (!be) return vtl_error_status();
+  if (scatter ? !be->scatter : !be->gather) return vtl_require_cpu(op, x);
+  if (vtl_check_same_device(op, x, index) || (src && vtl_check_same_device(op, x, src))) return vtl_error_status();
+  return VTL_OK;
+}
+
 vtl_tensor *vtl_op_gather(vtl_tensor *x, int dim, vtl_tensor *index) {
-  if (vtl_require_cpu("gather", x) || vtl_require_cpu("gather", index)) return NULL;
+  if (index_devices("gather", x, index, NULL, false)) return NULL;
   if (x->ndim == 0) return vtl_error_set(VTL_ERR_ARG, "gather: cannot gather from a 0-d tensor"), NULL;
   if (!vtl_check_dim("gather", dim, x->ndim)) return NULL;
   if (index->ndim != x->ndim)
@@ -43,7 +66,7 @@ vtl_tensor *vtl_op_gather(vtl_tensor *x, int dim, vtl_tensor *index) {
 }
 
 vtl_tensor *vtl_op_index_select(vtl_tensor *x, int dim, vtl_tensor *index) {
-  if (vtl_require_cpu("index_select", x) || vtl_require_cpu("index_select", index)) return NULL;
+  if (index_devices("index_select", x, index, NULL, false)) return NULL;
   if (x->ndim == 0) return vtl_error_set(VTL_ERR_ARG, "index_select: cannot index a 0-d tensor"), NULL;
   if (!vtl_check_dim("index_select", dim, x->ndim)) return NULL;
   if (index->ndim > 1) return vtl_error_set(VTL_ERR_ARG, "index_select: index must be 1-D, got %d-D", index->ndim), NULL;
@@ -66,7 +89,7 @@ vtl_tensor *vtl_op_index_select(vtl_tensor *x, int dim, vtl_tensor *index) {
 
 vtl_status vtl_op_scatter_(vtl_tensor *x, int dim, vtl_tensor *index, vtl_tensor *src, bool accumulate) {
   const char *op = accumulate ? "scatter_add" : "scatter";
-  if (vtl_require_cpu(op, x) || vtl_require_cpu(op, index) || vtl_require_cpu(op, src)) return vtl_error_status();
+  if (index_devices(op, x, index, src, true)) return vtl_error_status();
   if (x->ndim == 0) return vtl_error_set(VTL_ERR_ARG, "%s: cannot scatter into a 0-d tensor", op);
   if (!vtl_check_dim(op, dim, x->ndim)) return vtl_error_status();
   if (index->ndim != x->ndim || src->ndim != x->ndim)

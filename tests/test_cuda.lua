@@ -160,7 +160,7 @@ gpu_test("ops without a GPU kernel yet raise a clear error", function()
   local _ = w
   T.raises(function() return x:cumsum(1) end, "cumsum: GPU tensors are not supported yet")
   T.raises(function() return x:sort() end, "sort: GPU tensors are not supported yet")
-  T.raises(function() return x:gather(1, vtl.ones(1, 1, 1, 1, {dtype = "i64"})) end, "gather: GPU tensors are not supported yet")
+  T.raises(function() return x:gather(1, vtl.ones(1, 1, 1, 1, {dtype = "i64"})) end, "gather: tensors are on different devices")
   T.raises(function() return x:nonzero() end, "nonzero: GPU tensors are not supported yet")
   -- the process goes on
   T.close(x:sum():cpu(), x:cpu():sum(), 1e-5)
@@ -1055,4 +1055,35 @@ gpu_test("half convolutions on cuDNN (tensor cores): forward and gradients again
       end
     end
   end
+end)
+
+gpu_test("gather, index_select, scatter and scatter_add on cuda match the CPU (every dtype, strided operands, gradients)", function()
+  vtl.seed(14)
+  for _, dt in ipairs{"f32", "f64", "f16", "bf16", "i64", "i32", "u8"} do
+    local x = (vtl.rand(4, 5, 6) * 50):to(dt)
+    local idx = vtl.randint(1, 6, {4, 5, 3})
+    T.eq(x:cuda():gather(3, idx:cuda()):cpu():tolist(), x:gather(3, idx):tolist(), dt .. " gather")
+    local sel = vtl.tensor({3, 1, 3, 2}, {dtype = "i64"})
+    T.eq(x:cuda():index_select(2, sel:cuda()):cpu():tolist(), x:index_select(2, sel):tolist(), dt .. " index_select")
+    local xt = x:transpose(1, 3) -- strided
+    T.eq(xt:cuda():index_select(1, sel:cuda()):cpu():tolist(), xt:index_select(1, sel):tolist(), dt .. " strided")
+    local perm = vtl.tensor({{3, 1, 2, 4, 6, 5}}, {dtype = "i64"}):expand(4, 6):contiguous()
+    local src = (vtl.rand(4, 6) * 10):to(dt)
+    local base = vtl.zeros(4, 6, {dtype = dt})
+    T.eq(base:cuda():scatter(2, perm:cuda(), src:cuda()):cpu():tolist(), base:scatter(2, perm, src):tolist(), dt .. " scatter")
+  end
+  for _, dt in ipairs{"f32", "f64", "i64", "i32"} do -- repeated indices add up
+    local idx = vtl.tensor({{1, 1, 2, 1}}, {dtype = "i64"})
+    local src = vtl.tensor({{1, 2, 3, 4}}):to(dt)
+    local want = vtl.zeros(1, 3, {dtype = dt}):scatter_add(2, idx, src)
+    T.eq(vtl.zeros(1, 3, {dtype = dt}):cuda():scatter_add(2, idx:cuda(), src:cuda()):cpu():tolist(), want:tolist(), dt)
+  end
+  local x = vtl.randn(3, 7):cuda():requires_grad_(true)
+  local idx = vtl.randint(1, 8, {3, 9}):cuda()
+  x:gather(2, idx):sum():backward()
+  local xc = x:detach():cpu():requires_grad_(true)
+  xc:gather(2, idx:cpu()):sum():backward()
+  T.close(x.grad:cpu(), xc.grad, 1e-6, "gather's gradient (a scatter_add)")
+  T.raises(function() return x:detach():gather(2, vtl.tensor({{8}}, {dtype = "i64"}):cuda()) end, "gather: index 8 out of range for dim 2 of size 7")
+  T.raises(function() return x:detach():index_select(1, vtl.tensor({0}, {dtype = "i64"}):cuda()) end, "out of range")
 end)

@@ -223,8 +223,8 @@ extern "C" void vtl_cuda_init(void) {
     b.reduce = vtl_cu_reduce;
     b.cumsum = nullptr;
     b.matmul = vtl_cu_matmul;
-    b.gather = nullptr;
-    b.scatter = nullptr;
+    b.gather = vtl_cu_gather;
+    b.scatter = vtl_cu_scatter;
     b.sort = nullptr;
     b.random = vtl_cu_random;
     b.nonzero_flat = nullptr;

@@ -38,6 +38,8 @@ vtl_status vtl_cu_reduce(vtl_reduce_op op, vtl_tensor *out, vtl_tensor *idx, con
                          int64_t B, double param);
 vtl_status vtl_cu_matmul(vtl_tensor *out, const vtl_tensor *a, const vtl_tensor *b);
 vtl_status vtl_cu_random(vtl_tensor *out, int kind, double lo, double hi, uint64_t seed, uint64_t offset);
+vtl_status vtl_cu_gather(vtl_tensor *out, const vtl_tensor *x, int dim, const vtl_tensor *index);
+vtl_status vtl_cu_scatter(vtl_tensor *out, int dim, const vtl_tensor *index, const vtl_tensor *src, bool accumulate);
 
 // Checks the launch just made.
 #define VTL_CU_LAUNCHED(what) do { cudaError_t e_ = cudaGetLastError(); if (e_ != cudaSuccess) return vtl_cu_error(e_, what); } while (0)
