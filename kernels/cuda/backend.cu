@@ -221,7 +221,7 @@ extern "C" void vtl_cuda_init(void) {
     b.lerp = vtl_cu_lerp;
     b.fill = vtl_cu_fill;
     b.reduce = vtl_cu_reduce;
-    b.cumsum = nullptr;
+    b.cumsum = vtl_cu_cumsum;
     b.matmul = vtl_cu_matmul;
     b.gather = vtl_cu_gather;
     b.scatter = vtl_cu_scatter;

@@ -39,6 +39,7 @@ vtl_status vtl_cu_reduce(vtl_reduce_op op, vtl_tensor *out, vtl_tensor *idx, con
 vtl_status vtl_cu_matmul(vtl_tensor *out, const vtl_tensor *a, const vtl_tensor *b);
 vtl_status vtl_cu_random(vtl_tensor *out, int kind, double lo, double hi, uint64_t seed, uint64_t offset);
 vtl_status vtl_cu_gather(vtl_tensor *out, const vtl_tensor *x, int dim, const vtl_tensor *index);
+vtl_status vtl_cu_cumsum(vtl_tensor *out, const vtl_tensor *x, int64_t A, int64_t R, int64_t B);
 vtl_status vtl_cu_scatter(vtl_tensor *out, int dim, const vtl_tensor *index, const vtl_tensor *src, bool accumulate);
 
 // Checks the launch just made.

@@ -1,4 +1,5 @@
-// CUDA gather and scatter along one dim (vtl_op_gather, index_select, scatter, scatter_add).
+// CUDA gather and scatter along one dim (vtl_op_gather, index_select, scatter, scatter_add),
+// and cumsum.
 // The op layer has checked the index (i64, every value in range) and the shapes; operands may
 // have any strides (index_select's index is a broadcast view). Elements are moved by size, so
 // every dtype gathers; scatter_add adds with atomics (two updates of one element in any order).
@@ -137,4 +138,44 @@ vtl_status vtl_cu_scatter(vtl_tensor *out, int dim, const vtl_tensor *index, con
     return vtl_error_set(VTL_ERR_ARG, "scatter_add: %s tensors are not supported on cuda; use :cpu()",
                          vtl_dtype_name(out->dtype));
   }
+}
+
+// ---- cumsum: one thread per (a, b) line scans its R elements in order, accumulating as the
+// CPU kernel does (f32 in double, i64 wrapping), so the results are bit-identical ----
+
+namespace {
+template <class T, class Acc> __global__ void cumsum_k(T *out, const T *x, int64_t A, int64_t R, int64_t B) {
+  for (int64_t o = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; o < A * B; o += (int64_t)gridDim.x * blockDim.x) {
+    int64_t a = o / B, b = o - a * B, base = a * R * B + b;
+    Acc acc = 0;
+    for (int64_t r = 0; r < R; r++) {
+      acc += (Acc)x[base + r * B];
+      out[base + r * B] = (T)acc;
+    }
+  }
+}
+} // namespace
+
+vtl_status vtl_cu_cumsum(vtl_tensor *out, const vtl_tensor *x, int64_t A, int64_t R, int64_t B) {
+  if (A * R * B == 0) return VTL_OK;
+  cudaStream_t st = vtl_cu_stream(vtl_cu_device(x));
+  if (!st) return vtl_error_status();
+  unsigned blocks = vtl_cu_blocks(A * B);
+  switch (x->dtype) {
+  case VTL_F32:
+    cumsum_k<float, double><<<blocks, 256, 0, st>>>((float *)vtl_tensor_data(out), (const float *)vtl_tensor_data(x), A,
+                                                    R, B);
+    break;
+  case VTL_F64:
+    cumsum_k<double, double><<<blocks, 256, 0, st>>>((double *)vtl_tensor_data(out), (const double *)vtl_tensor_data(x),
+                                                     A, R, B);
+    break;
+  case VTL_I64: // unsigned: wraps like the CPU's
+    cumsum_k<unsigned long long, unsigned long long><<<blocks, 256, 0, st>>>(
+        (unsigned long long *)vtl_tensor_data(out), (const unsigned long long *)vtl_tensor_data(x), A, R, B);
+    break;
+  default: return vtl_error_set(VTL_ERR_ARG, "cumsum: kernel expects f32, f64 or i64, got %s", vtl_dtype_name(x->dtype));
+  }
+  VTL_CU_LAUNCHED("cumsum");
+  return VTL_OK;
 }
