@@ -156,7 +156,6 @@ end)
 gpu_test("ops without a GPU kernel yet raise a clear error", function()
   local x = vtl.randn(2, 3, 8, 8):cuda()
   local w = vtl.randn(4, 3, 3, 3):cuda()
-  T.raises(function() return vtl.nn.functional.group_norm(x, 1) end, "GPU tensors are not supported yet; call :cpu()")
   local _ = w
   T.raises(function() return x:sort() end, "sort: GPU tensors are not supported yet")
   T.raises(function() return x:gather(1, vtl.ones(1, 1, 1, 1, {dtype = "i64"})) end, "gather: tensors are on different devices")
@@ -1101,4 +1100,34 @@ gpu_test("cumsum on cuda equals the CPU's bit for bit (f32 accumulated in f64, i
   local g = vtl.randn(4, 6):cuda():requires_grad_(true)
   g:cumsum(2):sum():backward()
   T.close(g.grad:cpu(), vtl.tensor({{6, 5, 4, 3, 2, 1}}):expand(4, 6), 0, "gradient")
+end)
+
+gpu_test("group norm and the elementwise losses run on cuda as compositions, with the CPU's values and gradients", function()
+  vtl.seed(16)
+  local F = vtl.nn.functional
+  local x = vtl.randn(4, 6, 5, 5)
+  local w, b = vtl.randn(6), vtl.randn(6)
+  local function both(fn, ...)
+    local args = {...}
+    local cpu_in, gpu_in = {}, {}
+    for i, a in ipairs(args) do
+      cpu_in[i] = vtl.is_tensor(a) and a:clone():requires_grad_(a.dtype == "f32") or a
+      gpu_in[i] = vtl.is_tensor(a) and a:cuda():requires_grad_(a.dtype == "f32") or a
+    end
+    local yc, yg = fn(table.unpack(cpu_in)), fn(table.unpack(gpu_in))
+    T.eq(yg.device, "cuda:0")
+    T.close(yg:cpu(), yc, 1e-5)
+    yc:sum():backward()
+    yg:sum():backward()
+    for i, a in ipairs(cpu_in) do
+      if vtl.is_tensor(a) and a.grad then T.close(gpu_in[i].grad:cpu(), a.grad, 1e-4, "gradient " .. i) end
+    end
+  end
+  both(function(t, ww, bb) return F.group_norm(t, 3, ww, bb) end, x, w, b)
+  local p, q = vtl.randn(3, 7), vtl.randn(3, 7)
+  both(function(a, c) return F.mse_loss(a, c) end, p, q)
+  both(function(a, c) return F.l1_loss(a, c) end, p, q)
+  both(function(a, c) return F.smooth_l1_loss(a, c) end, p, q)
+  both(function(a, c) return F.binary_cross_entropy_with_logits(a, c) end, p, vtl.rand(3, 7))
+  both(function(a, c) return F.kl_div(a, c) end, F.log_softmax(p, 2), vtl.rand(3, 7))
 end)

@@ -14,6 +14,19 @@ for k, v in pairs(fallback) do
   if F[k] == nil then F[k] = v end
 end
 
+-- C ops whose kernels run on the CPU only: on another device (a GPU) their Lua forms run, built
+-- from tensor ops that device has (same results and gradients, more launches)
+local HOST_ONLY = {"group_norm", "binary_cross_entropy_with_logits", "mse_loss", "l1_loss", "smooth_l1_loss", "kl_div"}
+for _, k in ipairs(HOST_ONLY) do
+  local c, l = cnn[k], fallback[k]
+  if c and l then
+    F[k] = function(x, ...)
+      if core.is_tensor(x) and x.device ~= "cpu" then return l(x, ...) end
+      return c(x, ...)
+    end
+  end
+end
+
 ---Names of the ops that run as Lua compositions because the build lacks the C op.
 ---@return string[]
 function F.lua_fallbacks()
