@@ -29,8 +29,9 @@ static vtl_tensor *U(scope *s, vtl_unary_op op, vtl_tensor *a) {
 static vtl_tensor *W(scope *s, vtl_tensor *c, vtl_tensor *a, vtl_tensor *b) {
   return s->fail || !c || !a || !b ? (s->fail = true, NULL) : keep(s, vtl_op_where(c, a, b));
 }
-static vtl_tensor *ZEROS(scope *s, const int64_t *shape, int nd, vtl_dtype dt) {
-  return s->fail ? NULL : keep(s, vtl_tensor_zeros(shape, nd, dt, (vtl_device){VTL_CPU, 0}));
+/* zeros of g's dtype on g's device */
+static vtl_tensor *ZEROS(scope *s, const int64_t *shape, int nd, const vtl_tensor *g) {
+  return s->fail ? NULL : keep(s, vtl_tensor_zeros(shape, nd, g->dtype, vtl_tensor_device(g)));
 }
 static vtl_tensor *SAVED(scope *s, vtl_node *n, int k) {
   if (s->fail || !n->saved[k]) return NULL; /* nothing saved in that slot */
@@ -440,7 +441,7 @@ static vtl_status reduce_bw(vtl_node *n, vtl_tensor *g, vtl_tensor **gin) {
     if (n->in_ndim[0] == 0) r = g; /* one element */
     else if (idx) { /* along one dim: to the selected positions */
       int d = __builtin_ctz(dims);
-      vtl_tensor *z = ZEROS(&s, n->in_shape[0], n->in_ndim[0], g->dtype);
+      vtl_tensor *z = ZEROS(&s, n->in_shape[0], n->in_ndim[0], g);
       vtl_tensor *gk = keepdim ? g : (s.fail ? NULL : keep(&s, vtl_op_unsqueeze(g, d)));
       vtl_tensor *ik = keepdim ? idx : (s.fail ? NULL : keep(&s, vtl_op_unsqueeze(idx, d)));
       if (!s.fail && vtl_op_scatter_(z, d, ik, gk, false) != VTL_OK) s.fail = true;
@@ -501,7 +502,7 @@ vtl_tensor *vtl_fn_cumsum(vtl_tensor *x, int dim) {
 static vtl_status gather_bw(vtl_node *n, vtl_tensor *g, vtl_tensor **gin) {
   scope s = {0};
   vtl_tensor *idx = SAVED(&s, n, 0);
-  vtl_tensor *z = ZEROS(&s, n->in_shape[0], n->in_ndim[0], g->dtype);
+  vtl_tensor *z = ZEROS(&s, n->in_shape[0], n->in_ndim[0], g);
   if (!s.fail && vtl_op_scatter_(z, (int)n->i[0], idx, g, true) != VTL_OK) s.fail = true;
   return finish(&s, &gin[0], z);
 }
@@ -544,7 +545,7 @@ static vtl_status index_select_bw(vtl_node *n, vtl_tensor *g, vtl_tensor **gin) 
   scope s = {0};
   vtl_tensor *idx = SAVED(&s, n, 0);
   int d = (int)n->i[0];
-  vtl_tensor *z = ZEROS(&s, n->in_shape[0], n->in_ndim[0], g->dtype);
+  vtl_tensor *z = ZEROS(&s, n->in_shape[0], n->in_ndim[0], g);
   if (!s.fail) { /* the 1-D index spread along the other dims */
     int64_t st[VTL_MAX_DIMS] = {0};
     st[d] = idx->strides[0];
@@ -560,7 +561,7 @@ vtl_tensor *vtl_fn_index_select(vtl_tensor *x, int dim, vtl_tensor *index) {
 static vtl_status mask_index_bw(vtl_node *n, vtl_tensor *g, vtl_tensor **gin) {
   scope s = {0};
   vtl_tensor *m = SAVED(&s, n, 0);
-  vtl_tensor *z = ZEROS(&s, n->in_shape[0], n->in_ndim[0], g->dtype);
+  vtl_tensor *z = ZEROS(&s, n->in_shape[0], n->in_ndim[0], g);
   if (!s.fail && (n->i[0] ? vtl_op_masked_scatter_(z, m, g) : vtl_op_mask_assign_(z, m, g, 0)) != VTL_OK) s.fail = true;
   return finish(&s, &gin[0], z);
 }
