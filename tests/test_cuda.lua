@@ -157,7 +157,6 @@ gpu_test("ops without a GPU kernel yet raise a clear error", function()
   local x = vtl.randn(2, 3, 8, 8):cuda()
   local w = vtl.randn(4, 3, 3, 3):cuda()
   local _ = w
-  T.raises(function() return x:sort() end, "sort: GPU tensors are not supported yet")
   T.raises(function() return x:gather(1, vtl.ones(1, 1, 1, 1, {dtype = "i64"})) end, "gather: tensors are on different devices")
   T.raises(function() return x:nonzero() end, "nonzero: GPU tensors are not supported yet")
   -- the process goes on
@@ -1151,4 +1150,30 @@ gpu_test("gradients that scatter (embedding, index_select, max along a dim) stay
   vc:sum():backward()
   vg:sum():backward()
   T.close(xg.grad:cpu(), xc.grad, 0, "max along a dim")
+end)
+
+gpu_test("sort and topk on cuda give the CPU's order (stable, NaN last ascending and first descending, -0 = +0)", function()
+  vtl.seed(18)
+  local nan, inf = 0 / 0, math.huge
+  local rows = vtl.tensor({{3, nan, -0.0, 1, 0.0, -inf, 1, inf, nan, -2}, {5, 5, 5, 1, 1, 1, -1, -1, 2, 2}})
+  for _, desc in ipairs{false, true} do
+    local vc, ic = rows:sort(2, desc)
+    local vg, ig = rows:cuda():sort(2, desc)
+    T.close(vg:cpu(), vc, 0, "values, descending " .. tostring(desc))
+    T.close(ig:cpu(), ic, 0, "indices (stable), descending " .. tostring(desc))
+  end
+  for _, dt in ipairs{"f32", "f64", "i64", "i32", "bf16"} do
+    local x = (vtl.randn(7, 33) * 20):to(dt)
+    for d = 1, 2 do
+      local vc, ic = x:sort(d)
+      local vg, ig = x:cuda():sort(d)
+      T.eq(vg.dtype, dt)
+      T.close(vg:cpu(), vc, 0, dt .. " values")
+      T.close(ig:cpu(), ic, 0, dt .. " indices")
+    end
+    local tc, jc = x:topk(5, 2)
+    local tg, jg = x:cuda():topk(5, 2)
+    T.close(tg:cpu(), tc, 0, dt .. " topk")
+    T.close(jg:cpu(), jc, 0, dt .. " topk indices")
+  end
 end)

@@ -225,7 +225,7 @@ extern "C" void vtl_cuda_init(void) {
     b.matmul = vtl_cu_matmul;
     b.gather = vtl_cu_gather;
     b.scatter = vtl_cu_scatter;
-    b.sort = nullptr;
+    b.sort = vtl_cu_sort;
     b.random = vtl_cu_random;
     b.nonzero_flat = nullptr;
     b.fused = vtl_cu_fused;

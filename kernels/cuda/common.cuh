@@ -40,6 +40,8 @@ vtl_status vtl_cu_matmul(vtl_tensor *out, const vtl_tensor *a, const vtl_tensor 
 vtl_status vtl_cu_random(vtl_tensor *out, int kind, double lo, double hi, uint64_t seed, uint64_t offset);
 vtl_status vtl_cu_gather(vtl_tensor *out, const vtl_tensor *x, int dim, const vtl_tensor *index);
 vtl_status vtl_cu_cumsum(vtl_tensor *out, const vtl_tensor *x, int64_t A, int64_t R, int64_t B);
+vtl_status vtl_cu_sort(vtl_tensor *values, vtl_tensor *indices, const vtl_tensor *x, int64_t A, int64_t R,
+                       bool descending);
 vtl_status vtl_cu_scatter(vtl_tensor *out, int dim, const vtl_tensor *index, const vtl_tensor *src, bool accumulate);
 
 // Checks the launch just made.
@@ -201,6 +203,21 @@ template <class C, int CDT> __device__ __forceinline__ void cu_store(char *p, in
   if (dt == CDT) { *(C *)p = v; return; }
   cu_cast(p, dt, (const char *)&v, CDT);
 }
+
+// Scratch device memory from the caching allocator, released (stream-ordered) when it goes out
+// of scope.
+struct cu_scratch {
+  void *p = nullptr;
+  size_t n = 0;
+  int dev = 0;
+  cu_scratch(size_t bytes, int device) : n(bytes ? bytes : 1), dev(device) {
+    p = vtl_cu_alloc(n, dev);
+    if (!p) vtl_error_set(VTL_ERR_OOM, "cuda: out of memory (%zu bytes of scratch)", n);
+  }
+  ~cu_scratch() { if (p) vtl_cu_free(p, n, dev); }
+  cu_scratch(const cu_scratch &) = delete;
+  cu_scratch &operator=(const cu_scratch &) = delete;
+};
 
 // ---- the strided iterator: operand 0 is the output, inputs are views broadcast to it ----
 #define VTL_CU_MAXOPS 4

@@ -45,20 +45,6 @@ vtl_status vtl_cu_cross_entropy_backward(const vtl_tensor *x, int64_t N, int64_t
 // typed data pointer of an optional tensor
 template <class T> static inline T *cu_ptr(const vtl_tensor *t) { return t ? (T *)vtl_tensor_data(t) : nullptr; }
 
-// Scratch device memory from the caching allocator, released (stream-ordered) when it goes out
-// of scope.
-struct cu_scratch {
-  void *p = nullptr;
-  size_t n = 0;
-  int dev = 0;
-  cu_scratch(size_t bytes, int device) : n(bytes ? bytes : 1), dev(device) {
-    p = vtl_cu_alloc(n, dev);
-    if (!p) vtl_error_set(VTL_ERR_OOM, "cuda: out of memory (%zu bytes of scratch)", n);
-  }
-  ~cu_scratch() { if (p) vtl_cu_free(p, n, dev); }
-  cu_scratch(const cu_scratch &) = delete;
-  cu_scratch &operator=(const cu_scratch &) = delete;
-};
 
 // sums over a warp (every lane gets the total; the order is fixed, so results repeat)
 __device__ __forceinline__ double cu_warp_sum(double v) {
