@@ -149,8 +149,16 @@ vtl_status vtl_op_index_copy_(vtl_tensor *x, int dim, vtl_tensor *index, vtl_ten
 }
 
 /* Flat positions (0-based, in x's logical order) where mask (broadcast to shape) is true. */
+/* mask on a device whose backend finds non-zeros (the CPU, or a GPU with the kernel) */
+static vtl_status mask_device(const char *op, vtl_tensor *mask) {
+  if (vtl_tensor_device(mask).type == VTL_CPU) return VTL_OK;
+  const vtl_backend *be = vtl_backend_get(vtl_tensor_device(mask));
+  if (!be) return vtl_error_status();
+  return be->nonzero_flat && be->gather ? VTL_OK : vtl_require_cpu(op, mask);
+}
+
 static vtl_tensor *mask_positions(const char *op, vtl_tensor *mask, const int64_t *shape, int nd) {
-  if (vtl_require_cpu(op, mask)) return NULL;
+  if (mask_device(op, mask)) return NULL;
   if (mask->dtype != VTL_BOOL)
     return vtl_error_set(VTL_ERR_ARG, "%s: mask must be a bool tensor, got %s", op, vtl_dtype_name(mask->dtype)), NULL;
   vtl_tensor *m = vtl_broadcast_to(mask, shape, nd);
@@ -164,6 +172,11 @@ static vtl_tensor *mask_positions(const char *op, vtl_tensor *mask, const int64_
   vtl_tensor_release(m);
   if (!c) return NULL;
   vtl_tensor *cnt = vtl_op_reduce(VTL_RED_SUM, c, 0, false, 0, NULL);
+  if (cnt && vtl_tensor_device(cnt).type != VTL_CPU) { /* the count, read on the host */
+    vtl_tensor *h = vtl_tensor_to_device(cnt, (vtl_device){VTL_CPU, 0});
+    vtl_tensor_release(cnt);
+    cnt = h;
+  }
   vtl_tensor *pos = NULL;
   if (cnt) {
     int64_t n = *(int64_t *)vtl_tensor_data(cnt);
@@ -176,7 +189,7 @@ static vtl_tensor *mask_positions(const char *op, vtl_tensor *mask, const int64_
 }
 
 vtl_tensor *vtl_op_masked_select(vtl_tensor *x, vtl_tensor *mask) {
-  if (vtl_require_cpu("masked_select", x)) return NULL;
+  if (vtl_check_same_device("masked_select", x, mask) || mask_device("masked_select", x)) return NULL;
   int64_t shape[VTL_MAX_DIMS];
   int nd = vtl_broadcast_shape("masked_select", x, mask, shape);
   if (nd < 0) return NULL;
@@ -241,7 +254,7 @@ static int mask_leading(const char *op, const vtl_tensor *x, const vtl_tensor *m
 }
 
 vtl_tensor *vtl_op_mask_index(vtl_tensor *x, vtl_tensor *mask) {
-  if (vtl_require_cpu("index", x) || vtl_require_cpu("index", mask)) return NULL;
+  if (vtl_check_same_device("index", x, mask) || mask_device("index", x)) return NULL;
   int k = mask_leading("index", x, mask);
   if (k < 0) return NULL;
   int64_t shape[VTL_MAX_DIMS];
@@ -297,14 +310,19 @@ vtl_status vtl_op_mask_assign_(vtl_tensor *x, vtl_tensor *mask, vtl_tensor *src,
 }
 
 vtl_tensor *vtl_op_nonzero(vtl_tensor *x) {
-  if (vtl_require_cpu("nonzero", x)) return NULL;
+  if (mask_device("nonzero", x)) return NULL;
   vtl_tensor *m = x->dtype == VTL_BOOL ? vtl_tensor_retain(x) : vtl_op_binary_scalar(VTL_BIN_NE, x, 0, false, false);
   if (!m) return NULL;
   vtl_tensor *pos = mask_positions("nonzero", m, x->shape, x->ndim);
   vtl_tensor_release(m);
+  if (pos && vtl_tensor_device(pos).type != VTL_CPU) { /* coordinates made on the host, then moved */
+    vtl_tensor *h = vtl_tensor_to_device(pos, (vtl_device){VTL_CPU, 0});
+    vtl_tensor_release(pos);
+    pos = h;
+  }
   if (!pos) return NULL;
   int64_t n = vtl_tensor_numel(pos), shape[2] = {n, x->ndim};
-  vtl_tensor *out = vtl_tensor_empty(shape, 2, VTL_I64, vtl_tensor_device(x));
+  vtl_tensor *out = vtl_tensor_empty(shape, 2, VTL_I64, (vtl_device){VTL_CPU, 0});
   if (out) { /* unravel flat positions into coordinates */
     const int64_t *p = vtl_tensor_data(pos);
     int64_t *o = vtl_tensor_data(out);
@@ -314,6 +332,11 @@ vtl_tensor *vtl_op_nonzero(vtl_tensor *x) {
     }
   }
   vtl_tensor_release(pos);
+  if (out && vtl_tensor_device(x).type != VTL_CPU) {
+    vtl_tensor *d = vtl_tensor_to_device(out, vtl_tensor_device(x));
+    vtl_tensor_release(out);
+    out = d;
+  }
   return out;
 }
 

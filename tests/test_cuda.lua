@@ -158,7 +158,7 @@ gpu_test("ops without a GPU kernel yet raise a clear error", function()
   local w = vtl.randn(4, 3, 3, 3):cuda()
   local _ = w
   T.raises(function() return x:gather(1, vtl.ones(1, 1, 1, 1, {dtype = "i64"})) end, "gather: tensors are on different devices")
-  T.raises(function() return x:nonzero() end, "nonzero: GPU tensors are not supported yet")
+  T.raises(function() return x:unique() end, "unique: GPU tensors are not supported yet")
   -- the process goes on
   T.close(x:sum():cpu(), x:cpu():sum(), 1e-5)
 end)
@@ -1176,4 +1176,19 @@ gpu_test("sort and topk on cuda give the CPU's order (stable, NaN last ascending
     T.close(tg:cpu(), tc, 0, dt .. " topk")
     T.close(jg:cpu(), jc, 0, dt .. " topk indices")
   end
+end)
+
+gpu_test("nonzero, masked_select and boolean-mask indexing on cuda match the CPU", function()
+  vtl.seed(19)
+  local x = vtl.randn(5, 6, 3)
+  local m = x:gt(0.3)
+  T.close(x:cuda():nonzero():cpu(), x:nonzero(), 0, "nonzero")
+  T.eq(x:cuda():nonzero().device, "cuda:0")
+  T.close(m:cuda():nonzero():cpu(), m:nonzero(), 0, "nonzero of a bool tensor")
+  T.close(x:cuda():masked_select(m:cuda()):cpu(), x:masked_select(m), 0, "masked_select")
+  local rows = x:sum(3):sum(2):gt(0)
+  T.close(x:cuda()[rows:cuda()]:cpu(), x[rows], 0, "rows picked by a mask")
+  local none = vtl.zeros(4, {dtype = "bool"})
+  T.eq(vtl.randn(4):cuda():masked_select(none:cuda()):numel(), 0, "an empty selection")
+  T.raises(function() return x:cuda():masked_select(m) end, "different devices")
 end)

@@ -227,7 +227,7 @@ extern "C" void vtl_cuda_init(void) {
     b.scatter = vtl_cu_scatter;
     b.sort = vtl_cu_sort;
     b.random = vtl_cu_random;
-    b.nonzero_flat = nullptr;
+    b.nonzero_flat = vtl_cu_nonzero_flat;
     b.fused = vtl_cu_fused;
     b.matmul_dtypes = 1u << VTL_F32 | 1u << VTL_F64 | 1u << VTL_F16 | 1u << VTL_BF16 | 1u << VTL_I64;
     b.device_count = count_devices;

@@ -42,6 +42,7 @@ vtl_status vtl_cu_gather(vtl_tensor *out, const vtl_tensor *x, int dim, const vt
 vtl_status vtl_cu_cumsum(vtl_tensor *out, const vtl_tensor *x, int64_t A, int64_t R, int64_t B);
 vtl_status vtl_cu_sort(vtl_tensor *values, vtl_tensor *indices, const vtl_tensor *x, int64_t A, int64_t R,
                        bool descending);
+vtl_status vtl_cu_nonzero_flat(vtl_tensor *out, const vtl_tensor *mask);
 vtl_status vtl_cu_scatter(vtl_tensor *out, int dim, const vtl_tensor *index, const vtl_tensor *src, bool accumulate);
 
 // Checks the launch just made.

@@ -1,8 +1,9 @@
-// CUDA sort along the last dim of a contiguous (A, R) tensor of f64 or i64 keys (the op layer
+// CUDA sort and nonzero. Sort: along the last dim of a contiguous (A, R) tensor of f64 or i64 keys (the op layer
 // converts), with the CPU kernel's order: stable, NaN after every number (ascending) or before
 // (descending), -0 equal to +0. The keys are mapped to unsigned integers in that order and
 // sorted per row by CUB's segmented radix sort (stable in both directions), carrying positions.
 #include <cub/cub.cuh>
+#include <thrust/iterator/counting_iterator.h>
 #include "common.cuh"
 
 namespace {
@@ -83,4 +84,28 @@ vtl_status vtl_cu_sort(vtl_tensor *values, vtl_tensor *indices, const vtl_tensor
                                               R);
   VTL_CU_LAUNCHED("sort values");
   return VTL_OK;
+}
+
+// ---- nonzero_flat: positions of the set bytes of a contiguous bool tensor, in order (CUB's
+// DeviceSelect::Flagged over the positions 0..n-1); the op layer sized out by counting first ----
+
+vtl_status vtl_cu_nonzero_flat(vtl_tensor *out, const vtl_tensor *mask) {
+  int64_t n = vtl_tensor_numel(mask);
+  if (n == 0 || vtl_tensor_numel(out) == 0) return VTL_OK;
+  if (n > INT_MAX) return vtl_error_set(VTL_ERR_ARG, "nonzero: %lld elements are more than cuda's takes (%d)", (long long)n, INT_MAX);
+  int dev = vtl_cu_device(mask);
+  cudaStream_t st = vtl_cu_stream(dev);
+  if (!st) return vtl_error_status();
+  thrust::counting_iterator<long long> pos(0);
+  const unsigned char *flags = (const unsigned char *)vtl_tensor_data(mask);
+  long long *o = (long long *)vtl_tensor_data(out);
+  cu_scratch count(sizeof(int), dev);
+  if (!count.p) return vtl_error_status();
+  size_t tb = 0;
+  cudaError_t e = cub::DeviceSelect::Flagged(nullptr, tb, pos, flags, o, (int *)count.p, (int)n, st);
+  if (e != cudaSuccess) return vtl_cu_error(e, "nonzero (workspace size)");
+  cu_scratch tmp(tb, dev);
+  if (!tmp.p) return vtl_error_status();
+  e = cub::DeviceSelect::Flagged(tmp.p, tb, pos, flags, o, (int *)count.p, (int)n, st);
+  return e == cudaSuccess ? VTL_OK : vtl_cu_error(e, "nonzero");
 }
