@@ -131,6 +131,12 @@ static vtl_conv2d_params conv_params(lua_State *L, int opts, int pos, vtl_tensor
     p.pad_end[1] = pe[1];
   }
   lua_settop(L, top);
+  /* channels_last = true: the output laid out channels-last (as it is when x is) */
+  if (opts && lua_getfield(L, opts, "channels_last") != LUA_TNIL) {
+    if (!lua_isboolean(L, -1)) luaL_error(L, "%s: channels_last must be a boolean, got %s", fn, luaL_typename(L, -1));
+    p.channels_last = lua_toboolean(L, -1);
+  }
+  lua_settop(L, top);
   return p;
 }
 
@@ -138,8 +144,7 @@ static vtl_conv2d_params conv_params(lua_State *L, int opts, int pos, vtl_tensor
 
 /* conv2d's and linear's post-operations from the options table: act (an activation's name; "gelu_tanh" for
    gelu's tanh approximation), act_params
-   (a table of up to 2 numbers), add (a tensor of the output's shape), pack (weight_pack()),
-   channels_last (a CPU f32 output laid out as (N,H,W,C)).
+   (a table of up to 2 numbers), add (a tensor of the output's shape), pack (weight_pack()).
    True when any was given. */
 static bool post_args(lua_State *L, int opts, vtl_conv2d_post *post, const char *fn) {
   if (!opts) return false;
@@ -184,12 +189,6 @@ static bool post_args(lua_State *L, int opts, vtl_conv2d_post *post, const char 
     any = true;
   }
   lua_settop(L, top);
-  if (lua_getfield(L, opts, "channels_last") != LUA_TNIL) {
-    if (!lua_isboolean(L, -1)) luaL_error(L, "%s: channels_last must be a boolean, got %s", fn, luaL_typename(L, -1));
-    post->channels_last = lua_toboolean(L, -1);
-    any = any || post->channels_last;
-  }
-  lua_settop(L, top);
   if (lua_getfield(L, opts, "pack") != LUA_TNIL) {
     vtl_conv2d_pack **pp = luaL_testudata(L, -1, PACK_MT);
     if (!pp || !*pp) luaL_error(L, "%s: pack must come from weight_pack(), got %s", fn, luaL_typename(L, -1));
@@ -216,8 +215,7 @@ static int l_conv2d(lua_State *L) {
   return fill_box(L, box, any ? vtl_fn_conv2d_post(x, w, b, &p, &post) : vtl_fn_conv2d(x, w, b, &p));
 }
 
-/* linear(x, w, b?, opts): act(x wᵀ + b + add) with conv2d's post-operation options (but
-   channels_last); an inference layer: with gradients it runs as differentiable ops */
+/* linear(x, w, b?, opts): act(x wᵀ + b + add) with conv2d's post-operation options; an inference layer: with gradients it runs as differentiable ops */
 static int l_linear(lua_State *L) {
   vtl_tensor *x = lvtl_checktensor(L, 1), *w = lvtl_checktensor(L, 2), *b = NULL;
   if (!lua_isnoneornil(L, 3) && !is_opts(L, 3)) b = lvtl_checktensor(L, 3);

@@ -544,7 +544,22 @@ static int t_stride(lua_State *L) {
 }
 static int t_dim(lua_State *L) { lua_pushinteger(L, lvtl_checktensor(L, 1)->ndim); return 1; }
 static int t_numel(lua_State *L) { lua_pushinteger(L, vtl_tensor_numel(lvtl_checktensor(L, 1))); return 1; }
-static int t_is_contiguous(lua_State *L) { lua_pushboolean(L, vtl_tensor_is_contiguous(lvtl_checktensor(L, 1))); return 1; }
+/* a memory format's name at argument i: true for "channels_last", false for "contiguous" or none */
+static bool check_format(lua_State *L, int i, const char *fn) {
+  if (lua_isnoneornil(L, i)) return false;
+  const char *f = luaL_checkstring(L, i);
+  if (strcmp(f, "channels_last") == 0) return true;
+  if (strcmp(f, "contiguous") == 0) return false;
+  return luaL_error(L, "%s: memory format must be \"contiguous\" or \"channels_last\", got \"%s\"", fn, f), false;
+}
+
+/* x:is_contiguous([format]) */
+static int t_is_contiguous(lua_State *L) {
+  vtl_tensor *x = lvtl_checktensor(L, 1);
+  bool cl = check_format(L, 2, "is_contiguous");
+  lua_pushboolean(L, cl ? x->ndim == 4 && vtl_tensor_is_channels_last(x) : vtl_tensor_is_contiguous(x));
+  return 1;
+}
 static int t_storage_offset(lua_State *L) { lua_pushinteger(L, lvtl_checktensor(L, 1)->offset); return 1; }
 
 static void push_scalar(lua_State *L, const vtl_tensor *x, const void *p) {
@@ -646,7 +661,12 @@ static int t_cuda(lua_State *L) {
 }
 
 static int t_clone(lua_State *L) { vtl_tensor *x = lvtl_checktensor(L, 1); RETURN_TENSOR(vtl_fn_clone(x)); }
-static int t_contiguous(lua_State *L) { vtl_tensor *x = lvtl_checktensor(L, 1); RETURN_TENSOR(vtl_fn_contiguous(x)); }
+/* x:contiguous([format]): "channels_last" lays a 4-D (N,C,H,W) tensor out as (N,H,W,C) */
+static int t_contiguous(lua_State *L) {
+  vtl_tensor *x = lvtl_checktensor(L, 1);
+  bool cl = check_format(L, 2, "contiguous");
+  RETURN_TENSOR(cl ? vtl_fn_contiguous_channels_last(x) : vtl_fn_contiguous(x));
+}
 
 /* ---- views ---- */
 

@@ -209,7 +209,7 @@ static vtl_tensor *reduce_to(const vtl_node *n, vtl_tensor *g, const int64_t *sh
 static vtl_status accumulate(vtl_tensor **acc, vtl_tensor *g) {
   if (!*acc) { *acc = vtl_tensor_retain(g); return VTL_OK; }
   vtl_tensor *a = *acc;
-  if (a->refcount == 1 && a->storage->refcount == 1 && vtl_tensor_is_contiguous(a))
+  if (a->refcount == 1 && a->storage->refcount == 1 && (vtl_tensor_is_contiguous(a) || vtl_tensor_keeps_channels_last(a)))
     return vtl_op_binary_(VTL_BIN_ADD, a, g, 0);
   vtl_tensor *s = vtl_op_binary(VTL_BIN_ADD, a, g);
   if (!s) return vtl_error_status();
@@ -221,9 +221,21 @@ static vtl_status accumulate(vtl_tensor **acc, vtl_tensor *g) {
 static vtl_status accumulate_leaf(vtl_tensor *leaf, vtl_tensor *g) {
   vtl_autograd_meta *m = meta_of(leaf);
   if (!m) return vtl_error_set(VTL_ERR_OOM, "backward: out of memory");
-  if (!m->grad) { /* the leaf owns a private contiguous copy unless g is already private */
-    if (g->refcount == 1 && g->storage->refcount == 1 && vtl_tensor_is_contiguous(g)) m->grad = vtl_tensor_retain(g);
-    else if (!(m->grad = vtl_op_clone(g))) return vtl_error_status();
+  if (!m->grad) { /* the leaf owns a private copy in its own layout (channels-last or contiguous)
+                      unless g is already that */
+    bool cl = vtl_tensor_keeps_channels_last(leaf);
+    bool fits = cl ? vtl_tensor_is_channels_last(g) : vtl_tensor_is_contiguous(g);
+    if (g->refcount == 1 && g->storage->refcount == 1 && fits) {
+      m->grad = vtl_tensor_retain(g);
+      return VTL_OK;
+    }
+    vtl_tensor *c = cl ? vtl_tensor_empty_channels_last(g->shape, g->dtype, vtl_tensor_device(g)) : vtl_op_clone(g);
+    if (c && cl && vtl_op_copy_(c, g) != VTL_OK) {
+      vtl_tensor_release(c);
+      c = NULL;
+    }
+    if (!c) return vtl_error_status();
+    m->grad = c;
     return VTL_OK;
   }
   return accumulate(&m->grad, g);

@@ -62,6 +62,9 @@ typedef struct vtl_nn_backend {
   /* conv2d_forward and the two backward entries also take f16 and bf16 operands (otherwise the
      op layer computes half convolutions in f32) */
   bool conv_half;
+  /* the conv2d entries take channels-last operands (s->x_cl, s->y_cl); otherwise the op layer
+     hands them contiguous ones */
+  bool conv_cl;
   /* gw and (when not NULL) gb, overwritten */
   vtl_status (*conv2d_backward_weight)(const vtl_conv2d_shape *s, const vtl_tensor *gy, const vtl_tensor *x,
                                        vtl_tensor *gw, vtl_tensor *gb);

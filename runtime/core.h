@@ -108,6 +108,11 @@ bool vtl_tensor_is_contiguous(const vtl_tensor *t);
 bool vtl_tensor_is_channels_last(const vtl_tensor *t);
 /* a new (N,C,H,W) tensor (shape[4]) in channels-last layout */
 vtl_tensor *vtl_tensor_empty_channels_last(const int64_t *shape, vtl_dtype dt, vtl_device dev);
+/* channels-last and not also contiguous: an op on t lays its output out the same way */
+bool vtl_tensor_keeps_channels_last(const vtl_tensor *t);
+/* A new uninitialised tensor of shape and dtype on like's device: channels-last when like keeps
+   that layout and the shape is 4-D, else contiguous. */
+vtl_tensor *vtl_tensor_empty_as(const vtl_tensor *like, const int64_t *shape, int ndim, vtl_dtype dt);
 static inline void *vtl_tensor_data(const vtl_tensor *t) {
   return (char *)t->storage->data + t->offset * (int64_t)vtl_dtype_size(t->dtype);
 }

@@ -279,6 +279,12 @@ vtl_tensor *vtl_fn_contiguous(vtl_tensor *x) {
   return record_identity(out, x, "CloneBackward");
 }
 
+vtl_tensor *vtl_fn_contiguous_channels_last(vtl_tensor *x) {
+  vtl_tensor *out = vtl_op_contiguous_channels_last(x);
+  if (!vtl_ag_needs(&x, 1)) return out;
+  return record_identity(out, x, "CloneBackward");
+}
+
 /* ---- views ---- */
 /* reshape-like: the gradient takes the input's shape back */
 static vtl_status reshape_bw(vtl_node *n, vtl_tensor *g, vtl_tensor **gin) {

@@ -17,6 +17,7 @@ vtl_tensor *vtl_fn_masked_fill(vtl_tensor *x, vtl_tensor *mask, double value);
 vtl_tensor *vtl_fn_to_dtype(vtl_tensor *x, vtl_dtype dt);
 vtl_tensor *vtl_fn_clone(vtl_tensor *x);
 vtl_tensor *vtl_fn_contiguous(vtl_tensor *x);
+vtl_tensor *vtl_fn_contiguous_channels_last(vtl_tensor *x);
 
 vtl_tensor *vtl_fn_view(vtl_tensor *x, const int64_t *shape, int ndim);
 vtl_tensor *vtl_fn_reshape(vtl_tensor *x, const int64_t *shape, int ndim);

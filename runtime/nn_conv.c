@@ -71,7 +71,7 @@ static vtl_tensor *new_like_shape(const int64_t *shape, int ndim, vtl_dtype dt, 
 
 vtl_conv2d_params vtl_conv2d_params_make(int64_t stride_h, int64_t stride_w, int64_t pad_h, int64_t pad_w,
                                          int64_t dil_h, int64_t dil_w, int64_t groups) {
-  vtl_conv2d_params p = {{stride_h, stride_w}, {pad_h, pad_w}, {pad_h, pad_w}, {dil_h, dil_w}, groups};
+  vtl_conv2d_params p = {{stride_h, stride_w}, {pad_h, pad_w}, {pad_h, pad_w}, {dil_h, dil_w}, groups, false};
   return p;
 }
 
@@ -195,13 +195,26 @@ static void release_all(vtl_tensor **ts, int n) {
   for (int i = 0; i < n; i++) vtl_tensor_release(ts[i]);
 }
 
-/* the backend's conv2d_forward on contiguous operands */
-static vtl_tensor *conv2d_native(vtl_tensor *x, vtl_tensor *w, vtl_tensor *b, const vtl_conv2d_shape *s) {
+/* A convolution runs channels-last when asked to or when x is laid out so, and the device's
+   kernels take that layout. */
+static bool conv_cl(const vtl_tensor *x, bool asked) {
+  return nn_of(x)->conv_cl && (asked || vtl_tensor_keeps_channels_last(x));
+}
+
+/* the backend's conv2d_forward on contiguous operands (x and y channels-last when cl) */
+static vtl_tensor *conv2d_native(vtl_tensor *x, vtl_tensor *w, vtl_tensor *b, const vtl_conv2d_shape *sh, bool cl) {
+  vtl_conv2d_shape sv = *sh, *s = &sv;
+  s->x_cl = s->y_cl = cl;
   int64_t shape[4] = {s->N, s->K, s->OH, s->OW};
   if (vtl_shape_numel(shape, 4, vtl_dtype_size(s->dtype), "conv2d") < 0) return NULL;
-  vtl_tensor *in[3] = {x, w, b}, *c[3];
+  vtl_tensor *in[3] = {cl ? NULL : x, w, b}, *c[3];
   if (!contig(in, c, 3)) return NULL;
-  vtl_tensor *y = new_like_shape(shape, 4, s->dtype, x);
+  if (cl && !(c[0] = vtl_op_contiguous_channels_last(x))) {
+    release_all(c, 3);
+    return NULL;
+  }
+  vtl_tensor *y = cl ? vtl_tensor_empty_channels_last(shape, s->dtype, vtl_tensor_device(x))
+                     : new_like_shape(shape, 4, s->dtype, x);
   if (y && nn_of(x)->conv2d_forward(s, c[0], c[1], c[2], y) != VTL_OK) {
     vtl_tensor_release(y);
     y = NULL;
@@ -220,7 +233,7 @@ vtl_tensor *vtl_op_conv2d(vtl_tensor *x, vtl_tensor *w, vtl_tensor *b, const vtl
       return vtl_op_conv2d_post(x, w, b, p, &none);
     }
     if (nn->conv_half) { /* the device's own half kernels; computed in f32 if they fail */
-      vtl_tensor *y = conv2d_native(x, w, b, &s);
+      vtl_tensor *y = conv2d_native(x, w, b, &s, conv_cl(x, p->channels_last));
       if (y) return y;
     }
     bool fail = false; /* computed in f32, rounded once to the half dtype */
@@ -231,7 +244,7 @@ vtl_tensor *vtl_op_conv2d(vtl_tensor *x, vtl_tensor *w, vtl_tensor *b, const vtl
     vtl_tensor_release(bf);
     return y;
   }
-  return conv2d_native(x, w, b, &s);
+  return conv2d_native(x, w, b, &s, conv_cl(x, p->channels_last));
 }
 
 /* the post-operation's added tensor must be the output: same shape, dtype and device */
@@ -282,8 +295,8 @@ static vtl_tensor *conv2d_post_run(vtl_tensor *x, vtl_tensor *w, vtl_tensor *b, 
   if (vtl_shape_numel(shape, 4, vtl_dtype_size(s.dtype), "conv2d") < 0) return NULL;
   /* channels-last input is taken as it is (f32 or half on the CPU: oneDNN reads it directly) */
   bool cpu_f32 = vtl_tensor_device(x).type == VTL_CPU && (s.dtype == VTL_F32 || is_half(s.dtype));
-  s.x_cl = cpu_f32 && !vtl_tensor_is_contiguous(x) && vtl_tensor_is_channels_last(x);
-  s.y_cl = cpu_f32 && post->channels_last;
+  s.x_cl = cpu_f32 && vtl_tensor_keeps_channels_last(x);
+  s.y_cl = cpu_f32 && (p->channels_last || s.x_cl);
   vtl_tensor *in[3] = {s.x_cl ? NULL : x, w, b}, *c[3];
   if (!contig(in, c, 3)) return NULL;
   if (s.x_cl) c[0] = vtl_tensor_retain(x);
@@ -530,16 +543,24 @@ static vtl_status conv2d_backward_f32(vtl_tensor *gy, vtl_tensor *x, vtl_tensor 
   return hand_grads(st, rx, rw, rb, gx, gw, gb);
 }
 
-/* the backend's backward kernels on contiguous operands */
+/* the backend's backward kernels on contiguous operands, or on channels-last x, gy and gx when
+   the forward ran so */
 static vtl_status conv2d_backward_run(vtl_tensor *gy, vtl_tensor *x, vtl_tensor *w, const vtl_conv2d_shape *sh,
                                       vtl_tensor **gx, vtl_tensor **gw, vtl_tensor **gb) {
   vtl_conv2d_shape s = *sh;
-  vtl_tensor *in[3] = {gy, gx ? w : NULL, gw ? x : NULL}, *c[3];
+  bool cl = conv_cl(x, vtl_tensor_keeps_channels_last(gy));
+  s.x_cl = s.y_cl = cl;
+  vtl_tensor *in[3] = {cl ? NULL : gy, gx ? w : NULL, gw && !cl ? x : NULL}, *c[3];
   if (!contig(in, c, 3)) return vtl_error_status();
+  if (cl && (!(c[0] = vtl_op_contiguous_channels_last(gy)) || (gw && !(c[2] = vtl_op_contiguous_channels_last(x))))) {
+    release_all(c, 3);
+    return vtl_error_status();
+  }
   vtl_tensor *rx = NULL, *rw = NULL, *rb = NULL;
   vtl_status st = VTL_OK;
   if (gx) {
-    rx = new_like_shape(x->shape, 4, s.dtype, x);
+    rx = cl ? vtl_tensor_empty_channels_last(x->shape, s.dtype, vtl_tensor_device(x))
+            : new_like_shape(x->shape, 4, s.dtype, x);
     st = rx ? nn_of(x)->conv2d_backward_data(&s, c[0], c[1], rx) : vtl_error_status();
   }
   if (st == VTL_OK && gw) {
@@ -575,6 +596,7 @@ static void conv2d_params_store(vtl_node *nd, const vtl_conv2d_params *p) {
     nd->i[6 + d] = p->dilation[d];
   }
   nd->i[8] = p->groups;
+  nd->i[9] = p->channels_last;
 }
 
 static vtl_conv2d_params conv2d_params_load(const vtl_node *nd) {
@@ -586,6 +608,7 @@ static vtl_conv2d_params conv2d_params_load(const vtl_node *nd) {
     p.dilation[d] = nd->i[6 + d];
   }
   p.groups = nd->i[8];
+  p.channels_last = nd->i[9] != 0;
   return p;
 }
 
@@ -620,7 +643,7 @@ static vtl_tensor *fn_conv2d_post(vtl_tensor *x, vtl_tensor *w, vtl_tensor *b, c
                                   const vtl_conv2d_post *post, bool mixed) {
   vtl_tensor *in[4] = {x, w, b, post->add};
   if (!vtl_ag_needs(in, 4)) {
-    bool plain = !post->add && !post->has_act && !post->pack && !post->channels_last && !mixed;
+    bool plain = !post->add && !post->has_act && !post->pack && !mixed;
     return plain ? vtl_op_conv2d(x, w, b, p) : conv2d_post_run(x, w, b, p, post, mixed);
   }
   vtl_conv2d_shape s;
@@ -776,6 +799,18 @@ static vtl_tensor *pool_run(vtl_tensor *x, const vtl_pool2d_shape *s, vtl_pool_k
     return NULL;
   }
   vtl_tensor_release(xc);
+  if (vtl_tensor_keeps_channels_last(x)) { /* the output (and its indices) take the input's layout */
+    vtl_tensor *yc = vtl_op_contiguous_channels_last(y), *ic = yc && ix ? vtl_op_contiguous_channels_last(ix) : NULL;
+    vtl_tensor_release(y);
+    vtl_tensor_release(ix);
+    if (!yc || (ix && !ic)) {
+      vtl_tensor_release(yc);
+      vtl_tensor_release(ic);
+      return NULL;
+    }
+    y = yc;
+    ix = ic;
+  }
   if (indices) *indices = ix;
   return y;
 }

@@ -26,6 +26,8 @@ typedef struct {
   int64_t pad_end[2];  /* bottom, right; >= 0 */
   int64_t dilation[2]; /* >= 1 */
   int64_t groups;      /* >= 1, divides C and K */
+  bool channels_last;  /* the output laid out channels-last, as it is when x is (where the
+                          device's kernels take that layout; else contiguous) */
 } vtl_conv2d_params;
 
 /* Symmetric padding, stride, dilation and groups in one call. */
@@ -48,8 +50,8 @@ typedef struct {
 /* ---- shapes handed to the kernels ---- */
 
 /* x: (N,C,H,W), w: (K,C/groups,R,S), b: (K), y: (N,K,OH,OW), all contiguous, except that
-   x_cl / y_cl say x / y are channels-last: their memory is (N,H,W,C) / (N,OH,OW,K), which only
-   vtl_cpu_conv2d_forward_post accepts. w_f32: x and y are of a half dtype while w and b are
+   x_cl / y_cl say x (and gx) / y (and gy) are channels-last: their memory is (N,H,W,C) /
+   (N,OH,OW,K). The backward passes get both or neither. w_f32: x and y are of a half dtype while w and b are
    f32 (an autocast inference layer: the CPU kernel converts the weights as it packs them). */
 typedef struct {
   vtl_dtype dtype;
@@ -77,7 +79,6 @@ typedef struct {
   vtl_activation act;
   double act_params[2];     /* as vtl_op_activation's */
   vtl_conv2d_pack *pack;    /* or NULL: see vtl_conv2d_pack_new */
-  bool channels_last;       /* a CPU f32 output in channels-last layout (strides of (N,OH,OW,K)) */
 } vtl_conv2d_post;
 
 /* A convolution's weights kept in the CPU kernel's preferred layout between calls, so that an
@@ -99,7 +100,7 @@ vtl_tensor *vtl_op_conv2d_post(vtl_tensor *x, vtl_tensor *w, vtl_tensor *b, cons
                                const vtl_conv2d_post *post);
 /* act(x wᵀ + b + post->add) over the last dim of x (any leading dims): x (*,K), w (N,K), b (N)
    or NULL, add (*,N); for inference (vtl_fn_linear_post composes differentiable ops when a
-   gradient is needed). post->channels_last is ignored. */
+   gradient is needed). */
 vtl_tensor *vtl_op_linear_post(vtl_tensor *x, vtl_tensor *w, vtl_tensor *b, const vtl_conv2d_post *post);
 /* Multi-head self-attention of an inference layer from its packed projection qkv (B,N,3*C),
    C = heads * D: q, k, v per token and head as timm's (B,N,3,heads,D) view; returns (B,N,C) =

@@ -119,6 +119,28 @@ static const void *data_or_null(const vtl_tensor *t) { return t ? vtl_tensor_dat
 
 static vtl_tensor *new_like(const vtl_tensor *x) { return vtl_tensor_empty(x->shape, x->ndim, x->dtype, vtl_tensor_device(x)); }
 
+/* t in the layout that `like` keeps (channels-last, else contiguous), so that a kernel walks t,
+   like and an output made by new_as(like) in one memory order */
+static vtl_tensor *dense_as(vtl_tensor *t, const vtl_tensor *like, bool *ok) {
+  if (!t || !*ok) return NULL;
+  vtl_tensor *c = vtl_tensor_keeps_channels_last(like) ? vtl_op_contiguous_channels_last(t) : vtl_op_contiguous(t);
+  if (!c) *ok = false;
+  return c;
+}
+
+static vtl_tensor *new_as(const vtl_tensor *x) { return vtl_tensor_empty_as(x, x->shape, x->ndim, x->dtype); }
+
+/* a batch norm's (N, C, S) problem; channels-last memory is (N*H*W, C, 1) */
+static void bn_dims(const vtl_tensor *x, int64_t *N, int64_t *C, int64_t *S) {
+  *N = x->shape[0];
+  *C = x->shape[1];
+  *S = prod(x->shape, 2, x->ndim);
+  if (vtl_tensor_keeps_channels_last(x)) {
+    *N *= *S;
+    *S = 1;
+  }
+}
+
 /* per-channel or per-row statistics (f64) on x's device */
 static vtl_tensor *new_stats(int64_t n, const vtl_tensor *x) {
   return vtl_tensor_empty(&n, 1, VTL_F64, vtl_tensor_device(x));
@@ -174,9 +196,10 @@ vtl_tensor *vtl_op_batch_norm(vtl_tensor *x, vtl_tensor *running_mean, vtl_tenso
     return NULL;
 
   bool ok = true;
-  vtl_tensor *xc = contig_opt(x, &ok), *wc = contig_opt(weight, &ok), *bc = contig_opt(bias, &ok);
-  vtl_tensor *out = ok ? new_like(x) : NULL, *mean = out ? new_stats(C, x) : NULL, *invstd = mean ? new_stats(C, x) : NULL;
+  vtl_tensor *xc = dense_as(x, x, &ok), *wc = contig_opt(weight, &ok), *bc = contig_opt(bias, &ok);
+  vtl_tensor *out = ok ? new_as(x) : NULL, *mean = out ? new_stats(C, x) : NULL, *invstd = mean ? new_stats(C, x) : NULL;
   const vtl_nn_backend *nn = nn_of(x);
+  bn_dims(x, &N, &C, &S);
   if (!invstd ||
       nn->batch_norm_stats(xc, N, C, S, training, momentum, eps, running_mean, running_var, mean, invstd) != VTL_OK ||
       nn->batch_norm_forward(xc, out, N, C, S, mean, invstd, wc, bc) != VTL_OK) {
@@ -215,9 +238,10 @@ vtl_status vtl_op_batch_norm_backward(vtl_tensor *gout, vtl_tensor *x, vtl_tenso
       !check_stats(op, "mean", mean, C, x) || !check_stats(op, "invstd", invstd, C, x))
     return vtl_error_status();
   bool ok = true;
-  vtl_tensor *gc = contig_opt(gout, &ok), *xc = contig_opt(x, &ok), *wc = contig_opt(weight, &ok);
+  vtl_tensor *gc = dense_as(gout, x, &ok), *xc = dense_as(x, x, &ok), *wc = contig_opt(weight, &ok);
   int64_t cshape[1] = {C};
-  vtl_tensor *dx = ok && gx ? new_like(x) : NULL;
+  vtl_tensor *dx = ok && gx ? new_as(x) : NULL;
+  bn_dims(x, &N, &C, &S);
   vtl_tensor *dw = ok && gweight ? vtl_tensor_empty(cshape, 1, x->dtype, vtl_tensor_device(x)) : NULL;
   vtl_tensor *db = ok && gbias ? vtl_tensor_empty(cshape, 1, x->dtype, vtl_tensor_device(x)) : NULL;
   vtl_tensor *all[6] = {gc, xc, wc, dx, dw, db};
@@ -554,8 +578,9 @@ vtl_tensor *vtl_op_activation(vtl_activation act, vtl_tensor *x, const double *p
   double p[2];
   act_params(act, params, p);
   if (act == VTL_ACT_SOFTPLUS && p[0] == 0) return vtl_error_set(VTL_ERR_ARG, "softplus: beta must not be 0"), NULL;
-  vtl_tensor *xc = vtl_op_contiguous(x);
-  vtl_tensor *out = xc ? new_like(x) : NULL;
+  bool ok = true;
+  vtl_tensor *xc = dense_as(x, x, &ok);
+  vtl_tensor *out = xc ? new_as(x) : NULL;
   if (out && nn_of(x)->activation_forward(act, xc, out, p) != VTL_OK) {
     vtl_tensor_release(out);
     out = NULL;
@@ -580,8 +605,8 @@ vtl_tensor *vtl_op_activation_backward(vtl_activation act, vtl_tensor *gout, vtl
   double p[2];
   act_params(act, params, p);
   bool ok = true;
-  vtl_tensor *gc = contig_opt(gout, &ok), *sc = contig_opt(s, &ok);
-  vtl_tensor *dx = ok ? new_like(s) : NULL;
+  vtl_tensor *gc = dense_as(gout, s, &ok), *sc = dense_as(s, s, &ok);
+  vtl_tensor *dx = ok ? new_as(s) : NULL;
   if (dx && nn_of(s)->activation_backward(act, gc, sc, dx, p) != VTL_OK) {
     vtl_tensor_release(dx);
     dx = NULL;

@@ -25,7 +25,9 @@ vtl_tensor *vtl_op_random(const int64_t *shape, int ndim, int kind, double lo, d
 /* ---- copies and conversions ---- */
 vtl_tensor *vtl_op_contiguous(vtl_tensor *x);       /* x itself (retained) when already contiguous */
 vtl_tensor *vtl_op_clone(const vtl_tensor *x);
-vtl_tensor *vtl_op_to_dtype(vtl_tensor *x, vtl_dtype dt); /* x retained when dt matches */
+/* x (N,C,H,W) laid out channels-last: x itself (retained) when it already is, else a copy */
+vtl_tensor *vtl_op_contiguous_channels_last(vtl_tensor *x);
+vtl_tensor *vtl_op_to_dtype(vtl_tensor *x, vtl_dtype dt); /* x retained when dt matches; keeps channels-last */
 vtl_status vtl_op_copy_(vtl_tensor *dst, const vtl_tensor *src); /* broadcasting, casting */
 vtl_status vtl_op_fill_(vtl_tensor *dst, double value);
 

@@ -61,7 +61,7 @@ vtl_tensor *vtl_op_unary(vtl_unary_op op, vtl_tensor *x, const double *params) {
   if (!unary_types(op, x->dtype, &res, &cdt)) return NULL;
   const vtl_backend *be = backend_of(unary_names[op], &x, 1);
   if (!be) return NULL;
-  vtl_tensor *out = vtl_tensor_empty(x->shape, x->ndim, res, vtl_tensor_device(x));
+  vtl_tensor *out = vtl_tensor_empty_as(x, x->shape, x->ndim, res);
   if (!out) return NULL;
   vtl_status st;
   if ((op == VTL_UN_ISNAN || op == VTL_UN_ISINF) && !vtl_dtype_is_float(x->dtype)) st = be->fill(out, 0);
@@ -128,6 +128,17 @@ static vtl_status binary_into(vtl_binary_op op, vtl_tensor *out, vtl_tensor *a, 
   return st;
 }
 
+/* the operand whose layout the result takes: a channels-last one of the result's shape (a
+   first), else a (contiguous result) */
+static const vtl_tensor *layout_source(const vtl_tensor *a, const vtl_tensor *b, const int64_t *shape, int nd) {
+  const vtl_tensor *ts[2] = {a, b};
+  for (int i = 0; i < 2; i++)
+    if (ts[i]->ndim == nd && memcmp(ts[i]->shape, shape, (size_t)nd * sizeof *shape) == 0 &&
+        vtl_tensor_keeps_channels_last(ts[i]))
+      return ts[i];
+  return a;
+}
+
 static vtl_tensor *binary_typed(vtl_binary_op op, vtl_tensor *a, vtl_tensor *b, vtl_dtype p) {
   vtl_tensor *ts[2] = {a, b};
   const vtl_backend *be = backend_of(binary_names[op], ts, 2);
@@ -137,7 +148,7 @@ static vtl_tensor *binary_typed(vtl_binary_op op, vtl_tensor *a, vtl_tensor *b, 
   int64_t shape[VTL_MAX_DIMS];
   int nd = vtl_broadcast_shape(binary_names[op], a, b, shape);
   if (nd < 0) return NULL;
-  vtl_tensor *out = vtl_tensor_empty(shape, nd, res, vtl_tensor_device(a));
+  vtl_tensor *out = vtl_tensor_empty_as(layout_source(a, b, shape, nd), shape, nd, res);
   if (!out) return NULL;
   if (binary_into(op, out, a, b, binary_compute(op, p, res), be) != VTL_OK) { vtl_tensor_release(out); return NULL; }
   return out;

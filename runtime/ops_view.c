@@ -130,9 +130,21 @@ vtl_tensor *vtl_op_contiguous(vtl_tensor *x) {
   return vtl_op_clone(x);
 }
 
+vtl_tensor *vtl_op_contiguous_channels_last(vtl_tensor *x) {
+  if (x->ndim != 4) {
+    char b[128];
+    vtl_shape_format(x->shape, x->ndim, b, sizeof b);
+    return vtl_error_set(VTL_ERR_ARG, "contiguous: channels_last needs a 4-D (N,C,H,W) tensor, got shape %s", b), NULL;
+  }
+  if (vtl_tensor_is_channels_last(x)) return vtl_tensor_retain(x);
+  vtl_tensor *t = vtl_tensor_empty_channels_last(x->shape, x->dtype, vtl_tensor_device(x));
+  if (t && vtl_op_copy_(t, x) != VTL_OK) { vtl_tensor_release(t); return NULL; }
+  return t;
+}
+
 vtl_tensor *vtl_op_to_dtype(vtl_tensor *x, vtl_dtype dt) {
   if (x->dtype == dt) return vtl_tensor_retain(x);
-  vtl_tensor *t = vtl_tensor_empty(x->shape, x->ndim, dt, vtl_tensor_device(x));
+  vtl_tensor *t = vtl_tensor_empty_as(x, x->shape, x->ndim, dt);
   if (t && vtl_op_copy_(t, x) != VTL_OK) { vtl_tensor_release(t); return NULL; }
   return t;
 }

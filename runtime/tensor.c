@@ -178,6 +178,16 @@ vtl_tensor *vtl_tensor_empty_channels_last(const int64_t *shape, vtl_dtype dt, v
   return v;
 }
 
+bool vtl_tensor_keeps_channels_last(const vtl_tensor *t) {
+  return t->ndim == 4 && vtl_tensor_is_channels_last(t) && !vtl_tensor_is_contiguous(t);
+}
+
+vtl_tensor *vtl_tensor_empty_as(const vtl_tensor *like, const int64_t *shape, int ndim, vtl_dtype dt) {
+  if (ndim == 4 && vtl_tensor_keeps_channels_last(like))
+    return vtl_tensor_empty_channels_last(shape, dt, vtl_tensor_device(like));
+  return vtl_tensor_empty(shape, ndim, dt, vtl_tensor_device(like));
+}
+
 double vtl_load_as_double(const void *p, vtl_dtype dt) {
   switch (dt) {
   case VTL_F32: return *(const float *)p;

@@ -910,11 +910,12 @@ end)
 
 -- three SGD steps of a zoo model on each device from the same weights and batches; the losses
 -- agree within rtol, and the GPU model's parameters stay the objects the optimizer holds
-local function train_parity(name, opts, batch, size, rtol, later_rtol)
+local function train_parity(name, opts, batch, size, rtol, later_rtol, format)
   vtl.seed(3)
   local cpu = vtl.models.create(name, opts)
   local gpu = vtl.models.create(name, opts)
   gpu:load_state_dict(cpu:state_dict())
+  if format then gpu:to_memory_format(format) end
   local params = gpu:parameters()
   local opt_g = vtl.optim.SGD(params, {lr = 0.05, momentum = 0.9, weight_decay = 1e-4})
   T.truthy(rawequal(gpu:cuda(), gpu), "model:cuda() returns the model")
@@ -975,6 +976,46 @@ end)
 -- 5%. So: losses 1e-4 for the first step and 1e-3 after updates; weights after the first step.
 gpu_test("training: resnet18 at 64x64, 3 SGD steps on cuda give the CPU's losses (1e-4, then 1e-3 relative)", function()
   train_parity("resnet18", {num_classes = 10}, 16, 64, 1e-4, 1e-3)
+end)
+
+gpu_test("channels-last on cuda: convolutions (groups, depthwise, asymmetric padding, f32/bf16) keep the layout and match the CPU", function()
+  local cases = {
+    {4, 6, 3, {stride = 1, padding = 1}},
+    {6, 12, 5, {stride = 2, padding = 2, groups = 6}},      -- depthwise, channel multiplier 2
+    {4, 8, 1, {}},                                          -- 1x1
+    {4, 5, 4, {padding = "same"}},                          -- even kernel: padded copy in NHWC
+  }
+  for ci, c in ipairs(cases) do
+    local C, K, k, o = c[1], c[2], c[3], c[4]
+    local x = vtl.randn(2, C, 11, 9)
+    local w = vtl.randn(K, C // (o.groups or 1), k, k) * 0.3
+    local b = vtl.randn(K)
+    local gy
+    for _, dt in ipairs({"f32", "bf16"}) do
+      local xc = x:to(dt):cuda():contiguous("channels_last"):requires_grad_(true)
+      local wc, bc = w:to(dt):cuda():clone():requires_grad_(true), b:to(dt):cuda():clone():requires_grad_(true)
+      local y = F.conv2d(xc, wc, bc, o)
+      T.truthy(y:is_contiguous("channels_last") and not y:is_contiguous(), ("case %d %s: channels-last output"):format(ci, dt))
+      gy = gy or vtl.randn(y.shape)
+      y:backward(gy:to(dt):cuda())
+      T.truthy(xc.grad:is_contiguous("channels_last"), ("case %d %s: channels-last input gradient"):format(ci, dt))
+      T.truthy(wc.grad:is_contiguous(), ("case %d %s: the weight gradient keeps the weight's layout"):format(ci, dt))
+      local xr = x:clone():requires_grad_(true)
+      local wr, br = w:to(dt):float():clone():requires_grad_(true), b:to(dt):float():clone():requires_grad_(true)
+      local yr = F.conv2d(dt == "f32" and xr or xr:to(dt):float(), wr, br, o)
+      yr:backward(gy:to(dt):float())
+      local tol = dt == "f32" and 1e-4 or 2e-2
+      same(y:float(), yr, tol, ("channels-last conv case %d %s"):format(ci, dt))
+      same(xc.grad:float(), xr.grad, tol, ("channels-last conv case %d %s input grad"):format(ci, dt))
+      same(wc.grad:float(), wr.grad, tol, ("channels-last conv case %d %s weight grad"):format(ci, dt))
+      same(bc.grad:float(), br.grad, tol, ("channels-last conv case %d %s bias grad"):format(ci, dt))
+    end
+  end
+end)
+
+gpu_test("channels-last on cuda: resnet18 and mobilenet_v3_small train as the CPU does in (N,C,H,W)", function()
+  train_parity("resnet18", {num_classes = 10}, 16, 64, 1e-4, 1e-3, "channels_last")
+  train_parity("mobilenet_v3_small", {num_classes = 10}, 16, 64, 1e-4, 1e-3, "channels_last")
 end)
 
 -- ---------------------------------------------------------------- saving

@@ -96,7 +96,7 @@ T.test("conv2d packs: weights packed once, repacked after an in-place change or 
   end
 end)
 
-T.test("conv2d channels_last: the output's memory is (N,H,W,C) and channels-last inputs are read as they are", function()
+T.test("conv2d channels_last: the output's memory is (N,H,W,C) and channels-last inputs are read as they are, giving channels-last outputs", function()
   vtl.seed(5)
   local x = vtl.randn(2, 5, 9, 8)
   local w1, w2 = vtl.randn(7, 5, 3, 3) * 0.2, vtl.randn(6, 7, 1, 1) * 0.2
@@ -111,8 +111,11 @@ T.test("conv2d channels_last: the output's memory is (N,H,W,C) and channels-last
   local rc = (r:permute(1, 3, 4, 2):contiguous()):permute(1, 4, 2, 3) -- a channels-last add
   T.close(F.conv2d(y1, w2, nil, {add = rc, channels_last = true}), y2, 0, "channels-last add")
   local y3 = F.conv2d(y1, w2, nil, {add = r})
-  T.truthy(y3:is_contiguous(), "channels-last in, plain out")
-  T.close(y3, y2, 0, "plain output")
+  T.truthy(is_channels_last(y3), "the output takes a channels-last input's layout (as in PyTorch)")
+  T.close(y3, y2, 0, "same values")
+  local y4 = F.conv2d(y1:contiguous(), w2, nil, {add = r})
+  T.truthy(y4:is_contiguous(), "plain in, plain out")
+  T.close(y4, y2, 1e-6, "plain output")
   -- f64 has no oneDNN path: the same layouts through the fallback
   local yd = F.conv2d(x:double(), w1:double(), nil, {padding = 1, act = "relu", channels_last = true})
   T.close(yd, y1:double(), 1e-5, "f64 channels-last output")

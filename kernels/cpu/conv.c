@@ -765,6 +765,65 @@ if (nt > 1) {
   return VTL_OK;
 }
 
+/* dst = src (add: dst += src) between (N,C,S) and channels-last (N,S,C) layouts: to_cl says
+   which way */
+#define RELAYOUT_BODY(T)                                                                                  \
+  do {                                                                                                    \
+    T *d = dst;                                                                                           \
+    const T *a = src;                                                                                     \
+    for (int64_t n = 0; n < N; n++)                                                                       \
+      for (int64_t c = 0; c < C; c++)                                                                     \
+        for (int64_t i = 0; i < S; i++) {                                                                 \
+          int64_t p = (n * C + c) * S + i, q = (n * S + i) * C + c;                                      \
+          T v = a[to_cl ? p : q];                                                                         \
+          T *o = &d[to_cl ? q : p];                                                                       \
+          *o = add ? *o + v : v;                                                                          \
+        }                                                                                                 \
+  } while (0)
+
+static void relayout(vtl_dtype dt, void *dst, const void *src, int64_t N, int64_t C, int64_t S, bool to_cl, bool add) {
+  if (dt == VTL_F32) RELAYOUT_BODY(float);
+  else if (dt == VTL_F64) RELAYOUT_BODY(double);
+  else if (!add) RELAYOUT_BODY(uint16_t); /* half bits, moved */
+}
+
+/* A channels-last call oneDNN did not run (s->x_cl: x and gx are (N,H,W,C) in memory; s->y_cl:
+   y and gy are (N,OH,OW,K)) runs on (N,C,H,W) copies in scratch: the operands to read are
+   copied in, those written come from scratch buffers copied out after the call. */
+typedef struct {
+  vtl_conv2d_shape s;       /* the planar problem */
+  vtl_storage *xt, *yt;     /* scratch of x (or gx) and y (or gy), when channels-last */
+} planar;
+
+static vtl_status planar_open(planar *pl, const vtl_conv2d_shape *s, const void *x, const void *y) {
+  size_t es = vtl_dtype_size(s->dtype);
+  pl->s = *s;
+  pl->s.x_cl = pl->s.y_cl = false;
+  pl->xt = pl->yt = NULL;
+  if (s->x_cl && !(pl->xt = scratch_new((size_t)(s->N * s->C * s->H * s->W) * es + 1))) return vtl_error_status();
+  if (s->y_cl && !(pl->yt = scratch_new((size_t)(s->N * s->K * s->OH * s->OW) * es + 1))) {
+    vtl_storage_release(pl->xt);
+    return vtl_error_status();
+  }
+  if (x && pl->xt) relayout(s->dtype, pl->xt->data, x, s->N, s->C, s->H * s->W, false, false);
+  if (y && pl->yt) relayout(s->dtype, pl->yt->data, y, s->N, s->K, s->OH * s->OW, false, false);
+  return VTL_OK;
+}
+
+/* copies the written operand (x: gx, else y) back to channels-last and frees the scratch */
+static vtl_status planar_close(planar *pl, vtl_status st, void *x, void *y) {
+  const vtl_conv2d_shape *s = &pl->s;
+  if (st == VTL_OK && x && pl->xt) relayout(s->dtype, x, pl->xt->data, s->N, s->C, s->H * s->W, true, false);
+  if (st == VTL_OK && y && pl->yt) relayout(s->dtype, y, pl->yt->data, s->N, s->K, s->OH * s->OW, true, false);
+  vtl_storage_release(pl->xt);
+  vtl_storage_release(pl->yt);
+  return st;
+}
+
+static const void *pick_in(const vtl_storage *t, const void *p) { return t ? t->data : p; }
+static void *pick_out(vtl_storage *t, void *p) { return t ? t->data : p; }
+
+
 /* ======================================================================================
  * entry points
  * ====================================================================================== */
@@ -782,7 +841,7 @@ vtl_status vtl_cpu_conv2d_forward(const vtl_conv2d_shape *s, const void *x, cons
   if (ny == 0) return VTL_OK;
   if (s->C == 0) { /* no input channels: the output is the bias */
     for (int64_t i = 0; i < ny; i++) {
-      int64_t k = i / (s->OH * s->OW) % s->K;
+      int64_t k = s->y_cl ? i % s->K : i / (s->OH * s->OW) % s->K;
       double v = b ? vtl_load_as_double((const char *)b + k * (int64_t)es, s->dtype) : 0;
       vtl_store_from_double((char *)y + i * (int64_t)es, s->dtype, v);
     }
@@ -792,6 +851,11 @@ vtl_status vtl_cpu_conv2d_forward(const vtl_conv2d_shape *s, const void *x, cons
     void *user[MAX_ARGS] = {(void *)x, (void *)w, b ? (void *)b : y, y};
     int r = dnnl_conv(K_FWD, s, user, b != NULL, &no_post, NULL, NULL);
     if (r) return r > 0 ? VTL_OK : vtl_error_status();
+  }
+  if (s->x_cl || s->y_cl) {
+    planar pl;
+    if (planar_open(&pl, s, x, NULL)) return vtl_error_status();
+    return planar_close(&pl, gemm_forward(&pl.s, pick_in(pl.xt, x), w, b, pick_out(pl.yt, y)), NULL, y);
   }
   return gemm_forward(s, x, w, b, y);
 }
@@ -821,6 +885,11 @@ vtl_status vtl_cpu_conv2d_backward_data(const vtl_conv2d_shape *s, const void *g
     int r = dnnl_conv(K_BWD_DATA, s, user, false, &no_post, NULL, NULL);
     if (r) return r > 0 ? VTL_OK : vtl_error_status();
   }
+  if (s->x_cl || s->y_cl) {
+    planar pl;
+    if (planar_open(&pl, s, NULL, gy)) return vtl_error_status();
+    return planar_close(&pl, gemm_backward_data(&pl.s, pick_in(pl.yt, gy), w, pick_out(pl.xt, gx)), gx, NULL);
+  }
   return gemm_backward_data(s, gy, w, gx);
 }
 
@@ -838,14 +907,22 @@ vtl_status vtl_cpu_conv2d_backward_weight(const vtl_conv2d_shape *s, const void 
     if (gb) memset(gb, 0, (size_t)s->K * es);
     return VTL_OK;
   }
-  if (nw == 0) {
-    if (gb) bias_grad(s, gy, gb);
-    return VTL_OK;
-  }
-  if (s->dtype == VTL_F32) {
+  if (s->dtype == VTL_F32 && nw > 0) {
     void *user[MAX_ARGS] = {(void *)gy, (void *)x, gw, gb};
     int r = dnnl_conv(K_BWD_WEIGHT, s, user, gb != NULL, &no_post, NULL, NULL);
     if (r) return r > 0 ? VTL_OK : vtl_error_status();
+  }
+  if (s->x_cl || s->y_cl) {
+    planar pl;
+    if (planar_open(&pl, s, nw > 0 ? x : NULL, gy)) return vtl_error_status();
+    vtl_status st = VTL_OK;
+    if (nw > 0) st = gemm_backward_weight(&pl.s, pick_in(pl.yt, gy), pick_in(pl.xt, x), gw, gb);
+    else if (gb) bias_grad(&pl.s, pick_in(pl.yt, gy), gb);
+    return planar_close(&pl, st, NULL, NULL);
+  }
+  if (nw == 0) {
+    if (gb) bias_grad(s, gy, gb);
+    return VTL_OK;
   }
   return gemm_backward_weight(s, gy, x, gw, gb);
 }
@@ -872,27 +949,6 @@ static bool eltwise_of(vtl_activation act, const double *p, post_ops *po) {
   }
   po->nelt = 1;
   return true;
-}
-
-/* dst = src (add: dst += src) between (N,C,S) and channels-last (N,S,C) layouts: to_cl says
-   which way */
-#define RELAYOUT_BODY(T)                                                                                  \
-  do {                                                                                                    \
-    T *d = dst;                                                                                           \
-    const T *a = src;                                                                                     \
-    for (int64_t n = 0; n < N; n++)                                                                       \
-      for (int64_t c = 0; c < C; c++)                                                                     \
-        for (int64_t i = 0; i < S; i++) {                                                                 \
-          int64_t p = (n * C + c) * S + i, q = (n * S + i) * C + c;                                      \
-          T v = a[to_cl ? p : q];                                                                         \
-          T *o = &d[to_cl ? q : p];                                                                       \
-          *o = add ? *o + v : v;                                                                          \
-        }                                                                                                 \
-  } while (0)
-
-static void relayout(vtl_dtype dt, void *dst, const void *src, int64_t N, int64_t C, int64_t S, bool to_cl, bool add) {
-  if (dt == VTL_F32) RELAYOUT_BODY(float);
-  else RELAYOUT_BODY(double);
 }
 
 /* A half-precision layer run in f32: x, y (when added to) and the weights (unless already

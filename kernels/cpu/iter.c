@@ -2,6 +2,7 @@
 #include <string.h>
 #include <omp.h>
 #include "iter.h"
+#include "iter_dims.h"
 
 #define BLOCK 512
 
@@ -140,7 +141,6 @@ static void iter_range(const iter_t *it, int64_t begin, int64_t end, vtl_loop_fn
 
 void vtl_cpu_iter(int nops, const vtl_tensor *const *ts, const vtl_dtype *cdt, vtl_loop_fn fn, const void *ctx) {
   iter_t it;
-  const vtl_tensor *out = ts[0];
   it.nops = nops;
   it.convert = 0;
   int64_t numel = 1;
@@ -150,31 +150,8 @@ void vtl_cpu_iter(int nops, const vtl_tensor *const *ts, const vtl_dtype *cdt, v
     it.base[o] = vtl_tensor_data(ts[o]);
     if (cdt[o] != ts[o]->dtype) it.convert = 1;
   }
-  int k = 0;
-  for (int d = 0; d < out->ndim; d++) {
-    numel *= out->shape[d];
-    if (out->shape[d] == 1) continue;
-    it.shape[k] = out->shape[d];
-    for (int o = 0; o < nops; o++) it.st[o][k] = ts[o]->strides[d] * (int64_t)vtl_dtype_size(ts[o]->dtype);
-    k++;
-  }
+  int nd = vtl_iter_dims(nops, ts, it.shape, it.st, &numel);
   if (numel == 0) return;
-  /* merge dim i with the inner dim i+1 when every operand steps through them as one */
-  int nd = 0;
-  for (int d = 0; d < k; d++) {
-    if (nd > 0) {
-      int ok = 1;
-      for (int o = 0; o < nops && ok; o++) ok = it.st[o][nd - 1] == it.st[o][d] * it.shape[d];
-      if (ok) {
-        it.shape[nd - 1] *= it.shape[d];
-        for (int o = 0; o < nops; o++) it.st[o][nd - 1] = it.st[o][d];
-        continue;
-      }
-    }
-    it.shape[nd] = it.shape[d];
-    for (int o = 0; o < nops; o++) it.st[o][nd] = it.st[o][d];
-    nd++;
-  }
   it.nd = nd;
   int nt = omp_in_parallel() ? 1 : omp_get_max_threads();
   if (numel < (int64_t)VTL_GRAIN * 2) nt = 1;

@@ -182,6 +182,7 @@ static vtl_status dropout_backward(const vtl_tensor *g, const vtl_tensor *mask, 
 const vtl_nn_backend vtl_cpu_nn_backend = {
   .conv2d_forward = conv2d_forward,
   .conv2d_forward_post = conv2d_forward_post,
+  .conv_cl = true,
   .conv_half = true, /* bf16 gradients on oneDNN; the op layer computes f16 (and what fails) in f32 */
   .linear_forward_post = linear_forward_post,
   .conv2d_backward_data = conv2d_backward_data,

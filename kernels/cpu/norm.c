@@ -85,8 +85,160 @@ INLINE void bn_stats(vtl_dtype dt, const void *x, int64_t N, int64_t C, int64_t 
   }
 }
 
+/* ---- batch norm over rows: S = 1, x (M, C) (channels-last inputs, and (N, C) ones) ----
+ * Rows are taken in fixed chunks; each chunk sums into its own per-channel partials (vectorised
+ * over channels), and the partials are added in chunk order, so results do not depend on the
+ * thread count. Returns false (nothing done) when the partials cannot be allocated; the blocked
+ * kernels above then run. */
+
+#define BNR_CHUNK 256
+
+typedef struct {
+  int64_t M, C, nchunks;
+  double *part; /* nchunks x 2C */
+} bn_rows;
+
+static bool bn_rows_open(bn_rows *r, int64_t M, int64_t C) {
+  r->M = M;
+  r->C = C;
+  r->nchunks = (M + BNR_CHUNK - 1) / BNR_CHUNK;
+  r->part = r->nchunks * C > 0 ? calloc((size_t)(r->nchunks * 2 * C), sizeof(double)) : NULL;
+  return r->part != NULL;
+}
+
+/* a[c] (and b[c]) = the chunks' partials summed in order */
+static void bn_rows_total(const bn_rows *r, double *a, double *b) {
+  for (int64_t c = 0; c < r->C; c++) a[c] = b ? (b[c] = 0) : 0;
+  for (int64_t k = 0; k < r->nchunks; k++) {
+    const double *p = r->part + k * 2 * r->C;
+#pragma omp simd
+    for (int64_t c = 0; c < r->C; c++) a[c] += p[c];
+    if (b)
+#pragma omp simd
+      for (int64_t c = 0; c < r->C; c++) b[c] += p[r->C + c];
+  }
+}
+
+static int bn_rows_threads(const bn_rows *r) {
+  return r->M * r->C > 4 * VTL_GRAIN && !omp_in_parallel() ? omp_get_max_threads() : 1;
+}
+
+/* per chunk: s1 = Σ x - shift (shift: mean or 0), or with g: s1 = Σ g, s2 = Σ g (x - mean); kind 0:
+   sums of x, 1: squared deviations from mu, 2: the two gradient sums */
+#define BNR_SUMS(T)                                                                          \
+  _Pragma("omp parallel for num_threads(nt) schedule(static) if (nt > 1)")                   \
+  for (int64_t k = 0; k < r->nchunks; k++) {                                                 \
+    double *s1 = r->part + k * 2 * C, *s2 = s1 + C;                                          \
+    for (int64_t c = 0; c < 2 * C; c++) s1[c] = 0;                                           \
+    int64_t i1 = (k + 1) * BNR_CHUNK < r->M ? (k + 1) * BNR_CHUNK : r->M;                   \
+    for (int64_t i = k * BNR_CHUNK; i < i1; i++) {                                          \
+      const T *xr = (const T *)x + i * C;                                                    \
+      if (kind == 0) {                                                                       \
+        _Pragma("omp simd") for (int64_t c = 0; c < C; c++) s1[c] += xr[c];                  \
+      } else if (kind == 1) {                                                                \
+        _Pragma("omp simd") for (int64_t c = 0; c < C; c++) {                                \
+          double d = xr[c] - mu[c];                                                          \
+          s1[c] += d * d;                                                                    \
+        }                                                                                    \
+      } else {                                                                               \
+        const T *gr = (const T *)g + i * C;                                                  \
+        _Pragma("omp simd") for (int64_t c = 0; c < C; c++) {                                \
+          s1[c] += gr[c];                                                                    \
+          s2[c] += gr[c] * (xr[c] - mu[c]);                                                  \
+        }                                                                                    \
+      }                                                                                      \
+    }                                                                                        \
+  }
+
+static void bn_rows_sums(const bn_rows *r, vtl_dtype dt, int kind, const void *x, const void *g, const double *mu) {
+  int64_t C = r->C;
+  int nt = bn_rows_threads(r);
+  if (dt == VTL_F32) { BNR_SUMS(float) } else { BNR_SUMS(double) }
+}
+
+/* y = a[c] u + b[c] v + d[c] over rows (v, b optional) */
+#define BNR_APPLY(T)                                                                         \
+  _Pragma("omp parallel for num_threads(nt) schedule(static) if (nt > 1)")                   \
+  for (int64_t i = 0; i < r->M; i++) {                                                       \
+    const T *ur = (const T *)u + i * C, *vr = v ? (const T *)v + i * C : NULL;              \
+    T *yr = (T *)y + i * C;                                                                  \
+    if (vr)                                                                                  \
+      _Pragma("omp simd") for (int64_t c = 0; c < C; c++) yr[c] = (T)(a[c] * ur[c] - b[c] * vr[c] + d[c]); \
+    else                                                                                     \
+      _Pragma("omp simd") for (int64_t c = 0; c < C; c++) yr[c] = (T)(a[c] * ur[c] + d[c]);  \
+  }
+
+static void bn_rows_apply(const bn_rows *r, vtl_dtype dt, void *y, const void *u, const double *a, const void *v,
+                          const double *b, const double *d) {
+  int64_t C = r->C;
+  int nt = bn_rows_threads(r);
+  if (dt == VTL_F32) { BNR_APPLY(float) } else { BNR_APPLY(double) }
+}
+
+/* the statistics of x (M, C); false when the scratch could not be allocated */
+static bool bn_rows_stats(vtl_dtype dt, const void *x, int64_t M, int64_t C, double eps, double *mean, double *invstd,
+                          double *var) {
+  bn_rows r;
+  if (!bn_rows_open(&r, M, C)) return false;
+  double *q = malloc((size_t)C * sizeof(double));
+  if (!q) { free(r.part); return false; }
+  bn_rows_sums(&r, dt, 0, x, NULL, NULL);
+  bn_rows_total(&r, mean, NULL);
+  for (int64_t c = 0; c < C; c++) mean[c] /= (double)M;
+  bn_rows_sums(&r, dt, 1, x, NULL, mean);
+  bn_rows_total(&r, q, NULL);
+  for (int64_t c = 0; c < C; c++) {
+    double v = q[c] / (double)M;
+    invstd[c] = 1.0 / sqrt(v + eps);
+    if (var) var[c] = v;
+  }
+  free(q);
+  free(r.part);
+  return true;
+}
+
+static bool bn_rows_forward(vtl_dtype dt, const void *x, void *out, int64_t M, int64_t C, const double *mean,
+                            const double *invstd, const void *w, const void *b) {
+  bn_rows r = {.M = M, .C = C};
+  double *sc = malloc((size_t)(2 * C + 1) * sizeof(double));
+  if (!sc) return false;
+  double *sh = sc + C;
+  for (int64_t c = 0; c < C; c++) {
+    sc[c] = ldopt(w, c, dt, 1) * invstd[c];
+    sh[c] = ldopt(b, c, dt, 0) - mean[c] * sc[c];
+  }
+  bn_rows_apply(&r, dt, out, x, sc, NULL, NULL, sh);
+  free(sc);
+  return true;
+}
+
+static bool bn_rows_backward(vtl_dtype dt, const void *g, const void *x, int64_t M, int64_t C, const double *mean,
+                             const double *invstd, const void *w, bool training, void *dx, void *gw, void *gb) {
+  bn_rows r;
+  if (!bn_rows_open(&r, M, C)) return false;
+  double *t = malloc((size_t)(5 * C + 1) * sizeof(double));
+  if (!t) { free(r.part); return false; }
+  double *sg = t, *sgx = t + C, *k = t + 2 * C, *q = t + 3 * C, *d = t + 4 * C;
+  if (gw || gb || (dx && training)) {
+    bn_rows_sums(&r, dt, 2, x, g, mean);
+    bn_rows_total(&r, sg, sgx);
+  }
+  for (int64_t c = 0; c < C; c++) {
+    if (gw) st(gw, c, dt, sgx[c] * invstd[c]);
+    if (gb) st(gb, c, dt, sg[c]);
+    k[c] = ldopt(w, c, dt, 1) * invstd[c];
+    q[c] = training ? k[c] * invstd[c] * invstd[c] * sgx[c] / (double)M : 0;
+    d[c] = training ? q[c] * mean[c] - k[c] * sg[c] / (double)M : 0;
+  }
+  if (dx) bn_rows_apply(&r, dt, dx, g, k, training ? x : NULL, q, d);
+  free(t);
+  free(r.part);
+  return true;
+}
+
 void vtl_cpu_batch_norm_stats(vtl_dtype dt, const void *x, int64_t N, int64_t C, int64_t S, double eps,
                               double *mean, double *invstd, double *var) {
+  if (S == 1 && bn_rows_stats(dt, x, N, C, eps, mean, invstd, var)) return;
   int64_t CB = bn_block(S);
   DISPATCH_RANGE(dt, (C + CB - 1) / CB, N * C * S, bn_stats, x, N, C, S, eps, mean, invstd, var);
 }
@@ -104,6 +256,7 @@ INLINE void bn_forward(vtl_dtype dt, const void *x, void *out, int64_t C, int64_
 
 void vtl_cpu_batch_norm_forward(vtl_dtype dt, const void *x, void *out, int64_t N, int64_t C, int64_t S,
                                 const double *mean, const double *invstd, const void *w, const void *b) {
+  if (S == 1 && bn_rows_forward(dt, x, out, N, C, mean, invstd, w, b)) return;
   DISPATCH_RANGE(dt, N * C, N * C * S, bn_forward, x, out, C, S, mean, invstd, w, b);
 }
 
@@ -154,6 +307,7 @@ INLINE void bn_backward(vtl_dtype dt, const void *g, const void *x, int64_t N, i
 void vtl_cpu_batch_norm_backward(vtl_dtype dt, const void *g, const void *x, int64_t N, int64_t C, int64_t S,
                                  const double *mean, const double *invstd, const void *w, bool training, void *dx,
                                  void *gw, void *gb) {
+  if (S == 1 && bn_rows_backward(dt, g, x, N, C, mean, invstd, w, training, dx, gw, gb)) return;
   int64_t CB = bn_block(S);
   DISPATCH_RANGE(dt, (C + CB - 1) / CB, N * C * S, bn_backward, g, x, N, C, S, mean, invstd, w, training, dx, gw, gb);
 }

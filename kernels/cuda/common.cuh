@@ -10,6 +10,7 @@
 extern "C" {
 #include "core.h"
 #include "backend.h"
+#include "iter_dims.h"
 }
 
 // ---- devices, streams, handles (backend.cu) ----
@@ -231,37 +232,12 @@ struct vtl_cu_iter {
   int dt[VTL_CU_MAXOPS];
 };
 
-// Collapses the operands' dims (size-1 dims dropped, dims merged where every operand steps
-// through them as one), as kernels/cpu/iter.c does.
+// Collapses the operands' dims as kernels/cpu/iter.c does (kernels/iter_dims.h).
 static inline void vtl_cu_iter_make(vtl_cu_iter *it, int nops, const vtl_tensor *const *ts) {
-  const vtl_tensor *out = ts[0];
   memset(it, 0, sizeof *it);
   it->nops = nops;
-  it->numel = 1;
   for (int o = 0; o < nops; o++) { it->base[o] = (char *)vtl_tensor_data(ts[o]); it->dt[o] = ts[o]->dtype; }
-  int k = 0;
-  for (int d = 0; d < out->ndim; d++) {
-    it->numel *= out->shape[d];
-    if (out->shape[d] == 1) continue;
-    it->shape[k] = out->shape[d];
-    for (int o = 0; o < nops; o++) it->st[o][k] = ts[o]->strides[d] * (int64_t)vtl_dtype_size(ts[o]->dtype);
-    k++;
-  }
-  int nd = 0;
-  for (int d = 0; d < k; d++) {
-    if (nd > 0) {
-      bool ok = true;
-      for (int o = 0; o < nops && ok; o++) ok = it->st[o][nd - 1] == it->st[o][d] * it->shape[d];
-      if (ok) {
-        it->shape[nd - 1] *= it->shape[d];
-        for (int o = 0; o < nops; o++) it->st[o][nd - 1] = it->st[o][d];
-        continue;
-      }
-    }
-    it->shape[nd] = it->shape[d];
-    for (int o = 0; o < nops; o++) it->st[o][nd] = it->st[o][d];
-    nd++;
-  }
+  int nd = vtl_iter_dims(nops, ts, it->shape, it->st, &it->numel);
   it->nd = nd;
   if (nd == 0) { // one element
     it->shape[0] = 1;

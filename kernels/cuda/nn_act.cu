@@ -163,6 +163,7 @@ vtl_nn_backend make_table() {
   t.conv2d_backward_data = vtl_cu_conv2d_backward_data;
   t.conv2d_backward_weight = vtl_cu_conv2d_backward_weight;
   t.conv_half = true;
+  t.conv_cl = true;
   t.pool2d_forward = vtl_cu_pool2d_forward;
   t.pool2d_backward = vtl_cu_pool2d_backward;
   t.batch_norm_stats = vtl_cu_batch_norm_stats;

@@ -1,5 +1,6 @@
-// CUDA conv2d through cuDNN: forward, backward-data and backward-weight (+ bias), NCHW, f32 and
-// f64, groups (depthwise included) and dilation. f32 convolutions run in FMA math (no TF32), so
+// CUDA conv2d through cuDNN: forward, backward-data and backward-weight (+ bias), NCHW or
+// channels-last (NHWC activations; the (K,C,R,S) weights relaid out as NHWC filters around each
+// call, so parameters keep their layout), f32 and f64 (and f16/bf16 on tensor cores), groups (depthwise included) and dilation. f32 convolutions run in FMA math (no TF32), so
 // results stay close to the CPU's. The algorithm of each (direction, shape) is chosen once and
 // cached per device: by cuDNN's heuristics (cudnnGet*_v7), or, with VTL_CUDNN_BENCHMARK=1 in the
 // environment, by timing the candidates (cudnnFind*, like torch.backends.cudnn.benchmark). The
@@ -119,11 +120,14 @@ vtl_status make_desc(const conv_geom &g, conv_desc &d) {
   DNN(cudnnCreateTensorDescriptor(&d.b), "descriptor");
   DNN(cudnnCreateFilterDescriptor(&d.w), "descriptor");
   DNN(cudnnCreateConvolutionDescriptor(&d.c), "descriptor");
-  DNN(cudnnSetTensor4dDescriptor(d.x, CUDNN_TENSOR_NCHW, dt, (int)s.N, (int)s.C, (int)g.Hp, (int)g.Wp), "input descriptor");
-  DNN(cudnnSetTensor4dDescriptor(d.y, CUDNN_TENSOR_NCHW, dt, (int)s.N, (int)s.K, (int)s.OH, (int)s.OW),
-      "output descriptor");
+  // channels-last: x, y and the filter (converted to (K,R,S,C/groups) around the call) are NHWC
+  if (s.x_cl != s.y_cl)
+    return vtl_error_set(VTL_ERR_ARG, "conv2d: cuda takes channels-last input and output together");
+  cudnnTensorFormat_t fmt = s.x_cl ? CUDNN_TENSOR_NHWC : CUDNN_TENSOR_NCHW;
+  DNN(cudnnSetTensor4dDescriptor(d.x, fmt, dt, (int)s.N, (int)s.C, (int)g.Hp, (int)g.Wp), "input descriptor");
+  DNN(cudnnSetTensor4dDescriptor(d.y, fmt, dt, (int)s.N, (int)s.K, (int)s.OH, (int)s.OW), "output descriptor");
   DNN(cudnnSetTensor4dDescriptor(d.b, CUDNN_TENSOR_NCHW, dt, 1, (int)s.K, 1, 1), "bias descriptor");
-  DNN(cudnnSetFilter4dDescriptor(d.w, dt, CUDNN_TENSOR_NCHW, (int)s.K, (int)(s.C / s.groups), (int)s.R, (int)s.S),
+  DNN(cudnnSetFilter4dDescriptor(d.w, dt, fmt, (int)s.K, (int)(s.C / s.groups), (int)s.R, (int)s.S),
       "weight descriptor");
   DNN(cudnnSetConvolution2dDescriptor(d.c, ph, pw, (int)s.stride[0], (int)s.stride[1], (int)s.dilation[0],
                                       (int)s.dilation[1], CUDNN_CROSS_CORRELATION, ct),
@@ -142,7 +146,7 @@ vtl_status make_desc(const conv_geom &g, conv_desc &d) {
 conv_key key_of(conv_dir dir, const conv_geom &g) {
   const vtl_conv2d_shape &s = g.s;
   return conv_key{{dir, s.dtype, s.N, s.C, g.Hp, g.Wp, s.K, s.R, s.S, s.stride[0], s.stride[1],
-                   g.padded ? 0 : s.pad[0], g.padded ? 0 : s.pad[1], s.dilation[0], s.dilation[1], s.groups, 0, 0}};
+                   g.padded ? 0 : s.pad[0], g.padded ? 0 : s.pad[1], s.dilation[0], s.dilation[1], s.groups, s.x_cl, 0}};
 }
 
 // An acceptable algorithm from a list of candidates, best first: it runs (status), does not
@@ -224,38 +228,91 @@ vtl_status choose(int dev, cudnnHandle_t h, conv_dir dir, const conv_geom &g, co
 }
 
 // copies planes between the input (H, W) and its zero-padded form (Hp, Wp), rows `top` and
-// columns `left` in; to_padded: input -> padded (the border zero), else padded -> input
+// columns `left` in; each pixel is `inner` consecutive values (channels-last: C, else 1);
+// to_padded: input -> padded (the border zero), else padded -> input
 template <class T>
-__global__ void pad_planes(const T *src, T *dst, int64_t planes, int64_t H, int64_t W, int64_t Hp, int64_t Wp,
-                           int64_t top, int64_t left, bool to_padded) {
-  int64_t total = planes * (to_padded ? Hp * Wp : H * W);
+__global__ void pad_planes(const void *src_, void *dst_, int64_t planes, int64_t inner, int64_t H, int64_t W, int64_t Hp,
+                           int64_t Wp, int64_t top, int64_t left, bool to_padded) {
+  const T *src = (const T *)src_;
+  T *dst = (T *)dst_;
+  int64_t total = planes * inner * (to_padded ? Hp * Wp : H * W);
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
+    int64_t c = i % inner, r = i / inner;
     if (to_padded) {
-      int64_t w = i % Wp, h = (i / Wp) % Hp, p = i / (Wp * Hp), ih = h - top, iw = w - left;
-      dst[i] = ih >= 0 && ih < H && iw >= 0 && iw < W ? src[(p * H + ih) * W + iw] : (T)0;
+      int64_t w = r % Wp, h = (r / Wp) % Hp, p = r / (Wp * Hp), ih = h - top, iw = w - left;
+      dst[i] = ih >= 0 && ih < H && iw >= 0 && iw < W ? src[((p * H + ih) * W + iw) * inner + c] : (T)0;
     } else {
-      int64_t w = i % W, h = (i / W) % H, p = i / (W * H);
-      dst[i] = src[(p * Hp + h + top) * Wp + w + left];
+      int64_t w = r % W, h = (r / W) % H, p = r / (W * H);
+      dst[i] = src[((p * Hp + h + top) * Wp + w + left) * inner + c];
     }
   }
 }
 
+// launches K<T> over total elements with T chosen by element size (f16/bf16 moved as bits:
+// all-zero bits are +0 in both)
+#define BY_ELEMENT_SIZE(es, total, st, K, ...)                                                              \
+  do {                                                                                                    \
+    if ((es) == 4) K<float><<<vtl_cu_blocks(total), 256, 0, st>>>(__VA_ARGS__);                           \
+    else if ((es) == 2) K<uint16_t><<<vtl_cu_blocks(total), 256, 0, st>>>(__VA_ARGS__);                   \
+    else K<double><<<vtl_cu_blocks(total), 256, 0, st>>>(__VA_ARGS__);                                    \
+  } while (0)
+
 vtl_status pad_copy(const conv_geom &g, const void *src, void *dst, bool to_padded, cudaStream_t st) {
   const vtl_conv2d_shape &s = g.s;
-  int64_t planes = s.N * s.C, total = planes * (to_padded ? g.Hp * g.Wp : s.H * s.W);
+  int64_t planes = s.x_cl ? s.N : s.N * s.C, inner = s.x_cl ? s.C : 1;
+  int64_t total = planes * inner * (to_padded ? g.Hp * g.Wp : s.H * s.W);
   if (total == 0) return VTL_OK;
-  if (s.dtype == VTL_F32)
-    pad_planes<float><<<vtl_cu_blocks(total), 256, 0, st>>>((const float *)src, (float *)dst, planes, s.H, s.W, g.Hp,
-                                                            g.Wp, s.pad[0], s.pad[1], to_padded);
-  else if (vtl_dtype_size(s.dtype) == 2) // f16 / bf16 bits (all-zero bits are +0 in both)
-    pad_planes<uint16_t><<<vtl_cu_blocks(total), 256, 0, st>>>((const uint16_t *)src, (uint16_t *)dst, planes, s.H,
-                                                               s.W, g.Hp, g.Wp, s.pad[0], s.pad[1], to_padded);
-  else
-    pad_planes<double><<<vtl_cu_blocks(total), 256, 0, st>>>((const double *)src, (double *)dst, planes, s.H, s.W,
-                                                             g.Hp, g.Wp, s.pad[0], s.pad[1], to_padded);
+  BY_ELEMENT_SIZE(vtl_dtype_size(s.dtype), total, st, pad_planes, src, dst, planes, inner, s.H, s.W, g.Hp, g.Wp,
+                  s.pad[0], s.pad[1], to_padded);
   VTL_CU_LAUNCHED("conv2d padding");
   return VTL_OK;
 }
+
+// the weights between (K, Cg, R*S) and the channels-last filter (K, R*S, Cg); to_cl says which way
+template <class T>
+__global__ void filter_relayout(const void *src_, void *dst_, int64_t K, int64_t Cg, int64_t RS, bool to_cl) {
+  const T *src = (const T *)src_;
+  T *dst = (T *)dst_;
+  int64_t total = K * Cg * RS;
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
+    int64_t c = i % Cg, s = (i / Cg) % RS, k = i / (Cg * RS), p = (k * Cg + c) * RS + s; // i: (k, s, c)
+    if (to_cl) dst[i] = src[p];
+    else dst[p] = src[i];
+  }
+}
+
+// The channels-last filter of a call: w's values in (K, R, S, C/groups) order in scratch, or
+// (for a weight gradient) scratch that weights_back() copies into w's own layout.
+struct cl_filter {
+  cu_scratch buf;
+  const vtl_conv2d_shape &s;
+  cudaStream_t st;
+  cl_filter(const vtl_conv2d_shape &sh, int dev, cudaStream_t stream)
+      : buf(sh.x_cl ? (size_t)(sh.K * (sh.C / sh.groups) * sh.R * sh.S) * vtl_dtype_size(sh.dtype) + 16 : 0, dev),
+        s(sh), st(stream) {}
+  int64_t total() const { return s.K * (s.C / s.groups) * s.R * s.S; }
+  // w's values between its (K, C/groups, R, S) layout and buf; false with the error set
+  bool move(const void *src, void *dst, bool to_cl) {
+    if (total() == 0) return true;
+    BY_ELEMENT_SIZE(vtl_dtype_size(s.dtype), total(), st, filter_relayout, src, dst, s.K, s.C / s.groups, s.R * s.S,
+                    to_cl);
+    cudaError_t e = cudaGetLastError();
+    if (e != cudaSuccess) return vtl_cu_error(e, "conv2d filter layout"), false;
+    return true;
+  }
+  // the filter pointer a call reads: w itself, or its channels-last copy; NULL with the error set
+  const void *in(const void *w) {
+    if (!s.x_cl) return w;
+    return buf.p && move(w, buf.p, true) ? buf.p : nullptr;
+  }
+  // where a weight gradient is written: gw itself, or scratch (NULL with the error set)
+  void *out(void *gw) { return s.x_cl ? buf.p : gw; }
+  // the gradient written by the call into gw's (K, C/groups, R, S) layout
+  vtl_status back(void *gw) {
+    if (!s.x_cl) return VTL_OK;
+    return move(buf.p, gw, false) ? VTL_OK : vtl_error_status();
+  }
+};
 
 // alpha = 1, beta = 0: cuDNN reads double scalars for double data, float for the others
 struct scalars {
@@ -313,7 +370,10 @@ vtl_status vtl_cu_conv2d_forward(const vtl_conv2d_shape *s, const vtl_tensor *x,
     if (!xp.p || pad_copy(cc.g, xin, xp.p, true, cc.st) != VTL_OK) return vtl_error_status();
     xin = xp.p;
   }
-  DNN(cudnnConvolutionForward(cc.h, k.one(s->dtype), cc.d.x, xin, cc.d.w, vtl_tensor_data(w), cc.d.c,
+  cl_filter f(*s, cc.dev, cc.st);
+  const void *win = f.in(vtl_tensor_data(w));
+  if (!win) return vtl_error_status();
+  DNN(cudnnConvolutionForward(cc.h, k.one(s->dtype), cc.d.x, xin, cc.d.w, win, cc.d.c,
                               (cudnnConvolutionFwdAlgo_t)cc.algo.algo, cc.ws, cc.algo.workspace, k.zero(s->dtype),
                               cc.d.y, vtl_tensor_data(y)),
       "convolution forward");
@@ -335,7 +395,10 @@ vtl_status vtl_cu_conv2d_backward_data(const vtl_conv2d_shape *s, const vtl_tens
   cu_scratch gp(cc.g.padded ? input_bytes(cc.g) : 0, cc.dev);
   if (cc.g.padded && !gp.p) return vtl_error_status();
   void *out = cc.g.padded ? gp.p : vtl_tensor_data(gx);
-  DNN(cudnnConvolutionBackwardData(cc.h, k.one(s->dtype), cc.d.w, vtl_tensor_data(w), cc.d.y, vtl_tensor_data(gy),
+  cl_filter f(*s, cc.dev, cc.st);
+  const void *win = f.in(vtl_tensor_data(w));
+  if (!win) return vtl_error_status();
+  DNN(cudnnConvolutionBackwardData(cc.h, k.one(s->dtype), cc.d.w, win, cc.d.y, vtl_tensor_data(gy),
                                    cc.d.c, (cudnnConvolutionBwdDataAlgo_t)cc.algo.algo, cc.ws, cc.algo.workspace,
                                    k.zero(s->dtype), cc.d.x, out),
       "convolution backward data");
@@ -360,10 +423,14 @@ vtl_status vtl_cu_conv2d_backward_weight(const vtl_conv2d_shape *s, const vtl_te
     if (!xp.p || pad_copy(cc.g, xin, xp.p, true, cc.st) != VTL_OK) return vtl_error_status();
     xin = xp.p;
   }
+  cl_filter f(*s, cc.dev, cc.st);
+  void *gwout = f.out(vtl_tensor_data(gw));
+  if (!gwout) return vtl_error_status();
   DNN(cudnnConvolutionBackwardFilter(cc.h, k.one(s->dtype), cc.d.x, xin, cc.d.y, vtl_tensor_data(gy), cc.d.c,
                                      (cudnnConvolutionBwdFilterAlgo_t)cc.algo.algo, cc.ws, cc.algo.workspace,
-                                     k.zero(s->dtype), cc.d.w, vtl_tensor_data(gw)),
+                                     k.zero(s->dtype), cc.d.w, gwout),
       "convolution backward filter");
+  if (f.back(vtl_tensor_data(gw)) != VTL_OK) return vtl_error_status();
   if (gb)
     DNN(cudnnConvolutionBackwardBias(cc.h, k.one(s->dtype), cc.d.y, vtl_tensor_data(gy), k.zero(s->dtype), cc.d.b,
                                      vtl_tensor_data(gb)),

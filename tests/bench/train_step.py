@@ -6,12 +6,17 @@ from benchlib import best
 
 name, batch, size, steps, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 bf16 = len(sys.argv) > 6 and sys.argv[6] == "bf16"  # forward and loss under CPU bf16 autocast
+cl = len(sys.argv) > 7 and sys.argv[7] == "cl"  # channels-last model and input
 torch.set_num_threads(threads)
 torch.manual_seed(0)
 model = {"resnet18": models.ResNet18, "mobilenet_v2": models.MobileNetV2}[name]()
 model.train()
+if cl:
+    model = model.to(memory_format=torch.channels_last)
 opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
 x = torch.randn(batch, 3, size, size)
+if cl:
+    x = x.contiguous(memory_format=torch.channels_last)
 y = torch.randint(0, 1000, (batch,))
 
 def step():

@@ -122,10 +122,10 @@ end
 function Conv2d:_conv(x, padding, padding_end, add)
   local o = {stride = self.stride, padding = padding, padding_end = padding_end, dilation = self.dilation,
              groups = self.groups}
+  o.channels_last = rawget(self, "_channels_last")
   local pack = rawget(self, "_pack")
   if pack then
     o.pack, o.act, o.act_params, o.add = pack, rawget(self, "_act"), rawget(self, "_act_params"), add
-    o.channels_last = rawget(self, "_channels_last")
     return F.conv2d(x, self.weight, self.bias, o)
   end
   local y = F.conv2d(x, self.weight, self.bias, o)

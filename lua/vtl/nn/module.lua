@@ -596,6 +596,27 @@ function Module:to(...)
   return self
 end
 
+---Sets the memory format of the activations: "channels_last" makes every convolution lay its
+---output out as (N,H,W,C) in memory (the shape stays (N,C,H,W)), so that the layers after it
+---(batch norm, activations, pooling, residual sums) keep that layout and the convolution
+---kernels (oneDNN, cuDNN's tensor-core kernels) work without reordering; "contiguous" goes
+---back. Parameters keep their layout, so state dicts and optimizers are unaffected. Returns self.
+---@param format "channels_last"|"contiguous"
+---@return vtl.nn.Module
+function Module:to_memory_format(format)
+  if format ~= "channels_last" and format ~= "contiguous" then
+    error(("to_memory_format: format must be \"channels_last\" or \"contiguous\", got %s"):format(
+      type(format) == "string" and '"' .. format .. '"' or tostring(format)), 2)
+  end
+  for _, m in ipairs(self:modules()) do
+    local cls = getmetatable(m)
+    while cls and rawget(cls, "__name") ~= "Conv2d" do cls = rawget(cls, "super") end
+    if cls then rawset(m, "_channels_last", format == "channels_last" or nil) end
+  end
+  rawset(self, "memory_format", format)
+  return self
+end
+
 ---to("f32"); returns self.
 function Module:float() return self:to("f32") end
 ---to("f64"); returns self.
