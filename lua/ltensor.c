@@ -619,9 +619,18 @@ static int t_to(lua_State *L) {
   vtl_tensor *x = lvtl_checktensor(L, 1);
   vtl_dtype dt = x->dtype;
   vtl_device dev = vtl_tensor_device(x);
+  bool async = false;
   for (int i = 2; i <= lua_gettop(L); i++) {
     if (lvtl_totensor(L, i)) { vtl_tensor *o = lvtl_totensor(L, i); dt = o->dtype; dev = vtl_tensor_device(o); continue; }
-    if (lua_istable(L, i)) { read_opts(L, i, &dt, &dev, "to"); continue; }
+    if (lua_istable(L, i)) {
+      read_opts(L, i, &dt, &dev, "to");
+      if (lua_getfield(L, i, "non_blocking") != LUA_TNIL) {
+        if (!lua_isboolean(L, -1)) luaL_error(L, "to: non_blocking must be a boolean, got %s", luaL_typename(L, -1));
+        async = lua_toboolean(L, -1);
+      }
+      lua_pop(L, 1);
+      continue;
+    }
     const char *s = luaL_checkstring(L, i);
     if (vtl_dtype_from_name(s, &dt)) continue;
     if (!vtl_device_parse(s, &dev))
@@ -632,7 +641,7 @@ static int t_to(lua_State *L) {
     if (vtl_requires_grad(x) && vtl_grad_enabled())
       return luaL_error(L, "to: copies between devices do not record gradients yet; detach() the tensor first");
     lvtl_box *b = newbox(L);
-    vtl_tensor *m = vtl_tensor_to_device(x, dev);
+    vtl_tensor *m = async ? vtl_tensor_to_device_async(x, dev) : vtl_tensor_to_device(x, dev);
     vtl_tensor *r = m ? vtl_fn_to_dtype(m, dt) : NULL;
     vtl_tensor_release(m);
     return fill_box(L, b, r);
@@ -653,12 +662,24 @@ static int t_int(lua_State *L) { return convert(L, VTL_I32); }
 static int t_byte(lua_State *L) { return convert(L, VTL_U8); }
 static int t_bool(lua_State *L) { return convert(L, VTL_BOOL); }
 static int t_cpu(lua_State *L) { lvtl_checktensor(L, 1); lua_settop(L, 1); lua_pushliteral(L, "cpu"); return t_to(L); }
+/* x:cuda([opts]): to("cuda", opts), e.g. {non_blocking = true} */
 static int t_cuda(lua_State *L) {
   lvtl_checktensor(L, 1);
-  lua_settop(L, 1);
+  bool opts = lua_istable(L, 2);
+  lua_settop(L, 2);
   lua_pushliteral(L, "cuda");
+  lua_insert(L, 2);
+  if (!opts) lua_settop(L, 2);
   return t_to(L);
 }
+
+/* x:pin_memory(): a copy in page-locked host memory, which x:cuda{non_blocking = true} copies
+   without waiting (needs a CUDA device) */
+static int t_pin_memory(lua_State *L) {
+  vtl_tensor *x = lvtl_checktensor(L, 1);
+  RETURN_TENSOR(vtl_tensor_pin_memory(x));
+}
+static int t_is_pinned(lua_State *L) { lua_pushboolean(L, lvtl_checktensor(L, 1)->storage->pinned); return 1; }
 
 static int t_clone(lua_State *L) { vtl_tensor *x = lvtl_checktensor(L, 1); RETURN_TENSOR(vtl_fn_clone(x)); }
 /* x:contiguous([format]): "channels_last" lays a 4-D (N,C,H,W) tensor out as (N,H,W,C) */
@@ -1663,7 +1684,7 @@ static const luaL_Reg tensor_methods[] = {
   {"is_contiguous", t_is_contiguous}, {"storage_offset", t_storage_offset}, {"item", t_item},
   {"totable", t_totable}, {"tolist", t_totable}, {"to", t_to}, {"float", t_float}, {"double", t_double},
   {"half", t_half}, {"bfloat16", t_bfloat16}, {"long", t_long}, {"int", t_int}, {"byte", t_byte},
-  {"bool", t_bool}, {"cpu", t_cpu}, {"cuda", t_cuda}, {"clone", t_clone}, {"contiguous", t_contiguous},
+  {"bool", t_bool}, {"cpu", t_cpu}, {"cuda", t_cuda}, {"pin_memory", t_pin_memory}, {"is_pinned", t_is_pinned}, {"clone", t_clone}, {"contiguous", t_contiguous},
   {"view", t_view}, {"reshape", t_reshape}, {"view_as", t_view_as}, {"permute", t_permute},
   {"transpose", t_transpose}, {"t", t_t}, {"narrow", t_narrow}, {"select", t_select}, {"squeeze", t_squeeze},
   {"unsqueeze", t_unsqueeze}, {"expand", t_expand}, {"expand_as", t_expand_as}, {"flatten", t_flatten},

@@ -174,6 +174,15 @@ typedef struct vtl_backend {
   /* n bytes between host memory and device memory of device dev, in either direction;
      returns once the bytes have arrived */
   vtl_status (*copy_host)(void *dst, const void *src, size_t n, int dev, bool to_device);
+  /* Page-locked host memory (for asynchronous copies), from a cache of blocks: host_alloc
+     returns NULL with the error set; host_free takes the block back once the copies queued
+     from it have finished. */
+  void *(*host_alloc)(size_t n);
+  void (*host_free)(void *p, size_t n);
+  /* n bytes from page-locked host memory (block: the host_alloc block holding src) to device
+     memory of dev, queued on dev's compute stream; returns without waiting. Work queued after it
+     on that stream sees the bytes. */
+  vtl_status (*copy_host_async)(void *dst, const void *src, size_t n, int dev, void *block);
   /* waits for all work queued on device dev */
   vtl_status (*synchronize)(int dev);
   /* bytes held by tensors, bytes kept by the caching allocator, peak of the first */

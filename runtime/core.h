@@ -66,9 +66,13 @@ typedef struct vtl_storage {
   size_t nbytes;
   vtl_device device;
   uint32_t version; /* bumped by every in-place write (autograd checks saved tensors) */
+  bool pinned;      /* host memory page-locked by a GPU backend (its host_alloc) */
 } vtl_storage;
 
 vtl_storage *vtl_storage_new(size_t nbytes, vtl_device dev);
+/* Page-locked host memory from the CUDA backend, or NULL with the error set ("pin_memory: ...
+   no CUDA device"). */
+vtl_storage *vtl_storage_new_pinned(size_t nbytes);
 void vtl_storage_retain(vtl_storage *s);
 void vtl_storage_release(vtl_storage *s);
 
@@ -125,6 +129,11 @@ void vtl_shape_format(const int64_t *shape, int ndim, char *buf, size_t n);
 
 /* t on device dev: t itself (retained) when it is there already, else a contiguous copy. */
 vtl_tensor *vtl_tensor_to_device(vtl_tensor *t, vtl_device dev);
+/* The same, but a copy from page-locked host memory to a GPU is only queued (non_blocking):
+   work on the device sees it; the host must not write into t until the device has run it. */
+vtl_tensor *vtl_tensor_to_device_async(vtl_tensor *t, vtl_device dev);
+/* A contiguous copy of a CPU tensor in page-locked host memory (t itself when it is already). */
+vtl_tensor *vtl_tensor_pin_memory(vtl_tensor *t);
 /* VTL_OK when t's data lives in host memory; otherwise sets and returns an error
    "<op>: GPU tensors are not supported yet; call :cpu()". For code that reads or writes
    tensor bytes on the host. */

@@ -96,7 +96,12 @@ static bool overlaps_differently(const vtl_tensor *a, const vtl_tensor *b) {
 }
 
 vtl_status vtl_op_copy_(vtl_tensor *dst, const vtl_tensor *src) {
-  if (vtl_check_same_device("copy_", dst, src) != VTL_OK) return vtl_error_status();
+  if (!vtl_device_eq(vtl_tensor_device(dst), vtl_tensor_device(src))) { /* across devices: moved first */
+    vtl_tensor *m = vtl_tensor_to_device((vtl_tensor *)src, vtl_tensor_device(dst));
+    vtl_status st = m ? vtl_op_copy_(dst, m) : vtl_error_status();
+    vtl_tensor_release(m);
+    return st;
+  }
   vtl_tensor *s = vtl_broadcast_to(src, dst->shape, dst->ndim);
   if (!s) {
     char a[128], b[128];

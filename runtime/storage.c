@@ -1,4 +1,5 @@
 /* Storage: refcounted buffers, byte accounting, and the OOM retry hook. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -52,7 +53,33 @@ vtl_storage *vtl_storage_new(size_t nbytes, vtl_device dev) {
   s->nbytes = nbytes;
   s->device = dev;
   s->version = 0;
+  s->pinned = false;
   if (dev.type == VTL_CPU) __atomic_add_fetch(&alloc_bytes, nbytes, __ATOMIC_RELAXED);
+  return s;
+}
+
+vtl_storage *vtl_storage_new_pinned(size_t nbytes) {
+  const vtl_backend *gpu = vtl_backend_get((vtl_device){VTL_CUDA, 0});
+  if (!gpu) {
+    char why[160];
+    snprintf(why, sizeof why, "%s", vtl_error_message());
+    return vtl_error_set(VTL_ERR_DEVICE, "pin_memory: page-locked memory needs a CUDA device (%s)", why), NULL;
+  }
+  if (!gpu->host_alloc) return vtl_error_set(VTL_ERR_DEVICE, "pin_memory: the %s backend has no page-locked memory", gpu->name), NULL;
+  vtl_storage *s = malloc(sizeof *s);
+  if (!s) return vtl_error_set(VTL_ERR_OOM, "out of memory"), NULL;
+  void *p = gpu->host_alloc(nbytes ? nbytes : 1);
+  if (!p) {
+    free(s);
+    return NULL;
+  }
+  s->refcount = 1;
+  s->data = p;
+  s->nbytes = nbytes;
+  s->device = (vtl_device){VTL_CPU, 0};
+  s->version = 0;
+  s->pinned = true;
+  __atomic_add_fetch(&alloc_bytes, nbytes, __ATOMIC_RELAXED);
   return s;
 }
 
@@ -61,8 +88,9 @@ void vtl_storage_retain(vtl_storage *s) { __atomic_add_fetch(&s->refcount, 1, __
 void vtl_storage_release(vtl_storage *s) {
   if (!s) return;
   if (__atomic_sub_fetch(&s->refcount, 1, __ATOMIC_ACQ_REL) != 0) return;
-  const vtl_backend *be = vtl_backend_of_type(s->device.type);
-  if (be) be->free(s->data, s->nbytes ? s->nbytes : 1, s->device.index);
+  const vtl_backend *be = vtl_backend_of_type(s->pinned ? VTL_CUDA : s->device.type);
+  if (be && s->pinned) be->host_free(s->data, s->nbytes ? s->nbytes : 1);
+  else if (be) be->free(s->data, s->nbytes ? s->nbytes : 1, s->device.index);
   if (s->device.type == VTL_CPU) __atomic_sub_fetch(&alloc_bytes, s->nbytes, __ATOMIC_RELAXED);
   free(s);
 }

@@ -261,8 +261,9 @@ vtl_status vtl_check_same_device(const char *op, const vtl_tensor *a, const vtl_
   return vtl_error_set(VTL_ERR_DEVICE, "%s: tensors are on different devices (%s and %s)", op, da, db);
 }
 
-/* Bytes of a contiguous tensor src copied into a new tensor on dev; one side is the host. */
-static vtl_tensor *copy_across(const vtl_tensor *src, vtl_device dev) {
+/* Bytes of a contiguous tensor src copied into a new tensor on dev; one side is the host.
+   async: a copy from page-locked memory to a GPU is only queued. */
+static vtl_tensor *copy_across(const vtl_tensor *src, vtl_device dev, bool async) {
   vtl_device sd = vtl_tensor_device(src);
   const vtl_backend *gpu = vtl_backend_get(dev.type == VTL_CPU ? sd : dev);
   if (!gpu) return NULL;
@@ -270,14 +271,16 @@ static vtl_tensor *copy_across(const vtl_tensor *src, vtl_device dev) {
   vtl_tensor *t = vtl_tensor_empty(src->shape, src->ndim, src->dtype, dev);
   if (!t) return NULL;
   size_t n = (size_t)vtl_tensor_numel(src) * vtl_dtype_size(src->dtype);
+  bool queue = async && dev.type != VTL_CPU && src->storage->pinned && gpu->copy_host_async;
   vtl_status st = n == 0 ? VTL_OK
                   : dev.type == VTL_CPU ? gpu->copy_host(vtl_tensor_data(t), vtl_tensor_data(src), n, sd.index, false)
-                                        : gpu->copy_host(vtl_tensor_data(t), vtl_tensor_data(src), n, dev.index, true);
+                  : queue ? gpu->copy_host_async(vtl_tensor_data(t), vtl_tensor_data(src), n, dev.index, src->storage->data)
+                          : gpu->copy_host(vtl_tensor_data(t), vtl_tensor_data(src), n, dev.index, true);
   if (st != VTL_OK) { vtl_tensor_release(t); return NULL; }
   return t;
 }
 
-vtl_tensor *vtl_tensor_to_device(vtl_tensor *t, vtl_device dev) {
+static vtl_tensor *to_device(vtl_tensor *t, vtl_device dev, bool async) {
   vtl_device sd = vtl_tensor_device(t);
   if (vtl_device_eq(sd, dev)) return vtl_tensor_retain(t);
   if (!vtl_backend_get(dev)) return NULL;
@@ -285,13 +288,39 @@ vtl_tensor *vtl_tensor_to_device(vtl_tensor *t, vtl_device dev) {
   if (!c) return NULL;
   vtl_tensor *r;
   if (sd.type != VTL_CPU && dev.type != VTL_CPU) { /* between two GPUs: through the host */
-    vtl_tensor *h = copy_across(c, (vtl_device){VTL_CPU, 0});
-    r = h ? copy_across(h, dev) : NULL;
+    vtl_tensor *h = copy_across(c, (vtl_device){VTL_CPU, 0}, false);
+    r = h ? copy_across(h, dev, false) : NULL;
     vtl_tensor_release(h);
   } else {
-    r = copy_across(c, dev);
+    r = copy_across(c, dev, async);
   }
   vtl_tensor_release(c);
+  return r;
+}
+
+vtl_tensor *vtl_tensor_to_device(vtl_tensor *t, vtl_device dev) { return to_device(t, dev, false); }
+vtl_tensor *vtl_tensor_to_device_async(vtl_tensor *t, vtl_device dev) { return to_device(t, dev, true); }
+
+vtl_tensor *vtl_tensor_pin_memory(vtl_tensor *t) {
+  if (vtl_tensor_device(t).type != VTL_CPU) {
+    char d[32];
+    vtl_device_format(vtl_tensor_device(t), d, sizeof d);
+    return vtl_error_set(VTL_ERR_ARG, "pin_memory: the tensor is on %s; only host tensors can be pinned", d), NULL;
+  }
+  if (t->storage->pinned && vtl_tensor_is_contiguous(t)) return vtl_tensor_retain(t);
+  size_t n = (size_t)vtl_tensor_numel(t) * vtl_dtype_size(t->dtype);
+  vtl_storage *s = vtl_storage_new_pinned(n);
+  if (!s) return NULL;
+  int64_t st[VTL_MAX_DIMS];
+  vtl_contiguous_strides(t->shape, t->ndim, st);
+  vtl_tensor h = {.storage = s, .dtype = t->dtype, .ndim = t->ndim};
+  memcpy(h.shape, t->shape, sizeof h.shape);
+  vtl_tensor *r = vtl_tensor_view_of(&h, t->shape, st, t->ndim, 0);
+  vtl_storage_release(s);
+  if (r && vtl_op_copy_(r, t) != VTL_OK) {
+    vtl_tensor_release(r);
+    return NULL;
+  }
   return r;
 }
 

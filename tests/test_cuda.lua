@@ -1018,6 +1018,57 @@ gpu_test("channels-last on cuda: resnet18 and mobilenet_v3_small train as the CP
   train_parity("mobilenet_v3_small", {num_classes = 10}, 16, 64, 1e-4, 1e-3, "channels_last")
 end)
 
+gpu_test("pinned memory: pin_memory, non-blocking copies, pinned DataLoader batches, reuse of blocks", function()
+  local x = vtl.randn(64, 33)
+  local p = x:pin_memory()
+  T.truthy(p:is_pinned() and not x:is_pinned(), "pinned copy")
+  T.close(p, x, 0, "same values")
+  T.truthy(p:pin_memory():is_pinned(), "pinning a pinned tensor")
+  local g = p:cuda({non_blocking = true})
+  same(g, x, 0, "non-blocking copy")
+  same(p:to("cuda", {non_blocking = true}) * 2, x * 2, 0, "work queued after the copy sees it")
+  -- many batches through recycled blocks: each copy reads its own batch
+  local outs, want = {}, {}
+  for i = 1, 20 do
+    local h = vtl.full({256, 256}, i):pin_memory()
+    outs[i], want[i] = h:cuda({non_blocking = true}), i * 256 * 256
+    h = nil
+    collectgarbage()
+  end
+  for i = 1, 20 do T.eq(outs[i]:sum():item(), want[i], "batch " .. i) end
+  T.raises(function() return g:pin_memory() end, "pin_memory: the tensor is on cuda:0")
+  local ds = vtl.data.TensorDataset(vtl.randn(10, 3, 4, 4), vtl.randint(1, 3, {10}))
+  for b in vtl.data.DataLoader(ds, {batch_size = 4, pin_memory = true}):iter(1) do
+    T.truthy(b.input:is_pinned() and b.target:is_pinned(), "pinned batch")
+  end
+  vtl.cuda.empty_cache()
+end)
+
+gpu_test("Learner{device = \"cuda\"}: a short fine-tune on the GPU reaches the CPU's accuracy band", function()
+  local function dataset(n, seed)
+    local g = vtl.Generator(seed)
+    local y = vtl.randint(1, 5, {n}, {generator = g})
+    local x = vtl.randn({n, 3, 16, 16}, {generator = g}) + y:to("f32"):reshape({n, 1, 1, 1}) * 0.5
+    return vtl.data.TensorDataset(x, y)
+  end
+  local tr, va = dataset(96, 5), dataset(48, 9)
+  local acc = {}
+  for _, dev in ipairs({"cpu", "cuda"}) do
+    vtl.seed(1)
+    local m = vtl.models.create("small_cnn", {num_classes = 4, drop_rate = 0})
+    local learn = vtl.train.Learner {model = m, train = tr, valid = va, batch_size = 16, progress = false, seed = 3,
+                                     metrics = {"accuracy"}, device = dev}
+    T.eq(learn.device, dev == "cuda" and "cuda:0" or "cpu")
+    learn:fit(4, 3e-3)
+    local r = learn:evaluate()
+    T.eq(r.pred.device, "cpu", "predictions come back on the CPU")
+    acc[dev] = r.accuracy
+    T.eq(learn:predict(va).device, "cpu")
+  end
+  T.truthy(acc.cpu > 0.5, ("the CPU run learns: accuracy %.3f"):format(acc.cpu))
+  T.truthy(math.abs(acc.cuda - acc.cpu) <= 0.1, ("accuracy on cuda %.3f, on cpu %.3f"):format(acc.cuda, acc.cpu))
+end)
+
 -- ---------------------------------------------------------------- saving
 
 gpu_test("save: GPU tensors are written from the host and load on the CPU", function()

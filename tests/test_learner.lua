@@ -420,3 +420,18 @@ test("report: curves, confusion matrix, top losses and a markdown summary", func
   for j = 1, 5 do T.close(list[j].loss, per[j], 1e-5) end
   T.raises(function() learn:plot_top_losses(0, dir .. "/x.png") end, "k must be a positive integer")
 end)
+
+test("device: the Learner runs where the model is, or moves it; a bad device is named", function()
+  local a = learner {}
+  T.eq(a.device, "cpu")
+  local b = learner {device = "cpu"}
+  T.eq(b.device, "cpu")
+  b:fit(1, 1e-2)
+  T.truthy(b:evaluate().accuracy ~= nil, "evaluate on the device")
+  T.eq(b:predict(dataset(6, 11)).device, "cpu")
+  T.raises(function() learner {device = 3} end, "Learner: device must be \"cpu\", \"cuda\" or \"cuda:N\", got number")
+  T.raises(function() learner {device = "tpu"} end, "'tpu' is neither a dtype")
+  if not vtl.cuda.is_available() then
+    T.raises(function() learner {device = "cuda"} end, "cuda: ")
+  end
+end)

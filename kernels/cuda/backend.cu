@@ -153,7 +153,10 @@ void vtl_cu_free(void *p, size_t n, int dev) {
 
 namespace {
 
+void host_release_idle();
+
 size_t cu_empty_cache(int dev) {
+  host_release_idle();
   if (dev < 0 || dev >= count_devices()) return 0;
   device_state &d = devices[dev];
   std::vector<void *> all;
@@ -184,6 +187,89 @@ vtl_status cu_copy_host(void *dst, const void *src, size_t n, int dev, bool to_d
   e = cudaStreamSynchronize(s);
   if (e != cudaSuccess) return vtl_cu_error(e, to_device ? "copy to the device" : "copy to the host");
   return VTL_OK;
+}
+
+// ---- page-locked host memory ----
+// Blocks come from cudaHostAlloc, rounded to the device allocator's size classes, and go back
+// to a free list when released. Each block remembers an event recorded after the last
+// asynchronous copy from it; a block is handed out again only once that event has completed, so
+// a queued copy never reads bytes written for the next batch.
+struct host_block {
+  size_t n;
+  cudaEvent_t ev = nullptr; // after the last queued copy from the block (or none)
+};
+std::mutex host_mu;
+std::unordered_map<void *, host_block> host_blocks;          // every live or cached block
+std::unordered_map<size_t, std::vector<void *>> host_bins;  // size class -> cached blocks
+
+bool host_block_idle(const host_block &b) { return !b.ev || cudaEventQuery(b.ev) == cudaSuccess; }
+
+void *cu_host_alloc(size_t n) {
+  size_t c = size_class(n);
+  {
+    std::lock_guard<std::mutex> g(host_mu);
+    auto it = host_bins.find(c);
+    if (it != host_bins.end())
+      for (size_t i = 0; i < it->second.size(); i++) {
+        void *p = it->second[i];
+        if (!host_block_idle(host_blocks[p])) continue;
+        it->second.erase(it->second.begin() + (long)i);
+        return p;
+      }
+  }
+  void *p = nullptr;
+  cudaError_t e = cudaHostAlloc(&p, c, cudaHostAllocDefault);
+  if (e != cudaSuccess) {
+    cudaGetLastError();
+    vtl_error_set(VTL_ERR_OOM, "pin_memory: cannot page-lock %zu bytes of host memory: %s", c, cudaGetErrorString(e));
+    return nullptr;
+  }
+  std::lock_guard<std::mutex> g(host_mu);
+  host_blocks[p] = host_block{c, nullptr};
+  return p;
+}
+
+void cu_host_free(void *p, size_t n) {
+  std::lock_guard<std::mutex> g(host_mu);
+  auto it = host_blocks.find(p);
+  if (it == host_blocks.end()) return;
+  host_bins[it->second.n].push_back(p);
+}
+
+// frees the cached page-locked blocks no queued copy reads any more
+void host_release_idle() {
+  std::lock_guard<std::mutex> g(host_mu);
+  for (auto &kv : host_bins) {
+    std::vector<void *> keep;
+    for (void *p : kv.second) {
+      host_block &b = host_blocks[p];
+      if (!host_block_idle(b)) { keep.push_back(p); continue; }
+      if (b.ev) cudaEventDestroy(b.ev);
+      cudaFreeHost(p);
+      host_blocks.erase(p);
+    }
+    kv.second.swap(keep);
+  }
+  cudaGetLastError();
+}
+
+vtl_status cu_copy_host_async(void *dst, const void *src, size_t n, int dev, void *block) {
+  cudaStream_t s = vtl_cu_stream(dev);
+  if (!s) return vtl_error_status();
+  cudaError_t e = cudaMemcpyAsync(dst, src, n, cudaMemcpyHostToDevice, s);
+  if (e != cudaSuccess) return vtl_cu_error(e, "copy to the device");
+  std::lock_guard<std::mutex> g(host_mu);
+  auto it = host_blocks.find(block);
+  if (it == host_blocks.end()) { // not one of ours: wait, as a plain copy does
+    e = cudaStreamSynchronize(s);
+    return e == cudaSuccess ? VTL_OK : vtl_cu_error(e, "copy to the device");
+  }
+  if (!it->second.ev) {
+    e = cudaEventCreateWithFlags(&it->second.ev, cudaEventDisableTiming);
+    if (e != cudaSuccess) { it->second.ev = nullptr; return vtl_cu_error(e, "copy to the device"); }
+  }
+  e = cudaEventRecord(it->second.ev, s);
+  return e == cudaSuccess ? VTL_OK : vtl_cu_error(e, "copy to the device");
 }
 
 vtl_status cu_synchronize(int dev) {
@@ -232,6 +318,9 @@ extern "C" void vtl_cuda_init(void) {
     b.matmul_dtypes = 1u << VTL_F32 | 1u << VTL_F64 | 1u << VTL_F16 | 1u << VTL_BF16 | 1u << VTL_I64;
     b.device_count = count_devices;
     b.copy_host = cu_copy_host;
+    b.copy_host_async = cu_copy_host_async;
+    b.host_alloc = cu_host_alloc;
+    b.host_free = cu_host_free;
     b.synchronize = cu_synchronize;
     b.memory_stats = cu_memory_stats;
     b.nn = &vtl_cu_nn_backend;

@@ -14,7 +14,7 @@ cudaStream_t stream_of(const vtl_tensor *t) { return vtl_cu_stream(vtl_cu_device
 
 // ---------------------------------------------------------------- batch norm
 // x (N,C,S): channel c holds M = N*S elements; element j of the channel (j = n*S + s) is at
-// (n*C + c)*S + s. Statistics are summed over chunks of a channel (grid (C, chunks)) into
+// (n*C + c)*S + s. (A channels-last input arrives as (N*H*W, C, 1).) Statistics are summed over chunks of a channel (grid (C, chunks)) into
 // partials that one thread per channel adds up in order.
 
 __device__ __forceinline__ int64_t bn_at(int64_t j, int64_t c, int64_t C, int64_t S) {
@@ -46,6 +46,53 @@ template <class T> __global__ void bn_partial_stats(const T *x, int64_t C, int64
   if (threadIdx.x == 0) {
     part[2 * (c * nk + k)] = s1;
     part[2 * (c * nk + k) + 1] = s2;
+  }
+}
+
+// The same partials when S = 1 (channels-last inputs, and (N, C) ones): x is (M, C) rows. A
+// block covers 32 channels (threadIdx.x: each warp reads a row segment in one transaction) and
+// steps through one chunk of rows 8 at a time (threadIdx.y); each channel's 8 row sums are
+// added in a fixed order. kind 0: sums of d = x - K and d^2 (K = the channel's first value);
+// kind 1 (g given): sums of g and g (x - mean).
+constexpr int RW = 32, RH = 8;
+
+int bn_row_chunks(int64_t M) {
+  int64_t k = (M + 511) / 512;
+  return (int)(k < 1 ? 1 : k > 512 ? 512 : k);
+}
+
+template <class T>
+__global__ void bn_rows_partial(const T *x, const T *g, int64_t C, int64_t M, const double *mean, double *part) {
+  __shared__ double sh[2][RH][RW];
+  int64_t c = blockIdx.x * (int64_t)RW + threadIdx.x;
+  int k = blockIdx.y, nk = gridDim.y;
+  int64_t lo = M * k / nk, hi = M * (k + 1) / nk;
+  double s1 = 0, s2 = 0;
+  if (c < C) {
+    double K = g ? mean[c] : (double)x[c];
+    for (int64_t j = lo + threadIdx.y; j < hi; j += RH) {
+      double d = (double)x[j * C + c] - K;
+      if (g) {
+        double gv = (double)g[j * C + c];
+        s1 += gv;
+        s2 += gv * d;
+      } else {
+        s1 += d;
+        s2 += d * d;
+      }
+    }
+  }
+  sh[0][threadIdx.y][threadIdx.x] = s1;
+  sh[1][threadIdx.y][threadIdx.x] = s2;
+  __syncthreads();
+  if (threadIdx.y == 0 && c < C) {
+    double a = 0, b = 0;
+    for (int r = 0; r < RH; r++) {
+      a += sh[0][r][threadIdx.x];
+      b += sh[1][r][threadIdx.x];
+    }
+    part[2 * (c * nk + k)] = a;
+    part[2 * (c * nk + k) + 1] = b;
   }
 }
 
@@ -171,10 +218,15 @@ vtl_status bn_stats_t(const vtl_tensor *x, int64_t N, int64_t C, int64_t S, bool
     return VTL_OK;
   }
   int64_t M = N * S;
-  int nk = bn_chunks(M);
+  bool rows = S == 1;
+  int nk = rows ? bn_row_chunks(M) : bn_chunks(M);
   cu_scratch part((size_t)C * nk * 2 * sizeof(double), vtl_cu_device(x));
   if (!part.p) return vtl_error_status();
-  bn_partial_stats<T><<<dim3((unsigned)C, (unsigned)nk), BLOCK, 0, st>>>(cu_ptr<T>(x), C, S, M, (double *)part.p);
+  if (rows)
+    bn_rows_partial<T><<<dim3((unsigned)((C + RW - 1) / RW), (unsigned)nk), dim3(RW, RH), 0, st>>>(
+        cu_ptr<T>(x), nullptr, C, M, nullptr, (double *)part.p);
+  else
+    bn_partial_stats<T><<<dim3((unsigned)C, (unsigned)nk), BLOCK, 0, st>>>(cu_ptr<T>(x), C, S, M, (double *)part.p);
   VTL_CU_LAUNCHED("batch_norm");
   bn_finish_stats<T><<<cb, BLOCK, 0, st>>>(cu_ptr<T>(x), C, S, M, (const double *)part.p, nk, eps, momentum,
                                            cu_ptr<T>(rm), rms, cu_ptr<T>(rv), rvs, cu_ptr<double>(mean),
@@ -193,12 +245,17 @@ vtl_status bn_backward_t(const vtl_tensor *g, const vtl_tensor *x, int64_t N, in
   int64_t M = N * S, total = M * C;
   int dev = vtl_cu_device(x);
   bool sums = gw || gb || (dx && training);
-  int nk = bn_chunks(M);
+  bool rows = S == 1;
+  int nk = rows ? bn_row_chunks(M) : bn_chunks(M);
   cu_scratch part(sums ? (size_t)C * nk * 2 * sizeof(double) : 8, dev), coef(sums ? (size_t)C * 3 * sizeof(double) : 8, dev);
   if (!part.p || !coef.p) return vtl_error_status();
   if (sums) {
-    bn_partial_grad<T><<<dim3((unsigned)C, (unsigned)nk), BLOCK, 0, st>>>(cu_ptr<T>(g), cu_ptr<T>(x), C, S, M,
-                                                                          cu_ptr<double>(mean), (double *)part.p);
+    if (rows)
+      bn_rows_partial<T><<<dim3((unsigned)((C + RW - 1) / RW), (unsigned)nk), dim3(RW, RH), 0, st>>>(
+          cu_ptr<T>(x), cu_ptr<T>(g), C, M, cu_ptr<double>(mean), (double *)part.p);
+    else
+      bn_partial_grad<T><<<dim3((unsigned)C, (unsigned)nk), BLOCK, 0, st>>>(cu_ptr<T>(g), cu_ptr<T>(x), C, S, M,
+                                                                            cu_ptr<double>(mean), (double *)part.p);
     VTL_CU_LAUNCHED("batch_norm_backward");
     bn_finish_grad<T><<<vtl_cu_blocks(C), BLOCK, 0, st>>>(C, M, (const double *)part.p, nk, cu_ptr<double>(mean),
                                                           cu_ptr<double>(invstd), cu_ptr<T>(w), training,

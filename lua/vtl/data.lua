@@ -267,8 +267,16 @@ end
 
 local core = require "vtl.core"
 
--- Set by a GPU backend: fn(batch) -> batch with its tensors in page-locked host memory.
-data.pin_memory_hook = nil
+-- fn(batch) -> batch for pin_memory loaders: with a CUDA device, the batch's tensors copied into
+-- page-locked host memory (so that t:cuda{non_blocking = true} only queues the copy); without
+-- one, the batch as it is. Replaceable.
+function data.pin_memory_hook(batch)
+  if not (core.cuda and core.cuda.is_available()) then return batch end
+  for k, v in pairs(batch) do
+    if core.is_tensor(v) then batch[k] = v:pin_memory() end
+  end
+  return batch
+end
 
 local DataLoader = {}
 DataLoader.__index = DataLoader
@@ -286,8 +294,8 @@ end
 ---num_workers (0: batches are made in the calling thread; n: n worker threads, each with its
 ---own Lua state holding a copy of the dataset), prefetch (2: batches each worker may make ahead),
 ---batch_transform (fn(batch, generator) -> batch, e.g. MixUp; runs in the workers),
----pin_memory (hand each batch to data.pin_memory_hook, which a GPU backend sets to move it
----into page-locked memory for asynchronous copies; without one, batches are left as they are).
+---pin_memory (hand each batch to data.pin_memory_hook: with a CUDA device its tensors move into
+---page-locked memory, from which t:cuda{non_blocking = true} copies asynchronously).
 ---Every sample's generator derives from (seed, epoch, index) and a batch_transform's from
 ---(seed, epoch, batch number), so the batches do not depend on num_workers.
 ---@param opts? table

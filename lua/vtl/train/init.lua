@@ -50,7 +50,9 @@ end
 ---output at all), batch_transform (e.g. MixUp, for training batches),
 ---checkpoint_dir (where Ctrl-C during fit saves; default "runs/interrupted"), precision ("bf16" or
 ---"f16": forward passes and losses in a vtl.autocast region, f16 with a vtl.amp.GradScaler;
----"f32" or nil: full precision).
+---"f32" or nil: full precision), device ("cpu", "cuda", "cuda:N": the model moves there and each
+---batch follows it, from page-locked memory without waiting on a GPU; default: where the
+---model's parameters are). Predictions, targets and metrics come back on the CPU.
 ---@param opts table
 function M.Learner(opts)
   if type(opts) ~= "table" then fail("Learner: expected an options table", 2) end
@@ -74,6 +76,13 @@ function M.Learner(opts)
   end
   if prec == "bf16" or prec == "f16" then self.amp_dtype = prec end
   if prec == "f16" then self.scaler = require("vtl.amp").GradScaler() end
+  -- device
+  if opts.device ~= nil then
+    if type(opts.device) ~= "string" then fail("Learner: device must be \"cpu\", \"cuda\" or \"cuda:N\", got " .. type(opts.device), 2) end
+    model:to(opts.device)
+  end
+  local first = model:parameters()[1]
+  self.device = first and first.device or "cpu"
   -- data
   local function loader(ds, train, what)
     if ds == nil then return nil end
@@ -81,7 +90,8 @@ function M.Learner(opts)
     if not is_dataset(ds) then fail("Learner: " .. what .. " must be a dataset or a DataLoader", 3) end
     return data.DataLoader(ds, {batch_size = train and self.batch_size or 2 * self.batch_size, shuffle = train,
                                 seed = self.seed, num_workers = self.num_workers,
-                                batch_transform = train and opts.batch_transform or nil})
+                                batch_transform = train and opts.batch_transform or nil,
+                                pin_memory = self.device ~= "cpu"})
   end
   self.train_dl = loader(opts.train, true, "train")
   self.valid_dl = loader(opts.valid, false, "valid")
@@ -254,7 +264,23 @@ local function critical(fn, ...)
   core.defer_interrupts(false)
 end
 
+-- t on the Learner's device (copies from page-locked memory are only queued)
+function Learner:_to_device(t)
+  if not vtl.is_tensor(t) or t.device == self.device then return t end
+  return t:to(self.device, {non_blocking = true})
+end
+
+-- a shallow copy of a batch with its input and target on the Learner's device
+function Learner:_batch_on_device(batch)
+  if self.device == "cpu" then return batch end
+  local b = {}
+  for k, v in pairs(batch) do b[k] = v end
+  b.input, b.target = self:_to_device(batch.input), self:_to_device(batch.target)
+  return b
+end
+
 function Learner:_train_batch(batch)
+  batch = self:_batch_on_device(batch)
   self.batch = batch
   self:_event("before_batch", batch)
   local out, loss
@@ -319,16 +345,17 @@ end
 function Learner:_predict_loader(dl, epoch)
   local outs, targets, losses, n = {}, {}, 0, 0
   local guard <close> = vtl.no_grad()
-  for b in dl:iter(epoch or 1) do
+  for hb in dl:iter(epoch or 1) do
+    local b = self:_batch_on_device(hb)
     local out
     do
       local ac <close> = self.amp_dtype and core.autocast(self.amp_dtype) or nil
       out = self.model(b.input)
     end
     if out.dtype == "bf16" or out.dtype == "f16" then out = out:float() end
-    outs[#outs + 1] = out
+    outs[#outs + 1] = out:cpu()
     if b.target ~= nil then
-      targets[#targets + 1] = b.target
+      targets[#targets + 1] = vtl.is_tensor(hb.target) and hb.target:cpu() or hb.target
       local l = item(self.loss_fn(out, b.target))
       losses = losses + l * b.input.shape[1]
     end
@@ -588,6 +615,7 @@ function Learner:lr_find(opts)
         i = i + 1
         local lr = lo * (hi / lo) ^ ((i - 1) / (n - 1))
         for _, g in ipairs(self.opt.param_groups) do g.lr = lr end
+        b = self:_batch_on_device(b)
         local loss = self.loss_fn(self.model(b.input), b.target)
         local l = item(loss)
         loss:backward()
@@ -657,11 +685,11 @@ function Learner:predict(x, opts)
   local guard <close> = vtl.no_grad()
   local function probs_of(input) -- in the training precision; softmax gives f32 either way
     local ac <close> = self.amp_dtype and core.autocast(self.amp_dtype) or nil
-    return vtl.nn.functional.softmax(self.model(input), 2)
+    return vtl.nn.functional.softmax(self.model(self:_to_device(input)), 2):cpu()
   end
   local function mirror(input) -- left-right, along the last dim
     local w = input.shape[input.ndim]
-    return input:index_select(input.ndim, vtl.arange(w, 0, -1))
+    return input:index_select(input.ndim, vtl.arange(w, 0, -1):to(input.device))
   end
   local total
   if vtl.is_tensor(x) then
