@@ -986,6 +986,71 @@ static int l_adam_step(lua_State *L) {
   return 1;
 }
 
+/* t: f32, contiguous, of p's shape, on device dev */
+static bool multi_ok(const vtl_tensor *p, const vtl_tensor *t, vtl_device dev) {
+  return t && t->dtype == VTL_F32 && vtl_tensor_is_contiguous(t) && vtl_device_eq(vtl_tensor_device(t), dev) &&
+         t->ndim == p->ndim && memcmp(t->shape, p->shape, (size_t)p->ndim * sizeof *p->shape) == 0;
+}
+
+static vtl_tensor *field_tensor(lua_State *L, int t, const char *k) {
+  lua_getfield(L, t, k);
+  vtl_tensor *x = lvtl_totensor(L, -1);
+  lua_pop(L, 1); /* the record keeps it alive */
+  return x;
+}
+
+/* _optim_multi("sgd" | "adam", records, opts): one step over many parameters of one device in
+   few launches. records[i] = {p, g, a, b, c, step, first} (SGD: a = momentum buffer or nil;
+   Adam: a, b, c = exp_avg, exp_avg_sq, max_exp_avg_sq or nil); opts as _sgd_step_ / _adam_step_.
+   Returns false, having done nothing, when the device has no such kernel or a tensor is not
+   f32, contiguous, of its parameter's shape and on the first parameter's device. */
+static int l_optim_multi(lua_State *L) {
+  static const char *const kinds[] = {"sgd", "adam", NULL};
+  int kind = luaL_checkoption(L, 1, NULL, kinds);
+  luaL_checktype(L, 2, LUA_TTABLE);
+  luaL_checktype(L, 3, LUA_TTABLE);
+  int n = (int)luaL_len(L, 2);
+  if (n == 0) { lua_pushboolean(L, 1); return 1; }
+  vtl_optim_item *items = lua_newuserdatauv(L, sizeof *items * (size_t)n, 0);
+  vtl_device dev = {VTL_CPU, 0};
+  bool ok = true, sgd = kind == 0;
+  double mom = opt_num(L, 3, "momentum", 0);
+  for (int i = 0; i < n && ok; i++) {
+    lua_geti(L, 2, i + 1);
+    int r = lua_gettop(L);
+    luaL_argexpected(L, lua_istable(L, r), 2, "a list of records");
+    vtl_tensor *p = field_tensor(L, r, "p"), *g = field_tensor(L, r, "g"), *a = field_tensor(L, r, "a");
+    vtl_tensor *b = field_tensor(L, r, "b"), *c = field_tensor(L, r, "c");
+    if (!p) luaL_error(L, "_optim_multi: record %d has no parameter", i + 1);
+    if (i == 0) dev = vtl_tensor_device(p);
+    ok = multi_ok(p, p, dev) && multi_ok(p, g, dev) && (sgd ? (mom == 0 || multi_ok(p, a, dev))
+                                                          : multi_ok(p, a, dev) && multi_ok(p, b, dev) && (!c || multi_ok(p, c, dev)));
+    items[i] = (vtl_optim_item){.p = vtl_tensor_data(p), .g = g ? vtl_tensor_data(g) : NULL,
+                                .a = a && (!sgd || mom != 0) ? vtl_tensor_data(a) : NULL,
+                                .b = b && !sgd ? vtl_tensor_data(b) : NULL, .c = c && !sgd ? vtl_tensor_data(c) : NULL,
+                                .n = vtl_tensor_numel(p), .step = (int64_t)opt_num(L, r, "step", 1),
+                                .first = opt_bool(L, r, "first")};
+    lua_settop(L, r - 1);
+  }
+  const vtl_backend *be = ok ? vtl_backend_get(dev) : NULL;
+  if (!ok || !be || !be->optim_multi) { lua_pushboolean(L, 0); return 1; }
+  vtl_optim_step st = {.kind = sgd ? VTL_OPTIM_SGD : VTL_OPTIM_ADAM, .lr = opt_num(L, 3, "lr", 0),
+                       .weight_decay = opt_num(L, 3, "weight_decay", 0), .momentum = mom,
+                       .dampening = opt_num(L, 3, "dampening", 0), .beta1 = opt_num(L, 3, "beta1", 0.9),
+                       .beta2 = opt_num(L, 3, "beta2", 0.999), .eps = opt_num(L, 3, "eps", 1e-8),
+                       .nesterov = opt_bool(L, 3, "nesterov"), .maximize = opt_bool(L, 3, "maximize"),
+                       .decoupled = opt_bool(L, 3, "decoupled")};
+  lvtl_check(L, be->optim_multi(&st, items, n, dev.index));
+  for (int i = 0; i < n; i++) { /* the parameters changed in place */
+    lua_geti(L, 2, i + 1);
+    vtl_tensor *p = field_tensor(L, lua_gettop(L), "p");
+    p->storage->version++;
+    lua_pop(L, 1);
+  }
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
 static int t_addcmul_(lua_State *L) { return fused_inplace(L, VTL_FUSED_ADDCMUL, "addcmul_"); }
 static int t_addcdiv_(lua_State *L) { return fused_inplace(L, VTL_FUSED_ADDCDIV, "addcdiv_"); }
 
@@ -1727,7 +1792,7 @@ static const luaL_Reg module_funcs[] = {
   {"full_like", l_full_like}, {"arange", l_arange}, {"linspace", l_linspace}, {"eye", l_eye}, {"rand", l_rand},
   {"randn", l_randn}, {"randint", l_randint}, {"rand_like", l_rand_like}, {"randn_like", l_randn_like},
   {"seed", l_seed}, {"manual_seed", l_seed}, {"Generator", l_generator}, {"cat", l_cat}, {"stack", l_stack},
-  {"where", l_where}, {"_sgd_step_", l_sgd_step}, {"_adam_step_", l_adam_step}, {NULL, NULL}};
+  {"where", l_where}, {"_sgd_step_", l_sgd_step}, {"_adam_step_", l_adam_step}, {"_optim_multi", l_optim_multi}, {NULL, NULL}};
 
 static const luaL_Reg tensor_meta[] = {
   {"__gc", tensor_release}, {"__close", tensor_release}, {"__tostring", t_tostring}, {"__len", t_len},

@@ -39,6 +39,25 @@ typedef enum { VTL_FUSED_AXPY, VTL_FUSED_ADDCMUL, VTL_FUSED_ADDCDIV } vtl_fused_
 /* Which 2-D pooling a pooling kernel runs (kernels/cpu/pool.c has one function per kind). */
 typedef enum { VTL_POOL_MAX, VTL_POOL_AVG, VTL_POOL_ADAPTIVE_AVG, VTL_POOL_ADAPTIVE_MAX } vtl_pool_kind;
 
+/* A fused optimizer step over several parameters at once, rounded as the CPU's single-tensor
+   kernels (kernels/cpu/optim.c) round. SGD: a = momentum buffer (or NULL), first: the buffer
+   takes this step's direction as it is. Adam/AdamW: a, b, c = exp_avg, exp_avg_sq,
+   max_exp_avg_sq (or NULL), step: the parameter's own step count (1-based). */
+typedef enum { VTL_OPTIM_SGD, VTL_OPTIM_ADAM } vtl_optim_kind;
+typedef struct {
+  float *p;
+  const float *g;
+  float *a, *b, *c;
+  int64_t n;
+  int64_t step;
+  bool first;
+} vtl_optim_item;
+typedef struct {
+  vtl_optim_kind kind;
+  double lr, weight_decay, momentum, dampening, beta1, beta2, eps;
+  bool nesterov, maximize, decoupled;
+} vtl_optim_step;
+
 /* The nn kernels of a backend (runtime/nn_conv.c, runtime/nn_norm.c call them). Operands are
    contiguous tensors on the backend's device whose shapes and dtypes (f32 or f64, the input's)
    the op layer checked; statistics (mean, invstd, rstd) are f64. Pointer-valued gradients may
@@ -162,6 +181,9 @@ typedef struct vtl_backend {
      contiguous bool tensor */
   vtl_status (*nonzero_flat)(vtl_tensor *out, const vtl_tensor *mask);
   vtl_status (*fused)(vtl_fused_op op, vtl_tensor *y, const vtl_tensor *a, const vtl_tensor *b, double value);
+  /* One optimizer step over many f32 parameters of the device in few launches (NULL: the
+     optimizers update one parameter at a time). */
+  vtl_status (*optim_multi)(const vtl_optim_step *st, const vtl_optim_item *items, int n, int dev);
   /* dtypes (bit 1 << vtl_dtype) that matmul takes as they are; the op layer converts others
      (f16/bf16 to f32, integers to i64) before the call */
   unsigned matmul_dtypes;

@@ -1069,6 +1069,40 @@ gpu_test("Learner{device = \"cuda\"}: a short fine-tune on the GPU reaches the C
   T.truthy(math.abs(acc.cuda - acc.cpu) <= 0.1, ("accuracy on cuda %.3f, on cpu %.3f"):format(acc.cuda, acc.cpu))
 end)
 
+gpu_test("fused optimizer steps on cuda (SGD, Nesterov, Adam, AdamW, amsgrad) give the CPU's parameters", function()
+  local cases = {
+    {"SGD", {lr = 0.05, momentum = 0.9, weight_decay = 1e-4}},
+    {"SGD", {lr = 0.05, momentum = 0.9, nesterov = true, maximize = true}},
+    {"SGD", {lr = 0.1}},
+    {"Adam", {lr = 1e-3, weight_decay = 1e-2}},
+    {"AdamW", {lr = 1e-3, weight_decay = 5e-2, amsgrad = true}},
+  }
+  for _, c in ipairs(cases) do
+    vtl.seed(8)
+    local cpu = vtl.models.create("resnet18", {num_classes = 5})
+    local gpu = vtl.models.create("resnet18", {num_classes = 5})
+    gpu:load_state_dict(cpu:state_dict())
+    gpu:cuda()
+    local pc, pg = cpu:parameters(), gpu:parameters()
+    local oc, og = vtl.optim[c[1]](pc, c[2]), vtl.optim[c[1]](pg, c[2])
+    for step = 1, 3 do
+      for i = 1, #pc do
+        -- one parameter without a gradient on the first step: its state starts a step later
+        local g = (step > 1 or i ~= 3) and vtl.randn(pc[i].shape) or nil
+        pc[i].grad = g
+        pg[i].grad = g and g:cuda() or nil
+      end
+      oc:step()
+      og:step()
+    end
+    for i = 1, #pc do same(pg[i], pc[i], 1e-6, c[1] .. " parameter " .. i) end
+    local sc, sg = oc.state[pc[1]], og.state[pg[1]]
+    for k, v in pairs(sc) do
+      if vtl.is_tensor(v) then same(sg[k], v, 1e-6, c[1] .. " state " .. k) else T.eq(sg[k], v, c[1] .. " " .. k) end
+    end
+  end
+end)
+
 -- ---------------------------------------------------------------- saving
 
 gpu_test("save: GPU tensors are written from the host and load on the CPU", function()

@@ -323,3 +323,14 @@ if os.getenv("VTL_OPTIM_REPORT") then
     for _, k in ipairs(names) do print(("  %-8s max relative error vs torch.optim: %.3g"):format(k, max_rel[k] or 0)) end
   end)
 end
+
+T.test("_optim_multi: CPU parameters are left to the per-parameter kernels; a bad kind is named", function()
+  local core = require "vtl.core"
+  local p, g = vtl.randn(4, 3), vtl.randn(4, 3)
+  local before = p:clone()
+  T.eq(core._optim_multi("sgd", {{p = p, g = g}}, {lr = 0.1}), false, "the CPU has no multi-parameter kernel")
+  T.close(p, before, 0, "nothing changed")
+  T.eq(core._optim_multi("adam", {}, {lr = 0.1}), true, "nothing to do")
+  T.raises(function() core._optim_multi("lion", {{p = p, g = g}}, {}) end, "invalid option 'lion'")
+  T.raises(function() core._optim_multi("sgd", {{g = g}}, {}) end, "record 1 has no parameter")
+end)

@@ -317,6 +317,7 @@ extern "C" void vtl_cuda_init(void) {
     b.fused = vtl_cu_fused;
     b.matmul_dtypes = 1u << VTL_F32 | 1u << VTL_F64 | 1u << VTL_F16 | 1u << VTL_BF16 | 1u << VTL_I64;
     b.device_count = count_devices;
+    b.optim_multi = vtl_cu_optim_multi;
     b.copy_host = cu_copy_host;
     b.copy_host_async = cu_copy_host_async;
     b.host_alloc = cu_host_alloc;

@@ -35,6 +35,7 @@ vtl_status vtl_cu_where(vtl_tensor *out, const vtl_tensor *cond, const vtl_tenso
 vtl_status vtl_cu_lerp(vtl_tensor *out, const vtl_tensor *a, const vtl_tensor *b, const vtl_tensor *w);
 vtl_status vtl_cu_fill(vtl_tensor *out, double value);
 vtl_status vtl_cu_fused(vtl_fused_op op, vtl_tensor *y, const vtl_tensor *a, const vtl_tensor *b, double value);
+vtl_status vtl_cu_optim_multi(const vtl_optim_step *st, const vtl_optim_item *items, int n, int dev);
 vtl_status vtl_cu_reduce(vtl_reduce_op op, vtl_tensor *out, vtl_tensor *idx, const vtl_tensor *x, int64_t A, int64_t R,
                          int64_t B, double param);
 vtl_status vtl_cu_matmul(vtl_tensor *out, const vtl_tensor *a, const vtl_tensor *b);

@@ -37,6 +37,25 @@ local function update(group, p, grad, st, decoupled)
   K.addcdiv_(p, m, denom, -step_size)
 end
 
+-- the group's parameters on a GPU in a few fused launches; returns the items left to `update`
+local function update_many(group, items, decoupled)
+  if #items == 0 or items[1].p.device == "cpu" then return items end
+  local recs = {}
+  for i, it in ipairs(items) do
+    local st = it.st
+    if not st.step then st.step, st.exp_avg, st.exp_avg_sq = 0, core.zeros_like(it.p), core.zeros_like(it.p) end
+    if group.amsgrad and not st.max_exp_avg_sq then st.max_exp_avg_sq = core.zeros_like(it.p) end
+    recs[i] = {p = it.p, g = it.grad, a = st.exp_avg, b = st.exp_avg_sq, c = group.amsgrad and st.max_exp_avg_sq or nil,
+               step = st.step + 1}
+  end
+  if not core._optim_multi("adam", recs, {lr = group.lr, beta1 = group.betas[1], beta2 = group.betas[2], eps = group.eps,
+      weight_decay = group.weight_decay, decoupled = decoupled, maximize = group.maximize}) then
+    return items
+  end
+  for _, it in ipairs(items) do it.st.step = it.st.step + 1 end
+  return {}
+end
+
 local function validate(group, bad)
   check.number(group, bad, "lr", "learning rate", 0)
   check.number(group, bad, "eps", "epsilon value", 0)
@@ -55,6 +74,7 @@ M.Adam = Optimizer.define {
   defaults = {lr = 1e-3, betas = {0.9, 0.999}, eps = 1e-8, weight_decay = 0, amsgrad = false, maximize = false},
   check = validate,
   update = function(group, p, grad, st) return update(group, p, grad, st, false) end,
+  update_many = function(group, items) return update_many(group, items, false) end,
 }
 
 ---AdamW(params, {lr = 1e-3, betas = {0.9, 0.999}, eps = 1e-8, weight_decay = 1e-2, amsgrad = false, maximize = false}):
@@ -64,6 +84,7 @@ M.AdamW = Optimizer.define {
   defaults = {lr = 1e-3, betas = {0.9, 0.999}, eps = 1e-8, weight_decay = 1e-2, amsgrad = false, maximize = false},
   check = validate,
   update = function(group, p, grad, st) return update(group, p, grad, st, true) end,
+  update_many = function(group, items) return update_many(group, items, true) end,
 }
 
 return M

@@ -1,7 +1,9 @@
 -- The optimizer base: parameter groups, the step loop, per-parameter state, state dicts.
--- A concrete optimizer is Optimizer.define{name, defaults, check, update}: `update(group, p,
--- grad, state)` changes one parameter in place and runs in no-grad mode; `check(group, bad)`
--- validates a group's options and calls bad(message) on a problem.
+-- A concrete optimizer is Optimizer.define{name, defaults, check, update, update_many}:
+-- `update(group, p, grad, state)` changes one parameter in place and runs in no-grad mode;
+-- `update_many(group, items)` (optional) updates a group's {p, grad, st} items at once where it
+-- can (fused device kernels) and returns those it left to update; `check(group, bad)` validates a
+-- group's options and calls bad(message) on a problem.
 local core = require "vtl.core"
 local codec = require "vtl.optim.state"
 
@@ -46,7 +48,8 @@ end
 ---@param spec {name: string, defaults: table, check: fun(group: table, bad: fun(msg: string)), update: fun(group: table, p: vtl.Tensor, grad: vtl.Tensor, state: table)}
 ---@return table cls
 function Optimizer.define(spec)
-  local cls = {name = spec.name, defaults = spec.defaults, _check = spec.check, _update = spec.update}
+  local cls = {name = spec.name, defaults = spec.defaults, _check = spec.check, _update = spec.update,
+               _update_many = spec.update_many}
   cls.__index = cls
   cls.__tostring = Optimizer.__tostring
   cls.__name = "vtl.optim." .. spec.name
@@ -150,15 +153,28 @@ function Optimizer:step(closure)
   local loss
   if closure ~= nil then loss = core.enable_grad(closure) end
   local guard <close> = core.no_grad()
-  local update, state = self._update, self.state
+  local update, many, state = self._update, self._update_many, self.state
   for gi, group in ipairs(self.param_groups) do
     self:_validate(group, gi)
-    for _, p in ipairs(group.params) do
-      local grad <close> = p.grad
-      if grad then
-        local st = state[p]
-        if not st then st = {}; state[p] = st end
-        update(group, p, grad, st)
+    if many then -- the parameters with gradients at once; what update_many leaves goes one by one
+      local items = {}
+      for _, p in ipairs(group.params) do
+        local grad = p.grad
+        if grad then
+          local st = state[p]
+          if not st then st = {}; state[p] = st end
+          items[#items + 1] = {p = p, grad = grad, st = st}
+        end
+      end
+      for _, it in ipairs(many(group, items)) do update(group, it.p, it.grad, it.st) end
+    else
+      for _, p in ipairs(group.params) do
+        local grad <close> = p.grad
+        if grad then
+          local st = state[p]
+          if not st then st = {}; state[p] = st end
+          update(group, p, grad, st)
+        end
       end
     end
   end

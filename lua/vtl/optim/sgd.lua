@@ -44,6 +44,23 @@ local function update(group, p, grad, st)
   K.add_scaled_(p, d, -lr)
 end
 
+-- the group's parameters on a GPU in a few fused launches; returns the items left to `update`
+local function update_many(group, items)
+  if #items == 0 or items[1].p.device == "cpu" then return items end
+  local momentum, recs = group.momentum, {}
+  for i, it in ipairs(items) do
+    local first = momentum ~= 0 and not it.st.momentum_buffer
+    if first then it.st.momentum_buffer = core.empty_like(it.p) end
+    recs[i] = {p = it.p, g = it.grad, a = it.st.momentum_buffer, first = first}
+  end
+  if core._optim_multi("sgd", recs, {lr = group.lr, momentum = momentum, dampening = group.dampening,
+      weight_decay = group.weight_decay, nesterov = group.nesterov, maximize = group.maximize}) then
+    return {}
+  end
+  for i, r in ipairs(recs) do if r.first then items[i].st.momentum_buffer = nil end end
+  return items
+end
+
 local function validate(group, bad)
   check.number(group, bad, "lr", "learning rate", 0)
   check.number(group, bad, "momentum", "momentum value", 0)
@@ -63,4 +80,5 @@ return Optimizer.define {
   defaults = {lr = Optimizer.REQUIRED, momentum = 0, dampening = 0, weight_decay = 0, nesterov = false, maximize = false},
   check = validate,
   update = update,
+  update_many = update_many,
 }
