@@ -119,8 +119,7 @@ vtl_tensor *vtl_op_scatter(vtl_tensor *x, int dim, vtl_tensor *index, vtl_tensor
 }
 
 vtl_status vtl_op_index_copy_(vtl_tensor *x, int dim, vtl_tensor *index, vtl_tensor *src) {
-  if (vtl_require_cpu("index_copy", x) || vtl_require_cpu("index_copy", index) || vtl_require_cpu("index_copy", src))
-    return vtl_error_status();
+  if (index_devices("index_copy", x, index, src, true)) return vtl_error_status();
   if (x->ndim == 0) return vtl_error_set(VTL_ERR_ARG, "index_copy: cannot index a 0-d tensor");
   if (!vtl_check_dim("index_copy", dim, x->ndim)) return vtl_error_status();
   if (index->ndim > 1) return vtl_error_set(VTL_ERR_ARG, "index_copy: index must be 1-D, got %d-D", index->ndim);
@@ -207,7 +206,7 @@ vtl_tensor *vtl_op_masked_select(vtl_tensor *x, vtl_tensor *mask) {
 }
 
 vtl_status vtl_op_masked_scatter_(vtl_tensor *x, vtl_tensor *mask, vtl_tensor *src) {
-  if (vtl_require_cpu("masked_scatter_", x) || vtl_require_cpu("masked_scatter_", src)) return vtl_error_status();
+  if (index_devices("masked_scatter_", x, mask, src, true)) return vtl_error_status();
   vtl_tensor *pos = mask_positions("masked_scatter", mask, x->shape, x->ndim);
   if (!pos) return vtl_error_status();
   int64_t k = vtl_tensor_numel(pos), ns = vtl_tensor_numel(src);
@@ -269,8 +268,7 @@ vtl_tensor *vtl_op_mask_index(vtl_tensor *x, vtl_tensor *mask) {
 }
 
 vtl_status vtl_op_mask_assign_(vtl_tensor *x, vtl_tensor *mask, vtl_tensor *src, double value) {
-  if (vtl_require_cpu("index assignment", x) || vtl_require_cpu("index assignment", mask) || vtl_require_cpu("index assignment", src))
-    return vtl_error_status();
+  if (index_devices("index assignment", x, mask, src, true)) return vtl_error_status();
   int k = mask_leading("index assignment", x, mask);
   if (k < 0) return vtl_error_status();
   /* the mask over every element: trailing dims added and expanded */
@@ -285,6 +283,11 @@ vtl_status vtl_op_mask_assign_(vtl_tensor *x, vtl_tensor *mask, vtl_tensor *src,
   if (!src) st = vtl_op_masked_fill_(x, full, value);
   else {
     vtl_tensor *cnt = vtl_op_reduce(VTL_RED_SUM, mask, 0, false, 0, NULL);
+    if (cnt && vtl_tensor_device(cnt).type != VTL_CPU) { /* the count, read on the host */
+      vtl_tensor *h = vtl_tensor_to_device(cnt, (vtl_device){VTL_CPU, 0});
+      vtl_tensor_release(cnt);
+      cnt = h;
+    }
     vtl_tensor *sel = NULL;
     if (cnt) {
       int64_t shape[VTL_MAX_DIMS];

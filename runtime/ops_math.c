@@ -515,8 +515,35 @@ vtl_status vtl_op_sort(vtl_tensor *x, int dim, bool descending, vtl_tensor **val
                      values, indices);
 }
 
+/* moves *t (when not NULL) to dev, releasing the old tensor; false with the error set */
+static bool move_to(vtl_tensor **t, vtl_device dev) {
+  if (!t || !*t) return true;
+  vtl_tensor *m = vtl_tensor_to_device(*t, dev);
+  vtl_tensor_release(*t);
+  *t = m;
+  return m != NULL;
+}
+
 vtl_status vtl_op_unique(vtl_tensor *x, vtl_tensor **values, vtl_tensor **inverse, vtl_tensor **counts) {
-  if (vtl_require_cpu("unique", x) != VTL_OK) return vtl_error_status();
+  vtl_device dev = vtl_tensor_device(x);
+  if (dev.type != VTL_CPU) { /* on the host (its result size is data-dependent), the results moved back */
+    vtl_tensor *h = vtl_tensor_to_device(x, (vtl_device){VTL_CPU, 0});
+    if (!h) return vtl_error_status();
+    vtl_tensor *u = NULL, *inv = NULL, *cnt = NULL;
+    vtl_status st = vtl_op_unique(h, &u, inverse ? &inv : NULL, counts ? &cnt : NULL);
+    vtl_tensor_release(h);
+    if (st == VTL_OK && !(move_to(&u, dev) && move_to(&inv, dev) && move_to(&cnt, dev))) st = vtl_error_status();
+    if (st != VTL_OK) {
+      vtl_tensor_release(u);
+      vtl_tensor_release(inv);
+      vtl_tensor_release(cnt);
+      return st;
+    }
+    *values = u;
+    if (inverse) *inverse = inv;
+    if (counts) *counts = cnt;
+    return VTL_OK;
+  }
   int64_t n = vtl_tensor_numel(x);
   vtl_tensor *flat = vtl_op_reshape(x, &n, 1);
   vtl_tensor *sv = NULL, *si = NULL;

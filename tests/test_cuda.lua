@@ -153,14 +153,36 @@ gpu_test("tensors on different devices: the op names both devices", function()
   T.raises(function() return vtl.cat({a, b}) end, "cat: tensors are on different devices")
 end)
 
-gpu_test("ops without a GPU kernel yet raise a clear error", function()
+gpu_test("operands on two devices raise a clear error and the process goes on", function()
   local x = vtl.randn(2, 3, 8, 8):cuda()
-  local w = vtl.randn(4, 3, 3, 3):cuda()
-  local _ = w
   T.raises(function() return x:gather(1, vtl.ones(1, 1, 1, 1, {dtype = "i64"})) end, "gather: tensors are on different devices")
-  T.raises(function() return x:unique() end, "unique: GPU tensors are not supported yet")
-  -- the process goes on
+  T.raises(function() return x:index_copy_(1, vtl.tensor({1}, "i64"), vtl.randn(1, 3, 8, 8)) end, "different devices")
   T.close(x:sum():cpu(), x:cpu():sum(), 1e-5)
+end)
+
+gpu_test("unique, index_copy_, masked_scatter_ and mask assignment on cuda match the CPU", function()
+  local x = vtl.tensor({3, 1, 2, 3, 3, 1, 7, 2}, "i64")
+  local u, inv, cnt = x:cuda():unique({return_inverse = true, return_counts = true})
+  local uc, ic, cc = x:unique({return_inverse = true, return_counts = true})
+  same(u, uc, 0, "unique values")
+  same(inv, ic, 0, "unique inverse")
+  same(cnt, cc, 0, "unique counts")
+  local base, src = vtl.randn(5, 4), vtl.randn(3, 4)
+  local idx = vtl.tensor({5, 1, 3}, "i64")
+  same(base:cuda():index_copy_(1, idx:cuda(), src:cuda()), base:clone():index_copy_(1, idx, src), 0, "index_copy_")
+  T.raises(function() return base:cuda():index_copy_(1, vtl.tensor({6}, "i64"):cuda(), src:narrow(1, 1, 1):cuda()) end,
+    "index 6 out of range")
+  local mask = vtl.randn(5, 4):gt(0)
+  local vals = vtl.randn(20)
+  same(base:cuda():masked_scatter_(mask:cuda(), vals:cuda()), base:clone():masked_scatter_(mask, vals), 0, "masked_scatter_")
+  local rows = vtl.tensor({true, false, true, true, false})
+  local a, b = base:cuda(), base:clone()
+  a[rows:cuda()] = vtl.randn(3, 4):fill_(2.5):cuda()
+  b[rows] = vtl.randn(3, 4):fill_(2.5)
+  same(a, b, 0, "x[mask] = values")
+  a[rows:cuda()] = -1
+  b[rows] = -1
+  same(a, b, 0, "x[mask] = number")
 end)
 
 gpu_test("memory: statistics return to the baseline, empty_cache frees the cache", function()
