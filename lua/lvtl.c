@@ -146,6 +146,14 @@ static int cuda_memory_stats(lua_State *L) {
   return 1;
 }
 
+/* reset_peak_memory_stats([device]): memory_stats().peak restarts from the bytes allocated now */
+static int cuda_reset_peak(lua_State *L) {
+  vtl_device d = cuda_arg(L, 1, "reset_peak_memory_stats");
+  const vtl_backend *be = cuda_backend(L, d);
+  if (be->reset_peak) be->reset_peak(d.index);
+  return 0;
+}
+
 /* allow_tf32([on]): whether f32 matmuls on a GPU may use TF32 (default false, as PyTorch's
    matmul setting); with an argument sets it and returns the previous setting */
 static int cuda_allow_tf32(lua_State *L) {
@@ -161,7 +169,7 @@ static int cuda_allow_tf32(lua_State *L) {
 static const luaL_Reg cuda_funcs[] = {
   {"is_available", cuda_is_available}, {"device_count", cuda_device_count}, {"synchronize", cuda_synchronize},
   {"empty_cache", cuda_empty_cache}, {"memory_stats", cuda_memory_stats}, {"allow_tf32", cuda_allow_tf32},
-  {NULL, NULL}};
+  {"reset_peak_memory_stats", cuda_reset_peak}, {NULL, NULL}};
 
 static const luaL_Reg sys_funcs[] = {
   {"clock", l_clock}, {"set_num_threads", l_set_num_threads}, {"get_num_threads", l_get_num_threads},

@@ -209,6 +209,8 @@ typedef struct vtl_backend {
   vtl_status (*synchronize)(int dev);
   /* bytes held by tensors, bytes kept by the caching allocator, peak of the first */
   void (*memory_stats)(int dev, size_t *allocated, size_t *cached, size_t *peak);
+  /* the peak of memory_stats starts again from the bytes allocated now */
+  void (*reset_peak)(int dev);
 } vtl_backend;
 
 /* The backend of dev, or NULL with an error naming the device ("cuda: this build has no

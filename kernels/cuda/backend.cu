@@ -279,6 +279,13 @@ vtl_status cu_synchronize(int dev) {
   return e == cudaSuccess ? VTL_OK : vtl_cu_error(e, "synchronize");
 }
 
+void cu_reset_peak(int dev) {
+  if (dev < 0 || dev >= MAX_DEVICES) return;
+  device_state &d = devices[dev];
+  std::lock_guard<std::mutex> g(d.mu);
+  d.peak = d.allocated;
+}
+
 void cu_memory_stats(int dev, size_t *allocated, size_t *cached, size_t *peak) {
   *allocated = *cached = *peak = 0;
   if (dev < 0 || dev >= MAX_DEVICES) return;
@@ -324,6 +331,7 @@ extern "C" void vtl_cuda_init(void) {
     b.host_free = cu_host_free;
     b.synchronize = cu_synchronize;
     b.memory_stats = cu_memory_stats;
+    b.reset_peak = cu_reset_peak;
     b.nn = &vtl_cu_nn_backend;
     vtl_backend_register(VTL_CUDA, &cuda_backend);
   });

@@ -9,7 +9,12 @@ echo "gpu: $(nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/d
 vt=$("$VTL" tests/bench/cuda_ops.lua | sort)
 pt=$("$PY" tests/bench/cuda_ops.py | sort)
 if [ -z "$vt" ] || [ -z "$pt" ]; then echo "no timings from one side (no GPU, or no torch in $PY)"; exit 1; fi
-printf '%-18s %12s %12s %8s\n' op vtl_ms torch_ms ratio
+printf '%-38s %12s %12s %8s\n' op vtl_ms torch_ms ratio
+# times: ratio torch/vtl (above 1: vtl faster); *_peakMiB lines: peak GPU memory, ratio torch/vtl
+# (above 1: vtl uses less)
 join <(echo "$vt") <(echo "$pt") | while read -r name a b; do
-  awk -v n="$name" -v a="$a" -v b="$b" 'BEGIN { printf "%-18s %12.4f %12.4f %7.2fx\n", n, a*1e3, b*1e3, b/a }'
+  case "$name" in
+  *_peakMiB) awk -v n="$name" -v a="$a" -v b="$b" 'BEGIN { printf "%-38s %10.0f MiB %10.0f MiB %6.2fx\n", n, a, b, b/a }' ;;
+  *) awk -v n="$name" -v a="$a" -v b="$b" 'BEGIN { printf "%-38s %12.4f %12.4f %7.2fx\n", n, a*1e3, b*1e3, b/a }' ;;
+  esac
 done

@@ -65,3 +65,49 @@ B.report("resnet18_train_b64", per_call(function()
   loss:backward()
   opt:step()
 end, 3))
+model, opt, xb, yb = nil, nil, nil, nil -- luacheck: ignore
+collectgarbage()
+
+-- Training steps with bf16 autocast (and channels-last for the convolution nets), SGD with
+-- momentum, 224x224; the peak GPU memory of each (MiB, from the start of the case); then
+-- ResNet-50 inference at batch 1 (f32) and 256 (bf16, channels-last).
+local function fresh()
+  collectgarbage()
+  collectgarbage()
+  vtl.cuda.empty_cache()
+  vtl.cuda.reset_peak_memory_stats()
+end
+
+local function train_case(name, arch, batch, cl, reps)
+  fresh()
+  local m = vtl.models.create(arch, {num_classes = 1000}):cuda()
+  if cl then m:to_memory_format("channels_last") end
+  m:train()
+  local o = vtl.optim.SGD(m:parameters(), {lr = 0.01, momentum = 0.9})
+  local x = vtl.randn(batch, 3, 224, 224, {device = "cuda"})
+  if cl then x = x:contiguous("channels_last") end
+  local y = vtl.randint(1, 1001, {batch}, {device = "cuda"})
+  B.report(name, per_call(function()
+    o:zero_grad()
+    local loss = vtl.autocast("bf16", function() return F.cross_entropy(m(x), y) end)
+    loss:backward()
+    o:step()
+  end, reps))
+  B.report(name .. "_peakMiB", vtl.cuda.memory_stats().peak / 2 ^ 20)
+end
+
+train_case("resnet50_train_b256_bf16_cl", "resnet50", 256, true, 3)
+train_case("lite0_train_b256_bf16_cl", "efficientnet_lite0", 256, true, 3)
+train_case("vit_s_train_b128_bf16", "vit_small_patch16_224", 128, false, 3)
+
+fresh()
+local r50 = vtl.models.create("resnet50", {num_classes = 1000}):cuda()
+r50:eval()
+local x1 = vtl.randn(1, 3, 224, 224, {device = "cuda"})
+B.report("resnet50_infer_b1", per_call(function() vtl.no_grad(function() return r50(x1) end) end, 20))
+r50:to_memory_format("channels_last")
+local x256 = vtl.randn(256, 3, 224, 224, {device = "cuda"}):contiguous("channels_last")
+B.report("resnet50_infer_b256_bf16_cl", per_call(function()
+  vtl.no_grad(function() return vtl.autocast("bf16", function() return r50(x256) end) end)
+end, 5))
+B.report("resnet50_infer_b256_bf16_cl_peakMiB", vtl.cuda.memory_stats().peak / 2 ^ 20)

@@ -78,6 +78,57 @@ def main():
         opt.step()
 
     report("resnet18_train_b64", per_call(step, 3))
+    del model, opt, xb, yb
+
+    # training steps with bf16 autocast (channels-last for the convolution nets), SGD momentum,
+    # 224x224, and the peak memory of each; then ResNet-50 inference at batch 1 and 256
+    def fresh():
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+    def train_case(name, model, batch, cl, reps):
+        fresh()
+        m = model.cuda().train()
+        if cl:
+            m = m.to(memory_format=torch.channels_last)
+        o = torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9)
+        x = torch.randn(batch, 3, 224, 224, device="cuda")
+        if cl:
+            x = x.contiguous(memory_format=torch.channels_last)
+        y = torch.randint(0, 1000, (batch,), device="cuda")
+
+        def st():
+            o.zero_grad()
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                loss = F.cross_entropy(m(x), y)
+            loss.backward()
+            o.step()
+
+        report(name, per_call(st, reps))
+        report(name + "_peakMiB", torch.cuda.max_memory_allocated() / 2**20)
+
+    train_case("resnet50_train_b256_bf16_cl", torchvision.models.resnet50(num_classes=1000), 256, True, 3)
+    try:
+        import timm
+        train_case("lite0_train_b256_bf16_cl", timm.create_model("efficientnet_lite0", num_classes=1000), 256, True, 3)
+        train_case("vit_s_train_b128_bf16", timm.create_model("vit_small_patch16_224", num_classes=1000), 128, False, 3)
+    except ImportError:
+        print("cuda_ops.py: no timm; no EfficientNet-Lite0 or ViT-S steps", file=sys.stderr)
+
+    fresh()
+    r50 = torchvision.models.resnet50(num_classes=1000).cuda().eval()
+    x1 = torch.randn(1, 3, 224, 224, device="cuda")
+    with torch.no_grad():
+        report("resnet50_infer_b1", per_call(lambda: r50(x1), 20))
+        r50 = r50.to(memory_format=torch.channels_last)
+        x256 = torch.randn(256, 3, 224, 224, device="cuda").contiguous(memory_format=torch.channels_last)
+
+        def infer():
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                return r50(x256)
+
+        report("resnet50_infer_b256_bf16_cl", per_call(infer, 5))
+    report("resnet50_infer_b256_bf16_cl_peakMiB", torch.cuda.max_memory_allocated() / 2**20)
 
 
 if __name__ == "__main__":
