@@ -778,14 +778,21 @@ static vtl_tensor *pool_run(vtl_tensor *x, const vtl_pool2d_shape *s, vtl_pool_k
   int64_t shape[4];
   out_shape(x->shape, x->ndim, s->OH, s->OW, shape);
   /* a channels-last CPU input (an inference model's activations) keeps its layout */
-  if (!indices && (k == VTL_POOL_MAX || k == VTL_POOL_ADAPTIVE_AVG) && vtl_tensor_device(x).type == VTL_CPU &&
-      !vtl_tensor_is_contiguous(x) && vtl_tensor_is_channels_last(x)) {
+  if ((k == VTL_POOL_MAX || (k == VTL_POOL_ADAPTIVE_AVG && !indices)) && vtl_tensor_device(x).type == VTL_CPU &&
+      vtl_tensor_keeps_channels_last(x)) {
     vtl_tensor *y = vtl_tensor_empty_channels_last(shape, x->dtype, vtl_tensor_device(x));
-    if (!y) return NULL;
+    vtl_tensor *ix = y && indices ? vtl_tensor_empty_channels_last(shape, VTL_I64, vtl_tensor_device(x)) : NULL;
+    if (!y || (indices && !ix)) {
+      vtl_tensor_release(y);
+      return NULL;
+    }
     vtl_pool2d_shape c = *s;
     c.P = x->shape[0];
-    if (k == VTL_POOL_MAX) vtl_cpu_max_pool2d_forward_cl(&c, x->shape[1], vtl_tensor_data(x), vtl_tensor_data(y));
+    if (k == VTL_POOL_MAX)
+      vtl_cpu_max_pool2d_forward_cl(&c, x->shape[1], vtl_tensor_data(x), vtl_tensor_data(y),
+                                    ix ? vtl_tensor_data(ix) : NULL);
     else vtl_cpu_adaptive_avg_pool2d_forward_cl(&c, x->shape[1], vtl_tensor_data(x), vtl_tensor_data(y));
+    if (indices) *indices = ix;
     return y;
   }
   vtl_tensor *xc = vtl_op_contiguous(x);
@@ -848,7 +855,17 @@ static vtl_tensor *max_backward(const char *op, vtl_pool_kind kind, vtl_tensor *
       s.pad[d] = p->pad[d];
       s.dilation[d] = p->dilation[d];
     }
-  vtl_tensor *g = vtl_op_contiguous(gy), *ix = g ? vtl_op_contiguous(indices) : NULL;
+  /* a channels-last gradient (on the CPU) is scattered in that layout */
+  bool cl = in_ndim == 4 && kind == VTL_POOL_MAX && vtl_tensor_device(gy).type == VTL_CPU &&
+            vtl_tensor_keeps_channels_last(gy);
+  vtl_tensor *g = vtl_op_contiguous(gy), *ix = NULL;
+  if (cl) {
+    vtl_tensor_release(g);
+    g = vtl_tensor_retain(gy);
+    ix = vtl_op_contiguous_channels_last(indices);
+  } else if (g) {
+    ix = vtl_op_contiguous(indices);
+  }
   if (!ix) { vtl_tensor_release(g); return NULL; }
   /* indices come from Lua too: a position outside the plane would write out of bounds (device
      kernels skip such positions instead of reading the indices back) */
@@ -863,6 +880,15 @@ static vtl_tensor *max_backward(const char *op, vtl_pool_kind kind, vtl_tensor *
     vtl_tensor_release(g);
     vtl_tensor_release(ix);
     return NULL;
+  }
+  if (cl) {
+    vtl_tensor *gx = vtl_tensor_empty_channels_last(in_shape, gy->dtype, vtl_tensor_device(gy));
+    vtl_pool2d_shape c = s;
+    c.P = in_shape[0];
+    if (gx) vtl_cpu_max_pool2d_backward_cl(&c, in_shape[1], vtl_tensor_data(g), vtl_tensor_data(ix), vtl_tensor_data(gx));
+    vtl_tensor_release(g);
+    vtl_tensor_release(ix);
+    return gx;
   }
   vtl_tensor *gx = new_like_shape(in_shape, in_ndim, gy->dtype, gy);
   if (gx && nn_of(gy)->pool2d_backward(kind, &s, g, ix, gx) != VTL_OK) {

@@ -173,7 +173,10 @@ void vtl_cpu_conv2d_clear_cache(void);
 
 /* Channels-last inference pooling: x (N,H,W,C), y (N,OH,OW,C) with s->P = N; no indices. The
    average is PyTorch's (the sum, then one division per window). */
-void vtl_cpu_max_pool2d_forward_cl(const vtl_pool2d_shape *s, int64_t C, const void *x, void *y);
+/* channels-last (N,H,W,C) forms, s->P = N; idx (optional) as the planar kernel's, laid out as y */
+void vtl_cpu_max_pool2d_forward_cl(const vtl_pool2d_shape *s, int64_t C, const void *x, void *y, int64_t *idx);
+void vtl_cpu_max_pool2d_backward_cl(const vtl_pool2d_shape *s, int64_t C, const void *gy, const int64_t *idx,
+                                    void *gx);
 void vtl_cpu_adaptive_avg_pool2d_forward_cl(const vtl_pool2d_shape *s, int64_t C, const void *x, void *y);
 /* idx (optional, i64): argmax position in the plane; NaN propagates like PyTorch */
 void vtl_cpu_max_pool2d_forward(const vtl_pool2d_shape *s, const void *x, void *y, int64_t *idx);

@@ -171,3 +171,27 @@ T.test("bf16 autocast in channels-last: logits match the (N,C,H,W) bf16 run; an 
   end
   T.truthy(last < first, ("the loss falls: %.4f -> %.4f"):format(first, last))
 end)
+
+T.test("max_pool2d on a channels-last input: values, indices and gradients equal the planar kernel's (ties, NaN, -inf, padding, dilation, ceil mode)", function()
+  vtl.seed(7)
+  local x = vtl.randn(2, 5, 9, 8):round() -- many ties
+  x[1][2][3][4] = 0 / 0
+  x[2][1][1][1] = -math.huge
+  local c = x:contiguous("channels_last")
+  for i, o in ipairs{{3, {stride = 2, padding = 1}}, {2, {}}, {3, {stride = 1, dilation = 2}},
+                     {{3, 2}, {stride = {2, 1}, padding = {1, 1}, ceil_mode = true}}} do
+    local opts = {return_indices = true}
+    for k, v in pairs(o[2]) do opts[k] = v end
+    local y1, i1 = F.max_pool2d(x, o[1], opts)
+    local y2, i2 = F.max_pool2d(c, o[1], opts)
+    T.truthy(y2:is_contiguous("channels_last") and i2:is_contiguous("channels_last"), "case " .. i .. ": layouts")
+    T.close(y2, y1, 0, "case " .. i .. " values")
+    T.close(i2, i1, 0, "case " .. i .. " indices")
+    local x1 = x:clone():requires_grad_(true)
+    local x2 = c:clone():requires_grad_(true)
+    local g = vtl.randn(y1.shape)
+    F.max_pool2d(x1, o[1], o[2]):backward(g)
+    F.max_pool2d(x2:contiguous("channels_last"), o[1], o[2]):backward(g:contiguous("channels_last"))
+    T.close(x2.grad, x1.grad, 0, "case " .. i .. " gradient")
+  end
+end)

@@ -361,7 +361,10 @@ void vtl_cpu_adaptive_max_pool2d_forward(const vtl_pool2d_shape *s, const void *
       int64_t h0 = oh * s->stride[0] - s->pad[0];                                                         \
       for (int64_t ow = 0; ow < s->OW; ow++) {                                                            \
         T *o = Y + ((n * s->OH + oh) * s->OW + ow) * C;                                                   \
+        int64_t *io = idx ? idx + ((n * s->OH + oh) * s->OW + ow) * C : NULL;                             \
         for (int64_t c = 0; c < C; c++) o[c] = -INFINITY;                                                 \
+        if (io)                                                                                           \
+          for (int64_t c = 0; c < C; c++) io[c] = -1;                                                     \
         int64_t w0 = ow * s->stride[1] - s->pad[1];                                                       \
         for (int64_t i = 0; i < s->kernel[0]; i++) {                                                      \
           int64_t h = h0 + i * s->dilation[0];                                                            \
@@ -370,9 +373,19 @@ void vtl_cpu_adaptive_max_pool2d_forward(const vtl_pool2d_shape *s, const void *
             int64_t w = w0 + j * s->dilation[1];                                                          \
             if (w < 0 || w >= s->W) continue;                                                             \
             const T *in = X + ((n * s->H + h) * s->W + w) * C;                                            \
-            for (int64_t c = 0; c < C; c++) {                                                             \
-              T v = in[c];                                                                                \
-              o[c] = (v > o[c] || isnan(v)) ? v : o[c];                                                   \
+            if (io) {                                                                                     \
+              int64_t pos = h * s->W + w;                                                                 \
+              for (int64_t c = 0; c < C; c++) {                                                           \
+                T v = in[c];                                                                              \
+                bool take = v > o[c] || isnan(v) || io[c] < 0;                                            \
+                o[c] = take ? v : o[c];                                                                   \
+                io[c] = take ? pos : io[c];                                                               \
+              }                                                                                           \
+            } else {                                                                                      \
+              for (int64_t c = 0; c < C; c++) {                                                           \
+                T v = in[c];                                                                              \
+                o[c] = (v > o[c] || isnan(v)) ? v : o[c];                                                 \
+              }                                                                                           \
             }                                                                                             \
           }                                                                                               \
         }                                                                                                 \
@@ -380,10 +393,34 @@ void vtl_cpu_adaptive_max_pool2d_forward(const vtl_pool2d_shape *s, const void *
     }                                                                                                     \
   } while (0)
 
-void vtl_cpu_max_pool2d_forward_cl(const vtl_pool2d_shape *s, int64_t C, const void *x, void *y) {
+void vtl_cpu_max_pool2d_forward_cl(const vtl_pool2d_shape *s, int64_t C, const void *x, void *y, int64_t *idx) {
   int nt = plane_threads(s->P * s->OH, s->P * s->OH * s->OW * C * s->kernel[0] * s->kernel[1]);
   if (s->dtype == VTL_F32) MAX_POOL_CL(float);
   else MAX_POOL_CL(double);
+}
+
+/* gx (N,H,W,C) = gy (N,OH,OW,C) summed at the plane positions idx (same layout as gy); samples
+   split over the threads */
+#define MAX_POOL_BWD_CL(T)                                                                                \
+  do {                                                                                                    \
+    const T *GY = gy;                                                                                     \
+    T *GX = gx;                                                                                           \
+    _Pragma("omp parallel for num_threads(nt) schedule(static) if (nt > 1)")                              \
+    for (int64_t n = 0; n < s->P; n++) {                                                                  \
+      T *gp = GX + n * s->H * s->W * C;                                                                   \
+      memset(gp, 0, (size_t)(s->H * s->W * C) * sizeof(T));                                              \
+      const T *g = GY + n * s->OH * s->OW * C;                                                            \
+      const int64_t *ip = idx + n * s->OH * s->OW * C;                                                    \
+      for (int64_t o = 0; o < s->OH * s->OW; o++)                                                         \
+        for (int64_t c = 0; c < C; c++) gp[ip[o * C + c] * C + c] += g[o * C + c];                        \
+    }                                                                                                     \
+  } while (0)
+
+void vtl_cpu_max_pool2d_backward_cl(const vtl_pool2d_shape *s, int64_t C, const void *gy, const int64_t *idx,
+                                    void *gx) {
+  int nt = plane_threads(s->P, s->P * (s->H * s->W + s->OH * s->OW) * C);
+  if (s->dtype == VTL_F32) MAX_POOL_BWD_CL(float);
+  else MAX_POOL_BWD_CL(double);
 }
 
 #define ADAPTIVE_AVG_CL(T)                                                                                \
