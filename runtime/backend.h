@@ -114,6 +114,10 @@ typedef struct vtl_nn_backend {
   vtl_status (*layer_norm_backward)(const vtl_tensor *g, const vtl_tensor *x, int64_t M, int64_t D,
                                     const vtl_tensor *w, const vtl_tensor *mean, const vtl_tensor *rstd,
                                     vtl_tensor *dx, vtl_tensor *gw, vtl_tensor *gb);
+  /* params: the two of vtl_activation with defaults filled in; s as vtl_activation_uses_output.
+     act_half: the two entries also take f16/bf16 data (computed in f32, rounded once), else
+     the op layer computes on f32 copies */
+  bool act_half;
   /* params: the two of vtl_activation with defaults filled in; s as vtl_activation_uses_output */
   vtl_status (*activation_forward)(vtl_activation act, const vtl_tensor *x, vtl_tensor *y, const double *params);
   vtl_status (*activation_backward)(vtl_activation act, const vtl_tensor *g, const vtl_tensor *s, vtl_tensor *dx,

@@ -565,16 +565,23 @@ static vtl_tensor *round_to(vtl_tensor *r, vtl_dtype dt) {
   return h;
 }
 
+/* a half tensor whose device's activation kernels take half data directly */
+static bool half_native(const vtl_tensor *t) {
+  if (!t || !is_half(t->dtype)) return false;
+  const vtl_backend *be = vtl_backend_of_type(vtl_tensor_device(t).type);
+  return be && be->nn && be->nn->act_half;
+}
+
 vtl_tensor *vtl_op_activation(vtl_activation act, vtl_tensor *x, const double *params) {
   if ((unsigned)act >= VTL_ACT_COUNT) return vtl_error_set(VTL_ERR_ARG, "activation: unknown activation %d", (int)act), NULL;
-  if (is_half(x->dtype)) { /* computed in f32, rounded once */
+  if (is_half(x->dtype) && !half_native(x)) { /* computed in f32, rounded once */
     vtl_tensor *f = vtl_op_to_dtype(x, VTL_F32);
     vtl_tensor *r = f ? round_to(vtl_op_activation(act, f, params), x->dtype) : NULL;
     vtl_tensor_release(f);
     return r;
   }
   const char *op = act_names[act];
-  if (!check_input_dev(op, "input", x)) return NULL;
+  if (is_half(x->dtype) ? !vtl_nn_backend_of(op, x) : !check_input_dev(op, "input", x)) return NULL;
   double p[2];
   act_params(act, params, p);
   if (act == VTL_ACT_SOFTPLUS && p[0] == 0) return vtl_error_set(VTL_ERR_ARG, "softplus: beta must not be 0"), NULL;
@@ -594,14 +601,16 @@ vtl_tensor *vtl_op_activation_backward(vtl_activation act, vtl_tensor *gout, vtl
   char op[48];
   snprintf(op, sizeof op, "%s_backward", act_names[act]);
   const char *what = vtl_activation_uses_output(act) ? "output" : "input";
-  if (s && gout && is_half(s->dtype)) {
+  if (s && gout && is_half(s->dtype) && !half_native(s)) {
     vtl_tensor *sf = vtl_op_to_dtype(s, VTL_F32), *gf = sf ? vtl_op_to_dtype(gout, VTL_F32) : NULL;
     vtl_tensor *r = gf ? round_to(vtl_op_activation_backward(act, gf, sf, params), s->dtype) : NULL;
     vtl_tensor_release(sf);
     vtl_tensor_release(gf);
     return r;
   }
-  if (!check_input_dev(op, what, s) || !check_gout(op, gout, s, what)) return NULL;
+  if ((s && is_half(s->dtype) ? !vtl_nn_backend_of(op, s) : !check_input_dev(op, what, s)) ||
+      !check_gout(op, gout, s, what))
+    return NULL;
   double p[2];
   act_params(act, params, p);
   bool ok = true;

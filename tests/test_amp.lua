@@ -362,3 +362,31 @@ T.test("Learner: precision = bf16 and f16 train to the f32 accuracy band", funct
   T.raises(function() vtl.train.Learner{model = vtl.models.create("small_cnn", {num_classes = 4}), precision = "f8"} end,
     "precision")
 end)
+
+T.test("half-precision activations run on half data and equal the f32 computation rounded once", function()
+  vtl.seed(12)
+  local x = vtl.randn(3, 5, 67, 13) * 4 -- not a multiple of the kernels' block
+  local g = vtl.randn(3, 5, 67, 13)
+  for _, dt in ipairs{"bf16", "f16"} do
+    local xh, gh = x:to(dt), g:to(dt)
+    for _, f in ipairs{"relu", "relu6", "hardswish", "hardsigmoid", "silu", "gelu", "sigmoid", "tanh", "elu", "leaky_relu"} do
+      local xa = xh:clone():requires_grad_(true)
+      local y = F[f](xa)
+      T.eq(y.dtype, dt, f .. " keeps " .. dt)
+      local xf = xh:float():requires_grad_(true)
+      local yf = F[f](xf)
+      T.close(y:float(), yf:to(dt):float(), 0, dt .. " " .. f .. " forward")
+      y:backward(gh)
+      -- the gradient: computed in f32 from the half gradient and the saved half tensor, rounded
+      -- once; sigmoid, tanh and elu save their (rounded) output, so their f32 reference differs
+      -- by that rounding
+      local ref = xh:float():requires_grad_(true)
+      F[f](ref):backward(gh:float())
+      local from_output = f == "sigmoid" or f == "tanh" or f == "elu"
+      T.close(xa.grad:float(), ref.grad:to(dt):float(), from_output and 2e-2 or 0, dt .. " " .. f .. " backward")
+    end
+    -- channels-last half data keeps its layout
+    local c = xh:contiguous("channels_last")
+    T.truthy(F.relu(c):is_contiguous("channels_last"), dt .. " channels-last relu")
+  end
+end)

@@ -107,8 +107,28 @@ static bool act_is_cheap(vtl_activation act) {
          act == VTL_ACT_HARDSIGMOID;
 }
 
+/* f16 / bf16 data: blocks converted to f32, the f32 kernel, the result rounded once (the same
+   values as computing on an f32 copy, without making one) */
+#define HALF_BLOCK 1024
+static bool is_half(vtl_dtype dt) { return dt == VTL_F16 || dt == VTL_BF16; }
+
+static void act_forward_half(vtl_dtype dt, vtl_activation act, const void *x, void *y, int64_t lo, int64_t hi,
+                             const double *p) {
+  float xb[HALF_BLOCK], yb[HALF_BLOCK];
+  for (int64_t i = lo; i < hi; i += HALF_BLOCK) {
+    int64_t m = hi - i < HALF_BLOCK ? hi - i : HALF_BLOCK;
+    vtl_cpu_cast(xb, VTL_F32, 4, (const uint16_t *)x + i, dt, 2, m);
+    act_forward(VTL_F32, act, xb, yb, 0, m, p);
+    vtl_cpu_cast((uint16_t *)y + i, dt, 2, yb, VTL_F32, 4, m);
+  }
+}
+
 void vtl_cpu_activation_forward(vtl_dtype dt, vtl_activation act, const void *x, void *y, int64_t n,
                                 const double *params) {
+  if (is_half(dt)) {
+    PARALLEL_RANGE(n, act_is_cheap(act) ? VTL_GRAIN : GRAIN_MATH, act_forward_half(dt, act, x, y, lo, hi, params));
+    return;
+  }
   PARALLEL_RANGE(n, act_is_cheap(act) ? VTL_GRAIN : GRAIN_MATH, act_forward(dt, act, x, y, lo, hi, params));
 }
 
@@ -147,9 +167,25 @@ static void act_backward(vtl_dtype dt, vtl_activation act, const void *g, const 
   }
 }
 
+static void act_backward_half(vtl_dtype dt, vtl_activation act, const void *g, const void *s, void *dx, int64_t lo,
+                              int64_t hi, const double *p) {
+  float gb[HALF_BLOCK], sb[HALF_BLOCK], db[HALF_BLOCK];
+  for (int64_t i = lo; i < hi; i += HALF_BLOCK) {
+    int64_t m = hi - i < HALF_BLOCK ? hi - i : HALF_BLOCK;
+    vtl_cpu_cast(gb, VTL_F32, 4, (const uint16_t *)g + i, dt, 2, m);
+    vtl_cpu_cast(sb, VTL_F32, 4, (const uint16_t *)s + i, dt, 2, m);
+    act_backward(VTL_F32, act, gb, sb, db, 0, m, p);
+    vtl_cpu_cast((uint16_t *)dx + i, dt, 2, db, VTL_F32, 4, m);
+  }
+}
+
 void vtl_cpu_activation_backward(vtl_dtype dt, vtl_activation act, const void *g, const void *s, void *dx, int64_t n,
                                  const double *params) {
   bool cheap = act_is_cheap(act) || act == VTL_ACT_ELU || act == VTL_ACT_SIGMOID || act == VTL_ACT_TANH;
+  if (is_half(dt)) {
+    PARALLEL_RANGE(n, cheap ? VTL_GRAIN : GRAIN_MATH, act_backward_half(dt, act, g, s, dx, lo, hi, params));
+    return;
+  }
   PARALLEL_RANGE(n, cheap ? VTL_GRAIN : GRAIN_MATH, act_backward(dt, act, g, s, dx, lo, hi, params));
 }
 

@@ -183,6 +183,7 @@ const vtl_nn_backend vtl_cpu_nn_backend = {
   .conv2d_forward = conv2d_forward,
   .conv2d_forward_post = conv2d_forward_post,
   .conv_cl = true,
+  .act_half = true,
   .conv_half = true, /* bf16 gradients on oneDNN; the op layer computes f16 (and what fails) in f32 */
   .linear_forward_post = linear_forward_post,
   .conv2d_backward_data = conv2d_backward_data,

@@ -69,11 +69,38 @@ template <class T> __global__ void act_backward_kernel(int act, const T *g, cons
     dx[i] = act_bwd(act, s[i], g[i], p0, p1);
 }
 
+// f16 / bf16 data (BF: bf16) computed in f32 and rounded once, as the CPU does
+template <bool BF> __device__ __forceinline__ float h_load(uint16_t b) { return BF ? cu_bf16_to_f32(b) : cu_f16_to_f32(b); }
+template <bool BF> __device__ __forceinline__ uint16_t h_store(float v) { return BF ? cu_f32_to_bf16(v) : cu_f32_to_f16(v); }
+
+template <bool BF>
+__global__ void act_forward_half(int act, const uint16_t *x, uint16_t *y, int64_t n, float p0, float p1) {
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+    y[i] = h_store<BF>(act_fwd(act, h_load<BF>(x[i]), p0, p1));
+}
+
+template <bool BF>
+__global__ void act_backward_half(int act, const uint16_t *g, const uint16_t *s, uint16_t *dx, int64_t n, float p0,
+                                  float p1) {
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+    dx[i] = h_store<BF>(act_bwd(act, h_load<BF>(s[i]), h_load<BF>(g[i]), p0, p1));
+}
+
 vtl_status cu_activation_forward(vtl_activation act, const vtl_tensor *x, vtl_tensor *y, const double *p) {
   int64_t n = vtl_tensor_numel(x);
   if (n == 0) return VTL_OK;
   cudaStream_t st = vtl_cu_stream(vtl_cu_device(x));
   if (!st) return vtl_error_status();
+  if (x->dtype == VTL_BF16 || x->dtype == VTL_F16) {
+    if (x->dtype == VTL_BF16)
+      act_forward_half<true><<<vtl_cu_blocks(n), 256, 0, st>>>(act, cu_ptr<uint16_t>(x), cu_ptr<uint16_t>(y), n,
+                                                               (float)p[0], (float)p[1]);
+    else
+      act_forward_half<false><<<vtl_cu_blocks(n), 256, 0, st>>>(act, cu_ptr<uint16_t>(x), cu_ptr<uint16_t>(y), n,
+                                                                (float)p[0], (float)p[1]);
+    VTL_CU_LAUNCHED("activation");
+    return VTL_OK;
+  }
   if (x->dtype == VTL_F32)
     act_forward_kernel<float><<<vtl_cu_blocks(n), 256, 0, st>>>(act, cu_ptr<float>(x), cu_ptr<float>(y), n,
                                                                 (float)p[0], (float)p[1]);
@@ -90,6 +117,16 @@ vtl_status cu_activation_backward(vtl_activation act, const vtl_tensor *g, const
   if (n == 0) return VTL_OK;
   cudaStream_t st = vtl_cu_stream(vtl_cu_device(s));
   if (!st) return vtl_error_status();
+  if (s->dtype == VTL_BF16 || s->dtype == VTL_F16) {
+    if (s->dtype == VTL_BF16)
+      act_backward_half<true><<<vtl_cu_blocks(n), 256, 0, st>>>(act, cu_ptr<uint16_t>(g), cu_ptr<uint16_t>(s),
+                                                                cu_ptr<uint16_t>(dx), n, (float)p[0], (float)p[1]);
+    else
+      act_backward_half<false><<<vtl_cu_blocks(n), 256, 0, st>>>(act, cu_ptr<uint16_t>(g), cu_ptr<uint16_t>(s),
+                                                                 cu_ptr<uint16_t>(dx), n, (float)p[0], (float)p[1]);
+    VTL_CU_LAUNCHED("activation_backward");
+    return VTL_OK;
+  }
   if (s->dtype == VTL_F32)
     act_backward_kernel<float><<<vtl_cu_blocks(n), 256, 0, st>>>(act, cu_ptr<float>(g), cu_ptr<float>(s),
                                                                  cu_ptr<float>(dx), n, (float)p[0], (float)p[1]);
@@ -164,6 +201,7 @@ vtl_nn_backend make_table() {
   t.conv2d_backward_weight = vtl_cu_conv2d_backward_weight;
   t.conv_half = true;
   t.conv_cl = true;
+  t.act_half = true;
   t.pool2d_forward = vtl_cu_pool2d_forward;
   t.pool2d_backward = vtl_cu_pool2d_backward;
   t.batch_norm_stats = vtl_cu_batch_norm_stats;
