@@ -360,9 +360,8 @@ static int l_activation(lua_State *L) {
   vtl_tensor *x = lvtl_checktensor(L, 1);
   double p[2];
   vtl_activation act = act_args(L, 2, fn, p);
-  /* relu, sigmoid and tanh of other dtypes (integers, f16, bf16): the tensor methods' rules */
-  if (x->dtype != VTL_F32 && x->dtype != VTL_F64 &&
-      (act == VTL_ACT_RELU || act == VTL_ACT_SIGMOID || act == VTL_ACT_TANH)) {
+  /* relu, sigmoid and tanh of integer tensors: the tensor methods' rules */
+  if (!vtl_dtype_is_float(x->dtype) && (act == VTL_ACT_RELU || act == VTL_ACT_SIGMOID || act == VTL_ACT_TANH)) {
     vtl_unary_op op = act == VTL_ACT_RELU ? VTL_UN_RELU : act == VTL_ACT_SIGMOID ? VTL_UN_SIGMOID : VTL_UN_TANH;
     RETURN_TENSOR(vtl_fn_unary(op, x, NULL));
   }

@@ -98,6 +98,9 @@ typedef struct vtl_nn_backend {
   /* x (N,C,S). training: mean, invstd (C) from the batch (biased variance), and running_mean /
      running_var (C, any stride, or NULL) updated in place with momentum and the unbiased
      variance; eval: mean, invstd from the running statistics. */
+  /* the batch-norm entries also take f16/bf16 data (x, out, g, dx) with f32 weight, bias,
+     running statistics and weight gradients; otherwise the op layer computes on f32 copies */
+  bool bn_half;
   vtl_status (*batch_norm_stats)(const vtl_tensor *x, int64_t N, int64_t C, int64_t S, bool training,
                                  double momentum, double eps, vtl_tensor *running_mean, vtl_tensor *running_var,
                                  vtl_tensor *mean, vtl_tensor *invstd);

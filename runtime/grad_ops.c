@@ -272,7 +272,20 @@ vtl_tensor *vtl_fn_to_dtype(vtl_tensor *x, vtl_dtype dt) {
   if (!out || !vtl_dtype_is_float(dt) || !vtl_ag_needs(&x, 1)) return out;
   return record_identity(out, x, "ToCopyBackward");
 }
-vtl_tensor *vtl_fn_clone(vtl_tensor *x) { return record_identity(vtl_op_clone(x), x, "CloneBackward"); }
+/* a copy in x's layout when that is channels-last (PyTorch's preserve_format), else contiguous */
+vtl_tensor *vtl_fn_clone(vtl_tensor *x) {
+  vtl_tensor *c = NULL;
+  if (vtl_tensor_keeps_channels_last(x)) {
+    c = vtl_tensor_empty_channels_last(x->shape, x->dtype, vtl_tensor_device(x));
+    if (c && vtl_op_copy_(c, x) != VTL_OK) {
+      vtl_tensor_release(c);
+      c = NULL;
+    }
+  } else {
+    c = vtl_op_clone(x);
+  }
+  return record_identity(c, x, "CloneBackward");
+}
 vtl_tensor *vtl_fn_contiguous(vtl_tensor *x) {
   vtl_tensor *out = vtl_op_contiguous(x);
   if (!vtl_ag_needs(&x, 1)) return out;

@@ -167,22 +167,77 @@ static vtl_tensor *attach(vtl_tensor *out, vtl_node *nd) {
 
 /* ---- batch norm ---- */
 
+static bool is_half(vtl_dtype d);
+
+/* f16/bf16 data normalised by the device's own kernels: they take half data with f32
+   parameters (autocast's case) */
+static bool bn_half_native(const vtl_tensor *x, const vtl_tensor *w, const vtl_tensor *b, const vtl_tensor *rm) {
+  const vtl_backend *be = vtl_backend_of_type(vtl_tensor_device(x).type);
+  if (!be || !be->nn || !be->nn->bn_half) return false;
+  const vtl_tensor *ps[3] = {w, b, rm};
+  for (int i = 0; i < 3; i++)
+    if (ps[i] && ps[i]->dtype != VTL_F32) return false;
+  return true;
+}
+
+/* what the parameters of a batch norm over x are checked against: x, or for half data an f32
+   stand-in on x's device (the parameters stay f32) */
+static const vtl_tensor *bn_params_like(const vtl_tensor *x) {
+  static _Thread_local vtl_storage st;
+  static _Thread_local vtl_tensor f;
+  if (!is_half(x->dtype)) return x;
+  st.device = vtl_tensor_device(x);
+  f = (vtl_tensor){.dtype = VTL_F32, .storage = &st};
+  return &f;
+}
+
+vtl_tensor *vtl_op_batch_norm(vtl_tensor *x, vtl_tensor *running_mean, vtl_tensor *running_var, vtl_tensor *weight,
+                              vtl_tensor *bias, bool training, double momentum, double eps, vtl_tensor **save_mean,
+                              vtl_tensor **save_invstd);
+
+/* half data (and half parameters, or a device without half kernels): computed on f32 copies,
+   the output rounded to the data's dtype and the running statistics written back */
+static vtl_tensor *bn_half_copies(vtl_tensor *x, vtl_tensor *rm, vtl_tensor *rv, vtl_tensor *w, vtl_tensor *b,
+                                  bool training, double momentum, double eps, vtl_tensor **save_mean,
+                                  vtl_tensor **save_invstd) {
+  vtl_tensor *in[5] = {x, rm, rv, w, b}, *f[5] = {NULL};
+  bool ok = true;
+  for (int i = 0; i < 5 && ok; i++)
+    if (in[i] && !(f[i] = vtl_op_to_dtype(in[i], is_half(in[i]->dtype) ? VTL_F32 : in[i]->dtype))) ok = false;
+  vtl_tensor *y = ok ? vtl_op_batch_norm(f[0], f[1], f[2], f[3], f[4], training, momentum, eps, save_mean, save_invstd)
+                     : NULL;
+  vtl_tensor *r = y ? vtl_op_to_dtype(y, x->dtype) : NULL;
+  for (int i = 1; i < 3 && r && training; i++) /* the updated statistics back into the caller's */
+    if (in[i] && f[i] != in[i] && vtl_op_copy_(in[i], f[i]) != VTL_OK) {
+      vtl_tensor_release(r);
+      r = NULL;
+    }
+  vtl_tensor_release(y);
+  release_all(f, 5);
+  if (!r && save_mean) { vtl_tensor_release(*save_mean); *save_mean = NULL; }
+  if (!r && save_invstd) { vtl_tensor_release(*save_invstd); *save_invstd = NULL; }
+  return r;
+}
+
 vtl_tensor *vtl_op_batch_norm(vtl_tensor *x, vtl_tensor *running_mean, vtl_tensor *running_var, vtl_tensor *weight,
                               vtl_tensor *bias, bool training, double momentum, double eps, vtl_tensor **save_mean,
                               vtl_tensor **save_invstd) {
   static const char op[] = "batch_norm";
   if (save_mean) *save_mean = NULL;
   if (save_invstd) *save_invstd = NULL;
-  if (!check_input_dev(op, "input", x)) return NULL;
+  if (x && is_half(x->dtype) && !bn_half_native(x, weight, bias, running_mean)) /* on f32 copies */
+    return bn_half_copies(x, running_mean, running_var, weight, bias, training, momentum, eps, save_mean, save_invstd);
+  if (x && is_half(x->dtype) ? !vtl_nn_backend_of(op, x) : !check_input_dev(op, "input", x)) return NULL;
   if (x->ndim < 2)
     return vtl_error_set(VTL_ERR_ARG, "%s: input must have at least 2 dims (N, C, ...), got shape %s", op,
                          shape_of(x).s), NULL;
   int64_t N = x->shape[0], C = x->shape[1], S = prod(x->shape, 2, x->ndim);
   if ((running_mean == NULL) != (running_var == NULL))
     return vtl_error_set(VTL_ERR_ARG, "%s: running_mean and running_var must be given together", op), NULL;
-  if (!check_vec(op, "running_mean", running_mean, C, "channels", x) ||
-      !check_vec(op, "running_var", running_var, C, "channels", x) ||
-      !check_vec(op, "weight", weight, C, "channels", x) || !check_vec(op, "bias", bias, C, "channels", x))
+  const vtl_tensor *px = bn_params_like(x);
+  if (!check_vec(op, "running_mean", running_mean, C, "channels", px) ||
+      !check_vec(op, "running_var", running_var, C, "channels", px) ||
+      !check_vec(op, "weight", weight, C, "channels", px) || !check_vec(op, "bias", bias, C, "channels", px))
     return NULL;
   if (!training && !running_mean)
     return vtl_error_set(VTL_ERR_ARG, "%s: running_mean and running_var are required in evaluation mode "
@@ -223,6 +278,35 @@ static bool check_stats(const char *op, const char *what, const vtl_tensor *t, i
   return on_device_of(op, t, x);
 }
 
+/* the backward of bn_half_copies: on f32 copies, each gradient rounded to its input's dtype */
+static vtl_status bn_half_backward_copies(vtl_tensor *gout, vtl_tensor *x, vtl_tensor *weight, vtl_tensor *mean,
+                                          vtl_tensor *invstd, bool training, vtl_tensor **gx, vtl_tensor **gweight,
+                                          vtl_tensor **gbias) {
+  vtl_tensor *in[3] = {gout, x, weight}, *f[3] = {NULL};
+  bool ok = true;
+  for (int i = 0; i < 3 && ok; i++)
+    if (in[i] && !(f[i] = vtl_op_to_dtype(in[i], is_half(in[i]->dtype) ? VTL_F32 : in[i]->dtype))) ok = false;
+  vtl_tensor *r[3] = {NULL};
+  vtl_status st = ok ? vtl_op_batch_norm_backward(f[0], f[1], f[2], mean, invstd, training, gx ? &r[0] : NULL,
+                                                  gweight ? &r[1] : NULL, gbias ? &r[2] : NULL)
+                     : vtl_error_status();
+  release_all(f, 3);
+  vtl_dtype want[3] = {x->dtype, weight ? weight->dtype : x->dtype, weight ? weight->dtype : x->dtype};
+  vtl_tensor **outs[3] = {gx, gweight, gbias};
+  for (int i = 0; i < 3; i++) {
+    if (!r[i]) continue;
+    vtl_tensor *c = st == VTL_OK ? vtl_op_to_dtype(r[i], want[i]) : NULL;
+    vtl_tensor_release(r[i]);
+    if (st == VTL_OK && !c) st = vtl_error_status();
+    r[i] = c;
+  }
+  for (int i = 0; i < 3; i++) {
+    if (st == VTL_OK && outs[i]) *outs[i] = r[i];
+    else vtl_tensor_release(r[i]);
+  }
+  return st;
+}
+
 vtl_status vtl_op_batch_norm_backward(vtl_tensor *gout, vtl_tensor *x, vtl_tensor *weight, vtl_tensor *mean,
                                       vtl_tensor *invstd, bool training, vtl_tensor **gx, vtl_tensor **gweight,
                                       vtl_tensor **gbias) {
@@ -230,11 +314,13 @@ vtl_status vtl_op_batch_norm_backward(vtl_tensor *gout, vtl_tensor *x, vtl_tenso
   if (gx) *gx = NULL;
   if (gweight) *gweight = NULL;
   if (gbias) *gbias = NULL;
-  if (!check_input_dev(op, "input", x)) return vtl_error_status();
+  if (x && is_half(x->dtype) && !bn_half_native(x, weight, NULL, NULL))
+    return bn_half_backward_copies(gout, x, weight, mean, invstd, training, gx, gweight, gbias);
+  if (x && is_half(x->dtype) ? !vtl_nn_backend_of(op, x) : !check_input_dev(op, "input", x)) return vtl_error_status();
   if (x->ndim < 2)
     return vtl_error_set(VTL_ERR_ARG, "%s: input must have at least 2 dims (N, C, ...), got shape %s", op, shape_of(x).s);
   int64_t N = x->shape[0], C = x->shape[1], S = prod(x->shape, 2, x->ndim);
-  if (!check_gout(op, gout, x, "input") || !check_vec(op, "weight", weight, C, "channels", x) ||
+  if (!check_gout(op, gout, x, "input") || !check_vec(op, "weight", weight, C, "channels", bn_params_like(x)) ||
       !check_stats(op, "mean", mean, C, x) || !check_stats(op, "invstd", invstd, C, x))
     return vtl_error_status();
   bool ok = true;
@@ -242,8 +328,9 @@ vtl_status vtl_op_batch_norm_backward(vtl_tensor *gout, vtl_tensor *x, vtl_tenso
   int64_t cshape[1] = {C};
   vtl_tensor *dx = ok && gx ? new_as(x) : NULL;
   bn_dims(x, &N, &C, &S);
-  vtl_tensor *dw = ok && gweight ? vtl_tensor_empty(cshape, 1, x->dtype, vtl_tensor_device(x)) : NULL;
-  vtl_tensor *db = ok && gbias ? vtl_tensor_empty(cshape, 1, x->dtype, vtl_tensor_device(x)) : NULL;
+  vtl_dtype pdt = is_half(x->dtype) ? VTL_F32 : x->dtype; /* the parameters' gradients */
+  vtl_tensor *dw = ok && gweight ? vtl_tensor_empty(cshape, 1, pdt, vtl_tensor_device(x)) : NULL;
+  vtl_tensor *db = ok && gbias ? vtl_tensor_empty(cshape, 1, pdt, vtl_tensor_device(x)) : NULL;
   vtl_tensor *all[6] = {gc, xc, wc, dx, dw, db};
   if (!ok || (gx && !dx) || (gweight && !dw) || (gbias && !db)) {
     vtl_status st = vtl_error_status();
@@ -1300,15 +1387,11 @@ static bool ac_up(vtl_tensor *const *in, vtl_tensor **c, int n) {
   return ok;
 }
 
+/* Under autocast batch norm runs in its input's dtype, as PyTorch's: a half input (a convolution's
+   output) is normalised with f32 statistics and parameters and stays half. */
 vtl_tensor *vtl_fn_batch_norm(vtl_tensor *x, vtl_tensor *running_mean, vtl_tensor *running_var, vtl_tensor *weight,
                               vtl_tensor *bias, bool training, double momentum, double eps) {
-  if (vtl_autocast_dtype() == VTL_F32)
-    return fn_batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps);
-  vtl_tensor *in[3] = {x, weight, bias}, *c[3];
-  if (!ac_up(in, c, 3)) return NULL;
-  vtl_tensor *r = fn_batch_norm(c[0], running_mean, running_var, c[1], c[2], training, momentum, eps);
-  release_all(c, 3);
-  return r;
+  return fn_batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps);
 }
 
 vtl_tensor *vtl_fn_layer_norm(vtl_tensor *x, const int64_t *normalized_shape, int nnorm, vtl_tensor *weight,

@@ -161,15 +161,17 @@ vtl_tensor *vtl_fn_dropout(vtl_tensor *x, double p, bool training, uint64_t seed
 /* x, out: (N, C, S). Training: mean/invstd (C) are computed (var is the biased batch variance,
    written to var (C) when var != NULL); otherwise they are inputs. out = (x - mean) * invstd *
    w + b, w and b (C) or NULL. */
-void vtl_cpu_batch_norm_stats(vtl_dtype dt, const void *x, int64_t N, int64_t C, int64_t S,
-                              double eps, double *mean, double *invstd, double *var);
-void vtl_cpu_batch_norm_forward(vtl_dtype dt, const void *x, void *out, int64_t N, int64_t C,
-                                int64_t S, const double *mean, const double *invstd,
-                                const void *w, const void *b);
+/* Data (x, out, g, dx) f32, f64, f16 or bf16; with half data w, b, gw, gb are f32. Errors: out of
+   scratch memory (half data). */
+vtl_status vtl_cpu_batch_norm_stats(vtl_dtype dt, const void *x, int64_t N, int64_t C, int64_t S,
+                                    double eps, double *mean, double *invstd, double *var);
+vtl_status vtl_cpu_batch_norm_forward(vtl_dtype dt, const void *x, void *out, int64_t N, int64_t C,
+                                      int64_t S, const double *mean, const double *invstd,
+                                      const void *w, const void *b);
 /* g, x, dx: (N, C, S); gw, gb: (C) or NULL; dx may be NULL. */
-void vtl_cpu_batch_norm_backward(vtl_dtype dt, const void *g, const void *x, int64_t N, int64_t C,
-                                 int64_t S, const double *mean, const double *invstd,
-                                 const void *w, bool training, void *dx, void *gw, void *gb);
+vtl_status vtl_cpu_batch_norm_backward(vtl_dtype dt, const void *g, const void *x, int64_t N, int64_t C,
+                                       int64_t S, const double *mean, const double *invstd,
+                                       const void *w, bool training, void *dx, void *gw, void *gb);
 
 /* x, out: (M, D); w, b: (D) or NULL; mean, rstd: (M) */
 void vtl_cpu_layer_norm_forward(vtl_dtype dt, const void *x, void *out, int64_t M, int64_t D,

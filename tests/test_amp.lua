@@ -390,3 +390,48 @@ T.test("half-precision activations run on half data and equal the f32 computatio
     T.truthy(F.relu(c):is_contiguous("channels_last"), dt .. " channels-last relu")
   end
 end)
+
+T.test("batch norm on half data: f32 statistics and parameters, half output; the f32 result rounded once", function()
+  vtl.seed(13)
+  for _, dt in ipairs{"bf16", "f16"} do
+    for _, shape in ipairs{{4, 6, 5, 7}, {32, 6}, {4, 6, 5, 7, "cl"}} do
+      local cl = shape[5] == "cl"
+      local x = (vtl.randn(shape[1], shape[2], shape[3], shape[4]) * 3 + 1):to(dt)
+      if cl then x = x:contiguous("channels_last") end
+      local g = vtl.randn(x.shape):to(dt)
+      local what = ("%s %s%s"):format(dt, table.concat(x.shape, "x"), cl and " channels-last" or "")
+      local bh, bf = nn.BatchNorm1d(6), nn.BatchNorm1d(6)
+      if #x.shape == 4 then bh, bf = nn.BatchNorm2d(6), nn.BatchNorm2d(6) end
+      bh.weight.data = vtl.randn(6); bh.bias.data = vtl.randn(6)
+      bf:load_state_dict(bh:state_dict())
+      local xh = x:clone():requires_grad_(true)
+      local xf = x:float():requires_grad_(true)
+      local yh, yf = bh(xh), bf(xf)
+      T.eq(yh.dtype, dt, what .. ": output dtype")
+      T.eq(bh.running_mean.dtype, "f32", what .. ": running statistics stay f32")
+      if cl then T.truthy(yh:is_contiguous("channels_last"), what .. ": layout kept") end
+      T.close(yh:float(), yf:to(dt):float(), dt == "bf16" and 8e-3 or 1e-3, what .. ": forward")
+      yh:backward(g)
+      yf:backward(g:float())
+      T.eq(xh.grad.dtype, dt)
+      T.eq(bh.weight.grad.dtype, "f32", what .. ": weight gradient f32")
+      T.close(xh.grad:float(), xf.grad:to(dt):float(), dt == "bf16" and 8e-3 or 1e-3, what .. ": input gradient")
+      T.close(bh.weight.grad, bf.weight.grad, 1e-5, what .. ": weight gradient")
+      T.close(bh.bias.grad, bf.bias.grad, 1e-5, what .. ": bias gradient")
+      T.close(bh.running_var, bf.running_var, 1e-6, what .. ": running variance")
+      bh:eval(); bf:eval()
+      T.close(bh(x):float(), bf(x:float()):to(dt):float(), dt == "bf16" and 8e-3 or 1e-3, what .. ": eval")
+    end
+  end
+  -- a model converted to bf16 throughout (parameters and statistics bf16): computed on f32
+  -- copies, the running statistics written back
+  local b = nn.BatchNorm2d(3):to("bf16")
+  local y = b(vtl.randn(2, 3, 4, 4):to("bf16") + 5)
+  T.eq(y.dtype, "bf16")
+  T.eq(b.running_mean.dtype, "bf16")
+  T.truthy(b.running_mean:float():mean():item() > 0.3, "running mean updated")
+  -- under autocast batch norm keeps its input's dtype, as PyTorch's
+  local conv, bn = nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)
+  local out = vtl.autocast("bf16", function() return bn(conv(vtl.randn(2, 3, 8, 8))) end)
+  T.eq(out.dtype, "bf16", "autocast: batch norm of a bf16 convolution output")
+end)

@@ -62,45 +62,45 @@ static vtl_status batch_norm_stats(const vtl_tensor *x, int64_t N, int64_t C, in
                                    double momentum, double eps, vtl_tensor *running_mean, vtl_tensor *running_var,
                                    vtl_tensor *mean, vtl_tensor *invstd) {
   double *m = dat(mean), *is = dat(invstd);
-  size_t es = vtl_dtype_size(x->dtype);
+  /* the running statistics have their own dtype (f32 with half data) */
+  vtl_dtype rdt = running_mean ? running_mean->dtype : x->dtype;
+  size_t es = vtl_dtype_size(rdt);
   if (!training) {
     const char *rm = dat(running_mean), *rv = dat(running_var);
     for (int64_t c = 0; c < C; c++) {
-      m[c] = vtl_load_as_double(rm + c * running_mean->strides[0] * (int64_t)es, x->dtype);
-      is[c] = 1.0 / sqrt(vtl_load_as_double(rv + c * running_var->strides[0] * (int64_t)es, x->dtype) + eps);
+      m[c] = vtl_load_as_double(rm + c * running_mean->strides[0] * (int64_t)es, rdt);
+      is[c] = 1.0 / sqrt(vtl_load_as_double(rv + c * running_var->strides[0] * (int64_t)es, rdt) + eps);
     }
     return VTL_OK;
   }
   double *var = malloc((size_t)(C ? C : 1) * sizeof(double));
   if (!var) return vtl_error_set(VTL_ERR_OOM, "batch_norm: out of memory");
-  vtl_cpu_batch_norm_stats(x->dtype, dat(x), N, C, S, eps, m, is, var);
-  if (running_mean) {
+  vtl_status st = vtl_cpu_batch_norm_stats(x->dtype, dat(x), N, C, S, eps, m, is, var);
+  if (st == VTL_OK && running_mean) {
     char *rm = dat(running_mean), *rv = dat(running_var);
     int64_t sm = running_mean->strides[0] * (int64_t)es, sv = running_var->strides[0] * (int64_t)es;
     double M = (double)(N * S);
     for (int64_t c = 0; c < C; c++) {
-      double om = vtl_load_as_double(rm + c * sm, x->dtype), ov = vtl_load_as_double(rv + c * sv, x->dtype);
-      vtl_store_from_double(rm + c * sm, x->dtype, (1 - momentum) * om + momentum * m[c]);
-      vtl_store_from_double(rv + c * sv, x->dtype, (1 - momentum) * ov + momentum * var[c] * M / (M - 1));
+      double om = vtl_load_as_double(rm + c * sm, rdt), ov = vtl_load_as_double(rv + c * sv, rdt);
+      vtl_store_from_double(rm + c * sm, rdt, (1 - momentum) * om + momentum * m[c]);
+      vtl_store_from_double(rv + c * sv, rdt, (1 - momentum) * ov + momentum * var[c] * M / (M - 1));
     }
   }
   free(var);
-  return VTL_OK;
+  return st;
 }
 
 static vtl_status batch_norm_forward(const vtl_tensor *x, vtl_tensor *out, int64_t N, int64_t C, int64_t S,
                                      const vtl_tensor *mean, const vtl_tensor *invstd, const vtl_tensor *w,
                                      const vtl_tensor *b) {
-  vtl_cpu_batch_norm_forward(x->dtype, dat(x), dat(out), N, C, S, dat(mean), dat(invstd), dat(w), dat(b));
-  return VTL_OK;
+  return vtl_cpu_batch_norm_forward(x->dtype, dat(x), dat(out), N, C, S, dat(mean), dat(invstd), dat(w), dat(b));
 }
 
 static vtl_status batch_norm_backward(const vtl_tensor *g, const vtl_tensor *x, int64_t N, int64_t C, int64_t S,
                                       const vtl_tensor *mean, const vtl_tensor *invstd, const vtl_tensor *w,
                                       bool training, vtl_tensor *dx, vtl_tensor *gw, vtl_tensor *gb) {
-  vtl_cpu_batch_norm_backward(x->dtype, dat(g), dat(x), N, C, S, dat(mean), dat(invstd), dat(w), training, dat(dx),
-                              dat(gw), dat(gb));
-  return VTL_OK;
+  return vtl_cpu_batch_norm_backward(x->dtype, dat(g), dat(x), N, C, S, dat(mean), dat(invstd), dat(w), training,
+                                     dat(dx), dat(gw), dat(gb));
 }
 
 static vtl_status layer_norm_forward(const vtl_tensor *x, vtl_tensor *out, int64_t M, int64_t D, const vtl_tensor *w,
@@ -184,6 +184,7 @@ const vtl_nn_backend vtl_cpu_nn_backend = {
   .conv2d_forward_post = conv2d_forward_post,
   .conv_cl = true,
   .act_half = true,
+  .bn_half = true,
   .conv_half = true, /* bf16 gradients on oneDNN; the op layer computes f16 (and what fails) in f32 */
   .linear_forward_post = linear_forward_post,
   .conv2d_backward_data = conv2d_backward_data,

@@ -21,12 +21,35 @@
 
 #define INLINE static inline __attribute__((always_inline))
 
+/* half elements (the batch-norm kernels take f16/bf16 data); bf16 inline, f16 through dtype.c */
+INLINE float bf16_f32(uint16_t h) {
+  uint32_t b = (uint32_t)h << 16;
+  float f;
+  memcpy(&f, &b, 4);
+  return f;
+}
+INLINE uint16_t f32_bf16(float f) { /* round to nearest even, NaN kept quiet (as vtl_f32_to_bf16) */
+  uint32_t x;
+  memcpy(&x, &f, 4);
+  if ((x & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((x >> 16) | 0x40);
+  x += 0x7fff + ((x >> 16) & 1);
+  return (uint16_t)(x >> 16);
+}
 INLINE double ld(const void *p, int64_t i, vtl_dtype dt) {
-  return dt == VTL_F32 ? (double)((const float *)p)[i] : ((const double *)p)[i];
+  switch (dt) {
+  case VTL_F32: return ((const float *)p)[i];
+  case VTL_BF16: return bf16_f32(((const uint16_t *)p)[i]);
+  case VTL_F16: return vtl_f16_to_f32(((const uint16_t *)p)[i]);
+  default: return ((const double *)p)[i];
+  }
 }
 INLINE void st(void *p, int64_t i, vtl_dtype dt, double v) {
-  if (dt == VTL_F32) ((float *)p)[i] = (float)v;
-  else ((double *)p)[i] = v;
+  switch (dt) {
+  case VTL_F32: ((float *)p)[i] = (float)v; break;
+  case VTL_BF16: ((uint16_t *)p)[i] = f32_bf16((float)v); break;
+  case VTL_F16: ((uint16_t *)p)[i] = vtl_f32_to_f16((float)v); break;
+  default: ((double *)p)[i] = v; break;
+  }
 }
 /* an optional per-channel vector (weight: default 1, bias: default 0) */
 INLINE double ldopt(const void *p, int64_t i, vtl_dtype dt, double def) { return p ? ld(p, i, dt) : def; }
@@ -42,6 +65,13 @@ INLINE double ex(double v, vtl_dtype dt) { return dt == VTL_F32 ? (double)vtl_cp
   do {                                                                            \
     if ((dt) == VTL_F32) PARALLEL_RANGE(n, work, FN(VTL_F32, __VA_ARGS__, lo, hi)); \
     else PARALLEL_RANGE(n, work, FN(VTL_F64, __VA_ARGS__, lo, hi));               \
+  } while (0)
+/* the same with the half dtypes too (the batch-norm kernels) */
+#define DISPATCH_RANGE_HALF(dt, n, work, FN, ...)                                  \
+  do {                                                                             \
+    if ((dt) == VTL_BF16) PARALLEL_RANGE(n, work, FN(VTL_BF16, __VA_ARGS__, lo, hi)); \
+    else if ((dt) == VTL_F16) PARALLEL_RANGE(n, work, FN(VTL_F16, __VA_ARGS__, lo, hi)); \
+    else DISPATCH_RANGE(dt, n, work, FN, __VA_ARGS__);                             \
   } while (0)
 
 /* ---- batch norm ----
@@ -175,6 +205,93 @@ static void bn_rows_apply(const bn_rows *r, vtl_dtype dt, void *y, const void *u
   if (dt == VTL_F32) { BNR_APPLY(float) } else { BNR_APPLY(double) }
 }
 
+/* f16 / bf16 rows: each row converted to f32 into this thread's buffer and summed as the f32
+   kernel sums (false: no buffer) */
+static bool is_half(vtl_dtype dt) { return dt == VTL_F16 || dt == VTL_BF16; }
+
+static bool bn_rows_sums_half(const bn_rows *r, vtl_dtype dt, int kind, const void *x, const void *g,
+                              const double *mu) {
+  int64_t C = r->C;
+  int nt = bn_rows_threads(r);
+  float *buf = malloc((size_t)(nt * 2 * C) * sizeof(float));
+  if (!buf) return false;
+#pragma omp parallel num_threads(nt) if (nt > 1)
+  {
+    float *xr = buf + (size_t)omp_get_thread_num() * 2 * (size_t)C, *gr = xr + C;
+#pragma omp for schedule(static)
+    for (int64_t k = 0; k < r->nchunks; k++) {
+      double *s1 = r->part + k * 2 * C, *s2 = s1 + C;
+      for (int64_t c = 0; c < 2 * C; c++) s1[c] = 0;
+      int64_t i1 = (k + 1) * BNR_CHUNK < r->M ? (k + 1) * BNR_CHUNK : r->M;
+      for (int64_t i = k * BNR_CHUNK; i < i1; i++) {
+        vtl_cpu_cast(xr, VTL_F32, 4, (const uint16_t *)x + i * C, dt, 2, C);
+        if (kind == 0) {
+#pragma omp simd
+          for (int64_t c = 0; c < C; c++) s1[c] += xr[c];
+        } else if (kind == 1) {
+#pragma omp simd
+          for (int64_t c = 0; c < C; c++) {
+            double d = xr[c] - mu[c];
+            s1[c] += d * d;
+          }
+        } else {
+          vtl_cpu_cast(gr, VTL_F32, 4, (const uint16_t *)g + i * C, dt, 2, C);
+#pragma omp simd
+          for (int64_t c = 0; c < C; c++) {
+            s1[c] += gr[c];
+            s2[c] += gr[c] * (xr[c] - mu[c]);
+          }
+        }
+      }
+    }
+  }
+  free(buf);
+  return true;
+}
+
+static bool bn_rows_apply_half(const bn_rows *r, vtl_dtype dt, void *y, const void *u, const double *a, const void *v,
+                               const double *b, const double *d) {
+  int64_t C = r->C;
+  int nt = bn_rows_threads(r);
+  float *buf = malloc((size_t)(nt * 3 * C) * sizeof(float));
+  if (!buf) return false;
+#pragma omp parallel num_threads(nt) if (nt > 1)
+  {
+    float *ur = buf + (size_t)omp_get_thread_num() * 3 * (size_t)C, *vr = ur + C, *yr = vr + C;
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < r->M; i++) {
+      vtl_cpu_cast(ur, VTL_F32, 4, (const uint16_t *)u + i * C, dt, 2, C);
+      if (v) {
+        vtl_cpu_cast(vr, VTL_F32, 4, (const uint16_t *)v + i * C, dt, 2, C);
+#pragma omp simd
+        for (int64_t c = 0; c < C; c++) yr[c] = (float)(a[c] * ur[c] - b[c] * vr[c] + d[c]);
+      } else {
+#pragma omp simd
+        for (int64_t c = 0; c < C; c++) yr[c] = (float)(a[c] * ur[c] + d[c]);
+      }
+      vtl_cpu_cast((uint16_t *)y + i * C, dt, 2, yr, VTL_F32, 4, C);
+    }
+  }
+  free(buf);
+  return true;
+}
+
+/* the data's sums or a pass over its rows, f32/f64 or half; false when out of scratch */
+static bool rows_sums(const bn_rows *r, vtl_dtype dt, int kind, const void *x, const void *g, const double *mu) {
+  if (is_half(dt)) return bn_rows_sums_half(r, dt, kind, x, g, mu);
+  bn_rows_sums(r, dt, kind, x, g, mu);
+  return true;
+}
+static bool rows_apply(const bn_rows *r, vtl_dtype dt, void *y, const void *u, const double *a, const void *v,
+                       const double *b, const double *d) {
+  if (is_half(dt)) return bn_rows_apply_half(r, dt, y, u, a, v, b, d);
+  bn_rows_apply(r, dt, y, u, a, v, b, d);
+  return true;
+}
+
+/* the parameters' dtype: f32 for half data */
+static vtl_dtype param_dtype(vtl_dtype dt) { return is_half(dt) ? VTL_F32 : dt; }
+
 /* the statistics of x (M, C); false when the scratch could not be allocated */
 static bool bn_rows_stats(vtl_dtype dt, const void *x, int64_t M, int64_t C, double eps, double *mean, double *invstd,
                           double *var) {
@@ -182,10 +299,17 @@ static bool bn_rows_stats(vtl_dtype dt, const void *x, int64_t M, int64_t C, dou
   if (!bn_rows_open(&r, M, C)) return false;
   double *q = malloc((size_t)C * sizeof(double));
   if (!q) { free(r.part); return false; }
-  bn_rows_sums(&r, dt, 0, x, NULL, NULL);
-  bn_rows_total(&r, mean, NULL);
-  for (int64_t c = 0; c < C; c++) mean[c] /= (double)M;
-  bn_rows_sums(&r, dt, 1, x, NULL, mean);
+  bool ok = rows_sums(&r, dt, 0, x, NULL, NULL);
+  if (ok) {
+    bn_rows_total(&r, mean, NULL);
+    for (int64_t c = 0; c < C; c++) mean[c] /= (double)M;
+    ok = rows_sums(&r, dt, 1, x, NULL, mean);
+  }
+  if (!ok) {
+    free(q);
+    free(r.part);
+    return false;
+  }
   bn_rows_total(&r, q, NULL);
   for (int64_t c = 0; c < C; c++) {
     double v = q[c] / (double)M;
@@ -203,13 +327,14 @@ static bool bn_rows_forward(vtl_dtype dt, const void *x, void *out, int64_t M, i
   double *sc = malloc((size_t)(2 * C + 1) * sizeof(double));
   if (!sc) return false;
   double *sh = sc + C;
+  vtl_dtype pdt = param_dtype(dt);
   for (int64_t c = 0; c < C; c++) {
-    sc[c] = ldopt(w, c, dt, 1) * invstd[c];
-    sh[c] = ldopt(b, c, dt, 0) - mean[c] * sc[c];
+    sc[c] = ldopt(w, c, pdt, 1) * invstd[c];
+    sh[c] = ldopt(b, c, pdt, 0) - mean[c] * sc[c];
   }
-  bn_rows_apply(&r, dt, out, x, sc, NULL, NULL, sh);
+  bool ok = rows_apply(&r, dt, out, x, sc, NULL, NULL, sh);
   free(sc);
-  return true;
+  return ok;
 }
 
 static bool bn_rows_backward(vtl_dtype dt, const void *g, const void *x, int64_t M, int64_t C, const double *mean,
@@ -219,28 +344,31 @@ static bool bn_rows_backward(vtl_dtype dt, const void *g, const void *x, int64_t
   double *t = malloc((size_t)(5 * C + 1) * sizeof(double));
   if (!t) { free(r.part); return false; }
   double *sg = t, *sgx = t + C, *k = t + 2 * C, *q = t + 3 * C, *d = t + 4 * C;
+  bool ok = true;
   if (gw || gb || (dx && training)) {
-    bn_rows_sums(&r, dt, 2, x, g, mean);
-    bn_rows_total(&r, sg, sgx);
+    ok = rows_sums(&r, dt, 2, x, g, mean);
+    if (ok) bn_rows_total(&r, sg, sgx);
   }
-  for (int64_t c = 0; c < C; c++) {
-    if (gw) st(gw, c, dt, sgx[c] * invstd[c]);
-    if (gb) st(gb, c, dt, sg[c]);
-    k[c] = ldopt(w, c, dt, 1) * invstd[c];
+  vtl_dtype pdt = param_dtype(dt);
+  for (int64_t c = 0; ok && c < C; c++) {
+    if (gw) st(gw, c, pdt, sgx[c] * invstd[c]);
+    if (gb) st(gb, c, pdt, sg[c]);
+    k[c] = ldopt(w, c, pdt, 1) * invstd[c];
     q[c] = training ? k[c] * invstd[c] * invstd[c] * sgx[c] / (double)M : 0;
     d[c] = training ? q[c] * mean[c] - k[c] * sg[c] / (double)M : 0;
   }
-  if (dx) bn_rows_apply(&r, dt, dx, g, k, training ? x : NULL, q, d);
+  if (ok && dx) ok = rows_apply(&r, dt, dx, g, k, training ? x : NULL, q, d);
   free(t);
   free(r.part);
-  return true;
+  return ok;
 }
 
-void vtl_cpu_batch_norm_stats(vtl_dtype dt, const void *x, int64_t N, int64_t C, int64_t S, double eps,
-                              double *mean, double *invstd, double *var) {
-  if (S == 1 && bn_rows_stats(dt, x, N, C, eps, mean, invstd, var)) return;
+vtl_status vtl_cpu_batch_norm_stats(vtl_dtype dt, const void *x, int64_t N, int64_t C, int64_t S, double eps,
+                                    double *mean, double *invstd, double *var) {
+  if (S == 1 && bn_rows_stats(dt, x, N, C, eps, mean, invstd, var)) return VTL_OK;
   int64_t CB = bn_block(S);
-  DISPATCH_RANGE(dt, (C + CB - 1) / CB, N * C * S, bn_stats, x, N, C, S, eps, mean, invstd, var);
+  DISPATCH_RANGE_HALF(dt, (C + CB - 1) / CB, N * C * S, bn_stats, x, N, C, S, eps, mean, invstd, var);
+  return VTL_OK;
 }
 
 /* out = x * scale[c] + shift[c], scale = w * invstd, shift = b - mean * scale; rows (n, c) */
@@ -248,16 +376,18 @@ INLINE void bn_forward(vtl_dtype dt, const void *x, void *out, int64_t C, int64_
                        const double *invstd, const void *w, const void *b, int64_t rlo, int64_t rhi) {
   for (int64_t r = rlo; r < rhi; r++) {
     int64_t c = r % C, o = r * S;
-    double sc = ldopt(w, c, dt, 1) * invstd[c], sh = ldopt(b, c, dt, 0) - mean[c] * sc;
+    vtl_dtype pdt = dt == VTL_F64 ? VTL_F64 : VTL_F32; /* the parameters: f32 with half data */
+    double sc = ldopt(w, c, pdt, 1) * invstd[c], sh = ldopt(b, c, pdt, 0) - mean[c] * sc;
 #pragma omp simd
     for (int64_t k = 0; k < S; k++) st(out, o + k, dt, ld(x, o + k, dt) * sc + sh);
   }
 }
 
-void vtl_cpu_batch_norm_forward(vtl_dtype dt, const void *x, void *out, int64_t N, int64_t C, int64_t S,
-                                const double *mean, const double *invstd, const void *w, const void *b) {
-  if (S == 1 && bn_rows_forward(dt, x, out, N, C, mean, invstd, w, b)) return;
-  DISPATCH_RANGE(dt, N * C, N * C * S, bn_forward, x, out, C, S, mean, invstd, w, b);
+vtl_status vtl_cpu_batch_norm_forward(vtl_dtype dt, const void *x, void *out, int64_t N, int64_t C, int64_t S,
+                                      const double *mean, const double *invstd, const void *w, const void *b) {
+  if (S == 1 && bn_rows_forward(dt, x, out, N, C, mean, invstd, w, b)) return VTL_OK;
+  DISPATCH_RANGE_HALF(dt, N * C, N * C * S, bn_forward, x, out, C, S, mean, invstd, w, b);
+  return VTL_OK;
 }
 
 /* Per channel: sg = Σ g, sgx = Σ g (x - mean); gw = sgx * invstd, gb = sg. Training:
@@ -268,6 +398,7 @@ INLINE void bn_backward(vtl_dtype dt, const void *g, const void *x, int64_t N, i
                         void *gb, int64_t blo, int64_t bhi) {
   int64_t CB = bn_block(S);
   double M = (double)(N * S);
+  vtl_dtype pdt = dt == VTL_F64 ? VTL_F64 : VTL_F32; /* the parameters: f32 with half data */
   for (int64_t blk = blo; blk < bhi; blk++) {
     int64_t c0 = blk * CB, c1 = c0 + CB < C ? c0 + CB : C;
     double sg[BN_BLOCK] = {0}, sgx[BN_BLOCK] = {0};
@@ -286,14 +417,14 @@ INLINE void bn_backward(vtl_dtype dt, const void *g, const void *x, int64_t N, i
           sgx[c - c0] += p;
         }
     for (int64_t c = c0; c < c1; c++) {
-      if (gw) st(gw, c, dt, sgx[c - c0] * invstd[c]);
-      if (gb) st(gb, c, dt, sg[c - c0]);
+      if (gw) st(gw, c, pdt, sgx[c - c0] * invstd[c]);
+      if (gb) st(gb, c, pdt, sg[c - c0]);
     }
     if (!dx) continue;
     for (int64_t n = 0; n < N; n++)
       for (int64_t c = c0; c < c1; c++) {
         int64_t o = (n * C + c) * S;
-        double k = ldopt(w, c, dt, 1) * invstd[c], q = 0, d = 0;
+        double k = ldopt(w, c, pdt, 1) * invstd[c], q = 0, d = 0;
         if (training) {
           q = k * invstd[c] * invstd[c] * sgx[c - c0] / M;
           d = q * mean[c] - k * sg[c - c0] / M;
@@ -304,12 +435,14 @@ INLINE void bn_backward(vtl_dtype dt, const void *g, const void *x, int64_t N, i
   }
 }
 
-void vtl_cpu_batch_norm_backward(vtl_dtype dt, const void *g, const void *x, int64_t N, int64_t C, int64_t S,
-                                 const double *mean, const double *invstd, const void *w, bool training, void *dx,
-                                 void *gw, void *gb) {
-  if (S == 1 && bn_rows_backward(dt, g, x, N, C, mean, invstd, w, training, dx, gw, gb)) return;
+vtl_status vtl_cpu_batch_norm_backward(vtl_dtype dt, const void *g, const void *x, int64_t N, int64_t C, int64_t S,
+                                       const double *mean, const double *invstd, const void *w, bool training,
+                                       void *dx, void *gw, void *gb) {
+  if (S == 1 && bn_rows_backward(dt, g, x, N, C, mean, invstd, w, training, dx, gw, gb)) return VTL_OK;
   int64_t CB = bn_block(S);
-  DISPATCH_RANGE(dt, (C + CB - 1) / CB, N * C * S, bn_backward, g, x, N, C, S, mean, invstd, w, training, dx, gw, gb);
+  DISPATCH_RANGE_HALF(dt, (C + CB - 1) / CB, N * C * S, bn_backward, g, x, N, C, S, mean, invstd, w, training, dx, gw,
+                      gb);
+  return VTL_OK;
 }
 
 /* ---- layer norm: x (M, D), rows split over the pool; loops in the data's own type T, sums
