@@ -707,6 +707,7 @@ if not HAVE then
 end
 
 local F = vtl.nn.functional
+local nn = vtl.nn
 local NN_TOL = {f32 = 1e-4, f64 = 1e-10} -- |gpu - cpu| <= tol * (1 + |cpu|)
 
 -- Runs fn(inputs...) on the CPU and on the GPU with the same inputs, backpropagates the same
@@ -1121,6 +1122,33 @@ gpu_test("fused optimizer steps on cuda (SGD, Nesterov, Adam, AdamW, amsgrad) gi
     local sc, sg = oc.state[pc[1]], og.state[pg[1]]
     for k, v in pairs(sc) do
       if vtl.is_tensor(v) then same(sg[k], v, 1e-6, c[1] .. " state " .. k) else T.eq(sg[k], v, c[1] .. " " .. k) end
+    end
+  end
+end)
+
+gpu_test("batch norm and activations on half data on cuda (planar, channels-last, (N,C)) match the CPU", function()
+  vtl.seed(21)
+  for _, dt in ipairs({"bf16", "f16"}) do
+    for _, shape in ipairs({{4, 6, 5, 7}, {64, 6}, {4, 6, 5, 7, "cl"}}) do
+      local x = (vtl.randn(shape[1], shape[2], shape[3], shape[4]) * 2 + 1):to(dt)
+      if shape[5] then x = x:contiguous("channels_last") end
+      local g = vtl.randn(x.shape):to(dt)
+      local what = dt .. " " .. table.concat(x.shape, "x") .. (shape[5] and " channels-last" or "")
+      local bc = #x.shape == 4 and nn.BatchNorm2d(6) or nn.BatchNorm1d(6)
+      bc.weight.data = vtl.randn(6)
+      local bg = #x.shape == 4 and nn.BatchNorm2d(6) or nn.BatchNorm1d(6)
+      bg:load_state_dict(bc:state_dict())
+      bg:cuda()
+      local xc, xg = x:clone():requires_grad_(true), x:cuda():requires_grad_(true)
+      local yc, yg = F.relu(bc(xc)), F.relu(bg(xg))
+      T.eq(yg.dtype, dt, what)
+      local tol = dt == "bf16" and 1.6e-2 or 2e-3
+      same(yg, yc, tol, what .. " forward")
+      yc:backward(g)
+      yg:backward(g:cuda())
+      same(xg.grad, xc.grad, tol, what .. " input gradient")
+      same(bg.weight.grad, bc.weight.grad, 1e-4, what .. " weight gradient")
+      same(bg.running_var, bc.running_var, 1e-5, what .. " running variance")
     end
   end
 end)

@@ -202,6 +202,7 @@ vtl_nn_backend make_table() {
   t.conv_half = true;
   t.conv_cl = true;
   t.act_half = true;
+  t.bn_half = true;
   t.pool2d_forward = vtl_cu_pool2d_forward;
   t.pool2d_backward = vtl_cu_pool2d_backward;
   t.batch_norm_stats = vtl_cu_batch_norm_stats;

@@ -13,6 +13,18 @@ constexpr int BLOCK = 256;
 cudaStream_t stream_of(const vtl_tensor *t) { return vtl_cu_stream(vtl_cu_device(t)); }
 
 // ---------------------------------------------------------------- batch norm
+// Data elements of type T (float, double, or the f16/bf16 bits below) are read as double (ld)
+// and written from double (from_d); the parameters, running statistics and weight gradients have
+// type P: T for f32/f64 data, float for half data.
+struct bf16_bits { uint16_t v; };
+struct f16_bits { uint16_t v; };
+__device__ __forceinline__ double ld(float v) { return v; }
+__device__ __forceinline__ double ld(double v) { return v; }
+__device__ __forceinline__ double ld(bf16_bits v) { return cu_bf16_to_f32(v.v); }
+__device__ __forceinline__ double ld(f16_bits v) { return cu_f16_to_f32(v.v); }
+template <class T> __device__ __forceinline__ T from_d(double v) { return (T)v; }
+template <> __device__ __forceinline__ bf16_bits from_d<bf16_bits>(double v) { return bf16_bits{cu_f32_to_bf16((float)v)}; }
+template <> __device__ __forceinline__ f16_bits from_d<f16_bits>(double v) { return f16_bits{cu_f32_to_f16((float)v)}; }
 // x (N,C,S): channel c holds M = N*S elements; element j of the channel (j = n*S + s) is at
 // (n*C + c)*S + s. (A channels-last input arrives as (N*H*W, C, 1).) Statistics are summed over chunks of a channel (grid (C, chunks)) into
 // partials that one thread per channel adds up in order.
@@ -34,10 +46,10 @@ template <class T> __global__ void bn_partial_stats(const T *x, int64_t C, int64
   int64_t c = blockIdx.x;
   int k = blockIdx.y, nk = gridDim.y;
   int64_t lo = M * k / nk, hi = M * (k + 1) / nk;
-  double K = (double)x[c * S];
+  double K = ld(x[c * S]);
   double s1 = 0, s2 = 0;
   for (int64_t j = lo + threadIdx.x; j < hi; j += blockDim.x) {
-    double d = (double)x[bn_at(j, c, C, S)] - K;
+    double d = ld(x[bn_at(j, c, C, S)]) - K;
     s1 += d;
     s2 += d * d;
   }
@@ -69,11 +81,11 @@ __global__ void bn_rows_partial(const T *x, const T *g, int64_t C, int64_t M, co
   int64_t lo = M * k / nk, hi = M * (k + 1) / nk;
   double s1 = 0, s2 = 0;
   if (c < C) {
-    double K = g ? mean[c] : (double)x[c];
+    double K = g ? mean[c] : ld(x[c]);
     for (int64_t j = lo + threadIdx.y; j < hi; j += RH) {
-      double d = (double)x[j * C + c] - K;
+      double d = ld(x[j * C + c]) - K;
       if (g) {
-        double gv = (double)g[j * C + c];
+        double gv = ld(g[j * C + c]);
         s1 += gv;
         s2 += gv * d;
       } else {
@@ -97,16 +109,16 @@ __global__ void bn_rows_partial(const T *x, const T *g, int64_t C, int64_t M, co
 }
 
 // mean, invstd of each channel from the partials; running statistics updated as the CPU does
-template <class T>
+template <class T, class P>
 __global__ void bn_finish_stats(const T *x, int64_t C, int64_t S, int64_t M, const double *part, int nk, double eps,
-                                double momentum, T *rm, int64_t rms, T *rv, int64_t rvs, double *mean, double *invstd) {
+                                double momentum, P *rm, int64_t rms, P *rv, int64_t rvs, double *mean, double *invstd) {
   for (int64_t c = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; c < C; c += (int64_t)gridDim.x * blockDim.x) {
     double s1 = 0, s2 = 0;
     for (int k = 0; k < nk; k++) {
       s1 += part[2 * (c * nk + k)];
       s2 += part[2 * (c * nk + k) + 1];
     }
-    double Md = (double)M, K = (double)x[c * S];
+    double Md = (double)M, K = ld(x[c * S]);
     double var = (s2 - s1 * s1 / Md) / Md;
     if (var < 0) var = 0;
     double mu = K + s1 / Md;
@@ -114,8 +126,8 @@ __global__ void bn_finish_stats(const T *x, int64_t C, int64_t S, int64_t M, con
     invstd[c] = 1.0 / sqrt(var + eps);
     if (rm) {
       double om = (double)rm[c * rms], ov = (double)rv[c * rvs];
-      rm[c * rms] = (T)((1 - momentum) * om + momentum * mu);
-      rv[c * rvs] = (T)((1 - momentum) * ov + momentum * var * Md / (Md - 1));
+      rm[c * rms] = (P)((1 - momentum) * om + momentum * mu);
+      rv[c * rvs] = (P)((1 - momentum) * ov + momentum * var * Md / (Md - 1));
     }
   }
 }
@@ -130,13 +142,13 @@ __global__ void bn_eval_stats(int64_t C, const T *rm, int64_t rms, const T *rv, 
 }
 
 // out = x * sc + sh, sc = w * invstd, sh = b - mean * sc (double, as the CPU)
-template <class T>
+template <class T, class P>
 __global__ void bn_apply(const T *x, T *out, int64_t total, int64_t C, int64_t S, const double *mean,
-                         const double *invstd, const T *w, const T *b) {
+                         const double *invstd, const P *w, const P *b) {
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
     int64_t c = (i / S) % C;
     double sc = (w ? (double)w[c] : 1.0) * invstd[c], shf = (b ? (double)b[c] : 0.0) - mean[c] * sc;
-    out[i] = (T)((double)x[i] * sc + shf);
+    out[i] = from_d<T>(ld(x[i]) * sc + shf);
   }
 }
 
@@ -151,9 +163,9 @@ __global__ void bn_partial_grad(const T *g, const T *x, int64_t C, int64_t S, in
   double mu = mean[c], a = 0, p = 0;
   for (int64_t j = lo + threadIdx.x; j < hi; j += blockDim.x) {
     int64_t i = bn_at(j, c, C, S);
-    double gv = (double)g[i];
+    double gv = ld(g[i]);
     a += gv;
-    p += gv * ((double)x[i] - mu);
+    p += gv * (ld(x[i]) - mu);
   }
   a = cu_block_sum(a, sh);
   p = cu_block_sum(p, sh);
@@ -164,17 +176,17 @@ __global__ void bn_partial_grad(const T *g, const T *x, int64_t C, int64_t S, in
 }
 
 // gw = sgx invstd, gb = sg; coef (C, 3): k, q, d of dx = k g - q x + d
-template <class T>
+template <class P>
 __global__ void bn_finish_grad(int64_t C, int64_t M, const double *part, int nk, const double *mean,
-                               const double *invstd, const T *w, bool training, T *gw, T *gb, double *coef) {
+                               const double *invstd, const P *w, bool training, P *gw, P *gb, double *coef) {
   for (int64_t c = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; c < C; c += (int64_t)gridDim.x * blockDim.x) {
     double sg = 0, sgx = 0;
     for (int k = 0; k < nk; k++) {
       sg += part[2 * (c * nk + k)];
       sgx += part[2 * (c * nk + k) + 1];
     }
-    if (gw) gw[c] = (T)(sgx * invstd[c]);
-    if (gb) gb[c] = (T)sg;
+    if (gw) gw[c] = (P)(sgx * invstd[c]);
+    if (gb) gb[c] = (P)sg;
     double kk = (w ? (double)w[c] : 1.0) * invstd[c], q = 0, d = 0;
     if (training) {
       q = kk * invstd[c] * invstd[c] * sgx / (double)M;
@@ -186,9 +198,9 @@ __global__ void bn_finish_grad(int64_t C, int64_t M, const double *part, int nk,
   }
 }
 
-template <class T>
+template <class T, class P>
 __global__ void bn_apply_grad(const T *g, const T *x, T *dx, int64_t total, int64_t C, int64_t S, const double *coef,
-                              const double *invstd, const T *w) {
+                              const double *invstd, const P *w) {
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
     int64_t c = (i / S) % C;
     double kk, q = 0, d = 0;
@@ -199,11 +211,11 @@ __global__ void bn_apply_grad(const T *g, const T *x, T *dx, int64_t total, int6
     } else {
       kk = (w ? (double)w[c] : 1.0) * invstd[c];
     }
-    dx[i] = (T)(kk * (double)g[i] - q * (double)x[i] + d);
+    dx[i] = from_d<T>(kk * ld(g[i]) - q * ld(x[i]) + d);
   }
 }
 
-template <class T>
+template <class T, class P>
 vtl_status bn_stats_t(const vtl_tensor *x, int64_t N, int64_t C, int64_t S, bool training, double momentum, double eps,
                       vtl_tensor *rm, vtl_tensor *rv, vtl_tensor *mean, vtl_tensor *invstd) {
   cudaStream_t st = stream_of(x);
@@ -212,7 +224,7 @@ vtl_status bn_stats_t(const vtl_tensor *x, int64_t N, int64_t C, int64_t S, bool
   unsigned cb = vtl_cu_blocks(C);
   int64_t rms = rm ? rm->strides[0] : 0, rvs = rv ? rv->strides[0] : 0;
   if (!training) {
-    bn_eval_stats<T><<<cb, BLOCK, 0, st>>>(C, cu_ptr<T>(rm), rms, cu_ptr<T>(rv), rvs, eps, cu_ptr<double>(mean),
+    bn_eval_stats<P><<<cb, BLOCK, 0, st>>>(C, cu_ptr<P>(rm), rms, cu_ptr<P>(rv), rvs, eps, cu_ptr<double>(mean),
                                            cu_ptr<double>(invstd));
     VTL_CU_LAUNCHED("batch_norm");
     return VTL_OK;
@@ -228,14 +240,14 @@ vtl_status bn_stats_t(const vtl_tensor *x, int64_t N, int64_t C, int64_t S, bool
   else
     bn_partial_stats<T><<<dim3((unsigned)C, (unsigned)nk), BLOCK, 0, st>>>(cu_ptr<T>(x), C, S, M, (double *)part.p);
   VTL_CU_LAUNCHED("batch_norm");
-  bn_finish_stats<T><<<cb, BLOCK, 0, st>>>(cu_ptr<T>(x), C, S, M, (const double *)part.p, nk, eps, momentum,
-                                           cu_ptr<T>(rm), rms, cu_ptr<T>(rv), rvs, cu_ptr<double>(mean),
+  bn_finish_stats<T, P><<<cb, BLOCK, 0, st>>>(cu_ptr<T>(x), C, S, M, (const double *)part.p, nk, eps, momentum,
+                                              cu_ptr<P>(rm), rms, cu_ptr<P>(rv), rvs, cu_ptr<double>(mean),
                                            cu_ptr<double>(invstd));
   VTL_CU_LAUNCHED("batch_norm");
   return VTL_OK;
 }
 
-template <class T>
+template <class T, class P>
 vtl_status bn_backward_t(const vtl_tensor *g, const vtl_tensor *x, int64_t N, int64_t C, int64_t S,
                          const vtl_tensor *mean, const vtl_tensor *invstd, const vtl_tensor *w, bool training,
                          vtl_tensor *dx, vtl_tensor *gw, vtl_tensor *gb) {
@@ -257,17 +269,29 @@ vtl_status bn_backward_t(const vtl_tensor *g, const vtl_tensor *x, int64_t N, in
       bn_partial_grad<T><<<dim3((unsigned)C, (unsigned)nk), BLOCK, 0, st>>>(cu_ptr<T>(g), cu_ptr<T>(x), C, S, M,
                                                                             cu_ptr<double>(mean), (double *)part.p);
     VTL_CU_LAUNCHED("batch_norm_backward");
-    bn_finish_grad<T><<<vtl_cu_blocks(C), BLOCK, 0, st>>>(C, M, (const double *)part.p, nk, cu_ptr<double>(mean),
-                                                          cu_ptr<double>(invstd), cu_ptr<T>(w), training,
-                                                          cu_ptr<T>(gw), cu_ptr<T>(gb), (double *)coef.p);
+    bn_finish_grad<P><<<vtl_cu_blocks(C), BLOCK, 0, st>>>(C, M, (const double *)part.p, nk, cu_ptr<double>(mean),
+                                                          cu_ptr<double>(invstd), cu_ptr<P>(w), training,
+                                                          cu_ptr<P>(gw), cu_ptr<P>(gb), (double *)coef.p);
     VTL_CU_LAUNCHED("batch_norm_backward");
   }
   if (dx && total > 0) {
-    bn_apply_grad<T><<<vtl_cu_blocks(total), BLOCK, 0, st>>>(cu_ptr<T>(g), cu_ptr<T>(x), cu_ptr<T>(dx), total, C, S,
-                                                             sums ? (const double *)coef.p : nullptr,
-                                                             cu_ptr<double>(invstd), cu_ptr<T>(w));
+    bn_apply_grad<T, P><<<vtl_cu_blocks(total), BLOCK, 0, st>>>(cu_ptr<T>(g), cu_ptr<T>(x), cu_ptr<T>(dx), total, C,
+                                                                S, sums ? (const double *)coef.p : nullptr,
+                                                                cu_ptr<double>(invstd), cu_ptr<P>(w));
     VTL_CU_LAUNCHED("batch_norm_backward");
   }
+  return VTL_OK;
+}
+
+template <class T, class P>
+vtl_status bn_forward_t(const vtl_tensor *x, vtl_tensor *out, int64_t total, int64_t C, int64_t S, const vtl_tensor *mean,
+                        const vtl_tensor *invstd, const vtl_tensor *w, const vtl_tensor *b) {
+  cudaStream_t st = stream_of(x);
+  if (!st) return vtl_error_status();
+  bn_apply<T, P><<<vtl_cu_blocks(total), BLOCK, 0, st>>>(cu_ptr<T>(x), cu_ptr<T>(out), total, C, S,
+                                                         cu_ptr<double>(mean), cu_ptr<double>(invstd), cu_ptr<P>(w),
+                                                         cu_ptr<P>(b));
+  VTL_CU_LAUNCHED("batch_norm");
   return VTL_OK;
 }
 
@@ -714,11 +738,20 @@ vtl_status ce_backward_t(const vtl_tensor *x, int64_t N, int64_t C, int64_t S, c
 
 #define BY_DTYPE(dt, CALL_F32, CALL_F64) return (dt) == VTL_F32 ? (CALL_F32) : (CALL_F64)
 
+// by the data's dtype: f32, f64, or half data with f32 parameters
+#define BN_BY_DTYPE(dt, CALL)                                                                   \
+  switch (dt) {                                                                                 \
+  case VTL_F32: { using T = float; using P = float; return CALL; }                              \
+  case VTL_F64: { using T = double; using P = double; return CALL; }                            \
+  case VTL_BF16: { using T = bf16_bits; using P = float; return CALL; }                         \
+  case VTL_F16: { using T = f16_bits; using P = float; return CALL; }                           \
+  default: return vtl_error_set(VTL_ERR_ARG, "batch_norm: %s data on cuda", vtl_dtype_name(dt)); \
+  }
+
 vtl_status vtl_cu_batch_norm_stats(const vtl_tensor *x, int64_t N, int64_t C, int64_t S, bool training,
                                    double momentum, double eps, vtl_tensor *rm, vtl_tensor *rv, vtl_tensor *mean,
                                    vtl_tensor *invstd) {
-  BY_DTYPE(x->dtype, bn_stats_t<float>(x, N, C, S, training, momentum, eps, rm, rv, mean, invstd),
-           bn_stats_t<double>(x, N, C, S, training, momentum, eps, rm, rv, mean, invstd));
+  BN_BY_DTYPE(x->dtype, (bn_stats_t<T, P>(x, N, C, S, training, momentum, eps, rm, rv, mean, invstd)))
 }
 
 vtl_status vtl_cu_batch_norm_forward(const vtl_tensor *x, vtl_tensor *out, int64_t N, int64_t C, int64_t S,
@@ -726,25 +759,13 @@ vtl_status vtl_cu_batch_norm_forward(const vtl_tensor *x, vtl_tensor *out, int64
                                      const vtl_tensor *b) {
   int64_t total = N * C * S;
   if (total == 0) return VTL_OK;
-  cudaStream_t st = stream_of(x);
-  if (!st) return vtl_error_status();
-  if (x->dtype == VTL_F32)
-    bn_apply<float><<<vtl_cu_blocks(total), BLOCK, 0, st>>>(cu_ptr<float>(x), cu_ptr<float>(out), total, C, S,
-                                                            cu_ptr<double>(mean), cu_ptr<double>(invstd),
-                                                            cu_ptr<float>(w), cu_ptr<float>(b));
-  else
-    bn_apply<double><<<vtl_cu_blocks(total), BLOCK, 0, st>>>(cu_ptr<double>(x), cu_ptr<double>(out), total, C, S,
-                                                             cu_ptr<double>(mean), cu_ptr<double>(invstd),
-                                                             cu_ptr<double>(w), cu_ptr<double>(b));
-  VTL_CU_LAUNCHED("batch_norm");
-  return VTL_OK;
+  BN_BY_DTYPE(x->dtype, (bn_forward_t<T, P>(x, out, total, C, S, mean, invstd, w, b)))
 }
 
 vtl_status vtl_cu_batch_norm_backward(const vtl_tensor *g, const vtl_tensor *x, int64_t N, int64_t C, int64_t S,
                                       const vtl_tensor *mean, const vtl_tensor *invstd, const vtl_tensor *w,
                                       bool training, vtl_tensor *dx, vtl_tensor *gw, vtl_tensor *gb) {
-  BY_DTYPE(x->dtype, bn_backward_t<float>(g, x, N, C, S, mean, invstd, w, training, dx, gw, gb),
-           bn_backward_t<double>(g, x, N, C, S, mean, invstd, w, training, dx, gw, gb));
+  BN_BY_DTYPE(x->dtype, (bn_backward_t<T, P>(g, x, N, C, S, mean, invstd, w, training, dx, gw, gb)))
 }
 
 vtl_status vtl_cu_layer_norm_forward(const vtl_tensor *x, vtl_tensor *out, int64_t M, int64_t D, const vtl_tensor *w,
