@@ -149,7 +149,11 @@ gpu_test("tensors on different devices: the op names both devices", function()
   T.raises(function() return a + b end, "add: tensors are on different devices (cpu and cuda:0)")
   T.raises(function() return b:matmul(vtl.ones(2, 2)) end, "matmul: tensors are on different devices (cuda:0 and cpu)")
   T.raises(function() return vtl.where(b:gt(0), a, a) end, "where: tensors are on different devices")
-  T.raises(function() return b:copy_(a) end, "copy_: tensors are on different devices")
+  -- copy_ moves across devices, as PyTorch's does
+  b:copy_(vtl.full({2}, 3))
+  T.eq(b:sum():item(), 6)
+  a:copy_(b)
+  T.eq(a:sum():item(), 6)
   T.raises(function() return vtl.cat({a, b}) end, "cat: tensors are on different devices")
 end)
 
