@@ -215,11 +215,19 @@ static vtl_tensor *conv2d_native(vtl_tensor *x, vtl_tensor *w, vtl_tensor *b, co
   }
   vtl_tensor *y = cl ? vtl_tensor_empty_channels_last(shape, s->dtype, vtl_tensor_device(x))
                      : new_like_shape(shape, 4, s->dtype, x);
-  if (y && nn_of(x)->conv2d_forward(s, c[0], c[1], c[2], y) != VTL_OK) {
+  bool failed = y && nn_of(x)->conv2d_forward(s, c[0], c[1], c[2], y) != VTL_OK;
+  if (failed) {
     vtl_tensor_release(y);
     y = NULL;
   }
   release_all(c, 3);
+  if (failed && cl && vtl_tensor_device(x).type != VTL_CPU) {
+    /* a device library without a channels-last kernel for this case: the planar one, the output
+       relaid out */
+    vtl_tensor *p = conv2d_native(x, w, b, sh, false);
+    y = p ? vtl_op_contiguous_channels_last(p) : NULL;
+    vtl_tensor_release(p);
+  }
   return y;
 }
 
@@ -545,10 +553,29 @@ static vtl_status conv2d_backward_f32(vtl_tensor *gy, vtl_tensor *x, vtl_tensor 
 
 /* the backend's backward kernels on contiguous operands, or on channels-last x, gy and gx when
    the forward ran so */
+static vtl_status conv2d_backward_layout(vtl_tensor *gy, vtl_tensor *x, vtl_tensor *w, const vtl_conv2d_shape *sh,
+                                         bool cl, vtl_tensor **gx, vtl_tensor **gw, vtl_tensor **gb);
+
 static vtl_status conv2d_backward_run(vtl_tensor *gy, vtl_tensor *x, vtl_tensor *w, const vtl_conv2d_shape *sh,
                                       vtl_tensor **gx, vtl_tensor **gw, vtl_tensor **gb) {
-  vtl_conv2d_shape s = *sh;
   bool cl = conv_cl(x, vtl_tensor_keeps_channels_last(gy));
+  vtl_status st = conv2d_backward_layout(gy, x, w, sh, cl, gx, gw, gb);
+  if (st == VTL_OK || !cl || vtl_tensor_device(x).type == VTL_CPU) return st;
+  /* a device library without a channels-last kernel for this case: the planar ones, the input
+     gradient relaid out */
+  vtl_tensor *px = NULL;
+  st = conv2d_backward_layout(gy, x, w, sh, false, gx ? &px : NULL, gw, gb);
+  if (st == VTL_OK && gx) {
+    *gx = vtl_op_contiguous_channels_last(px);
+    if (!*gx) st = vtl_error_status();
+  }
+  vtl_tensor_release(px);
+  return st;
+}
+
+static vtl_status conv2d_backward_layout(vtl_tensor *gy, vtl_tensor *x, vtl_tensor *w, const vtl_conv2d_shape *sh,
+                                         bool cl, vtl_tensor **gx, vtl_tensor **gw, vtl_tensor **gb) {
+  vtl_conv2d_shape s = *sh;
   s.x_cl = s.y_cl = cl;
   vtl_tensor *in[3] = {cl ? NULL : gy, gx ? w : NULL, gw && !cl ? x : NULL}, *c[3];
   if (!contig(in, c, 3)) return vtl_error_status();
