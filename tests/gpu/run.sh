@@ -46,7 +46,7 @@ fi
 # where the binary takes its CUDA libraries from (rpath: CUDA_HOME/lib64)
 step libs 20 "ldd ./vtl | grep -E 'cuda|cublas|cudnn|lua|dnnl|openblas|not found'; readelf -d ./vtl | grep -iE 'rpath|runpath'"
 step info 20 "./vtl info"
-step test_cuda 120 "./vtl tests/run.lua tests/test_cuda.lua"
+step test_cuda 200 "./vtl tests/run.lua tests/test_cuda.lua"
 step bench 240 "VTL=./vtl bash tests/bench/cuda.sh"
 step grad_diff 60 "./vtl tests/gpu/grad_diff.lua resnet18 16 64; ./vtl tests/gpu/grad_diff.lua small_cnn 16 32"
 # the CPU suite there needs the reference generators' Python packages; on request only
