@@ -102,7 +102,7 @@ ifneq ($(file < $(BUILD)/.objs),$(LIB_OBJ))
 endif
 $(BUILD)/libvtl.a $(BUILD)/vtl/core.so: $(BUILD)/.objs
 
-.PHONY: all setup test test-asan test-ref bench bench-train bench-infer bench-loader bench-finetune demo finetune install clean info-backend
+.PHONY: all setup test test-gpu test-asan test-ref bench bench-train bench-infer bench-loader bench-finetune demo finetune install clean info-backend
 all: info-backend $(VTL_BIN) $(BUILD)/vtl/core.so
 
 info-backend:
@@ -133,6 +133,11 @@ setup:
 
 test: setup all
 	@VTL=./$(VTL_BIN) bash tests/run.sh
+
+# On a GPU machine: build with CUDA, run tests/test_cuda.lua and the GPU benchmark against
+# PyTorch; logs and a summary ("N passed, N failed") under OUT (default /tmp/vtl-gpu-out).
+test-gpu:
+	@bash tests/gpu/run.sh
 
 test-asan: setup
 	@$(MAKE) --no-print-directory SAN=1 OPT=-O1 all
