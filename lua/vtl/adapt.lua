@@ -223,7 +223,9 @@ end
 local function append_target(cb, batch)
   local tb = cb.tstream:next()
   cb.ns = batch.input.shape[1]
-  batch.input = core.cat({batch.input, tb.input}, 1)
+  local ti = tb.input
+  if ti.device ~= batch.input.device then ti = ti:to(batch.input.device) end -- the Learner's device
+  batch.input = core.cat({batch.input, ti}, 1)
 end
 
 -- source and target features of the current (combined) batch; learn.pred keeps the source rows
@@ -268,6 +270,7 @@ function M.DANN(opts)
   function cb:after_loss(learn)
     local fs, ft = features(self, learn)
     if not self.disc then self.disc = M.DomainDiscriminator(fs.shape[2], {hidden = self.hidden}) end
+    if self.disc:parameters()[1].device ~= fs.device then self.disc:to(fs.device) end
     if not self.opt then self.opt = vtl.optim.Adam(self.disc:parameters(), {lr = self.lr}) end
     self.disc:train()
     self.coeff = M.grl_coeff(self.seen / self.total, self.gamma)

@@ -99,6 +99,7 @@ function M.Distiller(opts)
 
   function cb:before_fit(learn)
     self.teacher:eval()
+    if learn.device then self.teacher:to(learn.device) end -- where the Learner's batches are
     for _, p in ipairs(self.teacher:parameters()) do p.requires_grad = false end
     if self.feature_weight > 0 then
       if type(learn.model.forward_features) ~= "function" then
@@ -129,7 +130,7 @@ function M.Distiller(opts)
     if self.feature_weight > 0 then
       local s_feat = self.slot.value
       if not self.proj then
-        self.proj = vtl.nn.Conv2d(s_feat.shape[2], t_feat.shape[2], 1, {bias = false})
+        self.proj = vtl.nn.Conv2d(s_feat.shape[2], t_feat.shape[2], 1, {bias = false}):to(s_feat.device)
         self.proj_opt = vtl.optim.Adam(self.proj:parameters(), {lr = self.feature_lr})
       end
       local s = self.proj(s_feat)
