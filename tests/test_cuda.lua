@@ -29,6 +29,14 @@ if not HAVE then
     T.eq(vtl.cuda.device_count(), 0)
     T.eq(vtl.cuda.is_available(), false)
     T.eq(vtl.cuda.empty_cache(), 0)
+    T.raises(function() return vtl.ones(2):pin_memory() end, "pin_memory: page-locked memory needs a CUDA device")
+    T.eq(vtl.ones(2):is_pinned(), false)
+    T.raises(function() return vtl.ones(2):to("cuda", {non_blocking = 1}) end, "to: non_blocking must be a boolean, got number")
+    -- a pin_memory loader without a device hands its batches over as they are
+    local ds = vtl.data.TensorDataset(vtl.randn(4, 3), vtl.randint(1, 3, {4}))
+    for b in vtl.data.DataLoader(ds, {batch_size = 2, pin_memory = true}):iter(1) do
+      T.eq(b.input:is_pinned(), false)
+    end
     -- the process goes on: CPU work still runs
     T.eq(vtl.ones(2):sum():item(), 2.0)
   end)
