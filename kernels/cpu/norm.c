@@ -224,6 +224,30 @@ static bool bn_rows_sums_half(const bn_rows *r, vtl_dtype dt, int kind, const vo
       for (int64_t c = 0; c < 2 * C; c++) s1[c] = 0;
       int64_t i1 = (k + 1) * BNR_CHUNK < r->M ? (k + 1) * BNR_CHUNK : r->M;
       for (int64_t i = k * BNR_CHUNK; i < i1; i++) {
+        if (dt == VTL_BF16 && kind != 2) { /* bf16 read in the loop itself */
+          const uint16_t *xh = (const uint16_t *)x + i * C;
+          if (kind == 0) {
+#pragma omp simd
+            for (int64_t c = 0; c < C; c++) s1[c] += bf16_f32(xh[c]);
+          } else {
+#pragma omp simd
+            for (int64_t c = 0; c < C; c++) {
+              double d = bf16_f32(xh[c]) - mu[c];
+              s1[c] += d * d;
+            }
+          }
+          continue;
+        }
+        if (dt == VTL_BF16) {
+          const uint16_t *xh = (const uint16_t *)x + i * C, *gh = (const uint16_t *)g + i * C;
+#pragma omp simd
+          for (int64_t c = 0; c < C; c++) {
+            float gv = bf16_f32(gh[c]);
+            s1[c] += gv;
+            s2[c] += gv * (bf16_f32(xh[c]) - mu[c]);
+          }
+          continue;
+        }
         vtl_cpu_cast(xr, VTL_F32, 4, (const uint16_t *)x + i * C, dt, 2, C);
         if (kind == 0) {
 #pragma omp simd
@@ -260,6 +284,18 @@ static bool bn_rows_apply_half(const bn_rows *r, vtl_dtype dt, void *y, const vo
     float *ur = buf + (size_t)omp_get_thread_num() * 3 * (size_t)C, *vr = ur + C, *yr = vr + C;
 #pragma omp for schedule(static)
     for (int64_t i = 0; i < r->M; i++) {
+      if (dt == VTL_BF16) { /* bf16 read and written in the loop itself */
+        const uint16_t *uh = (const uint16_t *)u + i * C, *vh = v ? (const uint16_t *)v + i * C : NULL;
+        uint16_t *yh = (uint16_t *)y + i * C;
+        if (vh) {
+#pragma omp simd
+          for (int64_t c = 0; c < C; c++) yh[c] = f32_bf16((float)(a[c] * bf16_f32(uh[c]) - b[c] * bf16_f32(vh[c]) + d[c]));
+        } else {
+#pragma omp simd
+          for (int64_t c = 0; c < C; c++) yh[c] = f32_bf16((float)(a[c] * bf16_f32(uh[c]) + d[c]));
+        }
+        continue;
+      }
       vtl_cpu_cast(ur, VTL_F32, 4, (const uint16_t *)u + i * C, dt, 2, C);
       if (v) {
         vtl_cpu_cast(vr, VTL_F32, 4, (const uint16_t *)v + i * C, dt, 2, C);
