@@ -112,8 +112,38 @@ static bool act_is_cheap(vtl_activation act) {
 #define HALF_BLOCK 1024
 static bool is_half(vtl_dtype dt) { return dt == VTL_F16 || dt == VTL_BF16; }
 
+/* relu on the bits of f16/bf16 values (the same sign bit and NaN patterns in both): a value
+   below zero (sign set, not a zero, not a NaN) becomes +0, every other one stays, exactly as the
+   f32 computation rounded back; dx: the gradient where the saved output is above zero */
+static inline bool half_nan(uint16_t h, uint16_t exp_mask) { return (h & exp_mask) == exp_mask && (h & ~exp_mask & 0x7fff); }
+static inline bool half_below_zero(uint16_t h, uint16_t exp_mask) {
+  return (h & 0x8000) && (h & 0x7fff) && !half_nan(h, exp_mask);
+}
+
+static void relu_half(vtl_dtype dt, const uint16_t *x, uint16_t *y, int64_t lo, int64_t hi) {
+  const uint16_t em = dt == VTL_BF16 ? 0x7f80 : 0x7c00;
+#pragma omp simd
+  for (int64_t i = lo; i < hi; i++) y[i] = half_below_zero(x[i], em) ? 0 : x[i];
+}
+
+/* dx = v <= 0 ? 0 : g (v the saved output; NaN passes g) */
+static void relu_half_backward(vtl_dtype dt, const uint16_t *g, const uint16_t *v, uint16_t *dx, int64_t lo,
+                               int64_t hi) {
+  const uint16_t em = dt == VTL_BF16 ? 0x7f80 : 0x7c00;
+#pragma omp simd
+  for (int64_t i = lo; i < hi; i++) {
+    uint16_t h = v[i];
+    bool le0 = !half_nan(h, em) && ((h & 0x8000) || (h & 0x7fff) == 0);
+    dx[i] = le0 ? 0 : g[i];
+  }
+}
+
 static void act_forward_half(vtl_dtype dt, vtl_activation act, const void *x, void *y, int64_t lo, int64_t hi,
                              const double *p) {
+  if (act == VTL_ACT_RELU) {
+    relu_half(dt, x, y, lo, hi);
+    return;
+  }
   float xb[HALF_BLOCK], yb[HALF_BLOCK];
   for (int64_t i = lo; i < hi; i += HALF_BLOCK) {
     int64_t m = hi - i < HALF_BLOCK ? hi - i : HALF_BLOCK;
@@ -169,6 +199,10 @@ static void act_backward(vtl_dtype dt, vtl_activation act, const void *g, const 
 
 static void act_backward_half(vtl_dtype dt, vtl_activation act, const void *g, const void *s, void *dx, int64_t lo,
                               int64_t hi, const double *p) {
+  if (act == VTL_ACT_RELU) {
+    relu_half_backward(dt, g, s, dx, lo, hi);
+    return;
+  }
   float gb[HALF_BLOCK], sb[HALF_BLOCK], db[HALF_BLOCK];
   for (int64_t i = lo; i < hi; i += HALF_BLOCK) {
     int64_t m = hi - i < HALF_BLOCK ? hi - i : HALF_BLOCK;
