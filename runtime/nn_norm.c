@@ -70,21 +70,31 @@ static bool check_input_dev(const char *op, const char *what, const vtl_tensor *
 static const vtl_nn_backend *nn_of(const vtl_tensor *t) { return vtl_backend_get(vtl_tensor_device(t))->nn; }
 
 /* A float operand that must have the input's dtype and device. */
-static bool check_like(const char *op, const char *what, const vtl_tensor *t, const vtl_tensor *x) {
-  if (t->dtype != x->dtype)
-    return vtl_error_set(VTL_ERR_ARG, "%s: %s must be %s like the input, got %s", op, what, vtl_dtype_name(x->dtype),
-                         vtl_dtype_name(t->dtype)), false;
+/* t of dtype dt on x's device */
+static bool check_dtype_on(const char *op, const char *what, const vtl_tensor *t, vtl_dtype dt, const vtl_tensor *x) {
+  if (t->dtype != dt)
+    return vtl_error_set(VTL_ERR_ARG, "%s: %s must be %s%s, got %s", op, what, vtl_dtype_name(dt),
+                         dt == x->dtype ? " like the input" : "", vtl_dtype_name(t->dtype)), false;
   return on_device_of(op, t, x);
 }
 
+static bool check_like(const char *op, const char *what, const vtl_tensor *t, const vtl_tensor *x) {
+  return check_dtype_on(op, what, t, x->dtype, x);
+}
+
 /* An optional per-channel / per-class vector: NULL, or 1-D of length n with x's dtype. */
-static bool check_vec(const char *op, const char *what, const vtl_tensor *t, int64_t n, const char *unit,
-                      const vtl_tensor *x) {
+static bool check_vec_dt(const char *op, const char *what, const vtl_tensor *t, int64_t n, const char *unit,
+                         vtl_dtype dt, const vtl_tensor *x) {
   if (!t) return true;
   if (t->ndim != 1 || t->shape[0] != n)
     return vtl_error_set(VTL_ERR_ARG, "%s: %s of shape %s does not match %lld %s (expected shape {%lld})", op, what,
                          shape_of(t).s, (long long)n, unit, (long long)n), false;
-  return check_like(op, what, t, x);
+  return check_dtype_on(op, what, t, dt, x);
+}
+
+static bool check_vec(const char *op, const char *what, const vtl_tensor *t, int64_t n, const char *unit,
+                      const vtl_tensor *x) {
+  return check_vec_dt(op, what, t, n, unit, x->dtype, x);
 }
 
 static bool check_gout(const char *op, const vtl_tensor *g, const vtl_tensor *like, const char *what) {
@@ -180,16 +190,8 @@ static bool bn_half_native(const vtl_tensor *x, const vtl_tensor *w, const vtl_t
   return true;
 }
 
-/* what the parameters of a batch norm over x are checked against: x, or for half data an f32
-   stand-in on x's device (the parameters stay f32) */
-static const vtl_tensor *bn_params_like(const vtl_tensor *x) {
-  static _Thread_local vtl_storage st;
-  static _Thread_local vtl_tensor f;
-  if (!is_half(x->dtype)) return x;
-  st.device = vtl_tensor_device(x);
-  f = (vtl_tensor){.dtype = VTL_F32, .storage = &st};
-  return &f;
-}
+/* the dtype of a batch norm's parameters over x: f32 for half data */
+static vtl_dtype bn_param_dtype(const vtl_tensor *x) { return is_half(x->dtype) ? VTL_F32 : x->dtype; }
 
 vtl_tensor *vtl_op_batch_norm(vtl_tensor *x, vtl_tensor *running_mean, vtl_tensor *running_var, vtl_tensor *weight,
                               vtl_tensor *bias, bool training, double momentum, double eps, vtl_tensor **save_mean,
@@ -234,10 +236,10 @@ vtl_tensor *vtl_op_batch_norm(vtl_tensor *x, vtl_tensor *running_mean, vtl_tenso
   int64_t N = x->shape[0], C = x->shape[1], S = prod(x->shape, 2, x->ndim);
   if ((running_mean == NULL) != (running_var == NULL))
     return vtl_error_set(VTL_ERR_ARG, "%s: running_mean and running_var must be given together", op), NULL;
-  const vtl_tensor *px = bn_params_like(x);
-  if (!check_vec(op, "running_mean", running_mean, C, "channels", px) ||
-      !check_vec(op, "running_var", running_var, C, "channels", px) ||
-      !check_vec(op, "weight", weight, C, "channels", px) || !check_vec(op, "bias", bias, C, "channels", px))
+  vtl_dtype pdt = bn_param_dtype(x);
+  if (!check_vec_dt(op, "running_mean", running_mean, C, "channels", pdt, x) ||
+      !check_vec_dt(op, "running_var", running_var, C, "channels", pdt, x) ||
+      !check_vec_dt(op, "weight", weight, C, "channels", pdt, x) || !check_vec_dt(op, "bias", bias, C, "channels", pdt, x))
     return NULL;
   if (!training && !running_mean)
     return vtl_error_set(VTL_ERR_ARG, "%s: running_mean and running_var are required in evaluation mode "
@@ -320,7 +322,7 @@ vtl_status vtl_op_batch_norm_backward(vtl_tensor *gout, vtl_tensor *x, vtl_tenso
   if (x->ndim < 2)
     return vtl_error_set(VTL_ERR_ARG, "%s: input must have at least 2 dims (N, C, ...), got shape %s", op, shape_of(x).s);
   int64_t N = x->shape[0], C = x->shape[1], S = prod(x->shape, 2, x->ndim);
-  if (!check_gout(op, gout, x, "input") || !check_vec(op, "weight", weight, C, "channels", bn_params_like(x)) ||
+  if (!check_gout(op, gout, x, "input") || !check_vec_dt(op, "weight", weight, C, "channels", bn_param_dtype(x), x) ||
       !check_stats(op, "mean", mean, C, x) || !check_stats(op, "invstd", invstd, C, x))
     return vtl_error_status();
   bool ok = true;
@@ -328,7 +330,7 @@ vtl_status vtl_op_batch_norm_backward(vtl_tensor *gout, vtl_tensor *x, vtl_tenso
   int64_t cshape[1] = {C};
   vtl_tensor *dx = ok && gx ? new_as(x) : NULL;
   bn_dims(x, &N, &C, &S);
-  vtl_dtype pdt = is_half(x->dtype) ? VTL_F32 : x->dtype; /* the parameters' gradients */
+  vtl_dtype pdt = bn_param_dtype(x); /* the parameters' gradients */
   vtl_tensor *dw = ok && gweight ? vtl_tensor_empty(cshape, 1, pdt, vtl_tensor_device(x)) : NULL;
   vtl_tensor *db = ok && gbias ? vtl_tensor_empty(cshape, 1, pdt, vtl_tensor_device(x)) : NULL;
   vtl_tensor *all[6] = {gc, xc, wc, dx, dw, db};
