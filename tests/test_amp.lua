@@ -319,12 +319,7 @@ T.test("GradScaler: skips overflowing steps, backs off and grows the scale", fun
 end)
 
 T.test("Learner: precision = bf16 and f16 train to the f32 accuracy band", function()
-  local function dataset(n, seed)
-    local g = vtl.Generator(seed)
-    local y = vtl.randint(1, 5, {n}, {generator = g})
-    local x = vtl.randn({n, 3, 12, 12}, {generator = g}) + y:to("f32"):reshape({n, 1, 1, 1}) * 0.5
-    return vtl.data.TensorDataset(x, y)
-  end
+  local dataset = require "toydata"
   local accs = {}
   for _, prec in ipairs{"f32", "bf16", "f16"} do
     vtl.seed(1)

@@ -1080,13 +1080,8 @@ gpu_test("pinned memory: pin_memory, non-blocking copies, pinned DataLoader batc
 end)
 
 gpu_test("Learner{device = \"cuda\"}: a short fine-tune on the GPU reaches the CPU's accuracy band", function()
-  local function dataset(n, seed)
-    local g = vtl.Generator(seed)
-    local y = vtl.randint(1, 5, {n}, {generator = g})
-    local x = vtl.randn({n, 3, 16, 16}, {generator = g}) + y:to("f32"):reshape({n, 1, 1, 1}) * 0.5
-    return vtl.data.TensorDataset(x, y)
-  end
-  local tr, va = dataset(96, 5), dataset(48, 9)
+  local toydata = require "toydata"
+  local tr, va = toydata(96, 5, 16), toydata(48, 9, 16)
   local acc = {}
   for _, dev in ipairs({"cpu", "cuda"}) do
     vtl.seed(1)

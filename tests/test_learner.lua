@@ -14,13 +14,8 @@ os.execute("mkdir -p '" .. TMP .. "'")
 local function accuracy(p, t) return p:argmax(2):eq(t):to("f32"):mean():item() end
 
 -- a small labelled set: 48 images 3×12×12 whose class (1..4) shifts the mean of one channel
-local function dataset(n, seed)
-  local g = vtl.Generator(seed or 5)
-  local y = vtl.randint(1, 5, {n or 48}, {generator = g})
-  local x = vtl.randn({n or 48, 3, 12, 12}, {generator = g})
-  x = x + y:to("f32"):reshape({n or 48, 1, 1, 1}) * 0.5
-  return vtl.data.TensorDataset(x, y)
-end
+local toydata = require "toydata"
+local function dataset(n, seed) return toydata(n or 48, seed or 5) end
 
 local function model(seed, opts)
   vtl.seed(seed or 1)
