@@ -19,16 +19,24 @@
 /* ---- boxes ---- */
 
 /* GC pressure: Lua cannot see tensor bytes, so every new tensor that owns a fresh storage adds
-   its size to a debt, and each 64 KiB of debt advances the incremental collector as if Lua
-   had allocated it. Garbage tensors are then freed at the pace they are made, and their
-   memory is reused while still in cache. */
+   to a debt, and each 64 KiB of debt advances the incremental collector as if Lua had allocated
+   it. Garbage tensors are then freed at the pace they are made. A collection cycle costs time in
+   proportion to the Lua heap, not to the tensor bytes it frees, so the tensor bytes are scaled
+   down for a small heap: about VTL_GC_TENSOR_MIB MiB of new tensors per cycle (each cycle starts
+   once the debt matches the heap), never less than byte for byte. A model's modules and a script
+   make a heap under 1 MiB, which byte for byte would be traversed dozens of times per forward
+   pass of a vision model. */
+#define VTL_GC_TENSOR_MIB 8
 static _Thread_local size_t gc_debt;
 
 void lvtl_gc_pressure(lua_State *L, const vtl_tensor *t) {
   if (__atomic_load_n(&t->storage->refcount, __ATOMIC_RELAXED) != 1) return; /* a view */
   gc_debt += t->storage->nbytes;
   if (gc_debt < (64u << 10)) return;
-  size_t kb = gc_debt >> 10;
+  size_t heap_kb = (size_t)lua_gc(L, LUA_GCCOUNT) + 1;
+  size_t ratio = ((size_t)VTL_GC_TENSOR_MIB << 10) / heap_kb;
+  size_t kb = (gc_debt >> 10) / (ratio > 1 ? ratio : 1);
+  if (kb == 0) return; /* keep the debt until it is worth a step */
   gc_debt = 0;
   lua_gc(L, LUA_GCSTEP, (int)(kb < (1u << 30) ? kb : 1u << 30));
 }

@@ -279,6 +279,15 @@ test("memory: tensors are released by the GC; big allocations run it", function(
     peak = math.max(peak, vtl.memory_allocated() - base)
   end
   T.truthy(peak < 1.5 * 2 ^ 30, string.format("peak %.0f MiB", peak / 2 ^ 20))
+  -- many 1 MiB tensors (a transformer's activations at batch 1): the collector runs every few
+  -- MiB of them, whatever the size of the Lua heap
+  collectgarbage()
+  peak = 0
+  for _ = 1, 1000 do
+    local _ = vtl.empty(256, 1024)
+    peak = math.max(peak, vtl.memory_allocated() - base)
+  end
+  T.truthy(peak < 64 * 2 ^ 20, string.format("peak %.0f MiB of 1 MiB garbage tensors", peak / 2 ^ 20))
 end)
 
 test("functional forms on the module", function()
