@@ -237,6 +237,15 @@ static int l_attention_qkv(lua_State *L) {
   return fill_box(L, box, vtl_op_attention_qkv(qkv, (int64_t)heads, scale));
 }
 
+/* attention(q, k, v, scale, causal) -> (P, L, Ev): see vtl_op_attention (with autograd) */
+static int l_attention(lua_State *L) {
+  vtl_tensor *q = lvtl_checktensor(L, 1), *k = lvtl_checktensor(L, 2), *v = lvtl_checktensor(L, 3);
+  double scale = luaL_checknumber(L, 4);
+  bool causal = lua_toboolean(L, 5);
+  lvtl_box *box = newbox(L);
+  return fill_box(L, box, vtl_fn_attention(q, k, v, scale, causal));
+}
+
 /* ---- weight packs ---- */
 
 
@@ -416,7 +425,7 @@ static int l_adaptive_avg_pool2d_backward(lua_State *L) {
 }
 
 static const luaL_Reg nn_conv_funcs[] = {
-  {"conv2d", l_conv2d}, {"linear", l_linear}, {"attention_qkv", l_attention_qkv}, {"weight_pack", l_weight_pack},
+  {"conv2d", l_conv2d}, {"linear", l_linear}, {"attention_qkv", l_attention_qkv}, {"attention", l_attention}, {"weight_pack", l_weight_pack},
   {"weight_pack_bytes", l_weight_pack_bytes},
   {"max_pool2d", l_max_pool2d}, {"avg_pool2d", l_avg_pool2d},
   {"adaptive_avg_pool2d", l_adaptive_avg_pool2d}, {"adaptive_max_pool2d", l_adaptive_max_pool2d},

@@ -23,7 +23,8 @@
    it. Garbage tensors are then freed at the pace they are made. A collection cycle costs time in
    proportion to the Lua heap, not to the tensor bytes it frees, so the tensor bytes are scaled
    down for a small heap: about VTL_GC_TENSOR_MIB MiB of new tensors per cycle (each cycle starts
-   once the debt matches the heap), never less than byte for byte. A model's modules and a script
+   once the debt matches the heap), never less than byte for byte; a tensor of that size or more
+   counts byte for byte. A model's modules and a script
    make a heap under 1 MiB, which byte for byte would be traversed dozens of times per forward
    pass of a vision model. */
 #define VTL_GC_TENSOR_MIB 8
@@ -31,13 +32,18 @@ static _Thread_local size_t gc_debt;
 
 void lvtl_gc_pressure(lua_State *L, const vtl_tensor *t) {
   if (__atomic_load_n(&t->storage->refcount, __ATOMIC_RELAXED) != 1) return; /* a view */
-  gc_debt += t->storage->nbytes;
-  if (gc_debt < (64u << 10)) return;
-  size_t heap_kb = (size_t)lua_gc(L, LUA_GCCOUNT) + 1;
-  size_t ratio = ((size_t)VTL_GC_TENSOR_MIB << 10) / heap_kb;
-  size_t kb = (gc_debt >> 10) / (ratio > 1 ? ratio : 1);
-  if (kb == 0) return; /* keep the debt until it is worth a step */
-  gc_debt = 0;
+  size_t n = t->storage->nbytes, kb;
+  if (n >= ((size_t)VTL_GC_TENSOR_MIB << 20)) {
+    kb = n >> 10; /* a tensor as big as a cycle's worth counts byte for byte */
+  } else {
+    gc_debt += n;
+    if (gc_debt < (64u << 10)) return;
+    size_t heap_kb = (size_t)lua_gc(L, LUA_GCCOUNT) + 1;
+    size_t ratio = ((size_t)VTL_GC_TENSOR_MIB << 10) / heap_kb;
+    kb = (gc_debt >> 10) / (ratio > 1 ? ratio : 1);
+    if (kb == 0) return; /* keep the debt until it is worth a step */
+    gc_debt = 0;
+  }
   lua_gc(L, LUA_GCSTEP, (int)(kb < (1u << 30) ? kb : 1u << 30));
 }
 

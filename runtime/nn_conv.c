@@ -515,6 +515,172 @@ vtl_tensor *vtl_op_attention_qkv(vtl_tensor *qkv, int64_t heads, double scale) {
   return y;
 }
 
+/* ---- scaled dot-product attention ---- */
+
+/* q (P,L,E), k (P,S,E), v (P,S,Ev) of one float dtype on one device; g (P,L,Ev) when given */
+static vtl_status attention_check(const char *op, vtl_tensor *q, vtl_tensor *k, vtl_tensor *v, vtl_tensor *g) {
+  char s1[96], s2[96], s3[96];
+  vtl_tensor *all[4] = {q, k, v, g};
+  const char *names[4] = {"query", "key", "value", "output gradient"};
+  for (int i = 0; i < 4; i++)
+    if (all[i] && all[i]->ndim != 3)
+      return vtl_error_set(VTL_ERR_ARG, "%s: %s must be 3-D (batch*heads, length, dim), got shape %s", op, names[i],
+                           shape_str(all[i]->shape, all[i]->ndim, s1, sizeof s1));
+  if (check_devices(op, all, 4)) return vtl_error_status();
+  if (check_float_half(op, "query", q)) return vtl_error_status();
+  for (int i = 1; i < 4; i++)
+    if (all[i] && all[i]->dtype != q->dtype)
+      return vtl_error_set(VTL_ERR_ARG, "%s: query and %s must have the same dtype, got %s and %s", op, names[i],
+                           vtl_dtype_name(q->dtype), vtl_dtype_name(all[i]->dtype));
+  if (k->shape[0] != q->shape[0] || v->shape[0] != q->shape[0] || k->shape[2] != q->shape[2] ||
+      v->shape[1] != k->shape[1])
+    return vtl_error_set(VTL_ERR_ARG, "%s: shapes do not match: query %s, key %s, value %s (expected (P,L,E), (P,S,E), "
+                         "(P,S,Ev))", op, shape_str(q->shape, 3, s1, sizeof s1), shape_str(k->shape, 3, s2, sizeof s2),
+                         shape_str(v->shape, 3, s3, sizeof s3));
+  if (g && (g->shape[0] != q->shape[0] || g->shape[1] != q->shape[1] || g->shape[2] != v->shape[2]))
+    return vtl_error_set(VTL_ERR_ARG, "%s: output gradient of shape %s does not match the output (%lld,%lld,%lld)", op,
+                         shape_str(g->shape, 3, s1, sizeof s1), (long long)q->shape[0], (long long)q->shape[1],
+                         (long long)v->shape[2]);
+  if (!vtl_backend_get(vtl_tensor_device(q))->nn->attention_forward) {
+    vtl_device_format(vtl_tensor_device(q), s1, sizeof s1);
+    return vtl_error_set(VTL_ERR_ARG, "%s: no kernel on %s", op, s1);
+  }
+  return VTL_OK;
+}
+
+/* the dtype of the rows' log-sum-exp: f32, f64 for f64 data */
+static vtl_dtype lse_dtype(vtl_dtype dt) { return dt == VTL_F64 ? VTL_F64 : VTL_F32; }
+
+/* whether the device computes on dt itself (else the op runs on f32 copies) */
+static bool attention_native(const vtl_tensor *q) { return !is_half(q->dtype) || nn_of(q)->attn_half; }
+
+vtl_tensor *vtl_op_attention(vtl_tensor *q, vtl_tensor *k, vtl_tensor *v, double scale, bool causal,
+                             vtl_tensor **save_lse) {
+  static const char op[] = "attention";
+  if (save_lse) *save_lse = NULL;
+  if (attention_check(op, q, k, v, NULL)) return NULL;
+  if (!attention_native(q)) {
+    bool fail = false;
+    vtl_tensor *fq = up(q, &fail), *fk = up(k, &fail), *fv = up(v, &fail);
+    vtl_tensor *y = fail ? NULL : down(vtl_op_attention(fq, fk, fv, scale, causal, save_lse), q->dtype);
+    vtl_tensor *ts[3] = {fq, fk, fv};
+    release_all(ts, 3);
+    if (!y && save_lse) { vtl_tensor_release(*save_lse); *save_lse = NULL; }
+    return y;
+  }
+  int64_t shape[3] = {q->shape[0], q->shape[1], v->shape[2]};
+  vtl_tensor *qc = vtl_op_contiguous(q), *kc = qc ? vtl_op_contiguous(k) : NULL, *vc = kc ? vtl_op_contiguous(v) : NULL;
+  vtl_tensor *y = vc ? new_like_shape(shape, 3, q->dtype, q) : NULL;
+  vtl_tensor *lse = y ? new_like_shape(shape, 2, lse_dtype(q->dtype), q) : NULL;
+  if (lse && nn_of(q)->attention_forward(qc, kc, vc, scale, causal, y, lse) != VTL_OK) {
+    vtl_tensor_release(lse);
+    lse = NULL;
+  }
+  vtl_tensor *ts[3] = {qc, kc, vc};
+  release_all(ts, 3);
+  if (!lse) { vtl_tensor_release(y); return NULL; }
+  if (save_lse) *save_lse = lse;
+  else vtl_tensor_release(lse);
+  return y;
+}
+
+vtl_status vtl_op_attention_backward(vtl_tensor *g, vtl_tensor *q, vtl_tensor *k, vtl_tensor *v, vtl_tensor *out,
+                                     vtl_tensor *lse, double scale, bool causal, vtl_tensor **dq, vtl_tensor **dk,
+                                     vtl_tensor **dv) {
+  static const char op[] = "attention_backward";
+  *dq = *dk = *dv = NULL;
+  if (attention_check(op, q, k, v, g)) return vtl_error_status();
+  if (out->dtype != q->dtype || out->ndim != 3 || memcmp(out->shape, g->shape, sizeof(int64_t) * 3) != 0 ||
+      lse->dtype != lse_dtype(q->dtype) || lse->ndim != 2 || lse->shape[0] != q->shape[0] || lse->shape[1] != q->shape[1])
+    return vtl_error_set(VTL_ERR_ARG, "%s: the saved output or log-sum-exp does not match the inputs", op);
+  if (!attention_native(q)) {
+    bool fail = false;
+    vtl_tensor *f[5] = {up(g, &fail), up(q, &fail), up(k, &fail), up(v, &fail), up(out, &fail)};
+    vtl_status st = fail ? vtl_error_status()
+                         : vtl_op_attention_backward(f[0], f[1], f[2], f[3], f[4], lse, scale, causal, dq, dk, dv);
+    release_all(f, 5);
+    if (st != VTL_OK) return st;
+    vtl_tensor **gs[3] = {dq, dk, dv};
+    for (int i = 0; i < 3; i++) *gs[i] = down(*gs[i], q->dtype);
+    if (*dq && *dk && *dv) return VTL_OK;
+    st = vtl_error_status();
+    for (int i = 0; i < 3; i++) { vtl_tensor_release(*gs[i]); *gs[i] = NULL; }
+    return st;
+  }
+  vtl_tensor *c[6] = {vtl_op_contiguous(g), vtl_op_contiguous(q), vtl_op_contiguous(k), vtl_op_contiguous(v),
+                      vtl_op_contiguous(out), vtl_op_contiguous(lse)};
+  bool ok = true;
+  for (int i = 0; i < 6; i++) ok = ok && c[i];
+  vtl_tensor *gq = ok ? new_like_shape(q->shape, 3, q->dtype, q) : NULL;
+  vtl_tensor *gk = gq ? new_like_shape(k->shape, 3, q->dtype, q) : NULL;
+  vtl_tensor *gv = gk ? new_like_shape(v->shape, 3, q->dtype, q) : NULL;
+  vtl_status st = !gv ? vtl_error_status()
+                      : nn_of(q)->attention_backward(c[0], c[1], c[2], c[3], c[4], c[5], scale, causal, gq, gk, gv);
+  release_all(c, 6);
+  if (st != VTL_OK) {
+    vtl_tensor *gs[3] = {gq, gk, gv};
+    release_all(gs, 3);
+    return st;
+  }
+  *dq = gq;
+  *dk = gk;
+  *dv = gv;
+  return VTL_OK;
+}
+
+/* saved: q, k, v, out, lse; f[0]: scale; i[0]: causal */
+static vtl_status attention_bw(vtl_node *nd, vtl_tensor *gout, vtl_tensor **gin) {
+  vtl_tensor *t[5];
+  for (int i = 0; i < 5; i++) {
+    t[i] = vtl_ag_saved(nd, i);
+    if (!t[i]) return vtl_error_status();
+  }
+  vtl_tensor *d[3];
+  vtl_status st = vtl_op_attention_backward(gout, t[0], t[1], t[2], t[3], t[4], nd->f[0], nd->i[0] != 0, &d[0], &d[1],
+                                            &d[2]);
+  if (st != VTL_OK) return st;
+  for (int i = 0; i < 3; i++) {
+    if (nd->needs[i]) gin[i] = d[i];
+    else vtl_tensor_release(d[i]);
+  }
+  return VTL_OK;
+}
+
+static vtl_tensor *fn_attention(vtl_tensor *q, vtl_tensor *k, vtl_tensor *v, double scale, bool causal) {
+  vtl_tensor *in[3] = {q, k, v}, *lse = NULL;
+  bool needs = vtl_ag_needs(in, 3);
+  vtl_tensor *y = vtl_op_attention(q, k, v, scale, causal, needs ? &lse : NULL);
+  if (!y || !needs) return y;
+  vtl_node *nd = vtl_ag_node("AttentionBackward", attention_bw, in, 3);
+  if (!nd) {
+    vtl_tensor_release(y);
+    vtl_tensor_release(lse);
+    return NULL;
+  }
+  for (int i = 0; i < 3; i++) vtl_ag_save(nd, in[i]);
+  vtl_ag_save(nd, y);
+  vtl_ag_save(nd, lse);
+  vtl_tensor_release(lse);
+  nd->f[0] = scale;
+  nd->i[0] = causal;
+  if (!vtl_ag_attach(y, nd)) { vtl_tensor_release(y); return NULL; }
+  return y;
+}
+
+vtl_tensor *vtl_fn_attention(vtl_tensor *q, vtl_tensor *k, vtl_tensor *v, double scale, bool causal) {
+  vtl_tensor *in[3] = {q, k, v};
+  bool cast = false;
+  for (int i = 0; i < 3; i++) cast = cast || vtl_autocast_casts(in[i]);
+  for (int i = 0; cast && i < 3; i++) cast = in[i]->dtype != VTL_F64 && vtl_dtype_is_float(in[i]->dtype);
+  if (!cast) return fn_attention(q, k, v, scale, causal);
+  vtl_tensor *l[3] = {vtl_autocast_low(q), NULL, NULL};
+  l[1] = l[0] ? vtl_autocast_low(k) : NULL;
+  l[2] = l[1] ? vtl_autocast_low(v) : NULL;
+  vtl_tensor *y = l[2] ? fn_attention(l[0], l[1], l[2], scale, causal) : NULL;
+  release_all(l, 3);
+  return y;
+}
+
 /* the computed gradients to the caller's slots, or all released on failure */
 static vtl_status hand_grads(vtl_status st, vtl_tensor *rx, vtl_tensor *rw, vtl_tensor *rb, vtl_tensor **gx,
                              vtl_tensor **gw, vtl_tensor **gb) {

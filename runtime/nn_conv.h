@@ -105,6 +105,18 @@ vtl_tensor *vtl_op_linear_post(vtl_tensor *x, vtl_tensor *w, vtl_tensor *b, cons
 /* Multi-head self-attention of an inference layer from its packed projection qkv (B,N,3*C),
    C = heads * D: q, k, v per token and head as timm's (B,N,3,heads,D) view; returns (B,N,C) =
    softmax(scale q kᵀ) v per sample and head, heads side by side. CPU, f32 or f64, no autograd. */
+/* Scaled dot-product attention: q (P,L,E), k (P,S,E), v (P,S,Ev) -> (P,L,Ev) =
+   softmax(scale q kᵀ) v over the keys (P = batch * heads); causal: query i sees keys 1..i.
+   save_lse (optional): the (P,L) log-sum-exp of the scaled scores (f32; f64 for f64 data), which
+   the backward pass takes to recompute the probabilities. */
+vtl_tensor *vtl_op_attention(vtl_tensor *q, vtl_tensor *k, vtl_tensor *v, double scale, bool causal,
+                             vtl_tensor **save_lse);
+/* dq, dk, dv from the output gradient g and the forward's out and lse */
+vtl_status vtl_op_attention_backward(vtl_tensor *g, vtl_tensor *q, vtl_tensor *k, vtl_tensor *v, vtl_tensor *out,
+                                     vtl_tensor *lse, double scale, bool causal, vtl_tensor **dq, vtl_tensor **dk,
+                                     vtl_tensor **dv);
+/* with autograd; in an autocast region q, k and v are cast to its dtype, as matmul's operands */
+vtl_tensor *vtl_fn_attention(vtl_tensor *q, vtl_tensor *k, vtl_tensor *v, double scale, bool causal);
 vtl_tensor *vtl_op_attention_qkv(vtl_tensor *qkv, int64_t heads, double scale);
 /* Gradients of conv2d given gy (N,K,OH,OW): gx (shape of x), gw (shape of w), gb (K). */
 vtl_status vtl_op_conv2d_backward(vtl_tensor *gy, vtl_tensor *x, vtl_tensor *w, const vtl_conv2d_params *p,
@@ -156,6 +168,17 @@ vtl_status vtl_cpu_conv2d_forward_post(const vtl_conv2d_shape *s, const void *x,
 vtl_status vtl_cpu_linear_forward_post(vtl_dtype dt, int64_t M, int64_t K, int64_t N, const void *x, const void *w,
                                        const void *b, void *y, bool add, const vtl_conv2d_post *post,
                                        vtl_storage *wstorage, bool w_f32);
+/* scaled dot-product attention over P (sample, head) pairs, all contiguous: q (P,L,E), k (P,S,E),
+   v (P,S,Ev), out (P,L,Ev) = softmax(scale q kᵀ) v, lse (P,L) or NULL: the log-sum-exp of each
+   row of scaled scores; causal: query i sees keys 1..i. f32 and f64. */
+vtl_status vtl_cpu_attention_forward(vtl_dtype dt, int64_t P, int64_t L, int64_t S, int64_t E, int64_t Ev,
+                                     double scale, bool causal, const void *q, const void *k, const void *v, void *out,
+                                     void *lse);
+/* dq, dk, dv (shapes of q, k, v; overwritten) from g (P,L,Ev) and the forward's out and lse; the
+   scores are recomputed */
+vtl_status vtl_cpu_attention_backward(vtl_dtype dt, int64_t P, int64_t L, int64_t S, int64_t E, int64_t Ev,
+                                      double scale, bool causal, const void *g, const void *q, const void *k,
+                                      const void *v, const void *out, const void *lse, void *dq, void *dk, void *dv);
 /* out (B,N,H,D) from qkv (B,N,3,H,D), both contiguous (vtl_op_attention_qkv) */
 vtl_status vtl_cpu_attention_qkv(vtl_dtype dt, int64_t B, int64_t N, int64_t H, int64_t D, double scale,
                                  const void *qkv, void *out);

@@ -192,6 +192,9 @@ vtl_status vtl_cpu_group_norm_backward(vtl_dtype dt, const void *g, const void *
                                        const double *mean, const double *rstd, void *dx, void *gw,
                                        void *gb);
 
+/* softmax of `rows` contiguous rows of R elements, serially (for kernels that run inside a
+   parallel region); lse (rows, of dt, or NULL): each row's log-sum-exp */
+void vtl_cpu_softmax_rows(vtl_dtype dt, const void *x, void *y, int64_t rows, int64_t R, void *lse);
 /* x, y: (A, R, B), normalised along R */
 void vtl_cpu_softmax_forward(vtl_dtype dt, const void *x, void *y, int64_t A, int64_t R, int64_t B,
                              bool logsm);

@@ -888,6 +888,80 @@ gpu_test("softmax and log_softmax: last and inner dims, forward and backward", f
   end
 end)
 
+gpu_test("attention op: f32/f64, causal, L ~= S, E ~= Ev, forward and the recomputed backward against the CPU", function()
+  vtl.seed(21)
+  local A = require("vtl.core").nn.attention
+  for _, dt in ipairs({"f32", "f64"}) do
+    local tol = dt == "f32" and 2e-5 or 1e-12
+    for _, c in ipairs({{4, 9, 13, 8, 5, false}, {4, 9, 13, 8, 5, true}, {6, 197, 197, 64, 64, false},
+                        {3, 70, 40, 16, 16, true}, {2, 1, 1, 4, 4, false}}) do
+      local P, L, S, E, Ev, causal = table.unpack(c)
+      local q, k, v = vtl.randn(P, L, E):to(dt), vtl.randn(P, S, E):to(dt), vtl.randn(P, S, Ev):to(dt)
+      check_nn(("attention %s %s"):format(dt, table.concat(c, ",", 1, 5) .. (causal and " causal" or "")),
+        function(qq, kk, vv) return A(qq, kk, vv, 1 / math.sqrt(E), causal) end, {q, k, v}, {true, true, true}, tol)
+    end
+  end
+  -- many pairs: several chunks of the bounded score workspace
+  local q, k, v = vtl.randn(3000, 128, 16), vtl.randn(3000, 256, 16), vtl.randn(3000, 256, 16)
+  check_nn("attention in chunks", function(qq, kk, vv) return A(qq, kk, vv, 0.25, true) end, {q, k, v}, {true, true, true}, 2e-5)
+end)
+
+gpu_test("attention op: f16 and bf16 on tensor cores against the CPU's f32 computation on the same inputs", function()
+  vtl.seed(22)
+  for _, dt in ipairs({"bf16", "f16"}) do
+    local tol = dt == "bf16" and 3e-2 or 5e-3
+    for _, causal in ipairs({false, true}) do
+      local q, k, v = vtl.randn(12, 197, 64):to(dt), vtl.randn(12, 197, 64):to(dt), vtl.randn(12, 197, 64):to(dt)
+      local qs, ks, vs = q:float():requires_grad_(), k:float():requires_grad_(), v:float():requires_grad_()
+      local ref = require("vtl.core").nn.attention(qs, ks, vs, 0.125, causal)
+      local qg, kg, vg = q:cuda():requires_grad_(), k:cuda():requires_grad_(), v:cuda():requires_grad_()
+      local y = require("vtl.core").nn.attention(qg, kg, vg, 0.125, causal)
+      T.eq(y.dtype, dt)
+      local g = vtl.randn(12, 197, 64):to(dt)
+      ref:backward(g:float())
+      y:backward(g:cuda())
+      local function rel(a, b) return (a:cpu():double() - b:double()):abs():max():item() / b:abs():max():item() end
+      T.truthy(rel(y, ref) < tol, ("%s output: %.3g"):format(dt, rel(y, ref)))
+      for i, pair in ipairs({{qg, qs}, {kg, ks}, {vg, vs}}) do
+        T.eq(pair[1].grad.dtype, dt)
+        local e = rel(pair[1].grad, pair[2].grad)
+        T.truthy(e < 4 * tol, ("%s grad %d: %.3g"):format(dt, i, e))
+      end
+    end
+  end
+end)
+
+gpu_test("attention on cuda: ViT-S/16 blocks train as on the CPU; the backward keeps no probabilities", function()
+  vtl.seed(23)
+  local m = vtl.models.create("vit_tiny_patch16_224", {img_size = 64, num_classes = 5})
+  local x, y = vtl.randn(4, 3, 64, 64), vtl.tensor({1, 2, 3, 4})
+  local g = vtl.models.create("vit_tiny_patch16_224", {img_size = 64, num_classes = 5})
+  g:load_state_dict(m:state_dict())
+  g:to("cuda")
+  local F = vtl.nn.functional
+  local lc = F.cross_entropy(m(x), y)
+  local lg = F.cross_entropy(g(x:cuda()), y:cuda())
+  lc:backward()
+  lg:backward()
+  T.truthy(math.abs(lg:item() - lc:item()) <= 1e-4 * math.abs(lc:item()), ("loss %.7g vs %.7g"):format(lg:item(), lc:item()))
+  local e = (g.blocks[1].attn.qkv.weight.grad:cpu() - m.blocks[1].attn.qkv.weight.grad):abs():max():item() /
+    m.blocks[1].attn.qkv.weight.grad:abs():max():item()
+  T.truthy(e < 1e-3, ("qkv weight gradient: %.3g"):format(e))
+  -- 64 pairs of 1024 x 1024 probabilities would be 256 MiB
+  local q, k, v = vtl.randn(64, 1024, 32):cuda():requires_grad_(), vtl.randn(64, 1024, 32):cuda():requires_grad_(),
+    vtl.randn(64, 1024, 32):cuda():requires_grad_()
+  vtl.cuda.synchronize()
+  collectgarbage()
+  local before = vtl.cuda.memory_stats().allocated
+  local out = F.scaled_dot_product_attention(q, k, v)
+  vtl.cuda.synchronize()
+  collectgarbage()
+  local kept = vtl.cuda.memory_stats().allocated - before
+  T.truthy(kept < 32 * 2 ^ 20, ("%.1f MiB kept after the forward pass"):format(kept / 2 ^ 20))
+  out:sum():backward()
+  T.eq(q.grad.device, "cuda:0")
+end)
+
 gpu_test("cross entropy: weights, ignore_index, label smoothing, soft targets, spatial, every reduction", function()
   for _, dt in ipairs({"f32", "f64"}) do
     local x = (vtl.randn(17, 10) * 3):to(dt)

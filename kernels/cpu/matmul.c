@@ -1,4 +1,5 @@
 /* CPU matmul: batched GEMM through OpenBLAS (f32, f64), a plain loop for integers. */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <omp.h>
@@ -9,6 +10,7 @@
 #include "nn_norm.h"
 #include "backend.h"
 #include "gemm.h"
+#include "nn_conv.h"
 
 static int blas_layout(int64_t rows, int64_t cols, int64_t sr, int64_t sc, CBLAS_TRANSPOSE *tr, int64_t *ld) {
   int t;
@@ -106,41 +108,177 @@ vtl_status vtl_cpu_matmul(vtl_tensor *out, const vtl_tensor *a, const vtl_tensor
   return VTL_OK;
 }
 
+/* ---- scaled dot-product attention ----
+   Each (sample, head) pair runs on one thread with BLAS single-threaded inside the parallel
+   region, its L x S scores in per-thread buffers; q, k, v, out and the gradients are read and
+   written in place through their row strides. */
+
+typedef struct {
+  vtl_dtype dt;
+  int64_t L, S, E, Ev;
+  double scale;
+  bool causal;
+  int64_t ldq, ldk, ldv, ldo; /* row strides of q, k, v and out (and of their gradients) */
+} attn_t;
+
+/* row-major C (M x N, row stride ldc) = alpha op(A) op(B): oneDNN's sgemm for f32 (OpenBLAS if
+   it refuses), OpenBLAS's dgemm for f64 */
+static void gemm_rm(vtl_dtype dt, char ta, char tb, int64_t M, int64_t N, int64_t K, double alpha, const void *A,
+                    int64_t lda, const void *B, int64_t ldb, void *C, int64_t ldc) {
+  CBLAS_TRANSPOSE cta = ta == 'T' ? CblasTrans : CblasNoTrans, ctb = tb == 'T' ? CblasTrans : CblasNoTrans;
+  if (dt == VTL_F32) {
+    if (dnnl_sgemm(ta, tb, M, N, K, (float)alpha, A, lda, B, ldb, 0.0f, C, ldc) != dnnl_success)
+      cblas_sgemm(CblasRowMajor, cta, ctb, (int)M, (int)N, (int)K, (float)alpha, A, (int)lda, B, (int)ldb, 0.0f, C,
+                  (int)ldc);
+    return;
+  }
+  cblas_dgemm(CblasRowMajor, cta, ctb, (int)M, (int)N, (int)K, alpha, A, (int)lda, B, (int)ldb, 0.0, C, (int)ldc);
+}
+
+/* s (L x S) = scale q kᵀ, the keys after each query's position at -inf when causal */
+#define ATTN_SCORES(T)                                                                  \
+  do {                                                                                  \
+    gemm_rm(a->dt, 'N', 'T', a->L, a->S, a->E, a->scale, q, a->ldq, k, a->ldk, s, a->S); \
+    if (a->causal)                                                                      \
+      for (int64_t i = 0; i < a->L; i++)                                                \
+        for (int64_t j = i + 1; j < a->S; j++) ((T *)s)[i * a->S + j] = (T)-INFINITY;   \
+  } while (0)
+
+/* out = softmax(s) v; lse (L) or NULL: the rows' log-sum-exp */
+static void attn_pair_forward(const attn_t *a, const void *q, const void *k, const void *v, void *out, void *lse,
+                              void *s) {
+  if (a->dt == VTL_F32) ATTN_SCORES(float);
+  else ATTN_SCORES(double);
+  vtl_cpu_softmax_rows(a->dt, s, s, a->L, a->S, lse);
+  gemm_rm(a->dt, 'N', 'N', a->L, a->Ev, a->S, 1.0, s, a->S, v, a->ldv, out, a->ldo);
+}
+
+/* p = exp(s - lse) from the scores (0 where masked); then dp = p ∘ (g vᵀ - rowsum(g ∘ out)) */
+#define ATTN_PROBS(T, EXPF)                                                             \
+  for (int64_t i = 0; i < a->L; i++) {                                                  \
+    T *pr = (T *)p + i * a->S, l = ((const T *)lse)[i];                                 \
+    _Pragma("omp simd")                                                                 \
+    for (int64_t j = 0; j < a->S; j++) pr[j] = EXPF(pr[j] - l);                         \
+  }
+#define ATTN_DSCORES(T)                                                                 \
+  for (int64_t i = 0; i < a->L; i++) {                                                  \
+    const T *gr = (const T *)g + i * a->ldo, *orow = (const T *)out + i * a->ldo;       \
+    double d = 0;                                                                       \
+    for (int64_t e = 0; e < a->Ev; e++) d += (double)gr[e] * orow[e];                   \
+    T dd = (T)d, *pr = (T *)p + i * a->S, *dr = (T *)dp + i * a->S;                     \
+    _Pragma("omp simd")                                                                 \
+    for (int64_t j = 0; j < a->S; j++) dr[j] = pr[j] * (dr[j] - dd);                    \
+  }
+
+/* gradients of one pair: dq (L x E, stride ldq), dk (S x E, ldk), dv (S x Ev, ldv); p and dp are
+   L x S buffers */
+static void attn_pair_backward(const attn_t *a, const void *g, const void *q, const void *k, const void *v,
+                               const void *out, const void *lse, void *dq, void *dk, void *dv, void *p, void *dp) {
+  void *s = p;
+  if (a->dt == VTL_F32) {
+    ATTN_SCORES(float);
+    ATTN_PROBS(float, vtl_cpu_expf)
+  } else {
+    ATTN_SCORES(double);
+    ATTN_PROBS(double, exp)
+  }
+  gemm_rm(a->dt, 'T', 'N', a->S, a->Ev, a->L, 1.0, p, a->S, g, a->ldo, dv, a->ldv);
+  gemm_rm(a->dt, 'N', 'T', a->L, a->S, a->Ev, 1.0, g, a->ldo, v, a->ldv, dp, a->S);
+  if (a->dt == VTL_F32) { ATTN_DSCORES(float) } else { ATTN_DSCORES(double) }
+  gemm_rm(a->dt, 'N', 'N', a->L, a->E, a->S, a->scale, dp, a->S, k, a->ldk, dq, a->ldq);
+  gemm_rm(a->dt, 'T', 'N', a->S, a->E, a->L, a->scale, dp, a->S, q, a->ldq, dk, a->ldk);
+}
+
+/* per-thread score buffers for `pairs` pairs: nbuf buffers of L x S each per thread */
+static char *attn_buffers(const attn_t *a, int64_t pairs, int nbuf, int *nt, size_t *bytes) {
+  *nt = omp_in_parallel() ? 1 : omp_get_max_threads();
+  if (*nt > pairs) *nt = (int)pairs;
+  *bytes = (size_t)(a->L * a->S) * vtl_dtype_size(a->dt);
+  char *buf = malloc((size_t)*nt * (size_t)nbuf * *bytes);
+  if (!buf)
+    vtl_error_set(VTL_ERR_OOM, "attention: out of memory for %lld x %lld scores", (long long)a->L, (long long)a->S);
+  return buf;
+}
+
+static vtl_status attn_check_dtype(vtl_dtype dt) {
+  if (dt == VTL_F32 || dt == VTL_F64) return VTL_OK;
+  return vtl_error_set(VTL_ERR_ARG, "attention: kernel supports f32 and f64, got %s", vtl_dtype_name(dt));
+}
+
+vtl_status vtl_cpu_attention_forward(vtl_dtype dt, int64_t P, int64_t L, int64_t S, int64_t E, int64_t Ev,
+                                     double scale, bool causal, const void *q, const void *k, const void *v, void *out,
+                                     void *lse) {
+  if (attn_check_dtype(dt)) return vtl_error_status();
+  if (P == 0 || L == 0) return VTL_OK;
+  size_t es = vtl_dtype_size(dt);
+  if (S == 0) { /* softmax over no keys: NaN rows, as the composed form gives */
+    for (int64_t i = 0; i < P * L * Ev; i++) vtl_store_from_double((char *)out + i * es, dt, NAN);
+    for (int64_t i = 0; lse && i < P * L; i++) vtl_store_from_double((char *)lse + i * es, dt, -INFINITY);
+    return VTL_OK;
+  }
+  attn_t a = {dt, L, S, E, Ev, scale, causal, E, E, Ev, Ev};
+  int nt;
+  size_t sb;
+  char *buf = attn_buffers(&a, P, 1, &nt, &sb);
+  if (!buf) return vtl_error_status();
+  VTL_FOR_THREADS(nt, i, P, {
+    attn_pair_forward(&a, (const char *)q + i * L * E * es, (const char *)k + i * S * E * es,
+                      (const char *)v + i * S * Ev * es, (char *)out + i * L * Ev * es,
+                      lse ? (char *)lse + i * L * es : NULL, buf + (size_t)omp_get_thread_num() * sb);
+  });
+  free(buf);
+  return VTL_OK;
+}
+
+vtl_status vtl_cpu_attention_backward(vtl_dtype dt, int64_t P, int64_t L, int64_t S, int64_t E, int64_t Ev,
+                                      double scale, bool causal, const void *g, const void *q, const void *k,
+                                      const void *v, const void *out, const void *lse, void *dq, void *dk, void *dv) {
+  if (attn_check_dtype(dt)) return vtl_error_status();
+  size_t es = vtl_dtype_size(dt);
+  if (P == 0) return VTL_OK;
+  if (L == 0 || S == 0) { /* no products: the gradients are zero */
+    memset(dq, 0, (size_t)(P * L * E) * es);
+    memset(dk, 0, (size_t)(P * S * E) * es);
+    memset(dv, 0, (size_t)(P * S * Ev) * es);
+    return VTL_OK;
+  }
+  attn_t a = {dt, L, S, E, Ev, scale, causal, E, E, Ev, Ev};
+  int nt;
+  size_t sb;
+  char *buf = attn_buffers(&a, P, 2, &nt, &sb);
+  if (!buf) return vtl_error_status();
+  VTL_FOR_THREADS(nt, i, P, {
+    char *p = buf + (size_t)omp_get_thread_num() * 2 * sb;
+    attn_pair_backward(&a, (const char *)g + i * L * Ev * es, (const char *)q + i * L * E * es,
+                       (const char *)k + i * S * E * es, (const char *)v + i * S * Ev * es,
+                       (const char *)out + i * L * Ev * es, (const char *)lse + i * L * es,
+                       (char *)dq + i * L * E * es, (char *)dk + i * S * E * es, (char *)dv + i * S * Ev * es, p,
+                       p + sb);
+  });
+  free(buf);
+  return VTL_OK;
+}
+
 /* Multi-head self-attention of an inference layer, from the packed projection: qkv (B,N,3,H,D)
    contiguous (q, k, v for each token and head), out (B,N,H,D) = softmax(scale q kᵀ) v per
-   (sample, head). One (sample, head) per thread at a time, its N x N scores in a per-thread
-   buffer; the products read q, k, v and write out in place through their row strides. */
+   (sample, head), each pair reading its q, k, v in place through the packed row stride. */
 vtl_status vtl_cpu_attention_qkv(vtl_dtype dt, int64_t B, int64_t N, int64_t H, int64_t D, double scale,
                                  const void *qkv, void *out) {
-  if (dt != VTL_F32 && dt != VTL_F64)
-    return vtl_error_set(VTL_ERR_ARG, "attention: kernel supports f32 and f64, got %s", vtl_dtype_name(dt));
+  if (attn_check_dtype(dt)) return vtl_error_status();
   int64_t pairs = B * H, ld = 3 * H * D;
   if (pairs == 0 || N == 0) return VTL_OK;
   size_t es = vtl_dtype_size(dt);
-  int nt = omp_in_parallel() ? 1 : omp_get_max_threads();
-  if (nt > pairs) nt = (int)pairs;
-  size_t sb = (size_t)(N * N) * es;
-  char *scores = malloc((size_t)nt * sb);
-  if (!scores) return vtl_error_set(VTL_ERR_OOM, "attention: out of memory for %lld x %lld scores", (long long)N, (long long)N);
+  attn_t a = {dt, N, N, D, D, scale, false, ld, ld, ld, H * D};
+  int nt;
+  size_t sb;
+  char *buf = attn_buffers(&a, pairs, 1, &nt, &sb);
+  if (!buf) return vtl_error_status();
   VTL_FOR_THREADS(nt, p, pairs, {
     int64_t b = p / H, h = p % H;
-    char *S = scores + (size_t)omp_get_thread_num() * sb;
-    if (dt == VTL_F32) {
-      const float *q = (const float *)qkv + b * N * ld + h * D, *k = q + H * D, *v = q + 2 * H * D;
-      float *o = (float *)out + b * N * H * D + h * D, *s = (float *)S;
-      dnnl_sgemm('N', 'T', N, N, D, (float)scale, q, ld, k, ld, 0.0f, s, N);
-      vtl_cpu_softmax_forward(dt, s, s, N, N, 1, false);
-      dnnl_sgemm('N', 'N', N, D, N, 1.0f, s, N, v, ld, 0.0f, o, H * D);
-    } else {
-      const double *q = (const double *)qkv + b * N * ld + h * D, *k = q + H * D, *v = q + 2 * H * D;
-      double *o = (double *)out + b * N * H * D + h * D, *s = (double *)S;
-      cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)N, (int)N, (int)D, scale, q, (int)ld, k, (int)ld, 0.0,
-                  s, (int)N);
-      vtl_cpu_softmax_forward(dt, s, s, N, N, 1, false);
-      cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)N, (int)D, (int)N, 1.0, s, (int)N, v, (int)ld, 0.0, o,
-                  (int)(H * D));
-    }
+    const char *q = (const char *)qkv + (b * N * ld + h * D) * (int64_t)es;
+    attn_pair_forward(&a, q, q + H * D * es, q + 2 * H * D * es, (char *)out + (b * N * H * D + h * D) * (int64_t)es,
+                      NULL, buf + (size_t)omp_get_thread_num() * sb);
   });
-  free(scores);
+  free(buf);
   return VTL_OK;
 }

@@ -116,6 +116,20 @@ static vtl_status layer_norm_backward(const vtl_tensor *g, const vtl_tensor *x, 
                                      dat(gb));
 }
 
+static vtl_status attention_forward(const vtl_tensor *q, const vtl_tensor *k, const vtl_tensor *v, double scale,
+                                    bool causal, vtl_tensor *out, vtl_tensor *lse) {
+  return vtl_cpu_attention_forward(q->dtype, q->shape[0], q->shape[1], k->shape[1], q->shape[2], v->shape[2], scale,
+                                   causal, dat(q), dat(k), dat(v), dat(out), dat(lse));
+}
+
+static vtl_status attention_backward(const vtl_tensor *g, const vtl_tensor *q, const vtl_tensor *k, const vtl_tensor *v,
+                                     const vtl_tensor *out, const vtl_tensor *lse, double scale, bool causal,
+                                     vtl_tensor *dq, vtl_tensor *dk, vtl_tensor *dv) {
+  return vtl_cpu_attention_backward(q->dtype, q->shape[0], q->shape[1], k->shape[1], q->shape[2], v->shape[2], scale,
+                                    causal, dat(g), dat(q), dat(k), dat(v), dat(out), dat(lse), dat(dq), dat(dk),
+                                    dat(dv));
+}
+
 static vtl_status activation_forward(vtl_activation act, const vtl_tensor *x, vtl_tensor *y, const double *params) {
   vtl_cpu_activation_forward(x->dtype, act, dat(x), dat(y), vtl_tensor_numel(x), params);
   return VTL_OK;
@@ -200,6 +214,8 @@ const vtl_nn_backend vtl_cpu_nn_backend = {
   .activation_backward = activation_backward,
   .softmax_forward = softmax_forward,
   .softmax_backward = softmax_backward,
+  .attention_forward = attention_forward,
+  .attention_backward = attention_backward,
   .cross_entropy_forward = cross_entropy_forward,
   .cross_entropy_backward = cross_entropy_backward,
   .dropout_forward = dropout_forward,

@@ -704,8 +704,8 @@ vtl_status vtl_cpu_group_norm_backward(vtl_dtype dt, const void *g, const void *
     if (logsm) {                                                                       \
       _Pragma("omp simd reduction(+ : s)")                                            \
       for (int64_t r = 0; r < R; r++) s += EXP(xr[r] - m);                             \
-      T lse = (T)(m + log(s));                                                         \
-      for (int64_t r = 0; r < R; r++) yr[r] = xr[r] - lse;                             \
+      T lz = (T)(m + log(s));                                                          \
+      for (int64_t r = 0; r < R; r++) yr[r] = xr[r] - lz;                              \
     } else {                                                                           \
       _Pragma("omp simd reduction(+ : s)")                                            \
       for (int64_t r = 0; r < R; r++) {                                                \
@@ -715,6 +715,7 @@ vtl_status vtl_cpu_group_norm_backward(vtl_dtype dt, const void *g, const void *
       }                                                                                \
       T inv = (T)(1.0 / s);                                                            \
       for (int64_t r = 0; r < R; r++) yr[r] *= inv;                                    \
+      if (lse) ((T *)lse)[a] = (T)(m + log(s));                                        \
     }                                                                                  \
   }
 
@@ -751,11 +752,18 @@ vtl_status vtl_cpu_group_norm_backward(vtl_dtype dt, const void *g, const void *
 static void sm_forward(vtl_dtype dt, const void *x, void *y, int64_t R, int64_t B, bool logsm, int64_t lo,
                        int64_t hi) {
   int64_t nb = (B + SM_BLOCK - 1) / SM_BLOCK;
+  void *lse = NULL;
   if (B == 1) {
     if (dt == VTL_F32) { SM_ROWS(float) } else { SM_ROWS(double) }
   } else {
     if (dt == VTL_F32) { SM_BLOCKS(float) } else { SM_BLOCKS(double) }
   }
+}
+
+void vtl_cpu_softmax_rows(vtl_dtype dt, const void *x, void *y, int64_t rows, int64_t R, void *lse) {
+  const bool logsm = false;
+  const int64_t lo = 0, hi = rows;
+  if (dt == VTL_F32) { SM_ROWS(float) } else { SM_ROWS(double) }
 }
 
 void vtl_cpu_softmax_forward(vtl_dtype dt, const void *x, void *y, int64_t A, int64_t R, int64_t B, bool logsm) {

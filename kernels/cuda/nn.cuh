@@ -34,6 +34,11 @@ vtl_status vtl_cu_layer_norm_backward(const vtl_tensor *g, const vtl_tensor *x, 
 vtl_status vtl_cu_softmax_forward(const vtl_tensor *x, vtl_tensor *y, int64_t A, int64_t R, int64_t B, bool logsm);
 vtl_status vtl_cu_softmax_backward(const vtl_tensor *g, const vtl_tensor *y, vtl_tensor *dx, int64_t A, int64_t R,
                                    int64_t B, bool logsm);
+vtl_status vtl_cu_attention_forward(const vtl_tensor *q, const vtl_tensor *k, const vtl_tensor *v, double scale,
+                                    bool causal, vtl_tensor *out, vtl_tensor *lse);
+vtl_status vtl_cu_attention_backward(const vtl_tensor *g, const vtl_tensor *q, const vtl_tensor *k,
+                                     const vtl_tensor *v, const vtl_tensor *out, const vtl_tensor *lse, double scale,
+                                     bool causal, vtl_tensor *dq, vtl_tensor *dk, vtl_tensor *dv);
 vtl_status vtl_cu_cross_entropy_forward(const vtl_tensor *x, int64_t N, int64_t C, int64_t S,
                                         const vtl_tensor *target, const vtl_tensor *prob, const vtl_tensor *w,
                                         int64_t ignore_index, double smoothing, vtl_reduction red, vtl_tensor *out);

@@ -74,11 +74,9 @@ function Attention:forward(x, add)
   end
   local qkv = self.qkv(x):reshape(B, N, 3, H, D):permute(3, 1, 4, 2, 5) -- (3, B, H, N, D)
   local q, k, v = qkv:select(1, 1), qkv:select(1, 2), qkv:select(1, 3)
-  local attn = (q * self.scale):matmul(k:transpose(-2, -1))
-  attn = F.softmax(attn, -1)
-  if self.attn_drop_rate > 0 then attn = F.dropout(attn, {p = self.attn_drop_rate, training = self.training}) end
-  local out = attn:matmul(v):transpose(2, 3):reshape(B, N, C)
-  return self.proj(out, add)
+  local drop = self.training and self.attn_drop_rate or 0
+  local out = F.scaled_dot_product_attention(q, k, v, {scale = self.scale, dropout_p = drop})
+  return self.proj(out:transpose(2, 3):reshape(B, N, C), add)
 end
 
 -- the two attention matmuls (q kᵀ and attn v), as fvcore counts them

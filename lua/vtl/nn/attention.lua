@@ -78,6 +78,14 @@ local function apply_mask(scores, mask, fn_self, what)
   return scores + mask
 end
 
+-- the output projection of the heads' outputs (N, L, E), in the caller's layout
+function MHA:_output(out, batched)
+  out = self.out_proj(out)
+  if not self.batch_first or not batched then out = out:transpose(1, 2) end
+  if not batched then out = out:squeeze(2) end
+  return out
+end
+
 ---Attention of query over key/value. Shapes (L, N, E) / (S, N, E), or (N, L, E) with
 ---batch_first, or unbatched (L, E). opts: key_padding_mask (N, S), attn_mask (L, S) or
 ---(N*num_heads, L, S), need_weights (default true), average_attn_weights (default true),
@@ -107,8 +115,15 @@ function MHA:forward(query, key, value, opts)
   local q = heads(F.linear(query, wq, bq), H, Dh)
   local k = heads(F.linear(key, wk, bk), H, Dh)
   local v = heads(F.linear(value, wv, bv), H, Dh)
-  local scores = (q * (1 / math.sqrt(Dh))):matmul(k:transpose(-2, -1)) -- (N, H, L, S)
   local attn_mask = opt(opts, "attn_mask", nil)
+  local kpm = opt(opts, "key_padding_mask", nil)
+  local p = self.training and self.dropout or 0
+  if not opt(opts, "need_weights", true) and not attn_mask and not kpm and p == 0 then
+    -- no weights to return and nothing to mask but the causal pattern: the attention op
+    local out = F.scaled_dot_product_attention(q, k, v, {is_causal = opt(opts, "is_causal", false)})
+    return self:_output(out:permute(1, 3, 2, 4):reshape(N, L, self.embed_dim), batched), nil
+  end
+  local scores = (q * (1 / math.sqrt(Dh))):matmul(k:transpose(-2, -1)) -- (N, H, L, S)
   if opt(opts, "is_causal", false) and not attn_mask then
     attn_mask = core.arange(S):view(1, S):gt(core.arange(L):view(L, 1))
   end
@@ -116,7 +131,6 @@ function MHA:forward(query, key, value, opts)
     if attn_mask.ndim == 3 then attn_mask = attn_mask:reshape(N, H, L, S) end
     scores = apply_mask(scores, attn_mask, self, "attn_mask")
   end
-  local kpm = opt(opts, "key_padding_mask", nil)
   if kpm then
     if not batched then kpm = kpm:unsqueeze(1) end
     if kpm.shape[1] ~= N or kpm.shape[2] ~= S then
@@ -125,11 +139,8 @@ function MHA:forward(query, key, value, opts)
     scores = apply_mask(scores, kpm:view(N, 1, 1, S), self, "key_padding_mask")
   end
   local attn = F.softmax(scores, -1)
-  if self.training and self.dropout > 0 then attn = F.dropout(attn, {p = self.dropout, training = true}) end
-  local out = attn:matmul(v):permute(1, 3, 2, 4):reshape(N, L, self.embed_dim)
-  out = self.out_proj(out)
-  if not self.batch_first or not batched then out = out:transpose(1, 2) end
-  if not batched then out = out:squeeze(2) end
+  if p > 0 then attn = F.dropout(attn, {p = p, training = true}) end
+  local out = self:_output(attn:matmul(v):permute(1, 3, 2, 4):reshape(N, L, self.embed_dim), batched)
   local weights
   if opt(opts, "need_weights", true) then
     weights = opt(opts, "average_attn_weights", true) and attn:mean(2) or attn

@@ -256,6 +256,23 @@ function F.interpolate(x, opts)
   error("interpolate: mode must be 'nearest', 'nearest-exact', 'linear' or 'bilinear', got '" .. tostring(mode) .. "'", 2)
 end
 
+-- the C attention op (one kernel call forward, the scores recomputed in the backward pass) over
+-- q (*, L, E), k (*, S, E), v (*, S, Ev) whose leading dims are equal: nil where it does not apply
+local FLOAT = {f32 = true, f64 = true, f16 = true, bf16 = true}
+local fused_attention = cnn.attention and function(q, k, v, scale, causal)
+  local n = q.ndim
+  if n < 2 or k.ndim ~= n or v.ndim ~= n or not FLOAT[q.dtype] or q:numel() == 0 or k:numel() == 0 then return nil end
+  for d = 1, n - 2 do
+    if k.shape[d] ~= q.shape[d] or v.shape[d] ~= q.shape[d] then return nil end
+  end
+  local lead = {}
+  for d = 1, n - 2 do lead[d] = q.shape[d] end
+  local function flat(t) return t:reshape(-1, t.shape[n - 1], t.shape[n]) end
+  local y = cnn.attention(flat(q), flat(k), flat(v), scale, causal)
+  lead[n - 1], lead[n] = y.shape[2], y.shape[3]
+  return y:view(lead)
+end
+
 ---softmax(q kᵀ · scale + mask) v over the last two dims. attn_mask: boolean (true = attend)
 ---or additive float; is_causal: query i attends to keys 1..i.
 ---@param q vtl.Tensor (*, L, E)
@@ -267,6 +284,10 @@ function F.scaled_dot_product_attention(q, k, v, opts)
   local E = q.shape[q.ndim]
   local L, S = q.shape[q.ndim - 1], k.shape[k.ndim - 1]
   local scale = opt(opts, "scale", 1 / math.sqrt(E))
+  if fused_attention and opt(opts, "attn_mask", nil) == nil and opt(opts, "dropout_p", 0) == 0 then
+    local y = fused_attention(q, k, v, scale, opt(opts, "is_causal", false))
+    if y then return y end
+  end
   local attn = q:matmul(k:transpose(-2, -1)) * scale
   if opt(opts, "is_causal", false) then
     local rows = core.arange(L):view(L, 1)
