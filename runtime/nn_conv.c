@@ -366,12 +366,13 @@ static vtl_status linear_check(vtl_tensor *x, vtl_tensor *w, vtl_tensor *b, cons
 }
 
 /* x wᵀ + b from differentiable or plain ops */
-static vtl_tensor *linear_compose(vtl_tensor *x, vtl_tensor *w, vtl_tensor *b, bool differentiable) {
-  vtl_tensor *wt = differentiable ? vtl_fn_transpose(w, 0, 1) : vtl_op_transpose(w, 0, 1);
-  vtl_tensor *y = wt ? (differentiable ? vtl_fn_matmul(x, wt) : vtl_op_matmul(x, wt)) : NULL;
+/* x wᵀ + b by tensor ops, for a device without a linear kernel */
+static vtl_tensor *linear_compose(vtl_tensor *x, vtl_tensor *w, vtl_tensor *b) {
+  vtl_tensor *wt = vtl_op_transpose(w, 0, 1);
+  vtl_tensor *y = wt ? vtl_op_matmul(x, wt) : NULL;
   vtl_tensor_release(wt);
   if (y && b) {
-    vtl_tensor *t = differentiable ? vtl_fn_binary(VTL_BIN_ADD, y, b) : vtl_op_binary(VTL_BIN_ADD, y, b);
+    vtl_tensor *t = vtl_op_binary(VTL_BIN_ADD, y, b);
     vtl_tensor_release(y);
     y = t;
   }
@@ -383,7 +384,7 @@ static vtl_tensor *linear_post_run(vtl_tensor *x, vtl_tensor *w, vtl_tensor *b, 
   int64_t shape[VTL_MAX_DIMS];
   if (linear_check(x, w, b, post, shape, mixed)) return NULL;
   const vtl_nn_backend *nn = nn_of(x);
-  if (!nn->linear_forward_post) return post_compose(linear_compose(x, w, b, false), post, false);
+  if (!nn->linear_forward_post) return post_compose(linear_compose(x, w, b), post, false);
   int64_t K = w->shape[1], N = w->shape[0], M = K ? vtl_tensor_numel(x) / K : 0;
   if (!K) {
     M = 1;
@@ -464,12 +465,68 @@ vtl_tensor *vtl_fn_linear_post(vtl_tensor *x, vtl_tensor *w, vtl_tensor *b, cons
   return fn_linear_post(x, w, b, post);
 }
 
+/* Linear's gradients from the output gradient g viewed as (M, O) with M the rows of all leading
+   dims: one product each, as 2-D matrices, so the weight gradient comes out (O, K) in the
+   weight's own layout and no per-sample products are summed.
+   saved: x (when w needs a gradient), w (when x does); i[0]: has a bias */
+static vtl_status linear_bw(vtl_node *nd, vtl_tensor *g, vtl_tensor **gin) {
+  vtl_tensor *x = vtl_ag_saved(nd, 0), *w = vtl_ag_saved(nd, 1);
+  if ((!x && nd->saved[0]) || (!w && nd->saved[1])) return vtl_error_status();
+  int64_t O = g->shape[g->ndim - 1], M = 1;
+  for (int d = 0; d < g->ndim - 1; d++) M *= g->shape[d];
+  int64_t g2s[2] = {M, O};
+  vtl_tensor *g2 = vtl_op_reshape(g, g2s, 2);
+  if (!g2) return vtl_error_status();
+  vtl_tensor *r[3] = {NULL, NULL, NULL};
+  bool ok = true;
+  if (nd->needs[0]) { /* gx = g w, back to x's shape */
+    vtl_tensor *m = vtl_op_matmul(g2, w);
+    r[0] = m ? vtl_op_reshape(m, nd->in_shape[0], nd->in_ndim[0]) : NULL;
+    vtl_tensor_release(m);
+    ok = r[0] != NULL;
+  }
+  if (ok && nd->needs[1]) { /* gw = gᵀ x */
+    int64_t K = x->shape[x->ndim - 1], x2s[2] = {M, K};
+    vtl_tensor *x2 = vtl_op_reshape(x, x2s, 2), *gt = x2 ? vtl_op_transpose(g2, 0, 1) : NULL;
+    r[1] = gt ? vtl_op_matmul(gt, x2) : NULL;
+    vtl_tensor_release(x2);
+    vtl_tensor_release(gt);
+    ok = r[1] != NULL;
+  }
+  if (ok && nd->ninputs > 2 && nd->needs[2]) { /* gb = Σ over the rows of g */
+    r[2] = vtl_op_reduce(VTL_RED_SUM, g2, 1u, false, 0, NULL);
+    ok = r[2] != NULL;
+  }
+  vtl_tensor_release(g2);
+  if (!ok) {
+    vtl_status st = vtl_error_status();
+    release_all(r, 3);
+    return st;
+  }
+  for (int i = 0; i < 3; i++) gin[i] = r[i];
+  return VTL_OK;
+}
+
+static vtl_tensor *fn_linear(vtl_tensor *x, vtl_tensor *w, vtl_tensor *b) {
+  vtl_conv2d_post none = {0};
+  vtl_tensor *y = linear_post_run(x, w, b, &none, false);
+  vtl_tensor *in[3] = {x, w, b};
+  int n = b ? 3 : 2;
+  if (!y || !vtl_ag_needs(in, n)) return y;
+  vtl_node *nd = vtl_ag_node("LinearBackward", linear_bw, in, n);
+  if (!nd) { vtl_tensor_release(y); return NULL; }
+  vtl_ag_save(nd, nd->needs[1] ? x : NULL);
+  vtl_ag_save(nd, nd->needs[0] ? w : NULL);
+  if (!vtl_ag_attach(y, nd)) { vtl_tensor_release(y); return NULL; }
+  return y;
+}
+
 static vtl_tensor *fn_linear_post(vtl_tensor *x, vtl_tensor *w, vtl_tensor *b, const vtl_conv2d_post *post) {
   vtl_tensor *in[4] = {x, w, b, post->add};
   if (!vtl_ag_needs(in, 4)) return vtl_op_linear_post(x, w, b, post);
   int64_t shape[VTL_MAX_DIMS];
   if (linear_check(x, w, b, post, shape, false)) return NULL;
-  return post_compose(linear_compose(x, w, b, true), post, true);
+  return post_compose(fn_linear(x, w, b), post, true);
 }
 
 vtl_tensor *vtl_op_attention_qkv(vtl_tensor *qkv, int64_t heads, double scale) {

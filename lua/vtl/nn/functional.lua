@@ -44,7 +44,6 @@ end
 local function shape_str(t) return "{" .. table.concat(t.shape, ",") .. "}" end
 
 local linear_post = cnn.linear
-local autocast_dtype = core.autocast_dtype
 
 ---y = x @ wᵀ + b over the last dim of x (any leading dims). opts (for inference layers): act
 ---(an activation's name), act_params, add (a tensor of the output's shape added before the
@@ -55,8 +54,9 @@ local autocast_dtype = core.autocast_dtype
 ---@param opts table|nil
 ---@return vtl.Tensor (*, out)
 function F.linear(x, w, b, opts)
-  -- in an autocast region the bias is cast with the weights, so the result stays reduced
-  if (opts or autocast_dtype()) and linear_post then return linear_post(x, w, b, opts) end
+  -- the C op: one product forward and one per gradient (any leading dims as rows); in an
+  -- autocast region the bias is cast with the weights, so the result stays reduced
+  if linear_post then return linear_post(x, w, b, opts) end
   if x:dim() == 0 or x:size(-1) ~= w:size(-1) then
     error(("linear: input of shape %s does not match weight of shape %s"):format(shape_str(x), shape_str(w)), 2)
   end
