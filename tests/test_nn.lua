@@ -695,3 +695,36 @@ T.test("vtl.save(path, model:state_dict()) writes the weights (the key list is n
   T.eq(next(meta), nil)
   T.raises(function() vtl.save(path, m:state_dict(), {1, 2}) end, "metadata")
 end)
+
+T.test("linear: any leading dims; gradients equal the matmul composition; the weight gradient is (out, in) contiguous", function()
+  vtl.seed(7)
+  for _, shape in ipairs({{5, 4}, {3, 5, 4}, {2, 3, 5, 4}, {4}, {0, 4}}) do
+    for _, bias in ipairs({true, false}) do
+      local x = vtl.randn(shape, {dtype = "f64"}):requires_grad_()
+      local w = vtl.randn(6, 4, {dtype = "f64"}):requires_grad_()
+      local b = bias and vtl.randn(6, {dtype = "f64"}):requires_grad_() or nil
+      local x2, w2 = x:detach():clone():requires_grad_(), w:detach():clone():requires_grad_()
+      local b2 = b and b:detach():clone():requires_grad_()
+      local y = F.linear(x, w, b)
+      local r = x2:matmul(w2:t())
+      if b2 then r = r + b2 end
+      local what = ("shape {%s}%s"):format(table.concat(shape, ","), bias and " with bias" or "")
+      T.eq(table.concat(y.shape, ","), table.concat(r.shape, ","), what)
+      local g = vtl.randn(y.shape, {dtype = "f64"})
+      y:backward(g)
+      r:backward(g)
+      T.close(y, r, 1e-12, what .. ": output")
+      T.close(x.grad, x2.grad, 1e-12, what .. ": input gradient")
+      T.close(w.grad, w2.grad, 1e-12, what .. ": weight gradient")
+      T.truthy(w.grad:is_contiguous(), what .. ": weight gradient contiguous")
+      if b then T.close(b.grad, b2.grad, 1e-12, what .. ": bias gradient") end
+    end
+  end
+  -- only the weight needs a gradient (a frozen input), and only the input (a frozen layer)
+  local x, w = vtl.randn(2, 3, 4), vtl.randn(5, 4):requires_grad_()
+  F.linear(x, w):sum():backward()
+  T.close(w.grad, vtl.ones(2 * 3):view(1, 6):matmul(x:reshape(6, 4)):expand(5, 4), 1e-5)
+  local xi = vtl.randn(2, 3, 4):requires_grad_()
+  F.linear(xi, vtl.ones(5, 4)):sum():backward()
+  T.close(xi.grad, vtl.full({2, 3, 4}, 5), 1e-6)
+end)
