@@ -204,6 +204,9 @@ typedef struct vtl_backend {
   /* dtypes (bit 1 << vtl_dtype) that matmul takes as they are; the op layer converts others
      (f16/bf16 to f32, integers to i64) before the call */
   unsigned matmul_dtypes;
+  /* f16/bf16 matmul for operands the device's matmul does not take as they are: 1 done, 0 not
+     handled here (the op layer converts as for matmul_dtypes), or NULL */
+  int (*matmul_half)(vtl_tensor *out, const vtl_tensor *a, const vtl_tensor *b);
   /* the nn kernels, or NULL */
   const vtl_nn_backend *nn;
 

@@ -186,6 +186,10 @@ vtl_status vtl_cpu_attention_qkv(vtl_dtype dt, int64_t B, int64_t N, int64_t H, 
    f32, the probabilities rounded to bf16 for the second product): 1 done, 0 not available here
    (compute in f32 instead), -1 error set */
 int vtl_cpu_attention_qkv_bf16(int64_t B, int64_t N, int64_t H, int64_t D, double scale, const void *qkv, void *out);
+/* out (batch..., M, N) contiguous = a b for bf16 operands, expanded to out's batch shape, read
+   through their strides by a oneDNN matmul (f32 accumulation; bf16 instructions, not oneDNN's
+   reference kernels): 1 done, 0 not handled (the caller computes in f32) */
+int vtl_cpu_matmul_half(vtl_tensor *out, const vtl_tensor *a, const vtl_tensor *b);
 /* gx = conv2d's input gradient; overwrites gx */
 vtl_status vtl_cpu_conv2d_backward_data(const vtl_conv2d_shape *s, const void *gy, const void *w, void *gx);
 /* gw (and gb when not NULL) = weight and bias gradients; overwrite them */

@@ -634,6 +634,14 @@ vtl_tensor *vtl_op_matmul(vtl_tensor *a, vtl_tensor *b) {
   vtl_dtype res = vtl_dtype_promote(a->dtype, b->dtype);
   vtl_dtype kdt = vtl_dtype_is_float(res) ? (res == VTL_F64 ? VTL_F64 : VTL_F32) : VTL_I64;
   if (be->matmul_dtypes >> res & 1) kdt = res; /* e.g. f16/bf16 straight to a GPU GEMM */
+  if (kdt != res && be->matmul_half && a->dtype == res && b->dtype == res && (res == VTL_F16 || res == VTL_BF16)) {
+    shp[nbatch] = M; shp[nbatch + 1] = N;
+    out = vtl_tensor_empty(shp, nbatch + 2, res, vtl_tensor_device(a));
+    if (!out) goto done;
+    if (be->matmul_half(out, ea, eb) > 0) goto drop;
+    vtl_tensor_release(out); /* not handled: in f32 below */
+    out = NULL;
+  }
   ca = vtl_op_to_dtype(ea, kdt);
   cb = ca ? vtl_op_to_dtype(eb, kdt) : NULL;
   if (!cb) goto done;
@@ -652,6 +660,7 @@ vtl_tensor *vtl_op_matmul(vtl_tensor *a, vtl_tensor *b) {
     out = t;
     if (!out) goto done;
   }
+drop:
   if (a->ndim == 1 || b->ndim == 1) { /* drop the added dims */
     int64_t rs[VTL_MAX_DIMS];
     int k = 0;

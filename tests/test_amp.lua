@@ -185,6 +185,43 @@ T.test("autocast regions: nesting, switching off, guards, errors and bad argumen
   end)
 end)
 
+T.test("bf16 matmul (oneDNN, operands read in place): every layout within one rounding of the f32 product", function()
+  vtl.seed(31)
+  local cases = {
+    {"2-D", {64, 48}, {48, 32}},
+    {"both transposed", {48, 64}, {32, 48}, true, true},
+    {"batched, b broadcast", {4, 64, 48}, {48, 32}},
+    {"batched, a broadcast", {64, 48}, {4, 48, 32}},
+    {"4-D", {2, 3, 64, 48}, {2, 3, 48, 32}},
+    {"mat-vec", {5, 48}, {48}},
+    {"vec-mat", {48}, {48, 7}},
+    {"a weight gradient (xᵀ g)", {197, 384}, {197, 96}, true},
+  }
+  for _, c in ipairs(cases) do
+    local a, b = vtl.randn(c[2]):bfloat16(), vtl.randn(c[3]):bfloat16()
+    if c[4] then a = a:t() end
+    if c[5] then b = b:t() end
+    local y = a:matmul(b)
+    local r = a:float():matmul(b:float())
+    T.eq(y.dtype, "bf16", c[1])
+    T.eq(table.concat(y.shape, ","), table.concat(r.shape, ","), c[1])
+    -- a product summed in another order rounds to the same bf16 value or a neighbour
+    local e = (y:float() - r):abs():max():item() / r:abs():max():item()
+    T.truthy(e < 2 ^ -7, ("%s: %.3g off the f32 product"):format(c[1], e))
+  end
+  -- permuted batch dims that do not merge, and f16: the f32 path, one rounding of the f32 product
+  local a = vtl.randn(3, 2, 16, 8):bfloat16():transpose(1, 2)
+  local b = vtl.randn(2, 3, 8, 4):bfloat16()
+  T.close(a:matmul(b):float(), a:float():matmul(b:float()), 2 ^ -7)
+  local h1, h2 = vtl.randn(16, 8):half(), vtl.randn(8, 4):half()
+  T.close(h1:matmul(h2):float(), h1:float():matmul(h2:float()):half():float(), 0)
+  -- and under autograd: bf16 gradients of a bf16 product
+  local x, w = vtl.randn(6, 5):bfloat16():requires_grad_(), vtl.randn(5, 3):bfloat16():requires_grad_()
+  x:matmul(w):float():sum():backward()
+  T.eq(x.grad.dtype, "bf16")
+  T.close(x.grad:float(), vtl.ones(6, 3):matmul(w:float():t()), 2 ^ -7)
+end)
+
 T.test("bf16 attention from a packed projection matches the f32 kernel", function()
   vtl.seed(9)
   for _, c in ipairs{{2, 5, 3, 4}, {1, 197, 6, 64}, {3, 17, 2, 8}} do

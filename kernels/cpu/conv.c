@@ -1205,3 +1205,108 @@ int vtl_cpu_attention_qkv_bf16(int64_t B, int64_t N, int64_t H, int64_t D, doubl
   vtl_storage_release(tmp);
   return ok ? 1 : 0;
 }
+
+/* ======================================================================================
+ * bf16 matmul (vtl_op_matmul on bf16 operands): one oneDNN batched matmul reading both
+ * operands in place through their strides, f32 accumulation, the result rounded once
+ * ====================================================================================== */
+
+/* t, an operand expanded to out's batch shape: its batch dims as one dim of *B matrices *s
+   elements apart (0: one matrix broadcast over the batch); false when the dims do not merge */
+static bool merge_batch(const vtl_tensor *out, const vtl_tensor *t, int64_t *B, int64_t *s) {
+  int64_t n = 1, st = -1, prev_stride = 0, prev_size = 1;
+  bool zero = false, nonzero = false;
+  for (int d = out->ndim - 3; d >= 0; d--) {
+    int64_t sz = out->shape[d], sd = t->strides[d];
+    if (sz == 1) continue;
+    if (sd == 0) zero = true;
+    else nonzero = true;
+    if (st < 0) st = sd;
+    else if (sd != prev_stride * prev_size) return false;
+    prev_stride = sd;
+    prev_size = sz;
+    n *= sz;
+  }
+  if (zero && nonzero) return false;
+  *B = n;
+  *s = st < 0 ? 0 : st;
+  return true;
+}
+
+typedef struct {
+  int64_t key[12];
+  bool used, failed; /* failed: oneDNN has no matmul for this key (not asked again) */
+  dnnl_primitive_t prim;
+  dnnl_memory_desc_t a, b, c;
+} mm_entry;
+
+#define MM_CACHE 32
+static mm_entry mm_cache[MM_CACHE];
+static int mm_next;
+static pthread_mutex_t mm_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static bool mm_build(mm_entry *e, dnnl_data_type_t dt) {
+  int64_t B = e->key[0], M = e->key[1], K = e->key[2], N = e->key[3];
+  int64_t *sa = e->key + 4, *sb = e->key + 7;
+  dnnl_dims_t ad = {sa[0] ? B : 1, M, K}, as = {sa[0] ? sa[0] : M * K, sa[1], sa[2]};
+  dnnl_dims_t bd = {sb[0] ? B : 1, K, N}, bs = {sb[0] ? sb[0] : K * N, sb[1], sb[2]};
+  dnnl_dims_t cd = {B, M, N};
+  bool ok = dnnl_memory_desc_init_by_strides(&e->a, 3, ad, dt, as) == dnnl_success &&
+            dnnl_memory_desc_init_by_strides(&e->b, 3, bd, dt, bs) == dnnl_success &&
+            dnnl_memory_desc_init_by_tag(&e->c, 3, cd, dt, dnnl_abc) == dnnl_success;
+  dnnl_matmul_desc_t md;
+  ok = ok && dnnl_matmul_desc_init(&md, &e->a, &e->b, NULL, &e->c) == dnnl_success;
+  dnnl_primitive_desc_t pd = NULL;
+  ok = ok && dnnl_primitive_desc_create(&pd, &md, NULL, engine, NULL) == dnnl_success;
+  /* oneDNN's reference kernels (a CPU without bf16 instructions) are slower than the f32 path */
+  const char *impl = NULL;
+  ok = ok && dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &impl) == dnnl_success && impl &&
+       strncmp(impl, "ref", 3) != 0;
+  e->prim = NULL;
+  ok = ok && dnnl_primitive_create(&e->prim, pd) == dnnl_success;
+  if (pd) dnnl_primitive_desc_destroy(pd);
+  if (!ok && e->prim) { dnnl_primitive_destroy(e->prim); e->prim = NULL; }
+  return ok;
+}
+
+int vtl_cpu_matmul_half(vtl_tensor *out, const vtl_tensor *a, const vtl_tensor *b) {
+  int nd = out->ndim;
+  int64_t M = out->shape[nd - 2], N = out->shape[nd - 1], K = a->shape[nd - 1];
+  if (out->dtype != VTL_BF16 || a->dtype != out->dtype || b->dtype != out->dtype || M == 0 || N == 0 || K == 0) return 0;
+  int64_t B, sa0, sb0;
+  if (!merge_batch(out, a, &B, &sa0) || !merge_batch(out, b, &B, &sb0) || B == 0) return 0;
+  if (!engine_ready()) return 0;
+  int64_t key[12] = {B, M, K, N, sa0, a->strides[nd - 2], a->strides[nd - 1], sb0, b->strides[nd - 2],
+                     b->strides[nd - 1], out->dtype, omp_get_max_threads()};
+  pthread_mutex_lock(&mm_lock);
+  mm_entry *e = NULL;
+  for (int i = 0; i < MM_CACHE && !e; i++)
+    if (mm_cache[i].used && memcmp(mm_cache[i].key, key, sizeof key) == 0) e = &mm_cache[i];
+  if (!e) {
+    e = &mm_cache[mm_next];
+    mm_next = (mm_next + 1) % MM_CACHE;
+    if (e->prim) dnnl_primitive_destroy(e->prim);
+    memset(e, 0, sizeof *e);
+    memcpy(e->key, key, sizeof key);
+    e->used = true;
+    e->failed = !mm_build(e, dnnl_dt(out->dtype));
+  }
+  if (e->failed) {
+    pthread_mutex_unlock(&mm_lock);
+    return 0;
+  }
+  /* the entry stays valid while the lock is held: the product runs under it */
+  dnnl_memory_t ma = NULL, mb = NULL, mc = NULL;
+  bool ok = dnnl_memory_create(&ma, &e->a, engine, vtl_tensor_data(a)) == dnnl_success &&
+            dnnl_memory_create(&mb, &e->b, engine, vtl_tensor_data(b)) == dnnl_success &&
+            dnnl_memory_create(&mc, &e->c, engine, vtl_tensor_data(out)) == dnnl_success;
+  if (ok) {
+    dnnl_exec_arg_t args[3] = {{DNNL_ARG_SRC, ma}, {DNNL_ARG_WEIGHTS, mb}, {DNNL_ARG_DST, mc}};
+    ok = dnnl_primitive_execute(e->prim, stream, 3, args) == dnnl_success && dnnl_stream_wait(stream) == dnnl_success;
+  }
+  pthread_mutex_unlock(&mm_lock);
+  dnnl_memory_t all[3] = {ma, mb, mc};
+  for (int i = 0; i < 3; i++)
+    if (all[i]) dnnl_memory_destroy(all[i]);
+  return ok ? 1 : 0;
+}

@@ -4,6 +4,7 @@
 #include <string.h>
 #include "iter.h"
 #include "backend.h"
+#include "nn_conv.h"
 
 /* x: (n) with byte stride s[1]; out: (n) with byte stride s[0]; prm: op parameters */
 #define UNARY_LOOP(NAME, T, R, EXPR)                                                         \
@@ -369,5 +370,6 @@ const vtl_backend vtl_cpu_backend = {
   .nonzero_flat = cpu_nonzero_flat,
   .fused = cpu_fused,
   .matmul_dtypes = 1u << VTL_F32 | 1u << VTL_F64 | 1u << VTL_I64,
+  .matmul_half = vtl_cpu_matmul_half,
   .nn = &vtl_cpu_nn_backend,
 };
