@@ -9,7 +9,7 @@ local bf16 = arg[6] == "bf16" -- forward and loss in a bf16 autocast region
 local cl = arg[7] == "cl" -- channels-last activations
 vtl.set_num_threads(threads)
 vtl.seed(0)
-local model = models[name]()
+local model = models[name] and models[name]() or vtl.models.create(name) -- the zoo's ViT
 model:train()
 if cl then model:to_memory_format("channels_last") end
 local opt = vtl.optim.SGD(model:parameters(), {lr = 0.01, momentum = 0.9})

@@ -9,7 +9,11 @@ bf16 = len(sys.argv) > 6 and sys.argv[6] == "bf16"  # forward and loss under CPU
 cl = len(sys.argv) > 7 and sys.argv[7] == "cl"  # channels-last model and input
 torch.set_num_threads(threads)
 torch.manual_seed(0)
-model = {"resnet18": models.ResNet18, "mobilenet_v2": models.MobileNetV2}[name]()
+if name.startswith("vit"):  # timm's model (PyTorch 1.13: attention as matmul, softmax, matmul)
+    import timm
+    model = timm.create_model(name, num_classes=1000)
+else:
+    model = {"resnet18": models.ResNet18, "mobilenet_v2": models.MobileNetV2}[name]()
 model.train()
 if cl:
     model = model.to(memory_format=torch.channels_last)
