@@ -117,6 +117,14 @@ typedef struct vtl_nn_backend {
   vtl_status (*layer_norm_backward)(const vtl_tensor *g, const vtl_tensor *x, int64_t M, int64_t D,
                                     const vtl_tensor *w, const vtl_tensor *mean, const vtl_tensor *rstd,
                                     vtl_tensor *dx, vtl_tensor *gw, vtl_tensor *gb);
+  /* x (N,C,S) in G groups of C/G channels; w, b (C) or NULL; mean, rstd (N*G, f64). NULL entries:
+     the device has no group-norm kernel */
+  vtl_status (*group_norm_forward)(const vtl_tensor *x, vtl_tensor *out, int64_t N, int64_t C, int64_t S, int64_t G,
+                                   const vtl_tensor *w, const vtl_tensor *b, double eps, vtl_tensor *mean,
+                                   vtl_tensor *rstd);
+  vtl_status (*group_norm_backward)(const vtl_tensor *g, const vtl_tensor *x, int64_t N, int64_t C, int64_t S,
+                                    int64_t G, const vtl_tensor *w, const vtl_tensor *mean, const vtl_tensor *rstd,
+                                    vtl_tensor *dx, vtl_tensor *gw, vtl_tensor *gb);
   /* params: the two of vtl_activation with defaults filled in; s as vtl_activation_uses_output.
      act_half: the two entries also take f16/bf16 data (computed in f32, rounded once), else
      the op layer computes on f32 copies */

@@ -510,7 +510,12 @@ static vtl_tensor *fn_layer_norm(vtl_tensor *x, const int64_t *normalized_shape,
 /* ---- group norm ---- */
 
 static bool check_group_input(const char *op, const vtl_tensor *x, int64_t groups) {
-  if (!check_input(op, "input", x)) return false;
+  if (!check_input_dev(op, "input", x)) return false;
+  if (!nn_of(x)->group_norm_forward) {
+    char dev[32];
+    vtl_device_format(vtl_tensor_device(x), dev, sizeof dev);
+    return vtl_error_set(VTL_ERR_ARG, "%s: no kernel on %s", op, dev), false;
+  }
   if (x->ndim < 2)
     return vtl_error_set(VTL_ERR_ARG, "%s: input must have at least 2 dims (N, C, ...), got shape %s", op,
                          shape_of(x).s), false;
@@ -539,10 +544,14 @@ vtl_tensor *vtl_op_group_norm(vtl_tensor *x, int64_t groups, vtl_tensor *weight,
     release_all(ts, 5);
     return NULL;
   }
-  vtl_cpu_group_norm_forward(x->dtype, vtl_tensor_data(xc), vtl_tensor_data(out), N, C, S, groups, data_or_null(wc),
-                             data_or_null(bc), eps, vtl_tensor_data(mean), vtl_tensor_data(rstd));
+  vtl_status st = nn_of(x)->group_norm_forward(xc, out, N, C, S, groups, wc, bc, eps, mean, rstd);
   vtl_tensor *tmp[3] = {xc, wc, bc};
   release_all(tmp, 3);
+  if (st != VTL_OK) {
+    vtl_tensor *ts[3] = {out, mean, rstd};
+    release_all(ts, 3);
+    return NULL;
+  }
   if (save_mean) *save_mean = mean;
   else vtl_tensor_release(mean);
   if (save_rstd) *save_rstd = rstd;
@@ -572,10 +581,7 @@ vtl_status vtl_op_group_norm_backward(vtl_tensor *gout, vtl_tensor *x, int64_t g
   vtl_status st = VTL_OK;
   if (!ok || (gx && !dx) || (gweight && !dw) || (gbias && !db)) st = vtl_error_status();
   else
-    st = vtl_cpu_group_norm_backward(x->dtype, vtl_tensor_data(gc), vtl_tensor_data(xc), N, C, S, groups,
-                                     data_or_null(wc), vtl_tensor_data(mean), vtl_tensor_data(rstd),
-                                     dx ? vtl_tensor_data(dx) : NULL, dw ? vtl_tensor_data(dw) : NULL,
-                                     db ? vtl_tensor_data(db) : NULL);
+    st = nn_of(x)->group_norm_backward(gc, xc, N, C, S, groups, wc, mean, rstd, dx, dw, db);
   if (st != VTL_OK) {
     release_all(all, 6);
     return st;

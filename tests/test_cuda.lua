@@ -875,6 +875,22 @@ gpu_test("activations: every one the zoo uses, forward and backward, f32 and f64
   end
 end)
 
+gpu_test("group norm kernels: groups 1 to C, 3-D and 4-D inputs, with and without affine; forward and backward", function()
+  vtl.seed(24)
+  for _, dt in ipairs({"f32", "f64"}) do
+    local tol = dt == "f32" and 2e-5 or 1e-12
+    for _, c in ipairs({{{4, 6, 5, 5}, 3}, {{4, 6, 5, 5}, 1}, {{4, 6, 5, 5}, 6}, {{3, 8, 37}, 2}, {{2, 64, 9, 9}, 32}}) do
+      local shape, G = c[1], c[2]
+      local C = shape[2]
+      local x = (vtl.randn(shape) * 2 + 0.5):to(dt)
+      local w, b = vtl.randn(C):to(dt), vtl.randn(C):to(dt)
+      local what = ("group_norm %s {%s} G=%d"):format(dt, table.concat(shape, ","), G)
+      check_nn(what, function(xx, ww, bb) return F.group_norm(xx, G, ww, bb) end, {x, w, b}, {true, true, true}, tol)
+      check_nn(what .. " plain", function(xx) return F.group_norm(xx, G) end, {x}, {true}, tol)
+    end
+  end
+end)
+
 gpu_test("softmax and log_softmax: last and inner dims, forward and backward", function()
   for _, dt in ipairs({"f32", "f64"}) do
     local x = (vtl.randn(3, 37, 5) * 3):to(dt)
@@ -1385,7 +1401,7 @@ gpu_test("cumsum on cuda equals the CPU's bit for bit (f32 accumulated in f64, i
   T.close(g.grad:cpu(), vtl.tensor({{6, 5, 4, 3, 2, 1}}):expand(4, 6), 0, "gradient")
 end)
 
-gpu_test("group norm and the elementwise losses run on cuda as compositions, with the CPU's values and gradients", function()
+gpu_test("group norm (its kernels) and the elementwise losses (compositions) on cuda give the CPU's values and gradients", function()
   vtl.seed(16)
   local F = vtl.nn.functional
   local x = vtl.randn(4, 6, 5, 5)

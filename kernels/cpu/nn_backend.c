@@ -116,6 +116,20 @@ static vtl_status layer_norm_backward(const vtl_tensor *g, const vtl_tensor *x, 
                                      dat(gb));
 }
 
+static vtl_status group_norm_forward(const vtl_tensor *x, vtl_tensor *out, int64_t N, int64_t C, int64_t S, int64_t G,
+                                     const vtl_tensor *w, const vtl_tensor *b, double eps, vtl_tensor *mean,
+                                     vtl_tensor *rstd) {
+  vtl_cpu_group_norm_forward(x->dtype, dat(x), dat(out), N, C, S, G, dat(w), dat(b), eps, dat(mean), dat(rstd));
+  return VTL_OK;
+}
+
+static vtl_status group_norm_backward(const vtl_tensor *g, const vtl_tensor *x, int64_t N, int64_t C, int64_t S,
+                                      int64_t G, const vtl_tensor *w, const vtl_tensor *mean, const vtl_tensor *rstd,
+                                      vtl_tensor *dx, vtl_tensor *gw, vtl_tensor *gb) {
+  return vtl_cpu_group_norm_backward(x->dtype, dat(g), dat(x), N, C, S, G, dat(w), dat(mean), dat(rstd), dat(dx),
+                                     dat(gw), dat(gb));
+}
+
 static vtl_status attention_forward(const vtl_tensor *q, const vtl_tensor *k, const vtl_tensor *v, double scale,
                                     bool causal, vtl_tensor *out, vtl_tensor *lse) {
   return vtl_cpu_attention_forward(q->dtype, q->shape[0], q->shape[1], k->shape[1], q->shape[2], v->shape[2], scale,
@@ -210,6 +224,8 @@ const vtl_nn_backend vtl_cpu_nn_backend = {
   .batch_norm_backward = batch_norm_backward,
   .layer_norm_forward = layer_norm_forward,
   .layer_norm_backward = layer_norm_backward,
+  .group_norm_forward = group_norm_forward,
+  .group_norm_backward = group_norm_backward,
   .activation_forward = activation_forward,
   .activation_backward = activation_backward,
   .softmax_forward = softmax_forward,

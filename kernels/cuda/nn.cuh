@@ -31,6 +31,12 @@ vtl_status vtl_cu_layer_norm_forward(const vtl_tensor *x, vtl_tensor *out, int64
 vtl_status vtl_cu_layer_norm_backward(const vtl_tensor *g, const vtl_tensor *x, int64_t M, int64_t D,
                                       const vtl_tensor *w, const vtl_tensor *mean, const vtl_tensor *rstd,
                                       vtl_tensor *dx, vtl_tensor *gw, vtl_tensor *gb);
+vtl_status vtl_cu_group_norm_forward(const vtl_tensor *x, vtl_tensor *out, int64_t N, int64_t C, int64_t S, int64_t G,
+                                     const vtl_tensor *w, const vtl_tensor *b, double eps, vtl_tensor *mean,
+                                     vtl_tensor *rstd);
+vtl_status vtl_cu_group_norm_backward(const vtl_tensor *g, const vtl_tensor *x, int64_t N, int64_t C, int64_t S,
+                                      int64_t G, const vtl_tensor *w, const vtl_tensor *mean, const vtl_tensor *rstd,
+                                      vtl_tensor *dx, vtl_tensor *gw, vtl_tensor *gb);
 vtl_status vtl_cu_softmax_forward(const vtl_tensor *x, vtl_tensor *y, int64_t A, int64_t R, int64_t B, bool logsm);
 vtl_status vtl_cu_softmax_backward(const vtl_tensor *g, const vtl_tensor *y, vtl_tensor *dx, int64_t A, int64_t R,
                                    int64_t B, bool logsm);

@@ -210,6 +210,8 @@ vtl_nn_backend make_table() {
   t.batch_norm_backward = vtl_cu_batch_norm_backward;
   t.layer_norm_forward = vtl_cu_layer_norm_forward;
   t.layer_norm_backward = vtl_cu_layer_norm_backward;
+  t.group_norm_forward = vtl_cu_group_norm_forward;
+  t.group_norm_backward = vtl_cu_group_norm_backward;
   t.activation_forward = cu_activation_forward;
   t.activation_backward = cu_activation_backward;
   t.softmax_forward = vtl_cu_softmax_forward;

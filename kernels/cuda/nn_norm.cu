@@ -299,6 +299,24 @@ vtl_status bn_forward_t(const vtl_tensor *x, vtl_tensor *out, int64_t total, int
 // x (M, D): one block per row for the statistics and dx; the weight and bias gradients are
 // column sums over row chunks (grid (column blocks, chunks)) added up in order.
 
+// mean and 1/sqrt(biased variance + eps) of D contiguous elements, two passes in double (the
+// CPU's row_stats), every thread of the block gets them
+template <class T>
+__device__ __forceinline__ void block_row_stats(const T *xr, int64_t D, double eps, double *sh, double *mu_out,
+                                                double *rs_out) {
+  double s = 0;
+  for (int64_t j = threadIdx.x; j < D; j += blockDim.x) s += (double)xr[j];
+  s = cu_block_sum(s, sh);
+  double mu = D ? s / (double)D : 0, q = 0;
+  for (int64_t j = threadIdx.x; j < D; j += blockDim.x) {
+    double d = (double)xr[j] - mu;
+    q += d * d;
+  }
+  q = cu_block_sum(q, sh);
+  *mu_out = mu;
+  *rs_out = 1.0 / sqrt((D ? q / (double)D : 0) + eps);
+}
+
 template <class T>
 __global__ void ln_forward(const T *x, T *out, int64_t M, int64_t D, const T *w, const T *b, double eps, double *mean,
                            double *rstd) {
@@ -306,16 +324,8 @@ __global__ void ln_forward(const T *x, T *out, int64_t M, int64_t D, const T *w,
   for (int64_t r = blockIdx.x; r < M; r += gridDim.x) {
     const T *xr = x + r * D;
     T *yr = out + r * D;
-    double s = 0;
-    for (int64_t j = threadIdx.x; j < D; j += blockDim.x) s += (double)xr[j];
-    s = cu_block_sum(s, sh);
-    double mu = D ? s / (double)D : 0, q = 0;
-    for (int64_t j = threadIdx.x; j < D; j += blockDim.x) {
-      double d = (double)xr[j] - mu;
-      q += d * d;
-    }
-    q = cu_block_sum(q, sh);
-    double rs = 1.0 / sqrt((D ? q / (double)D : 0) + eps);
+    double mu, rs;
+    block_row_stats(xr, D, eps, sh, &mu, &rs);
     if (threadIdx.x == 0) {
       mean[r] = mu;
       rstd[r] = rs;
@@ -734,6 +744,138 @@ vtl_status ce_backward_t(const vtl_tensor *x, int64_t N, int64_t C, int64_t S, c
   return VTL_OK;
 }
 
+// ---------------------------------------------------------------- group norm
+// x (N, C, S): group k of sample n is the Cg*S contiguous elements from (n*C + k*Cg)*S (row
+// r = n*G + k). The arithmetic follows kernels/cpu/norm.c (double, the same formulas), so the
+// two devices agree to rounding.
+
+template <class T>
+__global__ void gn_forward(const T *x, T *out, int64_t R, int64_t C, int64_t S, int64_t G, const T *w, const T *b,
+                           double eps, double *mean, double *rstd) {
+  __shared__ double sh[32];
+  int64_t Cg = C / G, K = Cg * S;
+  for (int64_t r = blockIdx.x; r < R; r += gridDim.x) {
+    int64_t k = r % G, o = r * K; // (n*C + k*Cg)*S == r*Cg*S
+    double mu, rs;
+    block_row_stats(x + o, K, eps, sh, &mu, &rs);
+    if (threadIdx.x == 0) {
+      mean[r] = mu;
+      rstd[r] = rs;
+    }
+    for (int64_t j = threadIdx.x; j < K; j += blockDim.x) {
+      int64_t c = k * Cg + j / S;
+      double sc = (w ? (double)w[c] : 1.0) * rs, sf = (b ? (double)b[c] : 0.0) - mu * sc;
+      out[o + j] = (T)((double)x[o + j] * sc + sf);
+    }
+  }
+}
+
+// per (n, c): sums[2 (n C + c)] = Σ_s g, sums[2 (n C + c) + 1] = Σ_s g x
+template <class T> __global__ void gn_sums(const T *g, const T *x, int64_t NC, int64_t S, double *sums) {
+  __shared__ double sh[32];
+  for (int64_t nc = blockIdx.x; nc < NC; nc += gridDim.x) {
+    const T *gr = g + nc * S, *xr = x + nc * S;
+    double a = 0, p = 0;
+    for (int64_t i = threadIdx.x; i < S; i += blockDim.x) {
+      a += (double)gr[i];
+      p += (double)gr[i] * (double)xr[i];
+    }
+    a = cu_block_sum(a, sh);
+    p = cu_block_sum(p, sh);
+    if (threadIdx.x == 0) {
+      sums[2 * nc] = a;
+      sums[2 * nc + 1] = p;
+    }
+  }
+}
+
+// dx = rstd w_c g - rstd s1/K - rstd² (x - mean) s2/K per group, with s1 = Σ_c w_c sg and
+// s2 = Σ_c w_c rstd (sgx - mean sg) over the group's channels (summed in channel order)
+template <class T>
+__global__ void gn_dx(const T *g, const T *x, int64_t R, int64_t C, int64_t S, int64_t G, const T *w,
+                      const double *mean, const double *rstd, const double *sums, T *dx) {
+  __shared__ double q_sh, d_sh;
+  int64_t Cg = C / G, K = Cg * S;
+  for (int64_t r = blockIdx.x; r < R; r += gridDim.x) {
+    int64_t n = r / G, k = r % G, o = r * K;
+    double mu = mean[r], rs = rstd[r];
+    if (threadIdx.x == 0) {
+      double s1 = 0, s2 = 0;
+      for (int64_t c = k * Cg; c < (k + 1) * Cg; c++) {
+        double a = sums[2 * (n * C + c)], p = sums[2 * (n * C + c) + 1], wc = w ? (double)w[c] : 1.0;
+        s1 += wc * a;
+        s2 += wc * rs * (p - mu * a);
+      }
+      double q = rs * rs * s2 / (double)K;
+      q_sh = q;
+      d_sh = q * mu - rs * s1 / (double)K;
+    }
+    __syncthreads();
+    double q = q_sh, d = d_sh;
+    for (int64_t j = threadIdx.x; j < K; j += blockDim.x) {
+      int64_t c = k * Cg + j / S;
+      double kc = rs * (w ? (double)w[c] : 1.0);
+      dx[o + j] = (T)(kc * (double)g[o + j] - q * (double)x[o + j] + d);
+    }
+    __syncthreads();
+  }
+}
+
+// gw_c = Σ_n rstd (sgx - mean sg), gb_c = Σ_n sg (n in order)
+template <class T>
+__global__ void gn_wb(int64_t N, int64_t C, int64_t G, const double *mean, const double *rstd, const double *sums, T *gw,
+                      T *gb) {
+  int64_t Cg = C / G;
+  for (int64_t c = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; c < C; c += (int64_t)gridDim.x * blockDim.x) {
+    double aw = 0, ab = 0;
+    for (int64_t n = 0; n < N; n++) {
+      int64_t r = n * G + c / Cg;
+      double a = sums[2 * (n * C + c)], p = sums[2 * (n * C + c) + 1];
+      aw += rstd[r] * (p - mean[r] * a);
+      ab += a;
+    }
+    if (gw) gw[c] = (T)aw;
+    if (gb) gb[c] = (T)ab;
+  }
+}
+
+template <class T>
+vtl_status gn_forward_t(const vtl_tensor *x, vtl_tensor *out, int64_t N, int64_t C, int64_t S, int64_t G,
+                        const vtl_tensor *w, const vtl_tensor *b, double eps, vtl_tensor *mean, vtl_tensor *rstd) {
+  if (N * G == 0) return VTL_OK;
+  cudaStream_t st = stream_of(x);
+  if (!st) return vtl_error_status();
+  gn_forward<T><<<row_blocks(N * G), BLOCK, 0, st>>>(cu_ptr<T>(x), cu_ptr<T>(out), N * G, C, S, G, cu_ptr<T>(w),
+                                                     cu_ptr<T>(b), eps, cu_ptr<double>(mean), cu_ptr<double>(rstd));
+  VTL_CU_LAUNCHED("group_norm");
+  return VTL_OK;
+}
+
+template <class T>
+vtl_status gn_backward_t(const vtl_tensor *g, const vtl_tensor *x, int64_t N, int64_t C, int64_t S, int64_t G,
+                         const vtl_tensor *w, const vtl_tensor *mean, const vtl_tensor *rstd, vtl_tensor *dx,
+                         vtl_tensor *gw, vtl_tensor *gb) {
+  if (N * C == 0) return gw || gb ? vtl_error_set(VTL_ERR_ARG, "group_norm_backward: no channels") : VTL_OK;
+  cudaStream_t st = stream_of(x);
+  if (!st) return vtl_error_status();
+  cu_scratch sums((size_t)(N * C) * 2 * sizeof(double), vtl_cu_device(x));
+  if (!sums.p) return vtl_error_status();
+  gn_sums<T><<<row_blocks(N * C), BLOCK, 0, st>>>(cu_ptr<T>(g), cu_ptr<T>(x), N * C, S, (double *)sums.p);
+  VTL_CU_LAUNCHED("group_norm_backward");
+  if (dx) {
+    gn_dx<T><<<row_blocks(N * G), BLOCK, 0, st>>>(cu_ptr<T>(g), cu_ptr<T>(x), N * G, C, S, G, cu_ptr<T>(w),
+                                                  cu_ptr<double>(mean), cu_ptr<double>(rstd),
+                                                  (const double *)sums.p, cu_ptr<T>(dx));
+    VTL_CU_LAUNCHED("group_norm_backward");
+  }
+  if (gw || gb) {
+    gn_wb<T><<<vtl_cu_blocks(C), BLOCK, 0, st>>>(N, C, G, cu_ptr<double>(mean), cu_ptr<double>(rstd),
+                                                 (const double *)sums.p, cu_ptr<T>(gw), cu_ptr<T>(gb));
+    VTL_CU_LAUNCHED("group_norm_backward");
+  }
+  return VTL_OK;
+}
+
 } // namespace
 
 #define BY_DTYPE(dt, CALL_F32, CALL_F64) return (dt) == VTL_F32 ? (CALL_F32) : (CALL_F64)
@@ -779,6 +921,20 @@ vtl_status vtl_cu_layer_norm_backward(const vtl_tensor *g, const vtl_tensor *x, 
                                       vtl_tensor *dx, vtl_tensor *gw, vtl_tensor *gb) {
   BY_DTYPE(x->dtype, ln_backward_t<float>(g, x, M, D, w, mean, rstd, dx, gw, gb),
            ln_backward_t<double>(g, x, M, D, w, mean, rstd, dx, gw, gb));
+}
+
+vtl_status vtl_cu_group_norm_forward(const vtl_tensor *x, vtl_tensor *out, int64_t N, int64_t C, int64_t S, int64_t G,
+                                     const vtl_tensor *w, const vtl_tensor *b, double eps, vtl_tensor *mean,
+                                     vtl_tensor *rstd) {
+  BY_DTYPE(x->dtype, gn_forward_t<float>(x, out, N, C, S, G, w, b, eps, mean, rstd),
+           gn_forward_t<double>(x, out, N, C, S, G, w, b, eps, mean, rstd));
+}
+
+vtl_status vtl_cu_group_norm_backward(const vtl_tensor *g, const vtl_tensor *x, int64_t N, int64_t C, int64_t S,
+                                      int64_t G, const vtl_tensor *w, const vtl_tensor *mean, const vtl_tensor *rstd,
+                                      vtl_tensor *dx, vtl_tensor *gw, vtl_tensor *gb) {
+  BY_DTYPE(x->dtype, gn_backward_t<float>(g, x, N, C, S, G, w, mean, rstd, dx, gw, gb),
+           gn_backward_t<double>(g, x, N, C, S, G, w, mean, rstd, dx, gw, gb));
 }
 
 vtl_status vtl_cu_softmax_forward(const vtl_tensor *x, vtl_tensor *y, int64_t A, int64_t R, int64_t B, bool logsm) {

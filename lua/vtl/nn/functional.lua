@@ -16,7 +16,7 @@ end
 
 -- C ops whose kernels run on the CPU only: on another device (a GPU) their Lua forms run, built
 -- from tensor ops that device has (same results and gradients, more launches)
-local HOST_ONLY = {"group_norm", "binary_cross_entropy_with_logits", "mse_loss", "l1_loss", "smooth_l1_loss", "kl_div"}
+local HOST_ONLY = {"binary_cross_entropy_with_logits", "mse_loss", "l1_loss", "smooth_l1_loss", "kl_div"}
 for _, k in ipairs(HOST_ONLY) do
   local c, l = cnn[k], fallback[k]
   if c and l then
