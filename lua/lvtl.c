@@ -44,6 +44,8 @@ static int l_defer_interrupts(lua_State *L) {
 }
 
 static int l_memory_allocated(lua_State *L) { lua_pushinteger(L, (lua_Integer)vtl_alloc_bytes()); return 1; }
+static int l_memory_cached(lua_State *L) { lua_pushinteger(L, (lua_Integer)vtl_cpu_cached_bytes()); return 1; }
+static int l_empty_cache(lua_State *L) { lua_pushinteger(L, (lua_Integer)vtl_cpu_empty_cache()); return 1; }
 
 #ifdef VTL_HAVE_CUDA
 int vtl_cuda_device_count(void);
@@ -173,7 +175,7 @@ static const luaL_Reg cuda_funcs[] = {
 
 static const luaL_Reg sys_funcs[] = {
   {"clock", l_clock}, {"set_num_threads", l_set_num_threads}, {"get_num_threads", l_get_num_threads},
-  {"memory_allocated", l_memory_allocated}, {"build_info", l_build_info}, {"isatty", l_isatty},
+  {"memory_allocated", l_memory_allocated}, {"memory_cached", l_memory_cached}, {"empty_cache", l_empty_cache}, {"build_info", l_build_info}, {"isatty", l_isatty},
   {"defer_interrupts", l_defer_interrupts}, {NULL, NULL}};
 
 void lvtl_open_sys(lua_State *L) {

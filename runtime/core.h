@@ -78,6 +78,10 @@ void vtl_storage_release(vtl_storage *s);
 
 /* Bytes currently held by storages on the CPU, for GC pressure and statistics. */
 size_t vtl_alloc_bytes(void);
+/* Bytes of freed CPU blocks the caching allocator keeps for reuse (kernels/cpu/alloc.c), and
+   handing them all back to the system (returns the bytes freed). */
+size_t vtl_cpu_cached_bytes(void);
+size_t vtl_cpu_empty_cache(void);
 /* Called (on the allocating thread only) when an allocation fails, before one retry;
    the Lua binding uses it to run a full garbage collection. */
 typedef void (*vtl_oom_hook)(void *ud);

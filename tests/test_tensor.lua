@@ -290,6 +290,29 @@ test("memory: tensors are released by the GC; big allocations run it", function(
   T.truthy(peak < 64 * 2 ^ 20, string.format("peak %.0f MiB of 1 MiB garbage tensors", peak / 2 ^ 20))
 end)
 
+test("memory: the CPU cache reuses freed blocks for requests up to 4x smaller; empty_cache hands them back", function()
+  collectgarbage()
+  collectgarbage("stop") -- no other tensor is freed while the cache is counted
+  vtl.empty_cache()
+  T.eq(vtl.memory_cached(), 0)
+  do local a <close> = vtl.empty(1024, 1024) end -- 4 MiB, back to the cache
+  local held = vtl.memory_cached()
+  T.truthy(held >= 4 * 2 ^ 20 and held < 5 * 2 ^ 20, "a 4 MiB block cached, got " .. held)
+  do
+    local small <close> = vtl.empty(256, 1024) -- 1 MiB: too small for that block
+    T.eq(vtl.memory_cached(), held)
+    local b <close> = vtl.empty(768, 1024) -- 3 MiB: served by it
+    T.eq(vtl.memory_cached(), 0)
+    b:fill_(2)
+    T.eq(b:sum():item(), 2 * 768 * 1024)
+    T.eq(b.shape[1], 768)
+  end
+  T.truthy(vtl.memory_cached() >= held, "both blocks back in the cache")
+  T.truthy(vtl.empty_cache() >= held)
+  T.eq(vtl.memory_cached(), 0)
+  collectgarbage("restart")
+end)
+
 test("functional forms on the module", function()
   local x = vtl.tensor({1, 4, 9}):float()
   T.close(vtl.sqrt(x), {1, 2, 3})

@@ -345,7 +345,6 @@ static vtl_status cpu_nonzero_flat(vtl_tensor *out, const vtl_tensor *mask) {
 
 void *vtl_cpu_alloc(size_t n);
 void vtl_cpu_free(void *p, size_t n);
-size_t vtl_cpu_empty_cache(void);
 static void *cpu_alloc(size_t n, int dev) { (void)dev; return vtl_cpu_alloc(n); }
 static void cpu_free(void *p, size_t n, int dev) { (void)dev; vtl_cpu_free(p, n); }
 static size_t cpu_empty_cache(int dev) { (void)dev; return vtl_cpu_empty_cache(); }
