@@ -170,7 +170,9 @@ vtl_status vtl_cpu_linear_forward_post(vtl_dtype dt, int64_t M, int64_t K, int64
                                        vtl_storage *wstorage, bool w_f32);
 /* scaled dot-product attention over P (sample, head) pairs, all contiguous: q (P,L,E), k (P,S,E),
    v (P,S,Ev), out (P,L,Ev) = softmax(scale q kᵀ) v, lse (P,L) or NULL: the log-sum-exp of each
-   row of scaled scores; causal: query i sees keys 1..i. f32 and f64. */
+   row of scaled scores (f32 for f16/bf16 data); causal: query i sees keys 1..i. f32 and f64;
+   bf16 on oneDNN's bf16 products (probabilities and score gradients rounded to bf16 for them,
+   as on the GPU); f16 (and bf16 without those kernels) on f32 copies, rounded once. */
 vtl_status vtl_cpu_attention_forward(vtl_dtype dt, int64_t P, int64_t L, int64_t S, int64_t E, int64_t Ev,
                                      double scale, bool causal, const void *q, const void *k, const void *v, void *out,
                                      void *lse);
@@ -190,6 +192,11 @@ int vtl_cpu_attention_qkv_bf16(int64_t B, int64_t N, int64_t H, int64_t D, doubl
    through their strides by a oneDNN matmul (f32 accumulation; bf16 instructions, not oneDNN's
    reference kernels): 1 done, 0 not handled (the caller computes in f32) */
 int vtl_cpu_matmul_half(vtl_tensor *out, const vtl_tensor *a, const vtl_tensor *b);
+/* c (B, M, N) contiguous, of cdt (bf16 or f32) = a b for bf16 a (B, M, K) and b (B, K, N) read
+   through element strides {batch, row, column} (batch stride 0: one matrix for the whole batch),
+   f32 accumulation: 1 done, 0 no oneDNN bf16 kernel here */
+int vtl_cpu_gemm_bf16(int64_t B, int64_t M, int64_t N, int64_t K, const void *a, const int64_t sa[3], const void *b,
+                      const int64_t sb[3], void *c, vtl_dtype cdt);
 /* gx = conv2d's input gradient; overwrites gx */
 vtl_status vtl_cpu_conv2d_backward_data(const vtl_conv2d_shape *s, const void *gy, const void *w, void *gx);
 /* gw (and gb when not NULL) = weight and bias gradients; overwrite them */

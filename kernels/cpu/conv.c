@@ -1245,15 +1245,16 @@ static mm_entry mm_cache[MM_CACHE];
 static int mm_next;
 static pthread_mutex_t mm_lock = PTHREAD_MUTEX_INITIALIZER;
 
-static bool mm_build(mm_entry *e, dnnl_data_type_t dt) {
+/* key: B, M, K, N, the strides of a (3) and b (3), the output dtype, the thread count */
+static bool mm_build(mm_entry *e) {
   int64_t B = e->key[0], M = e->key[1], K = e->key[2], N = e->key[3];
   int64_t *sa = e->key + 4, *sb = e->key + 7;
   dnnl_dims_t ad = {sa[0] ? B : 1, M, K}, as = {sa[0] ? sa[0] : M * K, sa[1], sa[2]};
   dnnl_dims_t bd = {sb[0] ? B : 1, K, N}, bs = {sb[0] ? sb[0] : K * N, sb[1], sb[2]};
   dnnl_dims_t cd = {B, M, N};
-  bool ok = dnnl_memory_desc_init_by_strides(&e->a, 3, ad, dt, as) == dnnl_success &&
-            dnnl_memory_desc_init_by_strides(&e->b, 3, bd, dt, bs) == dnnl_success &&
-            dnnl_memory_desc_init_by_tag(&e->c, 3, cd, dt, dnnl_abc) == dnnl_success;
+  bool ok = dnnl_memory_desc_init_by_strides(&e->a, 3, ad, dnnl_bf16, as) == dnnl_success &&
+            dnnl_memory_desc_init_by_strides(&e->b, 3, bd, dnnl_bf16, bs) == dnnl_success &&
+            dnnl_memory_desc_init_by_tag(&e->c, 3, cd, dnnl_dt((vtl_dtype)e->key[10]), dnnl_abc) == dnnl_success;
   dnnl_matmul_desc_t md;
   ok = ok && dnnl_matmul_desc_init(&md, &e->a, &e->b, NULL, &e->c) == dnnl_success;
   dnnl_primitive_desc_t pd = NULL;
@@ -1269,15 +1270,11 @@ static bool mm_build(mm_entry *e, dnnl_data_type_t dt) {
   return ok;
 }
 
-int vtl_cpu_matmul_half(vtl_tensor *out, const vtl_tensor *a, const vtl_tensor *b) {
-  int nd = out->ndim;
-  int64_t M = out->shape[nd - 2], N = out->shape[nd - 1], K = a->shape[nd - 1];
-  if (out->dtype != VTL_BF16 || a->dtype != out->dtype || b->dtype != out->dtype || M == 0 || N == 0 || K == 0) return 0;
-  int64_t B, sa0, sb0;
-  if (!merge_batch(out, a, &B, &sa0) || !merge_batch(out, b, &B, &sb0) || B == 0) return 0;
+int vtl_cpu_gemm_bf16(int64_t B, int64_t M, int64_t N, int64_t K, const void *a, const int64_t sa[3], const void *b,
+                      const int64_t sb[3], void *c, vtl_dtype cdt) {
+  if (B == 0 || M == 0 || N == 0 || K == 0 || (cdt != VTL_BF16 && cdt != VTL_F32)) return 0;
   if (!engine_ready()) return 0;
-  int64_t key[12] = {B, M, K, N, sa0, a->strides[nd - 2], a->strides[nd - 1], sb0, b->strides[nd - 2],
-                     b->strides[nd - 1], out->dtype, omp_get_max_threads()};
+  int64_t key[12] = {B, M, K, N, sa[0], sa[1], sa[2], sb[0], sb[1], sb[2], cdt, omp_get_max_threads()};
   pthread_mutex_lock(&mm_lock);
   mm_entry *e = NULL;
   for (int i = 0; i < MM_CACHE && !e; i++)
@@ -1289,7 +1286,7 @@ int vtl_cpu_matmul_half(vtl_tensor *out, const vtl_tensor *a, const vtl_tensor *
     memset(e, 0, sizeof *e);
     memcpy(e->key, key, sizeof key);
     e->used = true;
-    e->failed = !mm_build(e, dnnl_dt(out->dtype));
+    e->failed = !mm_build(e);
   }
   if (e->failed) {
     pthread_mutex_unlock(&mm_lock);
@@ -1297,9 +1294,9 @@ int vtl_cpu_matmul_half(vtl_tensor *out, const vtl_tensor *a, const vtl_tensor *
   }
   /* the entry stays valid while the lock is held: the product runs under it */
   dnnl_memory_t ma = NULL, mb = NULL, mc = NULL;
-  bool ok = dnnl_memory_create(&ma, &e->a, engine, vtl_tensor_data(a)) == dnnl_success &&
-            dnnl_memory_create(&mb, &e->b, engine, vtl_tensor_data(b)) == dnnl_success &&
-            dnnl_memory_create(&mc, &e->c, engine, vtl_tensor_data(out)) == dnnl_success;
+  bool ok = dnnl_memory_create(&ma, &e->a, engine, (void *)a) == dnnl_success &&
+            dnnl_memory_create(&mb, &e->b, engine, (void *)b) == dnnl_success &&
+            dnnl_memory_create(&mc, &e->c, engine, c) == dnnl_success;
   if (ok) {
     dnnl_exec_arg_t args[3] = {{DNNL_ARG_SRC, ma}, {DNNL_ARG_WEIGHTS, mb}, {DNNL_ARG_DST, mc}};
     ok = dnnl_primitive_execute(e->prim, stream, 3, args) == dnnl_success && dnnl_stream_wait(stream) == dnnl_success;
@@ -1309,4 +1306,17 @@ int vtl_cpu_matmul_half(vtl_tensor *out, const vtl_tensor *a, const vtl_tensor *
   for (int i = 0; i < 3; i++)
     if (all[i]) dnnl_memory_destroy(all[i]);
   return ok ? 1 : 0;
+}
+
+int vtl_cpu_matmul_half(vtl_tensor *out, const vtl_tensor *a, const vtl_tensor *b) {
+  int nd = out->ndim;
+  int64_t M = out->shape[nd - 2], N = out->shape[nd - 1], K = a->shape[nd - 1];
+  if (out->dtype != VTL_BF16 || a->dtype != out->dtype || b->dtype != out->dtype) return 0;
+  int64_t B, sa[3], sb[3];
+  if (!merge_batch(out, a, &B, &sa[0]) || !merge_batch(out, b, &B, &sb[0])) return 0;
+  sa[1] = a->strides[nd - 2];
+  sa[2] = a->strides[nd - 1];
+  sb[1] = b->strides[nd - 2];
+  sb[2] = b->strides[nd - 1];
+  return vtl_cpu_gemm_bf16(B, M, N, K, vtl_tensor_data(a), sa, vtl_tensor_data(b), sb, vtl_tensor_data(out), VTL_BF16);
 }

@@ -202,10 +202,10 @@ static char *attn_buffers(const attn_t *a, int64_t pairs, int nbuf, int *nt, siz
 
 static vtl_status attn_check_dtype(vtl_dtype dt) {
   if (dt == VTL_F32 || dt == VTL_F64) return VTL_OK;
-  return vtl_error_set(VTL_ERR_ARG, "attention: kernel supports f32 and f64, got %s", vtl_dtype_name(dt));
+  return vtl_error_set(VTL_ERR_ARG, "attention: kernel supports f32, f64, f16 and bf16, got %s", vtl_dtype_name(dt));
 }
 
-vtl_status vtl_cpu_attention_forward(vtl_dtype dt, int64_t P, int64_t L, int64_t S, int64_t E, int64_t Ev,
+static vtl_status attn_forward_real(vtl_dtype dt, int64_t P, int64_t L, int64_t S, int64_t E, int64_t Ev,
                                      double scale, bool causal, const void *q, const void *k, const void *v, void *out,
                                      void *lse) {
   if (attn_check_dtype(dt)) return vtl_error_status();
@@ -230,7 +230,7 @@ vtl_status vtl_cpu_attention_forward(vtl_dtype dt, int64_t P, int64_t L, int64_t
   return VTL_OK;
 }
 
-vtl_status vtl_cpu_attention_backward(vtl_dtype dt, int64_t P, int64_t L, int64_t S, int64_t E, int64_t Ev,
+static vtl_status attn_backward_real(vtl_dtype dt, int64_t P, int64_t L, int64_t S, int64_t E, int64_t Ev,
                                       double scale, bool causal, const void *g, const void *q, const void *k,
                                       const void *v, const void *out, const void *lse, void *dq, void *dk, void *dv) {
   if (attn_check_dtype(dt)) return vtl_error_status();
@@ -257,6 +257,173 @@ vtl_status vtl_cpu_attention_backward(vtl_dtype dt, int64_t P, int64_t L, int64_
   });
   free(buf);
   return VTL_OK;
+}
+
+
+/* ---- f16/bf16 attention ----
+   bf16: oneDNN batched bf16 products over chunks of pairs (operands read in place, f32
+   accumulation), the scores, their softmax and gradients in f32, the probabilities and score
+   gradients rounded to bf16 for the products (as the GPU kernels do). f16, or bf16 without
+   oneDNN bf16 kernels: the f32 kernels on converted copies, each result rounded once. */
+
+static inline float bf16f(uint16_t h) {
+  uint32_t x = (uint32_t)h << 16;
+  float f;
+  memcpy(&f, &x, 4);
+  return f;
+}
+
+/* the pairs of a chunk: its f32 scores within 64 MiB */
+static int64_t attn_chunk(int64_t P, int64_t L, int64_t S) {
+  int64_t per = L * S * 4, n = per ? ((int64_t)64 << 20) / per : P;
+  return n < 1 ? 1 : n > P ? P : n;
+}
+
+/* per score row r (query r % L): s = scale s, masked after the query when causal, softmax;
+   lse[r] and the probabilities in bf16 */
+static void attn_rows_softmax_bf16(float *s, uint16_t *p, float *lse, int64_t rows, int64_t L, int64_t S, float scale,
+                                   bool causal) {
+#pragma omp parallel for if (rows * S > 65536)
+  for (int64_t r = 0; r < rows; r++) {
+    float *sr = s + r * S;
+    int64_t n = causal && r % L + 1 < S ? r % L + 1 : S;
+    for (int64_t j = 0; j < n; j++) sr[j] *= scale;
+    for (int64_t j = n; j < S; j++) sr[j] = -INFINITY;
+    vtl_cpu_softmax_rows(VTL_F32, sr, sr, 1, S, lse + r);
+    vtl_cpu_cast(p + r * S, VTL_BF16, 2, sr, VTL_F32, 4, S);
+  }
+}
+
+/* s = exp(scale s - lse) (0 where masked) in place, and in bf16 into p */
+static void attn_rows_probs_bf16(float *s, uint16_t *p, const float *lse, int64_t rows, int64_t L, int64_t S,
+                                 float scale, bool causal) {
+#pragma omp parallel for if (rows * S > 65536)
+  for (int64_t r = 0; r < rows; r++) {
+    float *sr = s + r * S, l = lse[r];
+    int64_t n = causal && r % L + 1 < S ? r % L + 1 : S;
+#pragma omp simd
+    for (int64_t j = 0; j < n; j++) sr[j] = vtl_cpu_expf(sr[j] * scale - l);
+    for (int64_t j = n; j < S; j++) sr[j] = 0;
+    vtl_cpu_cast(p + r * S, VTL_BF16, 2, sr, VTL_F32, 4, S);
+  }
+}
+
+/* ds = scale p (dp - Σ g out) per row, in bf16 (written over dp's bf16 twin ds) */
+static void attn_rows_dscores_bf16(const float *p, float *dp, const uint16_t *g, const uint16_t *out, uint16_t *ds,
+                                   int64_t rows, int64_t S, int64_t Ev, float scale) {
+#pragma omp parallel for if (rows * S > 65536)
+  for (int64_t r = 0; r < rows; r++) {
+    double d = 0;
+    for (int64_t e = 0; e < Ev; e++) d += (double)bf16f(g[r * Ev + e]) * bf16f(out[r * Ev + e]);
+    float dd = (float)d, *dr = dp + r * S;
+    const float *pr = p + r * S;
+#pragma omp simd
+    for (int64_t j = 0; j < S; j++) dr[j] = scale * pr[j] * (dr[j] - dd);
+    vtl_cpu_cast(ds + r * S, VTL_BF16, 2, dr, VTL_F32, 4, S);
+  }
+}
+
+/* 1 done, 0 no oneDNN bf16 products here (nothing written that the f32 path does not redo),
+   -1 error set */
+static int attn_forward_bf16(int64_t P, int64_t L, int64_t S, int64_t E, int64_t Ev, double scale, bool causal,
+                             const uint16_t *q, const uint16_t *k, const uint16_t *v, uint16_t *out, float *lse) {
+  int64_t n = attn_chunk(P, L, S);
+  char *buf = malloc((size_t)(n * L * S) * 6);
+  if (!buf) return vtl_error_set(VTL_ERR_OOM, "attention: out of memory for %lld x %lld scores", (long long)L, (long long)S), -1;
+  float *s32 = (float *)buf;
+  uint16_t *p16 = (uint16_t *)(s32 + n * L * S);
+  int ok = 1;
+  for (int64_t p0 = 0; p0 < P && ok; p0 += n) {
+    int64_t cnt = P - p0 < n ? P - p0 : n;
+    int64_t sq[3] = {L * E, E, 1}, skt[3] = {S * E, 1, E}, sp[3] = {L * S, S, 1}, sv[3] = {S * Ev, Ev, 1};
+    ok = vtl_cpu_gemm_bf16(cnt, L, S, E, q + p0 * L * E, sq, k + p0 * S * E, skt, s32, VTL_F32);
+    if (!ok) break;
+    attn_rows_softmax_bf16(s32, p16, lse + p0 * L, cnt * L, L, S, (float)scale, causal);
+    ok = vtl_cpu_gemm_bf16(cnt, L, Ev, S, p16, sp, v + p0 * S * Ev, sv, out + p0 * L * Ev, VTL_BF16);
+  }
+  free(buf);
+  return ok;
+}
+
+static int attn_backward_bf16(int64_t P, int64_t L, int64_t S, int64_t E, int64_t Ev, double scale, bool causal,
+                              const uint16_t *g, const uint16_t *q, const uint16_t *k, const uint16_t *v,
+                              const uint16_t *out, const float *lse, uint16_t *dq, uint16_t *dk, uint16_t *dv) {
+  int64_t n = attn_chunk(P, L, S);
+  char *buf = malloc((size_t)(n * L * S) * 10);
+  if (!buf) return vtl_error_set(VTL_ERR_OOM, "attention_backward: out of memory for %lld x %lld scores", (long long)L, (long long)S), -1;
+  float *s32 = (float *)buf, *dp32 = s32 + n * L * S;
+  uint16_t *p16 = (uint16_t *)(dp32 + n * L * S); /* P, then dS */
+  int ok = 1;
+  for (int64_t p0 = 0; p0 < P && ok; p0 += n) {
+    int64_t cnt = P - p0 < n ? P - p0 : n;
+    const uint16_t *gp = g + p0 * L * Ev, *qp = q + p0 * L * E, *kp = k + p0 * S * E, *vp = v + p0 * S * Ev;
+    int64_t sq[3] = {L * E, E, 1}, skt[3] = {S * E, 1, E}, sk[3] = {S * E, E, 1}, spt[3] = {L * S, 1, S};
+    int64_t sp[3] = {L * S, S, 1}, sg[3] = {L * Ev, Ev, 1}, svt[3] = {S * Ev, 1, Ev};
+    ok = vtl_cpu_gemm_bf16(cnt, L, S, E, qp, sq, kp, skt, s32, VTL_F32);
+    if (!ok) break;
+    attn_rows_probs_bf16(s32, p16, lse + p0 * L, cnt * L, L, S, (float)scale, causal);
+    ok = vtl_cpu_gemm_bf16(cnt, S, Ev, L, p16, spt, gp, sg, dv + p0 * S * Ev, VTL_BF16) && /* Pᵀ g */
+         vtl_cpu_gemm_bf16(cnt, L, S, Ev, gp, sg, vp, svt, dp32, VTL_F32);                /* g vᵀ */
+    if (!ok) break;
+    attn_rows_dscores_bf16(s32, dp32, gp, out + p0 * L * Ev, p16, cnt * L, S, Ev, (float)scale);
+    ok = vtl_cpu_gemm_bf16(cnt, L, E, S, p16, sp, kp, sk, dq + p0 * L * E, VTL_BF16) && /* dS k */
+         vtl_cpu_gemm_bf16(cnt, S, E, L, p16, spt, qp, sq, dk + p0 * S * E, VTL_BF16); /* dSᵀ q */
+  }
+  free(buf);
+  return ok;
+}
+
+/* f32 copies of n elements of half data (into dst) and back */
+static void to_f32(float *dst, const void *src, vtl_dtype dt, int64_t n) { vtl_cpu_cast(dst, VTL_F32, 4, src, dt, 2, n); }
+static void from_f32(void *dst, vtl_dtype dt, const float *src, int64_t n) { vtl_cpu_cast(dst, dt, 2, src, VTL_F32, 4, n); }
+
+vtl_status vtl_cpu_attention_forward(vtl_dtype dt, int64_t P, int64_t L, int64_t S, int64_t E, int64_t Ev,
+                                     double scale, bool causal, const void *q, const void *k, const void *v, void *out,
+                                     void *lse) {
+  if (dt != VTL_F16 && dt != VTL_BF16) return attn_forward_real(dt, P, L, S, E, Ev, scale, causal, q, k, v, out, lse);
+  if (P == 0 || L == 0) return VTL_OK;
+  if (dt == VTL_BF16 && S > 0 && E > 0) {
+    int r = attn_forward_bf16(P, L, S, E, Ev, scale, causal, q, k, v, out, lse);
+    if (r) return r > 0 ? VTL_OK : vtl_error_status();
+  }
+  int64_t nq = P * L * E, nk = P * S * E, nv = P * S * Ev, no = P * L * Ev;
+  float *f = malloc((size_t)(nq + nk + nv + no + 1) * 4);
+  if (!f) return vtl_error_set(VTL_ERR_OOM, "attention: out of memory for f32 copies");
+  to_f32(f, q, dt, nq);
+  to_f32(f + nq, k, dt, nk);
+  to_f32(f + nq + nk, v, dt, nv);
+  vtl_status st = attn_forward_real(VTL_F32, P, L, S, E, Ev, scale, causal, f, f + nq, f + nq + nk, f + nq + nk + nv, lse);
+  if (st == VTL_OK) from_f32(out, dt, f + nq + nk + nv, no);
+  free(f);
+  return st;
+}
+
+vtl_status vtl_cpu_attention_backward(vtl_dtype dt, int64_t P, int64_t L, int64_t S, int64_t E, int64_t Ev,
+                                      double scale, bool causal, const void *g, const void *q, const void *k,
+                                      const void *v, const void *out, const void *lse, void *dq, void *dk, void *dv) {
+  if (dt != VTL_F16 && dt != VTL_BF16)
+    return attn_backward_real(dt, P, L, S, E, Ev, scale, causal, g, q, k, v, out, lse, dq, dk, dv);
+  if (dt == VTL_BF16 && P > 0 && L > 0 && S > 0 && E > 0 && Ev > 0) {
+    int r = attn_backward_bf16(P, L, S, E, Ev, scale, causal, g, q, k, v, out, lse, dq, dk, dv);
+    if (r) return r > 0 ? VTL_OK : vtl_error_status();
+  }
+  int64_t nq = P * L * E, nk = P * S * E, nv = P * S * Ev, no = P * L * Ev;
+  float *f = malloc((size_t)(2 * no + 2 * nq + 2 * nk + 2 * nv + 1) * 4);
+  if (!f) return vtl_error_set(VTL_ERR_OOM, "attention_backward: out of memory for f32 copies");
+  float *fg = f, *fq = fg + no, *fk = fq + nq, *fv = fk + nk, *fo = fv + nv, *gq = fo + no, *gk = gq + nq, *gv = gk + nk;
+  to_f32(fg, g, dt, no);
+  to_f32(fq, q, dt, nq);
+  to_f32(fk, k, dt, nk);
+  to_f32(fv, v, dt, nv);
+  to_f32(fo, out, dt, no);
+  vtl_status st = attn_backward_real(VTL_F32, P, L, S, E, Ev, scale, causal, fg, fq, fk, fv, fo, lse, gq, gk, gv);
+  if (st == VTL_OK) {
+    from_f32(dq, dt, gq, nq);
+    from_f32(dk, dt, gk, nk);
+    from_f32(dv, dt, gv, nv);
+  }
+  free(f);
+  return st;
 }
 
 /* Multi-head self-attention of an inference layer, from the packed projection: qkv (B,N,3,H,D)
