@@ -193,8 +193,9 @@ vtl_status vtl_cpu_group_norm_backward(vtl_dtype dt, const void *g, const void *
                                        void *gb);
 
 /* softmax of `rows` contiguous rows of R elements, serially (for kernels that run inside a
-   parallel region); lse (rows, of dt, or NULL): each row's log-sum-exp */
-void vtl_cpu_softmax_rows(vtl_dtype dt, const void *x, void *y, int64_t rows, int64_t R, void *lse);
+   parallel region); lse (rows, of dt, or NULL): each row's log-sum-exp; invs (rows, of dt, or
+   NULL): each row left unnormalised, e^(x - max), with 1 / its sum stored here */
+void vtl_cpu_softmax_rows(vtl_dtype dt, const void *x, void *y, int64_t rows, int64_t R, void *lse, void *invs);
 /* x, y: (A, R, B), normalised along R */
 void vtl_cpu_softmax_forward(vtl_dtype dt, const void *x, void *y, int64_t A, int64_t R, int64_t B,
                              bool logsm);

@@ -144,13 +144,23 @@ static void gemm_rm(vtl_dtype dt, char ta, char tb, int64_t M, int64_t N, int64_
         for (int64_t j = i + 1; j < a->S; j++) ((T *)s)[i * a->S + j] = (T)-INFINITY;   \
   } while (0)
 
-/* out = softmax(s) v; lse (L) or NULL: the rows' log-sum-exp */
+/* out = softmax(s) v, the normalisation applied to out's rows after the product (L x Ev
+   multiplies, not L x S); lse (L) or NULL: the rows' log-sum-exp; s: an L x S buffer followed by
+   L elements */
+#define ATTN_NORMALISE(T)                                                               \
+  for (int64_t i = 0; i < a->L; i++) {                                                  \
+    T *orow = (T *)out + i * a->ldo, f = ((const T *)inv)[i];                           \
+    _Pragma("omp simd")                                                                 \
+    for (int64_t e = 0; e < a->Ev; e++) orow[e] *= f;                                   \
+  }
 static void attn_pair_forward(const attn_t *a, const void *q, const void *k, const void *v, void *out, void *lse,
                               void *s) {
+  void *inv = (char *)s + (size_t)(a->L * a->S) * vtl_dtype_size(a->dt);
   if (a->dt == VTL_F32) ATTN_SCORES(float);
   else ATTN_SCORES(double);
-  vtl_cpu_softmax_rows(a->dt, s, s, a->L, a->S, lse);
+  vtl_cpu_softmax_rows(a->dt, s, s, a->L, a->S, lse, inv);
   gemm_rm(a->dt, 'N', 'N', a->L, a->Ev, a->S, 1.0, s, a->S, v, a->ldv, out, a->ldo);
+  if (a->dt == VTL_F32) { ATTN_NORMALISE(float) } else { ATTN_NORMALISE(double) }
 }
 
 /* p = exp(s - lse) from the scores (0 where masked); then dp = p ∘ (g vᵀ - rowsum(g ∘ out)) */
@@ -189,11 +199,12 @@ static void attn_pair_backward(const attn_t *a, const void *g, const void *q, co
   gemm_rm(a->dt, 'T', 'N', a->S, a->E, a->L, a->scale, dp, a->S, q, a->ldq, dk, a->ldk);
 }
 
-/* per-thread score buffers for `pairs` pairs: nbuf buffers of L x S each per thread */
+/* per-thread score buffers for `pairs` pairs: nbuf buffers of L x S (and L more) elements each
+   per thread */
 static char *attn_buffers(const attn_t *a, int64_t pairs, int nbuf, int *nt, size_t *bytes) {
   *nt = omp_in_parallel() ? 1 : omp_get_max_threads();
   if (*nt > pairs) *nt = (int)pairs;
-  *bytes = (size_t)(a->L * a->S) * vtl_dtype_size(a->dt);
+  *bytes = (size_t)(a->L * a->S + a->L) * vtl_dtype_size(a->dt);
   char *buf = malloc((size_t)*nt * (size_t)nbuf * *bytes);
   if (!buf)
     vtl_error_set(VTL_ERR_OOM, "attention: out of memory for %lld x %lld scores", (long long)a->L, (long long)a->S);
@@ -289,7 +300,7 @@ static void attn_rows_softmax_bf16(float *s, uint16_t *p, float *lse, int64_t ro
     int64_t n = causal && r % L + 1 < S ? r % L + 1 : S;
     for (int64_t j = 0; j < n; j++) sr[j] *= scale;
     for (int64_t j = n; j < S; j++) sr[j] = -INFINITY;
-    vtl_cpu_softmax_rows(VTL_F32, sr, sr, 1, S, lse + r);
+    vtl_cpu_softmax_rows(VTL_F32, sr, sr, 1, S, lse + r, NULL);
     vtl_cpu_cast(p + r * S, VTL_BF16, 2, sr, VTL_F32, 4, S);
   }
 }

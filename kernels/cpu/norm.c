@@ -686,6 +686,7 @@ vtl_status vtl_cpu_group_norm_backward(vtl_dtype dt, const void *g, const void *
  * in the data's own type (T below: float for f32, so 8 or 16 lanes), sums in double. */
 
 #define SM_BLOCK 64
+#define SM_VEC 16 /* the row loops' vector: 16 floats in an AVX-512 register */
 #define EXP(z) _Generic((z), float: vtl_cpu_expf, default: exp)(z)
 
 /* rows [lo, hi) of R contiguous elements */
@@ -701,20 +702,35 @@ vtl_status vtl_cpu_group_norm_backward(vtl_dtype dt, const void *g, const void *
     }                                                                                  \
     if (nan) m = NAN;                                                                  \
     double s = 0;                                                                      \
+    /* whole vectors of SM_VEC, then the tail in one padded vector (e^-inf = 0), so no     \
+       element takes the scalar exp */                                                 \
+    int64_t Rv = R - R % SM_VEC;                                                       \
+    T tail[SM_VEC];                                                                    \
+    for (int64_t j = 0; j < SM_VEC; j++) tail[j] = Rv + j < R ? xr[Rv + j] - m : (T)-INFINITY; \
     if (logsm) {                                                                       \
       _Pragma("omp simd reduction(+ : s)")                                            \
-      for (int64_t r = 0; r < R; r++) s += EXP(xr[r] - m);                             \
+      for (int64_t r = 0; r < Rv; r++) s += EXP(xr[r] - m);                            \
+      _Pragma("omp simd reduction(+ : s)")                                            \
+      for (int64_t j = 0; j < SM_VEC; j++) s += EXP(tail[j]);                          \
       T lz = (T)(m + log(s));                                                          \
       for (int64_t r = 0; r < R; r++) yr[r] = xr[r] - lz;                              \
     } else {                                                                           \
       _Pragma("omp simd reduction(+ : s)")                                            \
-      for (int64_t r = 0; r < R; r++) {                                                \
+      for (int64_t r = 0; r < Rv; r++) {                                               \
         T e = EXP(xr[r] - m);                                                          \
         s += e;                                                                        \
         yr[r] = e;                                                                     \
       }                                                                                \
+      _Pragma("omp simd reduction(+ : s)")                                            \
+      for (int64_t j = 0; j < SM_VEC; j++) {                                           \
+        tail[j] = EXP(tail[j]);                                                        \
+        s += tail[j];                                                                  \
+      }                                                                                \
+      for (int64_t r = Rv; r < R; r++) yr[r] = tail[r - Rv];                           \
       T inv = (T)(1.0 / s);                                                            \
-      for (int64_t r = 0; r < R; r++) yr[r] *= inv;                                    \
+      if (invs) ((T *)invs)[a] = inv;                                                  \
+      else                                                                             \
+        for (int64_t r = 0; r < R; r++) yr[r] *= inv;                                  \
       if (lse) ((T *)lse)[a] = (T)(m + log(s));                                        \
     }                                                                                  \
   }
@@ -752,7 +768,7 @@ vtl_status vtl_cpu_group_norm_backward(vtl_dtype dt, const void *g, const void *
 static void sm_forward(vtl_dtype dt, const void *x, void *y, int64_t R, int64_t B, bool logsm, int64_t lo,
                        int64_t hi) {
   int64_t nb = (B + SM_BLOCK - 1) / SM_BLOCK;
-  void *lse = NULL;
+  void *lse = NULL, *invs = NULL;
   if (B == 1) {
     if (dt == VTL_F32) { SM_ROWS(float) } else { SM_ROWS(double) }
   } else {
@@ -760,7 +776,7 @@ static void sm_forward(vtl_dtype dt, const void *x, void *y, int64_t R, int64_t 
   }
 }
 
-void vtl_cpu_softmax_rows(vtl_dtype dt, const void *x, void *y, int64_t rows, int64_t R, void *lse) {
+void vtl_cpu_softmax_rows(vtl_dtype dt, const void *x, void *y, int64_t rows, int64_t R, void *lse, void *invs) {
   const bool logsm = false;
   const int64_t lo = 0, hi = rows;
   if (dt == VTL_F32) { SM_ROWS(float) } else { SM_ROWS(double) }
