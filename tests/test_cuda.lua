@@ -891,6 +891,24 @@ gpu_test("group norm kernels: groups 1 to C, 3-D and 4-D inputs, with and withou
   end
 end)
 
+gpu_test("batch transforms and F.interpolate/pad on cuda: the CPU's results, the same draws", function()
+  local B = vtl.transforms.batch
+  local x = vtl.randn(6, 3, 40, 30)
+  local xg = x:cuda()
+  local mean, std = {0.485, 0.456, 0.406}, {0.229, 0.224, 0.225}
+  same(B.normalize(xg, mean, std), B.normalize(x, mean, std), 1e-6, "normalize")
+  same(B.resize(xg, {17, 23}), B.resize(x, {17, 23}), 1e-5, "resize bilinear")
+  same(B.resize(xg, 9, {mode = "nearest"}), B.resize(x, 9, {mode = "nearest"}), 0, "resize nearest")
+  same(B.center_crop(xg, {21, 13}), B.center_crop(x, {21, 13}), 0, "center_crop")
+  same(B.random_horizontal_flip(xg, 0.5, vtl.Generator(4)), B.random_horizontal_flip(x, 0.5, vtl.Generator(4)), 0, "flip")
+  same(B.random_resized_crop(xg, 16, {generator = vtl.Generator(5)}), B.random_resized_crop(x, 16, {generator = vtl.Generator(5)}),
+    1e-5, "random_resized_crop")
+  same(F.pad(xg, {2, 1, 1, 3}, {mode = "reflect"}), F.pad(x, {2, 1, 1, 3}, {mode = "reflect"}), 0, "reflect pad")
+  local q = vtl.randn(2, 3, 5, 4)
+  same(F.scaled_dot_product_attention(q:cuda(), q:cuda(), q:cuda(), {is_causal = true, attn_mask = nil, dropout_p = 0}),
+    F.scaled_dot_product_attention(q, q, q, {is_causal = true}), 1e-5, "causal attention")
+end)
+
 gpu_test("softmax and log_softmax: last and inner dims, forward and backward", function()
   for _, dt in ipairs({"f32", "f64"}) do
     local x = (vtl.randn(3, 37, 5) * 3):to(dt)

@@ -1206,4 +1206,9 @@ function T.MixUpCutMix(opts) return require("vtl.mixing").MixUpCutMix(opts) end
 ---(see vtl.preview).
 function T.preview(ds, n, path, opts) return require("vtl.preview").preview(ds, n, path, opts) end
 
+T._round_even = round_even -- for vtl.transforms.batch
+
+---Resize, crops, flips and normalisation of whole batches on their own device (a GPU).
+T.batch = require "vtl.transforms_batch"
+
 return T

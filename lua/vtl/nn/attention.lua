@@ -125,7 +125,7 @@ function MHA:forward(query, key, value, opts)
   end
   local scores = (q * (1 / math.sqrt(Dh))):matmul(k:transpose(-2, -1)) -- (N, H, L, S)
   if opt(opts, "is_causal", false) and not attn_mask then
-    attn_mask = core.arange(S):view(1, S):gt(core.arange(L):view(L, 1))
+    attn_mask = core.arange(S, {device = q.device}):view(1, S):gt(core.arange(L, {device = q.device}):view(L, 1))
   end
   if attn_mask then
     if attn_mask.ndim == 3 then attn_mask = attn_mask:reshape(N, H, L, S) end

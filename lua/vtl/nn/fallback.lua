@@ -340,7 +340,7 @@ function M.avg_pool2d(x, k, o)
       end
       d[i + 1] = row
     end
-    y = sum / core.tensor(d, {dtype = x.dtype})
+    y = sum / core.tensor(d, {dtype = x.dtype, device = x.device})
   end
   if squeeze then y = y:squeeze(1) end
   return y
@@ -406,7 +406,7 @@ local function nll(lp, t, o, fn, out_shape)
     error(("%s: target %d out of range for %d classes"):format(fn, v, C), 3)
   end
   local picked = -lp:gather(2, safe:view(-1, 1)):view(-1)
-  local wt = w and w:index_select(1, safe) or core.ones(safe.shape, {dtype = lp.dtype})
+  local wt = w and w:index_select(1, safe) or core.ones(safe.shape, {dtype = lp.dtype, device = lp.device})
   wt = wt * valid:to(lp.dtype)
   local loss = picked * wt
   local red = opt(o, "reduction", "mean")

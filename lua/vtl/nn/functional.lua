@@ -95,7 +95,7 @@ function F.embedding(idx, weight, opts)
 end
 
 -- 0-based source positions for reflect / replicate / circular padding of a dim of size n
-local function pad_index(mode, n, l, r)
+local function pad_index(mode, n, l, r, device)
   local out = {}
   for j = -l, n - 1 + r do
     local s
@@ -111,7 +111,7 @@ local function pad_index(mode, n, l, r)
     end
     out[#out + 1] = s + 1
   end
-  return core.tensor(out, {dtype = "i64"})
+  return core.tensor(out, {dtype = "i64", device = device})
 end
 
 ---Pads (or, with negative amounts, crops) the last dims: pads = {left, right, top, bottom, ...}
@@ -154,7 +154,7 @@ function F.pad(x, pads, opts)
         error(("pad: reflect padding (%d, %d) must be smaller than the dim size %d"):format(l, r, n), 2)
       end
       if l < 0 or r < 0 then error("pad: negative pads need mode 'constant'", 2) end
-      if l > 0 or r > 0 then x = x:index_select(dim, pad_index(mode, n, l, r)) end
+      if l > 0 or r > 0 then x = x:index_select(dim, pad_index(mode, n, l, r, x.device)) end
     else
       error("pad: mode must be 'constant', 'reflect', 'replicate' or 'circular', got '" .. tostring(mode) .. "'", 2)
     end
@@ -185,7 +185,7 @@ local function resample_dims(x, opts)
 end
 
 -- nearest: src = min(floor(dst * scale), n - 1), scale = 1/scale_factor or n/out (in f32)
-local function nearest_index(n, out, scale, exact)
+local function nearest_index(n, out, scale, exact, device)
   local s = scale and f32(1 / scale) or f32(n / out)
   local idx = {}
   for d = 0, out - 1 do
@@ -196,7 +196,7 @@ local function nearest_index(n, out, scale, exact)
     else src = math.floor(f32(d * s)) end
     idx[d + 1] = math.min(src, n - 1) + 1
   end
-  return core.tensor(idx, {dtype = "i64"})
+  return core.tensor(idx, {dtype = "i64", device = device})
 end
 
 -- linear: indices i0, i1 (1-based) and weights l0, l1 of output positions along one dim
@@ -221,9 +221,9 @@ local function lerp_dim(x, dim, n, out, scale, align)
   local shape = {}
   for i = 1, x.ndim do shape[i] = 1 end
   shape[dim] = out
-  local opts = {dtype = x.dtype}
-  local a = x:index_select(dim, core.tensor(i0, {dtype = "i64"}))
-  local b = x:index_select(dim, core.tensor(i1, {dtype = "i64"}))
+  local opts = {dtype = x.dtype, device = x.device}
+  local a = x:index_select(dim, core.tensor(i0, {dtype = "i64", device = x.device}))
+  local b = x:index_select(dim, core.tensor(i1, {dtype = "i64", device = x.device}))
   return a * core.tensor(l0, opts):view(shape) + b * core.tensor(l1, opts):view(shape)
 end
 
@@ -241,7 +241,7 @@ function F.interpolate(x, opts)
     if align ~= nil then error("interpolate: align_corners applies to linear modes only", 2) end
     for i = 1, x.ndim - 2 do
       local n = x.shape[2 + i]
-      x = x:index_select(2 + i, nearest_index(n, outs[i], scales[i], mode == "nearest-exact"))
+      x = x:index_select(2 + i, nearest_index(n, outs[i], scales[i], mode == "nearest-exact", x.device))
     end
     return x
   elseif mode == "bilinear" or mode == "linear" then
@@ -290,8 +290,8 @@ function F.scaled_dot_product_attention(q, k, v, opts)
   end
   local attn = q:matmul(k:transpose(-2, -1)) * scale
   if opt(opts, "is_causal", false) then
-    local rows = core.arange(L):view(L, 1)
-    local cols = core.arange(S):view(1, S)
+    local rows = core.arange(L, {device = q.device}):view(L, 1)
+    local cols = core.arange(S, {device = q.device}):view(1, S)
     attn = attn:masked_fill(cols:gt(rows), -math.huge)
   end
   local mask = opt(opts, "attn_mask", nil)
@@ -328,7 +328,7 @@ end
 ---@return vtl.Tensor
 function F.one_hot(idx, num_classes)
   num_classes = num_classes or idx:max():item()
-  return idx:unsqueeze(-1):eq(core.arange(1, num_classes + 1)):long()
+  return idx:unsqueeze(-1):eq(core.arange(1, num_classes + 1, {device = idx.device})):long()
 end
 
 ---x / max(‖x‖_p, eps) along dim (default 2).

@@ -52,7 +52,11 @@ end
 ---"f16": forward passes and losses in a vtl.autocast region, f16 with a vtl.amp.GradScaler;
 ---"f32" or nil: full precision), device ("cpu", "cuda", "cuda:N": the model moves there and each
 ---batch follows it, from page-locked memory without waiting on a GPU; default: where the
----model's parameters are). Predictions, targets and metrics come back on the CPU.
+---model's parameters are), device_transform (fn(input, generator) -> input for training
+---batches once they are on the device, e.g. vtl.transforms.batch steps on the GPU; the generator
+---derives from seed, epoch and batch) and valid_device_transform (fn(input) -> input for
+---validation and prediction batches, e.g. the normalisation). Predictions, targets and metrics
+---come back on the CPU.
 ---@param opts table
 function M.Learner(opts)
   if type(opts) ~= "table" then fail("Learner: expected an options table", 2) end
@@ -76,6 +80,13 @@ function M.Learner(opts)
   end
   if prec == "bf16" or prec == "f16" then self.amp_dtype = prec end
   if prec == "f16" then self.scaler = require("vtl.amp").GradScaler() end
+  for _, k in ipairs({"device_transform", "valid_device_transform"}) do
+    local f = opts[k]
+    if f ~= nil and type(f) ~= "function" and not (type(f) == "table" and getmetatable(f) and getmetatable(f).__call) then
+      fail("Learner: " .. k .. " must be a function(input, generator), got " .. type(f), 2)
+    end
+    self[k] = f
+  end
   -- device
   if opts.device ~= nil then
     if type(opts.device) ~= "string" then fail("Learner: device must be \"cpu\", \"cuda\" or \"cuda:N\", got " .. type(opts.device), 2) end
@@ -270,17 +281,23 @@ function Learner:_to_device(t)
   return t:to(self.device, {non_blocking = true})
 end
 
--- a shallow copy of a batch with its input and target on the Learner's device
-function Learner:_batch_on_device(batch)
-  if self.device == "cpu" then return batch end
+-- a shallow copy of a batch with its input and target on the Learner's device, the input then
+-- passed through the device transform of training (train) or validation batches
+function Learner:_batch_on_device(batch, train)
+  local tf = train and self.device_transform or not train and self.valid_device_transform or nil
+  if self.device == "cpu" and not tf then return batch end
   local b = {}
   for k, v in pairs(batch) do b[k] = v end
   b.input, b.target = self:_to_device(batch.input), self:_to_device(batch.target)
+  if tf then
+    local gen = train and vtl.Generator(self.seed * 1000003 + self.epoch * 10007 + (self.batch_in_epoch or 0)) or nil
+    b.input = tf(b.input, gen)
+  end
   return b
 end
 
 function Learner:_train_batch(batch)
-  batch = self:_batch_on_device(batch)
+  batch = self:_batch_on_device(batch, true)
   self.batch = batch
   self:_event("before_batch", batch)
   local out, loss
@@ -346,7 +363,7 @@ function Learner:_predict_loader(dl, epoch)
   local outs, targets, losses, n = {}, {}, 0, 0
   local guard <close> = vtl.no_grad()
   for hb in dl:iter(epoch or 1) do
-    local b = self:_batch_on_device(hb)
+    local b = self:_batch_on_device(hb, false)
     local out
     do
       local ac <close> = self.amp_dtype and core.autocast(self.amp_dtype) or nil
@@ -615,7 +632,7 @@ function Learner:lr_find(opts)
         i = i + 1
         local lr = lo * (hi / lo) ^ ((i - 1) / (n - 1))
         for _, g in ipairs(self.opt.param_groups) do g.lr = lr end
-        b = self:_batch_on_device(b)
+        b = self:_batch_on_device(b, true)
         local loss = self.loss_fn(self.model(b.input), b.target)
         local l = item(loss)
         loss:backward()
@@ -685,7 +702,9 @@ function Learner:predict(x, opts)
   local guard <close> = vtl.no_grad()
   local function probs_of(input) -- in the training precision; softmax gives f32 either way
     local ac <close> = self.amp_dtype and core.autocast(self.amp_dtype) or nil
-    return vtl.nn.functional.softmax(self.model(self:_to_device(input)), 2):cpu()
+    input = self:_to_device(input)
+    if self.valid_device_transform then input = self.valid_device_transform(input) end
+    return vtl.nn.functional.softmax(self.model(input), 2):cpu()
   end
   local function mirror(input) -- left-right, along the last dim
     local w = input.shape[input.ndim]
