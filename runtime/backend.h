@@ -134,10 +134,9 @@ typedef struct vtl_nn_backend {
   vtl_status (*activation_backward)(vtl_activation act, const vtl_tensor *g, const vtl_tensor *s, vtl_tensor *dx,
                                     const double *params);
   /* scaled dot-product attention (vtl_op_attention): q (P,L,E), k (P,S,E), v (P,S,Ev), out
-     (P,L,Ev), g (P,L,Ev), the gradients and lse (P,L; f32, f64 for f64 data) contiguous;
-     attn_half: q, k, v may be f16/bf16 (products and softmax in f32), else the op layer computes
-     on f32 copies. NULL entries: the device has no attention kernel. */
-  bool attn_half;
+     (P,L,Ev), g (P,L,Ev), the gradients and lse (P,L; f32, f64 for f64 data) contiguous; f32,
+     f64, f16 and bf16 data (the softmax in f32 for the half types). NULL entries: the device has
+     no attention kernel. */
   vtl_status (*attention_forward)(const vtl_tensor *q, const vtl_tensor *k, const vtl_tensor *v, double scale,
                                   bool causal, vtl_tensor *out, vtl_tensor *lse);
   vtl_status (*attention_backward)(const vtl_tensor *g, const vtl_tensor *q, const vtl_tensor *k,

@@ -608,23 +608,11 @@ static vtl_status attention_check(const char *op, vtl_tensor *q, vtl_tensor *k, 
 /* the dtype of the rows' log-sum-exp: f32, f64 for f64 data */
 static vtl_dtype lse_dtype(vtl_dtype dt) { return dt == VTL_F64 ? VTL_F64 : VTL_F32; }
 
-/* whether the device computes on dt itself (else the op runs on f32 copies) */
-static bool attention_native(const vtl_tensor *q) { return !is_half(q->dtype) || nn_of(q)->attn_half; }
-
 vtl_tensor *vtl_op_attention(vtl_tensor *q, vtl_tensor *k, vtl_tensor *v, double scale, bool causal,
                              vtl_tensor **save_lse) {
   static const char op[] = "attention";
   if (save_lse) *save_lse = NULL;
   if (attention_check(op, q, k, v, NULL)) return NULL;
-  if (!attention_native(q)) {
-    bool fail = false;
-    vtl_tensor *fq = up(q, &fail), *fk = up(k, &fail), *fv = up(v, &fail);
-    vtl_tensor *y = fail ? NULL : down(vtl_op_attention(fq, fk, fv, scale, causal, save_lse), q->dtype);
-    vtl_tensor *ts[3] = {fq, fk, fv};
-    release_all(ts, 3);
-    if (!y && save_lse) { vtl_tensor_release(*save_lse); *save_lse = NULL; }
-    return y;
-  }
   int64_t shape[3] = {q->shape[0], q->shape[1], v->shape[2]};
   vtl_tensor *qc = vtl_op_contiguous(q), *kc = qc ? vtl_op_contiguous(k) : NULL, *vc = kc ? vtl_op_contiguous(v) : NULL;
   vtl_tensor *y = vc ? new_like_shape(shape, 3, q->dtype, q) : NULL;
@@ -650,20 +638,6 @@ vtl_status vtl_op_attention_backward(vtl_tensor *g, vtl_tensor *q, vtl_tensor *k
   if (out->dtype != q->dtype || out->ndim != 3 || memcmp(out->shape, g->shape, sizeof(int64_t) * 3) != 0 ||
       lse->dtype != lse_dtype(q->dtype) || lse->ndim != 2 || lse->shape[0] != q->shape[0] || lse->shape[1] != q->shape[1])
     return vtl_error_set(VTL_ERR_ARG, "%s: the saved output or log-sum-exp does not match the inputs", op);
-  if (!attention_native(q)) {
-    bool fail = false;
-    vtl_tensor *f[5] = {up(g, &fail), up(q, &fail), up(k, &fail), up(v, &fail), up(out, &fail)};
-    vtl_status st = fail ? vtl_error_status()
-                         : vtl_op_attention_backward(f[0], f[1], f[2], f[3], f[4], lse, scale, causal, dq, dk, dv);
-    release_all(f, 5);
-    if (st != VTL_OK) return st;
-    vtl_tensor **gs[3] = {dq, dk, dv};
-    for (int i = 0; i < 3; i++) *gs[i] = down(*gs[i], q->dtype);
-    if (*dq && *dk && *dv) return VTL_OK;
-    st = vtl_error_status();
-    for (int i = 0; i < 3; i++) { vtl_tensor_release(*gs[i]); *gs[i] = NULL; }
-    return st;
-  }
   vtl_tensor *c[6] = {vtl_op_contiguous(g), vtl_op_contiguous(q), vtl_op_contiguous(k), vtl_op_contiguous(v),
                       vtl_op_contiguous(out), vtl_op_contiguous(lse)};
   bool ok = true;

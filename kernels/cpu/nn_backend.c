@@ -230,7 +230,6 @@ const vtl_nn_backend vtl_cpu_nn_backend = {
   .activation_backward = activation_backward,
   .softmax_forward = softmax_forward,
   .softmax_backward = softmax_backward,
-  .attn_half = true, /* bf16 on oneDNN's bf16 products; f16 on f32 copies inside the kernel */
   .attention_forward = attention_forward,
   .attention_backward = attention_backward,
   .cross_entropy_forward = cross_entropy_forward,

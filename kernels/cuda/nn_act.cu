@@ -216,7 +216,6 @@ vtl_nn_backend make_table() {
   t.activation_backward = cu_activation_backward;
   t.softmax_forward = vtl_cu_softmax_forward;
   t.softmax_backward = vtl_cu_softmax_backward;
-  t.attn_half = true;
   t.attention_forward = vtl_cu_attention_forward;
   t.attention_backward = vtl_cu_attention_backward;
   t.cross_entropy_forward = vtl_cu_cross_entropy_forward;
