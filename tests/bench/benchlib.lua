@@ -23,6 +23,6 @@ end
 ---Prints "name seconds".
 ---@param name string
 ---@param t number
-function B.report(name, t) print(string.format("%s %.9f", name, t)) end
+function B.report(name, t) print(string.format("%s %.9f", name, t)); io.stdout:flush() end
 
 return B

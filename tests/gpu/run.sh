@@ -4,6 +4,8 @@
 # Each step's output goes to $OUT/<step>.log; a failing step does not stop the next ones;
 # a summary ends the run. Meant to finish within 6 minutes on a 16-core machine.
 #   OUT=/tmp/out bash tests/gpu/run.sh
+# TEST_FILE=tests/x.lua runs another test file in the CUDA step; TEST_LIMIT and BENCH_LIMIT
+# (seconds) bound the test and benchmark steps.
 set -u
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/vtl-gpu-out}
@@ -31,23 +33,26 @@ step() {
 
 {
   echo "date: $(date -u)"
-  echo "host: $(hostname), $(nproc) cores"
-  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1
+  echo "host: $(hostname), $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo)"
+  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader 2>&1
   command -v nvcc && nvcc --version | tail -2
   ls -d /usr/local/cuda* 2>/dev/null
-  echo "python: $($VTL_PY -c 'import torch; print(torch.__version__, torch.version.cuda, torch.cuda.is_available())' 2>&1)"
+  gcc --version | head -1
+  echo "python: $($VTL_PY -c 'import torch; print(torch.__version__, torch.version.cuda, torch.backends.cudnn.version(), torch.cuda.is_available())' 2>&1)"
+  . tests/gpu/cuda_env.sh
 } 2>&1 | tee "$OUT/machine.log"
+# cuda_env.sh again in this shell, for CUDA_MAKE_ARGS and LD_LIBRARY_PATH (its output is logged above)
+. tests/gpu/cuda_env.sh >/dev/null 2>&1
 
-if [ -x .deps/unpack.sh ] || [ -f .deps/unpack.sh ]; then
-  step build 200 "bash .deps/unpack.sh >/dev/null && make -j$JOBS CUDA=1 DEPS_ROOT=\$PWD/.deps/root all"
+if [ -f .deps/unpack.sh ]; then
+  step build 200 "bash .deps/unpack.sh >/dev/null && make -j$JOBS CUDA=1 $CUDA_MAKE_ARGS DEPS_ROOT=\$PWD/.deps/root all"
 else
-  step build 240 "echo 'no .deps/unpack.sh: building against the system libraries'; make -j$JOBS CUDA=1 all"
+  step build 240 "echo 'no .deps/unpack.sh: building against the system libraries'; make -j$JOBS CUDA=1 $CUDA_MAKE_ARGS all"
 fi
-# where the binary takes its CUDA libraries from (rpath: CUDA_HOME/lib64)
-step libs 20 "ldd ./vtl | grep -E 'cuda|cublas|cudnn|lua|dnnl|openblas|not found'; readelf -d ./vtl | grep -iE 'rpath|runpath'"
-step info 20 "./vtl info"
-step test_cuda 200 "./vtl tests/run.lua tests/test_cuda.lua"
-step bench 240 "VTL=./vtl bash tests/bench/cuda.sh"
+# where the binary takes its libraries from, and what it sees
+step info 30 "ldd ./vtl | grep -E 'cuda|cublas|cudnn|lua|dnnl|openblas|not found'; readelf -d ./vtl | grep -iE 'rpath|runpath'; ./vtl info"
+step test_cuda "${TEST_LIMIT:-240}" "LIMIT=$(( ${TEST_LIMIT:-240} - 10 )) bash tests/gpu/test_cuda.sh ${TEST_FILE:-}"
+step bench "${BENCH_LIMIT:-240}" "VTL=./vtl LIMIT=$(( ${BENCH_LIMIT:-240} / 2 - 5 )) bash tests/bench/cuda.sh"
 step grad_diff 60 "./vtl tests/gpu/grad_diff.lua resnet18 16 64; ./vtl tests/gpu/grad_diff.lua small_cnn 16 32"
 # the CPU suite there needs the reference generators' Python packages; on request only
 if [ "${VTL_GPU_SUITE:-0}" = 1 ]; then step cpu_suite 150 "VTL=./vtl bash tests/run.sh"; fi
@@ -57,4 +62,5 @@ echo "=== summary ($(( $(date +%s) - t_start ))s in all; logs in $OUT)" | tee "$
 for i in "${!names[@]}"; do
   printf '%-10s %s\n' "${names[$i]}" "${results[$i]}" | tee -a "$OUT/summary.log"
 done
-grep -h "^lua: " "$OUT/test_cuda.log" "$OUT/cpu_suite.log" 2>/dev/null | sed 's/^/  /' | tee -a "$OUT/summary.log"
+grep -hE "^[0-9]+ passed, [0-9]+ failed, [0-9]+ crashed|^CRASH|^  FAIL|^CUDA CONTEXT" "$OUT/test_cuda.log" 2>/dev/null | sed 's/^/  /' | tee -a "$OUT/summary.log"
+grep -h "^lua: " "$OUT/cpu_suite.log" 2>/dev/null | sed 's/^/  /' | tee -a "$OUT/summary.log"
