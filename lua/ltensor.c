@@ -652,10 +652,8 @@ static int t_to(lua_State *L) {
   }
   if (!vtl_device_eq(dev, vtl_tensor_device(x))) {
     if (!vtl_backend_get(dev)) return lvtl_error(L);
-    if (vtl_requires_grad(x) && vtl_grad_enabled())
-      return luaL_error(L, "to: copies between devices do not record gradients yet; detach() the tensor first");
     lvtl_box *b = newbox(L);
-    vtl_tensor *m = async ? vtl_tensor_to_device_async(x, dev) : vtl_tensor_to_device(x, dev);
+    vtl_tensor *m = vtl_fn_to_device(x, dev, async);
     vtl_tensor *r = m ? vtl_fn_to_dtype(m, dt) : NULL;
     vtl_tensor_release(m);
     return fill_box(L, b, r);

@@ -272,6 +272,23 @@ vtl_tensor *vtl_fn_to_dtype(vtl_tensor *x, vtl_dtype dt) {
   if (!out || !vtl_dtype_is_float(dt) || !vtl_ag_needs(&x, 1)) return out;
   return record_identity(out, x, "ToCopyBackward");
 }
+
+/* a copy on another device: the gradient goes back to the source device */
+static vtl_status to_device_bw(vtl_node *n, vtl_tensor *g, vtl_tensor **gin) {
+  vtl_device src = {(vtl_device_type)n->i[0], (int)n->i[1]};
+  gin[0] = vtl_tensor_to_device(g, src);
+  return gin[0] ? VTL_OK : vtl_error_status();
+}
+vtl_tensor *vtl_fn_to_device(vtl_tensor *x, vtl_device dev, bool async) {
+  vtl_tensor *out = async ? vtl_tensor_to_device_async(x, dev) : vtl_tensor_to_device(x, dev);
+  if (!out || !vtl_dtype_is_float(x->dtype) || !vtl_ag_needs(&x, 1)) return out;
+  vtl_device src = vtl_tensor_device(x);
+  vtl_node *nd = record(&out, "ToDeviceBackward", to_device_bw, &x, 1);
+  if (!nd) return out;
+  nd->i[0] = src.type;
+  nd->i[1] = src.index;
+  return vtl_ag_attach(out, nd);
+}
 /* a copy in x's layout when that is channels-last (PyTorch's preserve_format), else contiguous */
 vtl_tensor *vtl_fn_clone(vtl_tensor *x) {
   vtl_tensor *c = NULL;

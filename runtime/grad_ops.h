@@ -15,6 +15,9 @@ vtl_tensor *vtl_fn_where(vtl_tensor *cond, vtl_tensor *a, vtl_tensor *b);
 vtl_tensor *vtl_fn_lerp(vtl_tensor *a, vtl_tensor *b, vtl_tensor *w);
 vtl_tensor *vtl_fn_masked_fill(vtl_tensor *x, vtl_tensor *mask, double value);
 vtl_tensor *vtl_fn_to_dtype(vtl_tensor *x, vtl_dtype dt);
+/* a copy on device dev (async: from pinned memory, ordered on the device's stream) whose
+   gradient is copied back to x's device */
+vtl_tensor *vtl_fn_to_device(vtl_tensor *x, vtl_device dev, bool async);
 vtl_tensor *vtl_fn_clone(vtl_tensor *x);
 vtl_tensor *vtl_fn_contiguous(vtl_tensor *x);
 vtl_tensor *vtl_fn_contiguous_channels_last(vtl_tensor *x);

@@ -152,6 +152,30 @@ gpu_test("copies: creation on the device, item, totable and printing copy throug
   T.truthy(s:find("1.5", 1, true), s)
 end)
 
+gpu_test("copies between devices carry gradients back to the source device (x:cuda(), y:cpu(), to with a dtype)", function()
+  local x = vtl.randn(4, 3):requires_grad_()
+  local y = (x:cuda() * 2):sum()
+  T.eq(y.device, "cuda:0")
+  y:backward()
+  T.eq(x.grad.device, "cpu")
+  T.close(x.grad, vtl.full({4, 3}, 2.0), 0)
+  x:to("cuda:0", "f64"):sum():backward() -- device and dtype in one call: both copies are recorded
+  T.close(x.grad, vtl.full({4, 3}, 3.0), 0)
+  local w = vtl.randn(3, 2, {device = "cuda"}):requires_grad_()
+  local c = vtl.tensor({{1.0, 2.0}, {3.0, 4.0}, {5.0, 6.0}})
+  local loss = (w:cpu() * c):sum()
+  T.eq(loss.device, "cpu")
+  loss:backward()
+  T.eq(w.grad.device, "cuda:0")
+  T.close(w.grad:cpu(), c, 0)
+  -- a model's loss taken to the host keeps its graph
+  local m = vtl.nn.Linear(3, 2):cuda()
+  vtl.nn.functional.mse_loss(m(vtl.randn(5, 3):cuda()):cpu(), vtl.zeros(5, 2)):backward()
+  T.eq(m.weight.grad.device, "cuda:0")
+  vtl.no_grad(function() T.eq(x:cuda().requires_grad, false) end)
+  T.eq(x:detach():cuda().requires_grad, false)
+end)
+
 gpu_test("tensors on different devices: the op names both devices", function()
   local a, b = vtl.ones(2), vtl.ones(2):cuda()
   T.raises(function() return a + b end, "add: tensors are on different devices (cpu and cuda:0)")
@@ -1052,8 +1076,10 @@ gpu_test("dropout: a seeded GPU dropout equals the CPU's bit for bit, forward an
 end)
 
 -- three SGD steps of a zoo model on each device from the same weights and batches; the losses
--- agree within rtol, and the GPU model's parameters stay the objects the optimizer holds
-local function train_parity(name, opts, batch, size, rtol, later_rtol, format)
+-- agree within rtol, and the GPU model's parameters stay the objects the optimizer holds.
+-- resync: each step starts the GPU model from the CPU's weights, buffers and momentum, so every
+-- step's loss and update are compared at rtol without the drift that carried updates grow.
+local function train_parity(name, opts, batch, size, rtol, later_rtol, format, resync)
   vtl.seed(3)
   local cpu = vtl.models.create(name, opts)
   local gpu = vtl.models.create(name, opts)
@@ -1088,19 +1114,30 @@ local function train_parity(name, opts, batch, size, rtol, later_rtol, format)
     end
     -- the first step compares one forward pass; later ones also carry the updates, in which
     -- the two devices' different summation orders grow step by step
-    local tol = step == 1 and rtol or (later_rtol or rtol)
+    local tol = (step == 1 or resync) and rtol or (later_rtol or rtol)
+    if os.getenv("VTL_TEST_VERBOSE") then
+      print(("    %s %s step %d: loss relative difference %.3g"):format(name, format or "planar", step,
+        math.abs(losses[2] - losses[1]) / math.abs(losses[1])))
+    end
     T.truthy(math.abs(losses[2] - losses[1]) <= tol * math.abs(losses[1]),
       ("%s step %d: loss on cuda %.9g, on cpu %.9g"):format(name, step, losses[2], losses[1]))
     -- the weights after one update: one step's gradients agree to about 1e-5 relative (measured:
     -- ResNet-18 at batch 16, 64x64, max 1.35e-5), so the updated weights agree closely
-    if step == 1 then
+    if step == 1 or resync then
       local sc, sg = cpu:state_dict(), gpu:state_dict()
       for k, v in pairs(sc) do
-        if v.dtype == "f32" then same(sg[k], v, 1e-4, name .. " " .. k .. " after one step") end
+        if v.dtype == "f32" then same(sg[k], v, 1e-4, ("%s %s after step %d"):format(name, k, step)) end
+      end
+    end
+    if resync then
+      gpu:load_state_dict(cpu:state_dict())
+      for i, p in ipairs(cpu:parameters()) do
+        local bc, bg = opt_c.state[p].momentum_buffer, opt_g.state[params[i]].momentum_buffer
+        if bc then bg:copy_(bc:cuda()) end
       end
     end
   end
-  if not later_rtol then
+  if not later_rtol and not resync then
     local sc, sg = cpu:state_dict(), gpu:state_dict()
     for k, v in pairs(sc) do
       if v.dtype == "f32" then same(sg[k], v, 2e-3, name .. " " .. k .. " after 3 steps") end
@@ -1156,9 +1193,13 @@ gpu_test("channels-last on cuda: convolutions (groups, depthwise, asymmetric pad
   end
 end)
 
+-- Carried over three steps, channels-last ResNet-18's third loss differed by 1.5e-3 relative on an
+-- H100 (the first step's loss and updated weights agreed within 1e-4): the drift measured above
+-- for (N,C,H,W), from other cuDNN algorithms. So each step starts from the CPU's state (resync)
+-- and is held to 1e-4.
 gpu_test("channels-last on cuda: resnet18 and mobilenet_v3_small train as the CPU does in (N,C,H,W)", function()
-  train_parity("resnet18", {num_classes = 10}, 16, 64, 1e-4, 1e-3, "channels_last")
-  train_parity("mobilenet_v3_small", {num_classes = 10}, 16, 64, 1e-4, 1e-3, "channels_last")
+  train_parity("resnet18", {num_classes = 10}, 16, 64, 1e-4, nil, "channels_last", true)
+  train_parity("mobilenet_v3_small", {num_classes = 10}, 16, 64, 1e-4, nil, "channels_last", true)
 end)
 
 gpu_test("pinned memory: pin_memory, non-blocking copies, pinned DataLoader batches, reuse of blocks", function()
@@ -1205,6 +1246,28 @@ gpu_test("Learner{device = \"cuda\"}: a short fine-tune on the GPU reaches the C
   end
   T.truthy(acc.cpu > 0.5, ("the CPU run learns: accuracy %.3f"):format(acc.cpu))
   T.truthy(math.abs(acc.cuda - acc.cpu) <= 0.1, ("accuracy on cuda %.3f, on cpu %.3f"):format(acc.cuda, acc.cpu))
+end)
+
+gpu_test("helpers that draw or build tensors do so on the input's device: drop_path, mixup and cutmix, class numbers", function()
+  local x = vtl.randn(6, 3, 8, 8)
+  local xg = x:cuda()
+  local yc = F.drop_path(x, 0.5, true, {generator = vtl.Generator(3)})
+  local yg = F.drop_path(xg, 0.5, true, {generator = vtl.Generator(3)})
+  same(yg, yc, 0, "drop_path")
+  local y = vtl.tensor({1, 2, 3, 1, 2, 3})
+  for _, cut in ipairs({false, true}) do
+    local mixer = require("vtl.mixing").MixUpCutMix({num_classes = 3, label_smoothing = 0.1})
+    local p = {lam = 0.7, cutmix = cut, cy = 4, cx = 5}
+    local bc = mixer:apply({input = x, target = y}, p)
+    local bg = mixer:apply({input = xg, target = y:cuda()}, p)
+    same(bg.input, bc.input, 0, (cut and "cutmix" or "mixup") .. " input")
+    same(bg.target, bc.target, 0, (cut and "cutmix" or "mixup") .. " target")
+  end
+  -- explain's class numbers follow the logits' device
+  local m = vtl.nn.Sequential(vtl.nn.Conv2d(3, 4, 3), vtl.nn.ReLU(), vtl.nn.AdaptiveAvgPool2d(1), vtl.nn.Flatten(), vtl.nn.Linear(4, 3))
+  local map, cls = vtl.explain.saliency(m:cuda(), xg, 2)
+  T.eq(cls.device, "cuda:0")
+  T.eq(map.device, "cuda:0")
 end)
 
 gpu_test("fused optimizer steps on cuda (SGD, Nesterov, Adam, AdamW, amsgrad) give the CPU's parameters", function()

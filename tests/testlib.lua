@@ -19,17 +19,31 @@ end
 
 function M.truthy(v, msg) if not v then fail(msg or "expected a true value") end end
 
--- Compares a tensor or number or nested table of numbers with a reference, elementwise.
+local FLOAT = {f32 = true, f64 = true, f16 = true, bf16 = true}
+
+-- Compares a tensor or number or nested table of numbers with a reference, elementwise: equal,
+-- both NaN, or b finite and |a - b| <= tol * (1 + |b|).
 function M.close(got, want, tol, msg)
   tol = tol or 1e-6
   local vtl = require "vtl"
   local g, w = got, want -- (a 0-d bool tensor's totable() is false: no and/or here)
-  if vtl.is_tensor(got) then g = got:totable() end
-  if vtl.is_tensor(want) then w = want:totable() end
   if vtl.is_tensor(got) and vtl.is_tensor(want) then
     local gs, ws = table.concat(got.shape, ","), table.concat(want.shape, ",")
     if gs ~= ws then fail(string.format("%sshape {%s} ~= {%s}", msg and msg .. ": " or "", gs, ws)) end
+    -- floating tensors: the same test as the walk below, as tensor ops in f64 (large tensors)
+    if FLOAT[got.dtype] and FLOAT[want.dtype] then
+      local a, b = got:detach():cpu():double(), want:detach():cpu():double()
+      local ok = a:eq(b):logical_or(a:isnan():logical_and(b:isnan()))
+        :logical_or((a - b):abs():le(b:abs() * tol + tol):logical_and(b:isinf():logical_not()))
+      local nbad = ok:logical_not():sum():item()
+      if nbad == 0 then return end
+      local at = ok:reshape(-1):logical_not():nonzero()[1][1]:item()
+      fail(string.format("%s%d mismatches (tol %g), first at flat index %d: got %.9g, want %.9g", msg and msg .. ": " or "",
+        nbad, tol, at, a:reshape(-1)[at]:item(), b:reshape(-1)[at]:item()))
+    end
   end
+  if vtl.is_tensor(got) then g = got:totable() end
+  if vtl.is_tensor(want) then w = want:totable() end
   local bad, first = 0, nil
   local function walk(a, b, path)
     if type(a) == "table" or type(b) == "table" then
@@ -41,7 +55,7 @@ function M.close(got, want, tol, msg)
     end
     if type(a) == "boolean" then a = a and 1 or 0 end
     if type(b) == "boolean" then b = b and 1 or 0 end
-    local ok = (a == b) or (a ~= a and b ~= b) or math.abs(a - b) <= tol * (1 + math.abs(b))
+    local ok = (a == b) or (a ~= a and b ~= b) or (math.abs(b) ~= math.huge and math.abs(a - b) <= tol * (1 + math.abs(b)))
     if not ok then bad = bad + 1; first = first or string.format("%s: got %.9g, want %.9g", path, a, b) end
   end
   walk(g, w, "")

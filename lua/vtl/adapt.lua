@@ -80,7 +80,7 @@ M.sqdist = sqdist
 -- the lower median of the off-diagonal entries of a square distance matrix (no gradient)
 local function offdiag_median(d)
   local n = d.shape[1]
-  local mask = core.eye(n, {dtype = "bool"}):logical_not()
+  local mask = core.eye(n, {dtype = "bool", device = d.device}):logical_not()
   local v = d:detach():masked_select(mask):sort()
   return v[(v:numel() - 1) // 2 + 1]:item()
 end
@@ -277,7 +277,8 @@ function M.DANN(opts)
     self.seen = self.seen + 1
     local z = M.grad_reverse(core.cat({fs, ft}, 1), self.coeff)
     local logits = self.disc(z)
-    local labels = core.cat({core.zeros({fs.shape[1]}), core.ones({ft.shape[1]})})
+    local lo = {device = logits.device}
+    local labels = core.cat({core.zeros({fs.shape[1]}, lo), core.ones({ft.shape[1]}, lo)})
     local dl = F.binary_cross_entropy_with_logits(logits, labels)
     self.domain_loss = dl:item()
     self.domain_acc = logits:gt(0):float():eq(labels):float():mean():item()

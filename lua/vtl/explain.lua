@@ -30,9 +30,10 @@ local function classes_for(fn, cls, logits)
   local n, k = logits.shape[1], logits.shape[2]
   if cls == nil then return logits:argmax(2) end
   local t
-  if math.type(cls) == "integer" then t = core.full({n}, cls, {dtype = "i64"})
-  elseif type(cls) == "table" then t = core.tensor(cls, {dtype = "i64"})
-  elseif core.is_tensor(cls) then t = cls:to("i64"):view(-1)
+  local on = {dtype = "i64", device = logits.device}
+  if math.type(cls) == "integer" then t = core.full({n}, cls, on)
+  elseif type(cls) == "table" then t = core.tensor(cls, on)
+  elseif core.is_tensor(cls) then t = cls:to(on):view(-1)
   else fail(fn .. ": class must be nil (the predicted class), an integer, a list or a tensor of class numbers", 3) end
   if t:numel() ~= n then fail(("%s: %d class numbers for %d images"):format(fn, t:numel(), n), 3) end
   if t:min():item() < 1 or t:max():item() > k then fail(("%s: class numbers must be in 1..%d"):format(fn, k), 3) end

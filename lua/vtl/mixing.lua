@@ -124,7 +124,7 @@ function Mixer:apply(batch, p)
   local out = x
   local rev = {}
   for i = 1, n do rev[i] = n + 1 - i end
-  local rev_t = vtl.tensor(rev, {dtype = "i64"})
+  local rev_t = vtl.tensor(rev, {dtype = "i64", device = x.device})
   if lam ~= 1 then
     local flipped = x:index_select(1, rev_t)
     if p.cutmix then
@@ -156,7 +156,7 @@ function Mixer:apply(batch, p)
       else r[hard[rev[i]]] = off * lam + on * (1 - lam) end
       rows[i] = r
     end
-    target = vtl.tensor(rows, {dtype = "f32"})
+    target = vtl.tensor(rows, {dtype = "f32", device = x.device})
   else
     target = soft * lam + soft:index_select(1, rev_t) * (1 - lam)
   end

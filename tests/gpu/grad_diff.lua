@@ -1,7 +1,7 @@
 -- Diagnostic for a GPU machine: one training-mode forward and backward of a zoo model on the CPU
 -- and on the GPU from the same weights and batch; prints, per parameter, the largest relative
 -- difference of the gradients (and of the outputs), largest first.
---   vtl tests/gpu/grad_diff.lua [model] [batch] [size]
+--   vtl tests/gpu/grad_diff.lua [model] [batch] [size] [channels_last]
 local vtl = require "vtl"
 local F = vtl.nn.functional
 local name, batch, size = arg[1] or "resnet18", tonumber(arg[2] or "16"), tonumber(arg[3] or "64")
@@ -19,7 +19,10 @@ local function run(m, xx, yy)
   loss:backward()
   return out, loss
 end
+if arg[4] == "channels_last" then gpu:to_memory_format("channels_last") end
+vtl.seed(5) -- the same dropout masks on both devices
 local oc, lc = run(cpu, x, y)
+vtl.seed(5)
 local og, lg = run(gpu, x:cuda(), y:cuda())
 local function rel(a, b)
   local d = (a - b):abs():max():item()

@@ -98,7 +98,7 @@ function M.dropout(x, o)
   if p < 0 or p > 1 then error("dropout: p must be in [0, 1], got " .. p, 2) end
   if not training or p == 0 then return x end
   if p == 1 then return x * 0 end
-  local keep = core.rand(x.shape, {dtype = x.dtype, generator = opt(o, "generator", nil)}):lt(1 - p)
+  local keep = core.rand(x.shape, {dtype = x.dtype, device = x.device, generator = opt(o, "generator", nil)}):lt(1 - p)
   return x * keep:to(x.dtype) * (1 / (1 - p))
 end
 
@@ -180,7 +180,7 @@ end
 -- x padded with `value` by (top, bottom, left, right), through cat so it stays differentiable
 local function pad2d(x, t, btm, l, r, value)
   local N, C, H, W = x.shape[1], x.shape[2], x.shape[3], x.shape[4]
-  local opts = {dtype = x.dtype}
+  local opts = {dtype = x.dtype, device = x.device}
   if l > 0 or r > 0 then
     local parts = {}
     if l > 0 then parts[#parts + 1] = core.full({N, C, H, l}, value, opts) end

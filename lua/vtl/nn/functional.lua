@@ -142,7 +142,7 @@ function F.pad(x, pads, opts)
           local shape = {}
           for i, s in ipairs(x.shape) do shape[i] = s end
           shape[dim] = m
-          return core.full(shape, value, {dtype = x.dtype})
+          return core.full(shape, value, {dtype = x.dtype, device = x.device})
         end
         if l > 0 then parts[#parts + 1] = block(l) end
         parts[#parts + 1] = x
@@ -317,7 +317,8 @@ function F.drop_path(x, p, training, opts)
   local keep = 1 - p
   local shape = {x.shape[1]}
   for i = 2, x.ndim do shape[i] = 1 end
-  local mask = core.rand(shape, {dtype = x.dtype, generator = opt(opts, "generator", nil)}):lt(keep):to(x.dtype)
+  local mask = core.rand(shape, {dtype = x.dtype, device = x.device, generator = opt(opts, "generator", nil)}):lt(keep)
+  mask = mask:to(x.dtype)
   if keep > 0 then mask = mask / keep end
   return x * mask
 end
