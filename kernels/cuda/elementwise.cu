@@ -4,7 +4,8 @@
 // few ulp CUDA's math library allows). Operands are strided views (broadcast dims have
 // stride 0); a flat path serves one-dim walks whose operands all have the compute dtype.
 //
-// The vector path: when every operand has the compute dtype, the output is contiguous along
+// The vector path: when every operand has the compute dtype (or all are bf16, or all f16, computed
+// in f32), the output is contiguous along
 // rows and each input either runs along the row with it or holds one value per row (a scalar,
 // a broadcast column), threads move 16 bytes per operand at a time, over a grid sized to the
 // device and walked with a grid stride. It computes each element with the same expression
@@ -278,6 +279,50 @@ template <class C, int OP> __global__ void binary_vec_kernel(vec_walk w, int op_
   if (e < w.numel) *vec_elem<C>(w, 0, e) = binary_apply<C>(op, *vec_elem<C>(w, 1, e), *vec_elem<C>(w, 2, e));
 }
 
+// Half storage (H: VTL_BF16 or VTL_F16) computed in f32, as the strided path computes it
+// (cu_load/cu_store convert with the same functions): 8 elements per 16-byte vector.
+template <int H> __device__ __forceinline__ float h2f(uint16_t v) {
+  return H == VTL_BF16 ? cu_bf16_to_f32(v) : cu_f16_to_f32(v);
+}
+template <int H> __device__ __forceinline__ uint16_t f2h(float v) {
+  return H == VTL_BF16 ? cu_f32_to_bf16(v) : cu_f32_to_f16(v);
+}
+
+template <int H> __global__ void unary_vec_half_kernel(vec_walk w, int op, double p0, double p1) {
+  constexpr int N = vec16<uint16_t>::N;
+  const int64_t nvec = w.numel / N, step = (int64_t)gridDim.x * blockDim.x;
+  const int64_t t = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+  for (int64_t v = t; v < nvec; v += step) {
+    int64_t e = v * N, r = 0, c = e;
+    if (w.rows > 1) { r = e / w.width; c = e - r * w.width; }
+    vec16<uint16_t> x = vec_load<uint16_t>(w, 1, r, c), y;
+#pragma unroll
+    for (int j = 0; j < N; j++) y.v[j] = f2h<H>(unary_apply<float>(op, h2f<H>(x.v[j]), p0, p1));
+    vec_store<uint16_t>(w, r, c, y);
+  }
+  int64_t e = nvec * N + t;
+  if (e < w.numel) *vec_elem<uint16_t>(w, 0, e) = f2h<H>(unary_apply<float>(op, h2f<H>(*vec_elem<uint16_t>(w, 1, e)), p0, p1));
+}
+
+template <int H, int OP> __global__ void binary_vec_half_kernel(vec_walk w, int op_) {
+  constexpr int N = vec16<uint16_t>::N;
+  const int op = OP >= 0 ? OP : op_;
+  const int64_t nvec = w.numel / N, step = (int64_t)gridDim.x * blockDim.x;
+  const int64_t t = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+  for (int64_t v = t; v < nvec; v += step) {
+    int64_t e = v * N, r = 0, c = e;
+    if (w.rows > 1) { r = e / w.width; c = e - r * w.width; }
+    vec16<uint16_t> x = vec_load<uint16_t>(w, 1, r, c), y = vec_load<uint16_t>(w, 2, r, c), z;
+#pragma unroll
+    for (int j = 0; j < N; j++) z.v[j] = f2h<H>(binary_apply<float>(op, h2f<H>(x.v[j]), h2f<H>(y.v[j])));
+    vec_store<uint16_t>(w, r, c, z);
+  }
+  int64_t e = nvec * N + t;
+  if (e < w.numel)
+    *vec_elem<uint16_t>(w, 0, e) =
+        f2h<H>(binary_apply<float>(op, h2f<H>(*vec_elem<uint16_t>(w, 1, e)), h2f<H>(*vec_elem<uint16_t>(w, 2, e))));
+}
+
 // Blocks of 256 for the vector path: one thread per vector (or per tail element), at most 8
 // blocks per multiprocessor; the kernels loop with a grid stride over the rest.
 unsigned vec_blocks(const vec_walk &w, int n, int dev) {
@@ -354,9 +399,32 @@ vtl_status launch(K kernel, const vtl_cu_iter &it, cudaStream_t s, const char *w
 
 // the vector path when the layout allows it, else the flat path (one dim, every operand of
 // dtype CDT, the output included), else the strided one
+// f32 computation over operands that are all bf16 (or all f16): the half vector path
+template <int H> void unary_half(const vec_walk &w, cudaStream_t s, int dev, int op, double p0, double p1) {
+  unary_vec_half_kernel<H><<<vec_blocks(w, 8, dev), 256, 0, s>>>(w, op, p0, p1);
+}
+template <int H> void binary_half(const vec_walk &w, cudaStream_t s, int dev, int op) {
+  unsigned nb = vec_blocks(w, 8, dev);
+  switch (op) {
+  case VTL_BIN_ADD: binary_vec_half_kernel<H, VTL_BIN_ADD><<<nb, 256, 0, s>>>(w, op); break;
+  case VTL_BIN_SUB: binary_vec_half_kernel<H, VTL_BIN_SUB><<<nb, 256, 0, s>>>(w, op); break;
+  case VTL_BIN_MUL: binary_vec_half_kernel<H, VTL_BIN_MUL><<<nb, 256, 0, s>>>(w, op); break;
+  default: binary_vec_half_kernel<H, -1><<<nb, 256, 0, s>>>(w, op); break;
+  }
+}
+bool half_walk(vec_walk *w, const vtl_cu_iter &it, int cdt) {
+  return cdt == VTL_F32 && (it.dt[0] == VTL_BF16 || it.dt[0] == VTL_F16) && vec_walk_make(w, it, it.dt[0]);
+}
+
 template <class C, int CDT>
 vtl_status run_unary(const vtl_cu_iter &it, cudaStream_t s, int dev, int op, double p0, double p1) {
   vec_walk w;
+  if (half_walk(&w, it, CDT)) {
+    if (it.dt[0] == VTL_BF16) unary_half<VTL_BF16>(w, s, dev, op, p0, p1);
+    else unary_half<VTL_F16>(w, s, dev, op, p0, p1);
+    VTL_CU_LAUNCHED("unary");
+    return VTL_OK;
+  }
   if (vec_walk_make(&w, it, CDT)) {
     unary_vec_kernel<C><<<vec_blocks(w, vec16<C>::N, dev), 256, 0, s>>>(w, op, p0, p1);
     VTL_CU_LAUNCHED("unary");
@@ -368,6 +436,12 @@ vtl_status run_unary(const vtl_cu_iter &it, cudaStream_t s, int dev, int op, dou
 
 template <class C, int CDT> vtl_status run_binary(const vtl_cu_iter &it, cudaStream_t s, int dev, int op) {
   vec_walk w;
+  if (half_walk(&w, it, CDT)) {
+    if (it.dt[0] == VTL_BF16) binary_half<VTL_BF16>(w, s, dev, op);
+    else binary_half<VTL_F16>(w, s, dev, op);
+    VTL_CU_LAUNCHED("binary");
+    return VTL_OK;
+  }
   if (vec_walk_make(&w, it, CDT)) {
     unsigned nb = vec_blocks(w, vec16<C>::N, dev);
     switch (op) {

@@ -11,6 +11,7 @@
 #include <cudnn.h>
 #include <limits.h>
 #include <stdlib.h>
+#include <stdio.h>
 #include <map>
 #include <mutex>
 #include <vector>
@@ -31,12 +32,22 @@ struct conv_key {
   }
 };
 
-struct conv_algo { int algo; size_t workspace; };
+struct conv_algo { int algo; size_t workspace; int math, rank; };
+
+// A cuDNN graph-API execution plan of one convolution (shape, dtype, layout, direction), with
+// the engine configuration it was made from; ok false: none could be made (the legacy API then
+// serves the shape).
+struct graph_plan {
+  cudnnBackendDescriptor_t plan = nullptr, cfg = nullptr;
+  int64_t workspace = 0;
+  bool ok = false;
+};
 
 struct cudnn_state {
   std::mutex mu;
   cudnnHandle_t h = nullptr;
   std::map<conv_key, conv_algo> cache;
+  std::map<conv_key, graph_plan> plans;
 };
 cudnn_state states[MAX_DEVICES];
 
@@ -44,6 +55,16 @@ vtl_status dnn_error(cudnnStatus_t s, const char *what) {
   return vtl_error_set(VTL_ERR_DEVICE, "conv2d: cuDNN %s failed: %s", what, cudnnGetErrorString(s));
 }
 #define DNN(call, what) do { cudnnStatus_t s_ = (call); if (s_ != CUDNN_STATUS_SUCCESS) return dnn_error(s_, what); } while (0)
+
+// VTL_CUDNN_LOG=1: each algorithm choice (once per shape and direction) goes to stderr
+bool log_mode() {
+  static int on = -1;
+  if (on < 0) {
+    const char *e = getenv("VTL_CUDNN_LOG");
+    on = e && e[0] && e[0] != '0';
+  }
+  return on == 1;
+}
 
 bool benchmark_mode() {
   static int on = -1;
@@ -160,9 +181,19 @@ template <class Perf> bool pick(const Perf *p, int n, bool need_det, bool tensor
     if (need_det && p[i].determinism != CUDNN_DETERMINISTIC) continue;
     out->algo = (int)p[i].algo;
     out->workspace = p[i].memory;
+    out->math = (int)p[i].mathType;
+    out->rank = i;
     return true;
   }
   return false;
+}
+
+void log_choice(conv_dir dir, const conv_geom &g, const conv_algo &a) {
+  const vtl_conv2d_shape &s = g.s;
+  fprintf(stderr, "cudnn %s %s %s N%lld C%lld %lldx%lld K%lld %lldx%lld s%lld g%lld: algo %d (math %d, rank %d), workspace %zu\n",
+          dir == FWD ? "fwd" : dir == BWD_DATA ? "bwd_data" : "bwd_filter", vtl_dtype_name(s.dtype), s.x_cl ? "nhwc" : "nchw",
+          (long long)s.N, (long long)s.C, (long long)g.Hp, (long long)g.Wp, (long long)s.K, (long long)s.R, (long long)s.S,
+          (long long)s.stride[0], (long long)s.groups, a.algo, a.math, a.rank, a.workspace);
 }
 
 // The cached algorithm of (dir, shape) on dev, chosen on first use.
@@ -222,9 +253,235 @@ vtl_status choose(int dev, cudnnHandle_t h, conv_dir dir, const conv_geom &g, co
                                                        (cudnnConvolutionBwdFilterAlgo_t)out->algo, &ws),
         "workspace size");
   if (ws > out->workspace) out->workspace = ws;
+  if (log_mode()) log_choice(dir, g, *out);
   std::lock_guard<std::mutex> lk(s.mu);
   s.cache[k] = *out;
   return VTL_OK;
+}
+
+// ---- the graph API ----
+// Convolutions go through cuDNN's graph (backend) API where it offers an engine for the shape:
+// its heuristics reach kernels the legacy algorithm enums do not (on Hopper, several times
+// faster for half data in channels-last). Engines are taken best first, skipping those whose
+// numerical notes say they convert f32 inputs down (TF32) or to half, reduce in reduced
+// precision, use FFT or Winograd, or (backward passes) are nondeterministic. VTL_CUDNN_GRAPH=0
+// keeps every shape on the legacy API.
+bool graph_mode() {
+  static int on = -1;
+  if (on < 0) {
+    const char *e = getenv("VTL_CUDNN_GRAPH");
+    on = !(e && e[0] == '0');
+  }
+  return on == 1;
+}
+
+// one backend descriptor, destroyed with its scope unless released
+struct bdesc {
+  cudnnBackendDescriptor_t d = nullptr;
+  bdesc() = default;
+  bdesc(const bdesc &) = delete;
+  bdesc &operator=(const bdesc &) = delete;
+  ~bdesc() { if (d) cudnnBackendDestroyDescriptor(d); }
+  cudnnStatus_t make(cudnnBackendDescriptorType_t t) { return cudnnBackendCreateDescriptor(t, &d); }
+  cudnnBackendDescriptor_t release() { cudnnBackendDescriptor_t r = d; d = nullptr; return r; }
+};
+
+#define GR(call) do { cudnnStatus_t s_ = (call); if (s_ != CUDNN_STATUS_SUCCESS) return s_; } while (0)
+
+cudnnStatus_t set_desc(cudnnBackendDescriptor_t d, cudnnBackendAttributeName_t a, cudnnBackendDescriptor_t v) {
+  return cudnnBackendSetAttribute(d, a, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &v);
+}
+cudnnStatus_t set_i64(cudnnBackendDescriptor_t d, cudnnBackendAttributeName_t a, int64_t n, const int64_t *v) {
+  return cudnnBackendSetAttribute(d, a, CUDNN_TYPE_INT64, n, v);
+}
+
+// a tensor of dims (n, c, h, w) in NCHW order, laid out planar or channels-last, 16-byte aligned
+cudnnStatus_t graph_tensor(bdesc &t, int64_t uid, cudnnDataType_t dt, int64_t n, int64_t c, int64_t h, int64_t w, bool cl) {
+  int64_t dims[4] = {n, c, h, w};
+  int64_t planar[4] = {c * h * w, h * w, w, 1}, last[4] = {h * w * c, 1, w * c, c};
+  int64_t align = 16;
+  GR(t.make(CUDNN_BACKEND_TENSOR_DESCRIPTOR));
+  GR(cudnnBackendSetAttribute(t.d, CUDNN_ATTR_TENSOR_DATA_TYPE, CUDNN_TYPE_DATA_TYPE, 1, &dt));
+  GR(set_i64(t.d, CUDNN_ATTR_TENSOR_DIMENSIONS, 4, dims));
+  GR(set_i64(t.d, CUDNN_ATTR_TENSOR_STRIDES, 4, cl ? last : planar));
+  GR(set_i64(t.d, CUDNN_ATTR_TENSOR_UNIQUE_ID, 1, &uid));
+  GR(set_i64(t.d, CUDNN_ATTR_TENSOR_BYTE_ALIGNMENT, 1, &align));
+  return cudnnBackendFinalize(t.d);
+}
+
+// whether an engine configuration's numerical notes allow it here
+bool engine_allowed(cudnnBackendDescriptor_t cfg, bool half, conv_dir dir) {
+  bdesc eng;
+  if (eng.make(CUDNN_BACKEND_ENGINE_DESCRIPTOR) != CUDNN_STATUS_SUCCESS) return false;
+  int64_t n = 0;
+  if (cudnnBackendGetAttribute(cfg, CUDNN_ATTR_ENGINECFG_ENGINE, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &n, &eng.d) !=
+      CUDNN_STATUS_SUCCESS)
+    return false;
+  cudnnBackendNumericalNote_t notes[CUDNN_NUMERICAL_NOTE_TYPE_COUNT];
+  if (cudnnBackendGetAttribute(eng.d, CUDNN_ATTR_ENGINE_NUMERICAL_NOTE, CUDNN_TYPE_NUMERICAL_NOTE,
+                               CUDNN_NUMERICAL_NOTE_TYPE_COUNT, &n, notes) != CUDNN_STATUS_SUCCESS)
+    return false;
+  for (int64_t i = 0; i < n; i++) {
+    switch (notes[i]) {
+    case CUDNN_NUMERICAL_NOTE_TENSOR_CORE: if (!half) return false; break;
+    case CUDNN_NUMERICAL_NOTE_DOWN_CONVERT_INPUTS:
+    case CUDNN_NUMERICAL_NOTE_REDUCED_PRECISION_REDUCTION:
+    case CUDNN_NUMERICAL_NOTE_FFT:
+    case CUDNN_NUMERICAL_NOTE_WINOGRAD:
+    case CUDNN_NUMERICAL_NOTE_WINOGRAD_TILE_4x4:
+    case CUDNN_NUMERICAL_NOTE_WINOGRAD_TILE_6x6:
+    case CUDNN_NUMERICAL_NOTE_WINOGRAD_TILE_13x13: return false;
+    case CUDNN_NUMERICAL_NOTE_NONDETERMINISTIC: if (dir != FWD) return false; break;
+    default: break;
+    }
+  }
+  return true;
+}
+
+// Builds the plan of (dir, g) on handle h: the operation graph of one convolution (tensor uids
+// 1: x or dx, 2: w or dw, 3: y or dy), heuristics mode A, the first allowed engine whose plan
+// finalizes. *rank: that engine's place in the heuristics' list.
+cudnnStatus_t graph_build(cudnnHandle_t h, conv_dir dir, const conv_geom &g, graph_plan *out, int *rank) {
+  const vtl_conv2d_shape &s = g.s;
+  bool half = s.dtype == VTL_F16 || s.dtype == VTL_BF16;
+  cudnnDataType_t dt = s.dtype == VTL_F32   ? CUDNN_DATA_FLOAT
+                       : s.dtype == VTL_F64 ? CUDNN_DATA_DOUBLE
+                       : s.dtype == VTL_F16 ? CUDNN_DATA_HALF
+                                            : CUDNN_DATA_BFLOAT16;
+  cudnnDataType_t ct = half ? CUDNN_DATA_FLOAT : dt;
+  bdesc x, w, y, conv, op, graph, heur;
+  GR(graph_tensor(x, 1, dt, s.N, s.C, g.Hp, g.Wp, s.x_cl));
+  GR(graph_tensor(w, 2, dt, s.K, s.C / s.groups, s.R, s.S, s.x_cl));
+  GR(graph_tensor(y, 3, dt, s.N, s.K, s.OH, s.OW, s.x_cl));
+  int64_t two = 2, pad[2] = {g.padded ? 0 : s.pad[0], g.padded ? 0 : s.pad[1]};
+  int64_t stride[2] = {s.stride[0], s.stride[1]}, dil[2] = {s.dilation[0], s.dilation[1]};
+  cudnnConvolutionMode_t mode = CUDNN_CROSS_CORRELATION;
+  GR(conv.make(CUDNN_BACKEND_CONVOLUTION_DESCRIPTOR));
+  GR(cudnnBackendSetAttribute(conv.d, CUDNN_ATTR_CONVOLUTION_COMP_TYPE, CUDNN_TYPE_DATA_TYPE, 1, &ct));
+  GR(cudnnBackendSetAttribute(conv.d, CUDNN_ATTR_CONVOLUTION_CONV_MODE, CUDNN_TYPE_CONVOLUTION_MODE, 1, &mode));
+  GR(set_i64(conv.d, CUDNN_ATTR_CONVOLUTION_SPATIAL_DIMS, 1, &two));
+  GR(set_i64(conv.d, CUDNN_ATTR_CONVOLUTION_DILATIONS, 2, dil));
+  GR(set_i64(conv.d, CUDNN_ATTR_CONVOLUTION_FILTER_STRIDES, 2, stride));
+  GR(set_i64(conv.d, CUDNN_ATTR_CONVOLUTION_PRE_PADDINGS, 2, pad));
+  GR(set_i64(conv.d, CUDNN_ATTR_CONVOLUTION_POST_PADDINGS, 2, pad));
+  GR(cudnnBackendFinalize(conv.d));
+  float f1 = 1, f0 = 0;
+  double d1 = 1, d0 = 0;
+  cudnnBackendAttributeType_t st = s.dtype == VTL_F64 ? CUDNN_TYPE_DOUBLE : CUDNN_TYPE_FLOAT;
+  const void *one = s.dtype == VTL_F64 ? (const void *)&d1 : (const void *)&f1;
+  const void *zero = s.dtype == VTL_F64 ? (const void *)&d0 : (const void *)&f0;
+  if (dir == FWD) {
+    GR(op.make(CUDNN_BACKEND_OPERATION_CONVOLUTION_FORWARD_DESCRIPTOR));
+    GR(set_desc(op.d, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_X, x.d));
+    GR(set_desc(op.d, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_W, w.d));
+    GR(set_desc(op.d, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_Y, y.d));
+    GR(set_desc(op.d, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_CONV_DESC, conv.d));
+    GR(cudnnBackendSetAttribute(op.d, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_ALPHA, st, 1, one));
+    GR(cudnnBackendSetAttribute(op.d, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_BETA, st, 1, zero));
+  } else if (dir == BWD_DATA) {
+    GR(op.make(CUDNN_BACKEND_OPERATION_CONVOLUTION_BACKWARD_DATA_DESCRIPTOR));
+    GR(set_desc(op.d, CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_DX, x.d));
+    GR(set_desc(op.d, CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_W, w.d));
+    GR(set_desc(op.d, CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_DY, y.d));
+    GR(set_desc(op.d, CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_CONV_DESC, conv.d));
+    GR(cudnnBackendSetAttribute(op.d, CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_ALPHA, st, 1, one));
+    GR(cudnnBackendSetAttribute(op.d, CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_BETA, st, 1, zero));
+  } else {
+    GR(op.make(CUDNN_BACKEND_OPERATION_CONVOLUTION_BACKWARD_FILTER_DESCRIPTOR));
+    GR(set_desc(op.d, CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_X, x.d));
+    GR(set_desc(op.d, CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_DW, w.d));
+    GR(set_desc(op.d, CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_DY, y.d));
+    GR(set_desc(op.d, CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_CONV_DESC, conv.d));
+    GR(cudnnBackendSetAttribute(op.d, CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_ALPHA, st, 1, one));
+    GR(cudnnBackendSetAttribute(op.d, CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_BETA, st, 1, zero));
+  }
+  GR(cudnnBackendFinalize(op.d));
+  GR(graph.make(CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR));
+  GR(set_desc(graph.d, CUDNN_ATTR_OPERATIONGRAPH_OPS, op.d));
+  GR(cudnnBackendSetAttribute(graph.d, CUDNN_ATTR_OPERATIONGRAPH_HANDLE, CUDNN_TYPE_HANDLE, 1, &h));
+  GR(cudnnBackendFinalize(graph.d));
+  cudnnBackendHeurMode_t hm = CUDNN_HEUR_MODE_A;
+  GR(heur.make(CUDNN_BACKEND_ENGINEHEUR_DESCRIPTOR));
+  GR(set_desc(heur.d, CUDNN_ATTR_ENGINEHEUR_OPERATION_GRAPH, graph.d));
+  GR(cudnnBackendSetAttribute(heur.d, CUDNN_ATTR_ENGINEHEUR_MODE, CUDNN_TYPE_HEUR_MODE, 1, &hm));
+  GR(cudnnBackendFinalize(heur.d));
+  int64_t count = 0;
+  GR(cudnnBackendGetAttribute(heur.d, CUDNN_ATTR_ENGINEHEUR_RESULTS, CUDNN_TYPE_BACKEND_DESCRIPTOR, 0, &count, nullptr));
+  if (count <= 0) return CUDNN_STATUS_NOT_SUPPORTED;
+  std::vector<bdesc> cfgs((size_t)count);
+  std::vector<cudnnBackendDescriptor_t> raw((size_t)count);
+  for (int64_t i = 0; i < count; i++) {
+    GR(cfgs[i].make(CUDNN_BACKEND_ENGINECFG_DESCRIPTOR));
+    raw[i] = cfgs[i].d;
+  }
+  int64_t got = 0;
+  GR(cudnnBackendGetAttribute(heur.d, CUDNN_ATTR_ENGINEHEUR_RESULTS, CUDNN_TYPE_BACKEND_DESCRIPTOR, count, &got,
+                              raw.data()));
+  for (int64_t i = 0; i < got && i < count; i++) {
+    if (!engine_allowed(cfgs[i].d, half, dir)) continue;
+    bdesc plan;
+    if (plan.make(CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR) != CUDNN_STATUS_SUCCESS) continue;
+    if (cudnnBackendSetAttribute(plan.d, CUDNN_ATTR_EXECUTION_PLAN_HANDLE, CUDNN_TYPE_HANDLE, 1, &h) != CUDNN_STATUS_SUCCESS ||
+        set_desc(plan.d, CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG, cfgs[i].d) != CUDNN_STATUS_SUCCESS ||
+        cudnnBackendFinalize(plan.d) != CUDNN_STATUS_SUCCESS)
+      continue;
+    int64_t ws = 0, n = 0;
+    if (cudnnBackendGetAttribute(plan.d, CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE, CUDNN_TYPE_INT64, 1, &n, &ws) !=
+        CUDNN_STATUS_SUCCESS)
+      continue;
+    out->workspace = ws;
+    out->plan = plan.release();
+    out->cfg = cfgs[i].release();
+    out->ok = true;
+    *rank = (int)i;
+    return CUDNN_STATUS_SUCCESS;
+  }
+  return CUDNN_STATUS_NOT_SUPPORTED;
+}
+#undef GR
+
+// The cached graph plan of (dir, shape) on dev, built on first use; NULL when the graph API
+// has none for it (or is switched off).
+const graph_plan *graph_of(int dev, cudnnHandle_t h, conv_dir dir, const conv_geom &g) {
+  if (!graph_mode()) return nullptr;
+  conv_key k = key_of(dir, g);
+  cudnn_state &s = states[dev];
+  std::lock_guard<std::mutex> lk(s.mu);
+  auto it = s.plans.find(k);
+  if (it == s.plans.end()) {
+    graph_plan p;
+    int rank = -1;
+    cudnnStatus_t st = graph_build(h, dir, g, &p, &rank);
+    if (log_mode()) {
+      const vtl_conv2d_shape &sh = g.s;
+      fprintf(stderr, "cudnn graph %s %s %s N%lld C%lld %lldx%lld K%lld %lldx%lld s%lld g%lld: %s (engine rank %d), workspace %lld\n",
+              dir == FWD ? "fwd" : dir == BWD_DATA ? "bwd_data" : "bwd_filter", vtl_dtype_name(sh.dtype),
+              sh.x_cl ? "nhwc" : "nchw", (long long)sh.N, (long long)sh.C, (long long)g.Hp, (long long)g.Wp,
+              (long long)sh.K, (long long)sh.R, (long long)sh.S, (long long)sh.stride[0], (long long)sh.groups,
+              p.ok ? "plan" : cudnnGetErrorString(st), rank, (long long)p.workspace);
+    }
+    it = s.plans.emplace(k, p).first;
+  }
+  return it->second.ok ? &it->second : nullptr;
+}
+
+// runs a graph plan on the tensors of uids 1, 2, 3; false when a pointer is not 16-byte aligned
+// (the plan assumes it) or the variant pack cannot be made, with nothing launched
+bool graph_exec(cudnnHandle_t h, const graph_plan &p, void *p1, void *p2, void *p3, void *ws, cudnnStatus_t *err) {
+  *err = CUDNN_STATUS_SUCCESS;
+  if (((uintptr_t)p1 | (uintptr_t)p2 | (uintptr_t)p3) & 15) return false;
+  int64_t uids[3] = {1, 2, 3};
+  void *ptrs[3] = {p1, p2, p3};
+  bdesc vp;
+  if (vp.make(CUDNN_BACKEND_VARIANT_PACK_DESCRIPTOR) != CUDNN_STATUS_SUCCESS ||
+      cudnnBackendSetAttribute(vp.d, CUDNN_ATTR_VARIANT_PACK_UNIQUE_IDS, CUDNN_TYPE_INT64, 3, uids) != CUDNN_STATUS_SUCCESS ||
+      cudnnBackendSetAttribute(vp.d, CUDNN_ATTR_VARIANT_PACK_DATA_POINTERS, CUDNN_TYPE_VOID_PTR, 3, ptrs) !=
+          CUDNN_STATUS_SUCCESS ||
+      cudnnBackendSetAttribute(vp.d, CUDNN_ATTR_VARIANT_PACK_WORKSPACE, CUDNN_TYPE_VOID_PTR, 1, &ws) != CUDNN_STATUS_SUCCESS ||
+      cudnnBackendFinalize(vp.d) != CUDNN_STATUS_SUCCESS)
+    return false;
+  *err = cudnnBackendExecute(h, p.plan, vp.d);
+  return true;
 }
 
 // copies planes between the input (H, W) and its zero-padded form (Hp, Wp), rows `top` and
@@ -326,29 +583,58 @@ struct scalars {
 struct conv_call {
   conv_geom g;
   conv_desc d;
+  conv_dir dir = FWD;
   cudaStream_t st = nullptr;
   cudnnHandle_t h = nullptr;
-  conv_algo algo = {0, 0};
+  conv_algo algo = {0, 0, 0, 0};
+  const graph_plan *plan = nullptr;
+  bool have_desc = false;
   int dev = 0;
   void *ws = nullptr;
   size_t ws_n = 0;
   ~conv_call() { if (ws) vtl_cu_free(ws, ws_n, dev); }
 
-  vtl_status open(const vtl_conv2d_shape *s, const vtl_tensor *on, conv_dir dir) {
+  vtl_status workspace(size_t n) {
+    if (n <= ws_n) return VTL_OK;
+    if (ws) vtl_cu_free(ws, ws_n, dev);
+    ws = vtl_cu_alloc(n, dev);
+    ws_n = ws ? n : 0;
+    if (!ws) return vtl_error_set(VTL_ERR_OOM, "conv2d: out of memory (a cuDNN workspace of %zu bytes)", n);
+    return VTL_OK;
+  }
+  vtl_status open(const vtl_conv2d_shape *s, const vtl_tensor *on, conv_dir which) {
     g = geom_of(s);
+    dir = which;
     dev = vtl_cu_device(on);
     st = vtl_cu_stream(dev);
     if (!st) return vtl_error_status();
     h = handle_of(dev, st);
     if (!h) return vtl_error_status();
-    if (make_desc(g, d) != VTL_OK || choose(dev, h, dir, g, d, &algo) != VTL_OK) return vtl_error_status();
-    if (algo.workspace) {
-      ws_n = algo.workspace;
-      ws = vtl_cu_alloc(ws_n, dev);
-      if (!ws)
-        return vtl_error_set(VTL_ERR_OOM, "conv2d: out of memory (a cuDNN workspace of %zu bytes)", algo.workspace);
-    }
+    plan = graph_of(dev, h, dir, g);
+    if (plan) return workspace((size_t)plan->workspace);
+    return legacy();
+  }
+  // the legacy API's descriptors (made once; the bias steps use them with either API)
+  vtl_status descs() {
+    if (have_desc) return VTL_OK;
+    if (make_desc(g, d) != VTL_OK) return vtl_error_status();
+    have_desc = true;
     return VTL_OK;
+  }
+  // the legacy API's descriptors, algorithm and workspace (also when a call cannot take the plan)
+  vtl_status legacy() {
+    if (descs() != VTL_OK || choose(dev, h, dir, g, d, &algo) != VTL_OK) return vtl_error_status();
+    plan = nullptr;
+    return workspace(algo.workspace);
+  }
+  // runs the plan on uids 1..3: 1 when it ran, 0 when this call needs the legacy API, -1 on error
+  int run_plan(void *p1, void *p2, void *p3) {
+    if (!plan) return 0;
+    cudnnStatus_t e;
+    if (graph_exec(h, *plan, p1, p2, p3, ws, &e) && e == CUDNN_STATUS_SUCCESS) return 1;
+    // misaligned operands, or an engine that refused the call: the legacy API takes it
+    if (log_mode() && e != CUDNN_STATUS_SUCCESS) fprintf(stderr, "cudnn graph execution: %s\n", cudnnGetErrorString(e));
+    return legacy() == VTL_OK ? 0 : -1;
   }
 };
 
@@ -373,10 +659,14 @@ vtl_status vtl_cu_conv2d_forward(const vtl_conv2d_shape *s, const vtl_tensor *x,
   cl_filter f(*s, cc.dev, cc.st);
   const void *win = f.in(vtl_tensor_data(w));
   if (!win) return vtl_error_status();
-  DNN(cudnnConvolutionForward(cc.h, k.one(s->dtype), cc.d.x, xin, cc.d.w, win, cc.d.c,
-                              (cudnnConvolutionFwdAlgo_t)cc.algo.algo, cc.ws, cc.algo.workspace, k.zero(s->dtype),
-                              cc.d.y, vtl_tensor_data(y)),
-      "convolution forward");
+  int ran = cc.run_plan((void *)xin, (void *)win, vtl_tensor_data(y));
+  if (ran < 0) return vtl_error_status();
+  if (!ran)
+    DNN(cudnnConvolutionForward(cc.h, k.one(s->dtype), cc.d.x, xin, cc.d.w, win, cc.d.c,
+                                (cudnnConvolutionFwdAlgo_t)cc.algo.algo, cc.ws, cc.algo.workspace, k.zero(s->dtype),
+                                cc.d.y, vtl_tensor_data(y)),
+        "convolution forward");
+  if (b && cc.descs() != VTL_OK) return vtl_error_status();
   if (b) DNN(cudnnAddTensor(cc.h, k.one(s->dtype), cc.d.b, vtl_tensor_data(b), k.one(s->dtype), cc.d.y, vtl_tensor_data(y)),
              "bias");
   return VTL_OK;
@@ -398,10 +688,13 @@ vtl_status vtl_cu_conv2d_backward_data(const vtl_conv2d_shape *s, const vtl_tens
   cl_filter f(*s, cc.dev, cc.st);
   const void *win = f.in(vtl_tensor_data(w));
   if (!win) return vtl_error_status();
-  DNN(cudnnConvolutionBackwardData(cc.h, k.one(s->dtype), cc.d.w, win, cc.d.y, vtl_tensor_data(gy),
-                                   cc.d.c, (cudnnConvolutionBwdDataAlgo_t)cc.algo.algo, cc.ws, cc.algo.workspace,
-                                   k.zero(s->dtype), cc.d.x, out),
-      "convolution backward data");
+  int ran = cc.run_plan(out, (void *)win, vtl_tensor_data(gy));
+  if (ran < 0) return vtl_error_status();
+  if (!ran)
+    DNN(cudnnConvolutionBackwardData(cc.h, k.one(s->dtype), cc.d.w, win, cc.d.y, vtl_tensor_data(gy),
+                                     cc.d.c, (cudnnConvolutionBwdDataAlgo_t)cc.algo.algo, cc.ws, cc.algo.workspace,
+                                     k.zero(s->dtype), cc.d.x, out),
+        "convolution backward data");
   if (cc.g.padded) return pad_copy(cc.g, gp.p, vtl_tensor_data(gx), false, cc.st);
   return VTL_OK;
 }
@@ -426,11 +719,15 @@ vtl_status vtl_cu_conv2d_backward_weight(const vtl_conv2d_shape *s, const vtl_te
   cl_filter f(*s, cc.dev, cc.st);
   void *gwout = f.out(vtl_tensor_data(gw));
   if (!gwout) return vtl_error_status();
-  DNN(cudnnConvolutionBackwardFilter(cc.h, k.one(s->dtype), cc.d.x, xin, cc.d.y, vtl_tensor_data(gy), cc.d.c,
-                                     (cudnnConvolutionBwdFilterAlgo_t)cc.algo.algo, cc.ws, cc.algo.workspace,
-                                     k.zero(s->dtype), cc.d.w, gwout),
-      "convolution backward filter");
+  int ran = cc.run_plan((void *)xin, gwout, vtl_tensor_data(gy));
+  if (ran < 0) return vtl_error_status();
+  if (!ran)
+    DNN(cudnnConvolutionBackwardFilter(cc.h, k.one(s->dtype), cc.d.x, xin, cc.d.y, vtl_tensor_data(gy), cc.d.c,
+                                       (cudnnConvolutionBwdFilterAlgo_t)cc.algo.algo, cc.ws, cc.algo.workspace,
+                                       k.zero(s->dtype), cc.d.w, gwout),
+        "convolution backward filter");
   if (f.back(vtl_tensor_data(gw)) != VTL_OK) return vtl_error_status();
+  if (gb && cc.descs() != VTL_OK) return vtl_error_status();
   if (gb)
     DNN(cudnnConvolutionBackwardBias(cc.h, k.one(s->dtype), cc.d.y, vtl_tensor_data(gy), k.zero(s->dtype), cc.d.b,
                                      vtl_tensor_data(gb)),

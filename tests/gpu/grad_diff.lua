@@ -39,4 +39,4 @@ for i, e in ipairs(pc) do
   end
 end
 table.sort(rows, function(a, b) return a[2] > b[2] end)
-for i = 1, math.min(15, #rows) do print(("%-40s grad max rel diff %.3g (abs %.3g)"):format(rows[i][1], rows[i][2], rows[i][3])) end
+for i = 1, math.min(tonumber(os.getenv("GRAD_DIFF_ROWS") or "15"), #rows) do print(("%-40s grad max rel diff %.3g (abs %.3g)"):format(rows[i][1], rows[i][2], rows[i][3])) end
