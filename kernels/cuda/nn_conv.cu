@@ -261,11 +261,12 @@ vtl_status choose(int dev, cudnnHandle_t h, conv_dir dir, const conv_geom &g, co
 
 // ---- the graph API ----
 // Convolutions go through cuDNN's graph (backend) API where it offers an engine for the shape:
-// its heuristics reach kernels the legacy algorithm enums do not (on Hopper, several times
-// faster for half data in channels-last). Engines are taken best first, skipping those whose
-// numerical notes say they convert f32 inputs down (TF32) or to half, reduce in reduced
-// precision, use FFT or Winograd, or (backward passes) are nondeterministic. VTL_CUDNN_GRAPH=0
-// keeps every shape on the legacy API.
+// its heuristics reach kernels the legacy algorithm enums do not. On an H100 against the legacy
+// API: ResNet-50's bf16 channels-last training step 110 -> 93 ms, its f32 inference at batch 1
+// 17.6 -> 9.2 ms; ResNet-18's f32 training step at batch 64 30.6 -> 33.6 ms. Engines are taken
+// best first, skipping those whose numerical notes say they convert f32 inputs down (TF32) or
+// to half, reduce in reduced precision, use FFT or Winograd, or (backward passes) are
+// nondeterministic. VTL_CUDNN_GRAPH=0 keeps every shape on the legacy API.
 bool graph_mode() {
   static int on = -1;
   if (on < 0) {
