@@ -5,10 +5,46 @@
 #include "autocast.h"
 #include "lvtl.h"
 #include "backend.h"
+#include "profile.h"
 
 static void collect_on_oom(void *ud) { lua_gc((lua_State *)ud, LUA_GCCOLLECT); }
 
 static int l_clock(lua_State *L) { lua_pushnumber(L, vtl_clock()); return 1; }
+
+/* _profile(on, sync): starts (clearing the sums) or stops the timing of backward nodes */
+static int l_profile(lua_State *L) {
+  vtl_profile_set(lua_toboolean(L, 1), lua_toboolean(L, 2));
+  return 0;
+}
+/* _profile_mark(): the clock (after waiting for the devices when profiling with sync) and the
+   seconds summed over backward nodes so far */
+static int l_profile_mark(lua_State *L) {
+  int n;
+  double total;
+  lua_pushnumber(L, vtl_profile_mark());
+  vtl_profile_entries(&n, &total);
+  lua_pushnumber(L, total);
+  return 2;
+}
+/* _profile_nodes(): {{name, calls, seconds}, ...} of the backward nodes, and their total seconds */
+static int l_profile_nodes(lua_State *L) {
+  int n;
+  double total;
+  const vtl_profile_entry *e = vtl_profile_entries(&n, &total);
+  lua_createtable(L, n, 0);
+  for (int i = 0; i < n; i++) {
+    lua_createtable(L, 3, 0);
+    lua_pushstring(L, e[i].name);
+    lua_rawseti(L, -2, 1);
+    lua_pushinteger(L, e[i].calls);
+    lua_rawseti(L, -2, 2);
+    lua_pushnumber(L, e[i].seconds);
+    lua_rawseti(L, -2, 3);
+    lua_rawseti(L, -2, i + 1);
+  }
+  lua_pushnumber(L, total);
+  return 2;
+}
 
 static int l_set_num_threads(lua_State *L) {
   lua_Integer n = luaL_checkinteger(L, 1);
@@ -174,7 +210,8 @@ static const luaL_Reg cuda_funcs[] = {
   {"reset_peak_memory_stats", cuda_reset_peak}, {NULL, NULL}};
 
 static const luaL_Reg sys_funcs[] = {
-  {"clock", l_clock}, {"set_num_threads", l_set_num_threads}, {"get_num_threads", l_get_num_threads},
+  {"clock", l_clock}, {"_profile", l_profile}, {"_profile_mark", l_profile_mark}, {"_profile_nodes", l_profile_nodes},
+  {"set_num_threads", l_set_num_threads}, {"get_num_threads", l_get_num_threads},
   {"memory_allocated", l_memory_allocated}, {"memory_cached", l_memory_cached}, {"empty_cache", l_empty_cache}, {"build_info", l_build_info}, {"isatty", l_isatty},
   {"defer_interrupts", l_defer_interrupts}, {NULL, NULL}};
 

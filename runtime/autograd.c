@@ -4,6 +4,7 @@
 #include "autograd.h"
 #include "autocast.h"
 #include "ops.h"
+#include "profile.h"
 
 static _Thread_local int grad_off;
 
@@ -333,6 +334,10 @@ static vtl_status backward_run(vtl_tensor *root, vtl_tensor *g, bool retain_grap
       if (x->released) {
         st = vtl_error_set(VTL_ERR_ARG, "backward: the graph was freed by an earlier backward; pass "
                            "{retain_graph = true} to the first backward to run it again");
+      } else if (vtl_profile_on()) {
+        double t0 = vtl_profile_mark();
+        st = x->backward(x, gout, gin);
+        vtl_profile_add(x->name, vtl_profile_mark() - t0);
       } else {
         st = x->backward(x, gout, gin);
       }

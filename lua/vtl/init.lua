@@ -13,7 +13,8 @@ local lazy = {autograd = "vtl.autograd", nn = "vtl.nn", optim = "vtl.optim", tra
               models = "vtl.models", hub = "vtl.hub", train = "vtl.train", json = "vtl.json", recipe = "vtl.recipe",
               metrics = "vtl.metrics", plot = "vtl.plot", display = "vtl.display", doc = "vtl.doc",
               distill = "vtl.distill", fewshot = "vtl.fewshot", adapt = "vtl.adapt", explain = "vtl.explain",
-              deploy = "vtl.deploy", monitor = "vtl.monitor", amp = "vtl.amp"}
+              deploy = "vtl.deploy", monitor = "vtl.monitor", amp = "vtl.amp",
+              profiler = "vtl.profiler"}
 return setmetatable(vtl, {
   __index = function(t, k)
     local name = lazy[k]

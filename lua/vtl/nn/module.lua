@@ -236,9 +236,23 @@ local function hooked_forward(self, hooks, ...)
   return out
 end
 
+-- vtl.profiler's timer while it runs: profile_hook(module, call_forward, ...) times the call
+local profile_hook
+
+local function call_forward(self, ...)
+  local hooks = rawget(self, "_forward_hooks")
+  if hooks and hooks[1] then return hooked_forward(self, {table.unpack(hooks)}, ...) end
+  return self.forward(self, ...)
+end
+
+---Sets (or clears, with nil) the function that times module calls; for vtl.profiler.
+---@param fn fun(m: vtl.nn.Module, call: function, ...): ...|nil
+function Module._set_profile_hook(fn) profile_hook = fn end
+
 local function instance_call(self, ...)
   depth = depth + 1
   stack[depth] = self
+  if profile_hook then return finish_call(xpcall(profile_hook, tag_error, self, call_forward, ...)) end
   local hooks = rawget(self, "_forward_hooks")
   if hooks and hooks[1] then return finish_call(xpcall(hooked_forward, tag_error, self, {table.unpack(hooks)}, ...)) end
   return finish_call(xpcall(self.forward, tag_error, self, ...))
