@@ -243,84 +243,60 @@ template <class C> __device__ __forceinline__ C *vec_elem(const vec_walk &w, int
   return (C *)(w.base[o] + r * w.outer[o] + (w.inner[o] ? c * (int64_t)sizeof(C) : 0));
 }
 
+// How the vector path stores elements: as the compute type itself (same_store<C>), or as bf16/f16
+// bits computed in f32 (half_store<H>, converted as the strided path converts them).
+template <class C> struct same_store {
+  using S = C;
+  using T = C;
+  static __device__ __forceinline__ C in(S v) { return v; }
+  static __device__ __forceinline__ S out(C v) { return v; }
+};
+template <int H> struct half_store {
+  using S = uint16_t;
+  using T = float;
+  static __device__ __forceinline__ float in(uint16_t v) { return H == VTL_BF16 ? cu_bf16_to_f32(v) : cu_f16_to_f32(v); }
+  static __device__ __forceinline__ uint16_t out(float v) { return H == VTL_BF16 ? cu_f32_to_bf16(v) : cu_f32_to_f16(v); }
+};
+
 // out = op(x): vectors over a grid stride, then the tail of a single row
-template <class C> __global__ void unary_vec_kernel(vec_walk w, int op, double p0, double p1) {
-  constexpr int N = vec16<C>::N;
+template <class P> __global__ void unary_vec_kernel(vec_walk w, int op, double p0, double p1) {
+  using S = typename P::S;
+  using T = typename P::T;
+  constexpr int N = vec16<S>::N;
   const int64_t nvec = w.numel / N, step = (int64_t)gridDim.x * blockDim.x;
   const int64_t t = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
   for (int64_t v = t; v < nvec; v += step) {
     int64_t e = v * N, r = 0, c = e;
     if (w.rows > 1) { r = e / w.width; c = e - r * w.width; }
-    vec16<C> x = vec_load<C>(w, 1, r, c), y;
+    vec16<S> x = vec_load<S>(w, 1, r, c), y;
 #pragma unroll
-    for (int j = 0; j < N; j++) y.v[j] = unary_apply<C>(op, x.v[j], p0, p1);
-    vec_store<C>(w, r, c, y);
+    for (int j = 0; j < N; j++) y.v[j] = P::out(unary_apply<T>(op, P::in(x.v[j]), p0, p1));
+    vec_store<S>(w, r, c, y);
   }
   int64_t e = nvec * N + t;
-  if (e < w.numel) *vec_elem<C>(w, 0, e) = unary_apply<C>(op, *vec_elem<C>(w, 1, e), p0, p1);
+  if (e < w.numel) *vec_elem<S>(w, 0, e) = P::out(unary_apply<T>(op, P::in(*vec_elem<S>(w, 1, e)), p0, p1));
 }
 
 // out = op(a, b), as unary_vec_kernel; OP >= 0 compiles the kernel for that op alone (fewer
 // registers), -1 reads it from op
-template <class C, int OP> __global__ void binary_vec_kernel(vec_walk w, int op_) {
-  constexpr int N = vec16<C>::N;
+template <class P, int OP> __global__ void binary_vec_kernel(vec_walk w, int op_) {
+  using S = typename P::S;
+  using T = typename P::T;
+  constexpr int N = vec16<S>::N;
   const int op = OP >= 0 ? OP : op_;
   const int64_t nvec = w.numel / N, step = (int64_t)gridDim.x * blockDim.x;
   const int64_t t = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
   for (int64_t v = t; v < nvec; v += step) {
     int64_t e = v * N, r = 0, c = e;
     if (w.rows > 1) { r = e / w.width; c = e - r * w.width; }
-    vec16<C> x = vec_load<C>(w, 1, r, c), y = vec_load<C>(w, 2, r, c), z;
+    vec16<S> x = vec_load<S>(w, 1, r, c), y = vec_load<S>(w, 2, r, c), z;
 #pragma unroll
-    for (int j = 0; j < N; j++) z.v[j] = binary_apply<C>(op, x.v[j], y.v[j]);
-    vec_store<C>(w, r, c, z);
-  }
-  int64_t e = nvec * N + t;
-  if (e < w.numel) *vec_elem<C>(w, 0, e) = binary_apply<C>(op, *vec_elem<C>(w, 1, e), *vec_elem<C>(w, 2, e));
-}
-
-// Half storage (H: VTL_BF16 or VTL_F16) computed in f32, as the strided path computes it
-// (cu_load/cu_store convert with the same functions): 8 elements per 16-byte vector.
-template <int H> __device__ __forceinline__ float h2f(uint16_t v) {
-  return H == VTL_BF16 ? cu_bf16_to_f32(v) : cu_f16_to_f32(v);
-}
-template <int H> __device__ __forceinline__ uint16_t f2h(float v) {
-  return H == VTL_BF16 ? cu_f32_to_bf16(v) : cu_f32_to_f16(v);
-}
-
-template <int H> __global__ void unary_vec_half_kernel(vec_walk w, int op, double p0, double p1) {
-  constexpr int N = vec16<uint16_t>::N;
-  const int64_t nvec = w.numel / N, step = (int64_t)gridDim.x * blockDim.x;
-  const int64_t t = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
-  for (int64_t v = t; v < nvec; v += step) {
-    int64_t e = v * N, r = 0, c = e;
-    if (w.rows > 1) { r = e / w.width; c = e - r * w.width; }
-    vec16<uint16_t> x = vec_load<uint16_t>(w, 1, r, c), y;
-#pragma unroll
-    for (int j = 0; j < N; j++) y.v[j] = f2h<H>(unary_apply<float>(op, h2f<H>(x.v[j]), p0, p1));
-    vec_store<uint16_t>(w, r, c, y);
-  }
-  int64_t e = nvec * N + t;
-  if (e < w.numel) *vec_elem<uint16_t>(w, 0, e) = f2h<H>(unary_apply<float>(op, h2f<H>(*vec_elem<uint16_t>(w, 1, e)), p0, p1));
-}
-
-template <int H, int OP> __global__ void binary_vec_half_kernel(vec_walk w, int op_) {
-  constexpr int N = vec16<uint16_t>::N;
-  const int op = OP >= 0 ? OP : op_;
-  const int64_t nvec = w.numel / N, step = (int64_t)gridDim.x * blockDim.x;
-  const int64_t t = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
-  for (int64_t v = t; v < nvec; v += step) {
-    int64_t e = v * N, r = 0, c = e;
-    if (w.rows > 1) { r = e / w.width; c = e - r * w.width; }
-    vec16<uint16_t> x = vec_load<uint16_t>(w, 1, r, c), y = vec_load<uint16_t>(w, 2, r, c), z;
-#pragma unroll
-    for (int j = 0; j < N; j++) z.v[j] = f2h<H>(binary_apply<float>(op, h2f<H>(x.v[j]), h2f<H>(y.v[j])));
-    vec_store<uint16_t>(w, r, c, z);
+    for (int j = 0; j < N; j++) z.v[j] = P::out(binary_apply<T>(op, P::in(x.v[j]), P::in(y.v[j])));
+    vec_store<S>(w, r, c, z);
   }
   int64_t e = nvec * N + t;
   if (e < w.numel)
-    *vec_elem<uint16_t>(w, 0, e) =
-        f2h<H>(binary_apply<float>(op, h2f<H>(*vec_elem<uint16_t>(w, 1, e)), h2f<H>(*vec_elem<uint16_t>(w, 2, e))));
+    *vec_elem<S>(w, 0, e) = P::out(binary_apply<T>(op, P::in(*vec_elem<S>(w, 1, e)), P::in(*vec_elem<S>(w, 2, e))));
 }
 
 // Blocks of 256 for the vector path: one thread per vector (or per tail element), at most 8
@@ -399,19 +375,21 @@ vtl_status launch(K kernel, const vtl_cu_iter &it, cudaStream_t s, const char *w
 
 // the vector path when the layout allows it, else the flat path (one dim, every operand of
 // dtype CDT, the output included), else the strided one
-// f32 computation over operands that are all bf16 (or all f16): the half vector path
-template <int H> void unary_half(const vec_walk &w, cudaStream_t s, int dev, int op, double p0, double p1) {
-  unary_vec_half_kernel<H><<<vec_blocks(w, 8, dev), 256, 0, s>>>(w, op, p0, p1);
+// the vector kernels of storage policy P over walk w
+template <class P> void unary_vec(const vec_walk &w, cudaStream_t s, int dev, int op, double p0, double p1) {
+  unary_vec_kernel<P><<<vec_blocks(w, vec16<typename P::S>::N, dev), 256, 0, s>>>(w, op, p0, p1);
 }
-template <int H> void binary_half(const vec_walk &w, cudaStream_t s, int dev, int op) {
-  unsigned nb = vec_blocks(w, 8, dev);
+template <class P> void binary_vec(const vec_walk &w, cudaStream_t s, int dev, int op) {
+  unsigned nb = vec_blocks(w, vec16<typename P::S>::N, dev);
   switch (op) {
-  case VTL_BIN_ADD: binary_vec_half_kernel<H, VTL_BIN_ADD><<<nb, 256, 0, s>>>(w, op); break;
-  case VTL_BIN_SUB: binary_vec_half_kernel<H, VTL_BIN_SUB><<<nb, 256, 0, s>>>(w, op); break;
-  case VTL_BIN_MUL: binary_vec_half_kernel<H, VTL_BIN_MUL><<<nb, 256, 0, s>>>(w, op); break;
-  default: binary_vec_half_kernel<H, -1><<<nb, 256, 0, s>>>(w, op); break;
+  case VTL_BIN_ADD: binary_vec_kernel<P, VTL_BIN_ADD><<<nb, 256, 0, s>>>(w, op); break;
+  case VTL_BIN_SUB: binary_vec_kernel<P, VTL_BIN_SUB><<<nb, 256, 0, s>>>(w, op); break;
+  case VTL_BIN_MUL: binary_vec_kernel<P, VTL_BIN_MUL><<<nb, 256, 0, s>>>(w, op); break;
+  case VTL_BIN_DIV: binary_vec_kernel<P, VTL_BIN_DIV><<<nb, 256, 0, s>>>(w, op); break;
+  default: binary_vec_kernel<P, -1><<<nb, 256, 0, s>>>(w, op); break;
   }
 }
+// f32 computation over operands that are all bf16 (or all f16): the half vector path
 bool half_walk(vec_walk *w, const vtl_cu_iter &it, int cdt) {
   return cdt == VTL_F32 && (it.dt[0] == VTL_BF16 || it.dt[0] == VTL_F16) && vec_walk_make(w, it, it.dt[0]);
 }
@@ -420,13 +398,13 @@ template <class C, int CDT>
 vtl_status run_unary(const vtl_cu_iter &it, cudaStream_t s, int dev, int op, double p0, double p1) {
   vec_walk w;
   if (half_walk(&w, it, CDT)) {
-    if (it.dt[0] == VTL_BF16) unary_half<VTL_BF16>(w, s, dev, op, p0, p1);
-    else unary_half<VTL_F16>(w, s, dev, op, p0, p1);
+    if (it.dt[0] == VTL_BF16) unary_vec<half_store<VTL_BF16>>(w, s, dev, op, p0, p1);
+    else unary_vec<half_store<VTL_F16>>(w, s, dev, op, p0, p1);
     VTL_CU_LAUNCHED("unary");
     return VTL_OK;
   }
   if (vec_walk_make(&w, it, CDT)) {
-    unary_vec_kernel<C><<<vec_blocks(w, vec16<C>::N, dev), 256, 0, s>>>(w, op, p0, p1);
+    unary_vec<same_store<C>>(w, s, dev, op, p0, p1);
     VTL_CU_LAUNCHED("unary");
     return VTL_OK;
   }
@@ -437,20 +415,13 @@ vtl_status run_unary(const vtl_cu_iter &it, cudaStream_t s, int dev, int op, dou
 template <class C, int CDT> vtl_status run_binary(const vtl_cu_iter &it, cudaStream_t s, int dev, int op) {
   vec_walk w;
   if (half_walk(&w, it, CDT)) {
-    if (it.dt[0] == VTL_BF16) binary_half<VTL_BF16>(w, s, dev, op);
-    else binary_half<VTL_F16>(w, s, dev, op);
+    if (it.dt[0] == VTL_BF16) binary_vec<half_store<VTL_BF16>>(w, s, dev, op);
+    else binary_vec<half_store<VTL_F16>>(w, s, dev, op);
     VTL_CU_LAUNCHED("binary");
     return VTL_OK;
   }
   if (vec_walk_make(&w, it, CDT)) {
-    unsigned nb = vec_blocks(w, vec16<C>::N, dev);
-    switch (op) {
-    case VTL_BIN_ADD: binary_vec_kernel<C, VTL_BIN_ADD><<<nb, 256, 0, s>>>(w, op); break;
-    case VTL_BIN_SUB: binary_vec_kernel<C, VTL_BIN_SUB><<<nb, 256, 0, s>>>(w, op); break;
-    case VTL_BIN_MUL: binary_vec_kernel<C, VTL_BIN_MUL><<<nb, 256, 0, s>>>(w, op); break;
-    case VTL_BIN_DIV: binary_vec_kernel<C, VTL_BIN_DIV><<<nb, 256, 0, s>>>(w, op); break;
-    default: binary_vec_kernel<C, -1><<<nb, 256, 0, s>>>(w, op); break;
-    }
+    binary_vec<same_store<C>>(w, s, dev, op);
     VTL_CU_LAUNCHED("binary");
     return VTL_OK;
   }

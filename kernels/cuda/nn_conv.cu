@@ -56,23 +56,22 @@ vtl_status dnn_error(cudnnStatus_t s, const char *what) {
 }
 #define DNN(call, what) do { cudnnStatus_t s_ = (call); if (s_ != CUDNN_STATUS_SUCCESS) return dnn_error(s_, what); } while (0)
 
-// VTL_CUDNN_LOG=1: each algorithm choice (once per shape and direction) goes to stderr
-bool log_mode() {
-  static int on = -1;
-  if (on < 0) {
-    const char *e = getenv("VTL_CUDNN_LOG");
-    on = e && e[0] && e[0] != '0';
-  }
-  return on == 1;
+// a switch from the environment: unset or empty gives dflt, "0..." off, anything else on
+bool env_on(const char *name, bool dflt) {
+  const char *e = getenv(name);
+  return !e || !e[0] ? dflt : e[0] != '0';
 }
 
+// VTL_CUDNN_LOG=1: each algorithm choice (once per shape and direction) goes to stderr
+bool log_mode() {
+  static const bool on = env_on("VTL_CUDNN_LOG", false);
+  return on;
+}
+
+// VTL_CUDNN_BENCHMARK=1: cuDNN times the legacy algorithms once per shape (cudnn.benchmark)
 bool benchmark_mode() {
-  static int on = -1;
-  if (on < 0) {
-    const char *e = getenv("VTL_CUDNN_BENCHMARK");
-    on = e && e[0] && e[0] != '0';
-  }
-  return on == 1;
+  static const bool on = env_on("VTL_CUDNN_BENCHMARK", false);
+  return on;
 }
 
 // the cuDNN handle of dev, bound to its compute stream; NULL with the error set
@@ -119,6 +118,11 @@ conv_geom geom_of(const vtl_conv2d_shape *s) {
   return g;
 }
 
+// cuDNN's name of a float dtype
+cudnnDataType_t dnn_type(vtl_dtype dt) {
+  return dt == VTL_F32 ? CUDNN_DATA_FLOAT : dt == VTL_F64 ? CUDNN_DATA_DOUBLE : dt == VTL_F16 ? CUDNN_DATA_HALF : CUDNN_DATA_BFLOAT16;
+}
+
 vtl_status make_desc(const conv_geom &g, conv_desc &d) {
   const vtl_conv2d_shape &s = g.s;
   int64_t dims[] = {s.N, s.C, g.Hp, g.Wp, s.K, s.R, s.S, s.OH, s.OW, s.stride[0], s.stride[1], s.pad[0], s.pad[1],
@@ -130,11 +134,7 @@ vtl_status make_desc(const conv_geom &g, conv_desc &d) {
                            INT_MAX);
   // half data (autocast) is computed in f32 on tensor cores; f32 and f64 exactly
   bool half = s.dtype == VTL_F16 || s.dtype == VTL_BF16;
-  cudnnDataType_t dt = s.dtype == VTL_F32   ? CUDNN_DATA_FLOAT
-                       : s.dtype == VTL_F64 ? CUDNN_DATA_DOUBLE
-                       : s.dtype == VTL_F16 ? CUDNN_DATA_HALF
-                                            : CUDNN_DATA_BFLOAT16;
-  cudnnDataType_t ct = half ? CUDNN_DATA_FLOAT : dt;
+  cudnnDataType_t dt = dnn_type(s.dtype), ct = half ? CUDNN_DATA_FLOAT : dt;
   int ph = g.padded ? 0 : (int)s.pad[0], pw = g.padded ? 0 : (int)s.pad[1];
   DNN(cudnnCreateTensorDescriptor(&d.x), "descriptor");
   DNN(cudnnCreateTensorDescriptor(&d.y), "descriptor");
@@ -268,12 +268,8 @@ vtl_status choose(int dev, cudnnHandle_t h, conv_dir dir, const conv_geom &g, co
 // to half, reduce in reduced precision, use FFT or Winograd, or (backward passes) are
 // nondeterministic. VTL_CUDNN_GRAPH=0 keeps every shape on the legacy API.
 bool graph_mode() {
-  static int on = -1;
-  if (on < 0) {
-    const char *e = getenv("VTL_CUDNN_GRAPH");
-    on = !(e && e[0] == '0');
-  }
-  return on == 1;
+  static const bool on = env_on("VTL_CUDNN_GRAPH", true);
+  return on;
 }
 
 // one backend descriptor, destroyed with its scope unless released
@@ -345,11 +341,7 @@ bool engine_allowed(cudnnBackendDescriptor_t cfg, bool half, conv_dir dir) {
 cudnnStatus_t graph_build(cudnnHandle_t h, conv_dir dir, const conv_geom &g, graph_plan *out, int *rank) {
   const vtl_conv2d_shape &s = g.s;
   bool half = s.dtype == VTL_F16 || s.dtype == VTL_BF16;
-  cudnnDataType_t dt = s.dtype == VTL_F32   ? CUDNN_DATA_FLOAT
-                       : s.dtype == VTL_F64 ? CUDNN_DATA_DOUBLE
-                       : s.dtype == VTL_F16 ? CUDNN_DATA_HALF
-                                            : CUDNN_DATA_BFLOAT16;
-  cudnnDataType_t ct = half ? CUDNN_DATA_FLOAT : dt;
+  cudnnDataType_t dt = dnn_type(s.dtype), ct = half ? CUDNN_DATA_FLOAT : dt;
   bdesc x, w, y, conv, op, graph, heur;
   GR(graph_tensor(x, 1, dt, s.N, s.C, g.Hp, g.Wp, s.x_cl));
   GR(graph_tensor(w, 2, dt, s.K, s.C / s.groups, s.R, s.S, s.x_cl));
@@ -371,31 +363,32 @@ cudnnStatus_t graph_build(cudnnHandle_t h, conv_dir dir, const conv_geom &g, gra
   cudnnBackendAttributeType_t st = s.dtype == VTL_F64 ? CUDNN_TYPE_DOUBLE : CUDNN_TYPE_FLOAT;
   const void *one = s.dtype == VTL_F64 ? (const void *)&d1 : (const void *)&f1;
   const void *zero = s.dtype == VTL_F64 ? (const void *)&d0 : (const void *)&f0;
-  if (dir == FWD) {
-    GR(op.make(CUDNN_BACKEND_OPERATION_CONVOLUTION_FORWARD_DESCRIPTOR));
-    GR(set_desc(op.d, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_X, x.d));
-    GR(set_desc(op.d, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_W, w.d));
-    GR(set_desc(op.d, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_Y, y.d));
-    GR(set_desc(op.d, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_CONV_DESC, conv.d));
-    GR(cudnnBackendSetAttribute(op.d, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_ALPHA, st, 1, one));
-    GR(cudnnBackendSetAttribute(op.d, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_BETA, st, 1, zero));
-  } else if (dir == BWD_DATA) {
-    GR(op.make(CUDNN_BACKEND_OPERATION_CONVOLUTION_BACKWARD_DATA_DESCRIPTOR));
-    GR(set_desc(op.d, CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_DX, x.d));
-    GR(set_desc(op.d, CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_W, w.d));
-    GR(set_desc(op.d, CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_DY, y.d));
-    GR(set_desc(op.d, CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_CONV_DESC, conv.d));
-    GR(cudnnBackendSetAttribute(op.d, CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_ALPHA, st, 1, one));
-    GR(cudnnBackendSetAttribute(op.d, CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_BETA, st, 1, zero));
-  } else {
-    GR(op.make(CUDNN_BACKEND_OPERATION_CONVOLUTION_BACKWARD_FILTER_DESCRIPTOR));
-    GR(set_desc(op.d, CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_X, x.d));
-    GR(set_desc(op.d, CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_DW, w.d));
-    GR(set_desc(op.d, CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_DY, y.d));
-    GR(set_desc(op.d, CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_CONV_DESC, conv.d));
-    GR(cudnnBackendSetAttribute(op.d, CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_ALPHA, st, 1, one));
-    GR(cudnnBackendSetAttribute(op.d, CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_BETA, st, 1, zero));
-  }
+  // the operation of each direction and its attributes: x (or dx), w (or dw), y (or dy), conv, alpha, beta
+  static const struct {
+    cudnnBackendDescriptorType_t type;
+    cudnnBackendAttributeName_t x, w, y, conv, alpha, beta;
+  } ops[3] = {
+      {CUDNN_BACKEND_OPERATION_CONVOLUTION_FORWARD_DESCRIPTOR, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_X,
+       CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_W, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_Y,
+       CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_CONV_DESC, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_ALPHA,
+       CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_BETA},
+      {CUDNN_BACKEND_OPERATION_CONVOLUTION_BACKWARD_DATA_DESCRIPTOR, CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_DX,
+       CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_W, CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_DY,
+       CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_CONV_DESC, CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_ALPHA,
+       CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_BETA},
+      {CUDNN_BACKEND_OPERATION_CONVOLUTION_BACKWARD_FILTER_DESCRIPTOR, CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_X,
+       CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_DW, CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_DY,
+       CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_CONV_DESC, CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_ALPHA,
+       CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_BETA},
+  };
+  const auto &a = ops[dir == FWD ? 0 : dir == BWD_DATA ? 1 : 2];
+  GR(op.make(a.type));
+  GR(set_desc(op.d, a.x, x.d));
+  GR(set_desc(op.d, a.w, w.d));
+  GR(set_desc(op.d, a.y, y.d));
+  GR(set_desc(op.d, a.conv, conv.d));
+  GR(cudnnBackendSetAttribute(op.d, a.alpha, st, 1, one));
+  GR(cudnnBackendSetAttribute(op.d, a.beta, st, 1, zero));
   GR(cudnnBackendFinalize(op.d));
   GR(graph.make(CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR));
   GR(set_desc(graph.d, CUDNN_ATTR_OPERATIONGRAPH_OPS, op.d));

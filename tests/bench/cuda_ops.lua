@@ -80,19 +80,7 @@ end
 
 local function train_case(name, arch, batch, cl, reps)
   fresh()
-  local m = vtl.models.create(arch, {num_classes = 1000}):cuda()
-  if cl then m:to_memory_format("channels_last") end
-  m:train()
-  local o = vtl.optim.SGD(m:parameters(), {lr = 0.01, momentum = 0.9})
-  local x = vtl.randn(batch, 3, 224, 224, {device = "cuda"})
-  if cl then x = x:contiguous("channels_last") end
-  local y = vtl.randint(1, 1001, {batch}, {device = "cuda"})
-  B.report(name, per_call(function()
-    o:zero_grad()
-    local loss = vtl.autocast("bf16", function() return F.cross_entropy(m(x), y) end)
-    loss:backward()
-    o:step()
-  end, reps))
+  B.report(name, per_call(require("gpu_step").setup(arch, batch, cl).step, reps))
   B.report(name .. "_peakMiB", vtl.cuda.memory_stats().peak / 2 ^ 20)
 end
 

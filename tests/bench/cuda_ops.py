@@ -8,6 +8,8 @@ import time
 
 import torch
 
+from gpu_step import Step
+
 
 def per_call(fn, reps):
     fn()
@@ -86,32 +88,16 @@ def main():
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
 
-    def train_case(name, model, batch, cl, reps):
+    def train_case(name, arch, batch, cl, reps):
         fresh()
-        m = model.cuda().train()
-        if cl:
-            m = m.to(memory_format=torch.channels_last)
-        o = torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9)
-        x = torch.randn(batch, 3, 224, 224, device="cuda")
-        if cl:
-            x = x.contiguous(memory_format=torch.channels_last)
-        y = torch.randint(0, 1000, (batch,), device="cuda")
-
-        def st():
-            o.zero_grad()
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                loss = F.cross_entropy(m(x), y)
-            loss.backward()
-            o.step()
-
-        report(name, per_call(st, reps))
+        report(name, per_call(Step(arch, batch, cl).step, reps))
         report(name + "_peakMiB", torch.cuda.max_memory_allocated() / 2**20)
 
-    train_case("resnet50_train_b256_bf16_cl", torchvision.models.resnet50(num_classes=1000), 256, True, 3)
+    train_case("resnet50_train_b256_bf16_cl", "resnet50", 256, True, 3)
     try:
         import timm
-        train_case("lite0_train_b256_bf16_cl", timm.create_model("efficientnet_lite0", num_classes=1000), 256, True, 3)
-        train_case("vit_s_train_b128_bf16", timm.create_model("vit_small_patch16_224", num_classes=1000), 128, False, 3)
+        train_case("lite0_train_b256_bf16_cl", "efficientnet_lite0", 256, True, 3)
+        train_case("vit_s_train_b128_bf16", "vit_small_patch16_224", 128, False, 3)
     except ImportError:
         print("cuda_ops.py: no timm; no EfficientNet-Lite0 or ViT-S steps", file=sys.stderr)
 

@@ -23,17 +23,12 @@ local function best(fn, reps)
 end
 local function report(what, t) print(("%s_%s %.3f"):format(name, what, t * 1e3)); io.stdout:flush() end
 
-local m = vtl.models.create(name, {num_classes = 1000}):cuda()
-if cl then m:to_memory_format("channels_last") end
-m:train()
-local o = vtl.optim.SGD(m:parameters(), {lr = 0.01, momentum = 0.9})
-local x = vtl.randn(batch, 3, 224, 224, {device = "cuda"})
-if cl then x = x:contiguous("channels_last") end
-local y = vtl.randint(1, 1001, {batch}, {device = "cuda"})
-local function fwd() return vtl.autocast("bf16", function() return F.cross_entropy(m(x), y) end) end
-report("forward", best(function() fwd() end, 3))
-report("forward_backward", best(function() o:zero_grad(); fwd():backward() end, 3))
-report("step", best(function() o:zero_grad(); fwd():backward(); o:step() end, 3))
+package.path = "tests/bench/?.lua;" .. package.path
+local s = require("gpu_step").setup(name, batch, cl)
+local o = s.opt
+report("forward", best(function() s.forward() end, 3))
+report("forward_backward", best(function() o:zero_grad(); s.forward():backward() end, 3))
+report("step", best(s.step, 3))
 report("optimizer_step", best(function() o:step() end, 5))
 report("zero_grad", best(function() o:zero_grad() end, 5))
 

@@ -1,9 +1,13 @@
 """PyTorch twin of tests/gpu/step_phases.lua: the same phases and layers, the same timing."""
+import os
 import sys
 import time
 
 import torch
 import torch.nn.functional as F
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "bench"))
+from gpu_step import Step  # noqa: E402
 
 name = sys.argv[1] if len(sys.argv) > 1 else "resnet50"
 batch = int(sys.argv[2]) if len(sys.argv) > 2 else 256
@@ -26,42 +30,19 @@ def report(what, t):
     print("%s_%s %.3f" % (name, what, t * 1e3), flush=True)
 
 
-if name == "resnet50":
-    import torchvision
-    m = torchvision.models.resnet50(num_classes=1000)
-else:
-    import timm
-    m = timm.create_model(name, num_classes=1000)
-m = m.cuda().train()
-if cl:
-    m = m.to(memory_format=torch.channels_last)
-o = torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9)
-x = torch.randn(batch, 3, 224, 224, device="cuda")
-if cl:
-    x = x.contiguous(memory_format=torch.channels_last)
-y = torch.randint(0, 1000, (batch,), device="cuda")
-
-
-def fwd():
-    with torch.autocast("cuda", dtype=torch.bfloat16):
-        return F.cross_entropy(m(x), y)
+s = Step(name, batch, cl)
 
 
 def fb():
-    o.zero_grad()
-    fwd().backward()
+    s.opt.zero_grad()
+    s.forward().backward()
 
 
-def st():
-    fb()
-    o.step()
-
-
-report("forward", best(fwd, 3))
+report("forward", best(s.forward, 3))
 report("forward_backward", best(fb, 3))
-report("step", best(st, 3))
-report("optimizer_step", best(o.step, 5))
-report("zero_grad", best(o.zero_grad, 5))
+report("step", best(s.step, 3))
+report("optimizer_step", best(s.opt.step, 5))
+report("zero_grad", best(s.opt.zero_grad, 5))
 
 if cl:
     cf = torch.channels_last

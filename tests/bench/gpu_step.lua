@@ -1,0 +1,33 @@
+-- The GPU training step the benchmarks and diagnostics time: a zoo model with 1000 classes on
+-- cuda (channels-last when cl), SGD with momentum, a random 224x224 batch, bf16 autocast.
+-- tests/bench/gpu_step.py is the PyTorch twin.
+local vtl = require "vtl"
+local F = vtl.nn.functional
+
+local M = {}
+
+---The model, optimizer and batch, and the step function (zero_grad, forward and loss under
+---bf16 autocast, backward, step); forward() alone returns the loss.
+---@param arch string
+---@param batch integer
+---@param cl boolean
+---@return {model: table, opt: table, x: table, y: table, step: fun(), forward: fun(): table}
+function M.setup(arch, batch, cl)
+  local m = vtl.models.create(arch, {num_classes = 1000}):cuda()
+  if cl then m:to_memory_format("channels_last") end
+  m:train()
+  local o = vtl.optim.SGD(m:parameters(), {lr = 0.01, momentum = 0.9})
+  local x = vtl.randn(batch, 3, 224, 224, {device = "cuda"})
+  if cl then x = x:contiguous("channels_last") end
+  local y = vtl.randint(1, 1001, {batch}, {device = "cuda"})
+  local s = {model = m, opt = o, x = x, y = y}
+  function s.forward() return vtl.autocast("bf16", function() return F.cross_entropy(m(x), y) end) end
+  function s.step()
+    o:zero_grad()
+    s.forward():backward()
+    o:step()
+  end
+  return s
+end
+
+return M
