@@ -54,8 +54,9 @@ step info 30 "ldd ./vtl | grep -E 'cuda|cublas|cudnn|lua|dnnl|openblas|not found
 step test_cuda "${TEST_LIMIT:-240}" "LIMIT=$(( ${TEST_LIMIT:-240} - 10 )) bash tests/gpu/test_cuda.sh ${TEST_FILE:-}"
 step bench "${BENCH_LIMIT:-240}" "VTL=./vtl LIMIT=$(( ${BENCH_LIMIT:-240} / 2 - 5 )) bash tests/bench/cuda.sh"
 # where the time goes: step phases and single layers against PyTorch, then both profilers'
-# tables of one step; gradients of a model on both devices (planar and channels-last)
-step diagnose 200 "for m in 'resnet50 256' 'vit_small_patch16_224 128'; do ./vtl tests/gpu/step_phases.lua \$m; \$VTL_PY tests/gpu/step_phases.py \$m; ./vtl tests/gpu/profile_step.lua \$m; \$VTL_PY tests/gpu/profile_step.py \$m; done; ./vtl tests/gpu/grad_diff.lua resnet18 16 64; ./vtl tests/gpu/grad_diff.lua resnet18 16 64 channels_last"
+# tables of one step; gradients of a model on both devices (planar and channels-last); where
+# ResNet-50's inference reaches its peak memory
+step diagnose 200 "for m in 'resnet50 256' 'vit_small_patch16_224 128'; do ./vtl tests/gpu/step_phases.lua \$m; \$VTL_PY tests/gpu/step_phases.py \$m; ./vtl tests/gpu/profile_step.lua \$m; \$VTL_PY tests/gpu/profile_step.py \$m; done; ./vtl tests/gpu/grad_diff.lua resnet18 16 64; ./vtl tests/gpu/grad_diff.lua resnet18 16 64 channels_last; ./vtl tests/gpu/memory_diag.lua; VTL_CUDNN_GRAPH=0 ./vtl tests/gpu/memory_diag.lua"
 # the CPU suite there needs the reference generators' Python packages; on request only
 if [ "${VTL_GPU_SUITE:-0}" = 1 ]; then step cpu_suite 150 "VTL=./vtl bash tests/run.sh"; fi
 
