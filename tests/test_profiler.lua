@@ -19,10 +19,12 @@ end
 T.test("profile: counts each module, function, method and backward node, and returns fn's results", function()
   local m = small_net()
   local x, y = vtl.randn(2, 3, 6, 6), vtl.tensor({1, 3})
+  local opt = vtl.optim.SGD(m:parameters(), {lr = 0.1, momentum = 0.9})
   local prof, a, b = vtl.profiler.profile(function(k)
     for _ = 1, 3 do
-      m:zero_grad()
+      opt:zero_grad()
       F.cross_entropy(m(x), y):backward()
+      opt:step()
     end
     return k, "done"
   end, nil, 7)
@@ -34,6 +36,8 @@ T.test("profile: counts each module, function, method and backward node, and ret
   T.eq(e["F.conv2d"].calls, 6)
   T.eq(e["F.cross_entropy"].calls, 3)
   T.eq(e["x:backward"].calls, 3)
+  T.eq(e["optimizer:step"].calls, 3)
+  T.eq(e["optimizer:zero_grad"].calls, 3)
   T.truthy(e["backward: Conv2dBackward"], "the engine's conv nodes are listed")
   T.eq(e["backward: Conv2dBackward"].calls, 6)
   local sum_self = 0
@@ -51,10 +55,11 @@ end)
 T.test("profile: the timed functions are restored afterwards, also when fn fails", function()
   local mt = getmetatable(vtl.zeros(1))
   local add, op_add, conv, randn, F_relu = mt.__methods.add, mt.__add, require("vtl.core").nn.conv2d, vtl.randn, F.relu
+  local opt_step = require("vtl.optim.optimizer").step
   vtl.profiler.profile(function() local _ = vtl.ones(2) + vtl.ones(2) end)
   T.truthy(rawequal(mt.__methods.add, add) and rawequal(mt.__add, op_add), "tensor methods and operators")
-  T.truthy(rawequal(require("vtl.core").nn.conv2d, conv) and rawequal(vtl.randn, randn) and rawequal(F.relu, F_relu),
-    "library functions")
+  T.truthy(rawequal(require("vtl.core").nn.conv2d, conv) and rawequal(vtl.randn, randn) and rawequal(F.relu, F_relu)
+    and rawequal(require("vtl.optim.optimizer").step, opt_step), "library functions and optimizer methods")
   T.raises(function()
     vtl.profiler.profile(function() local _ = vtl.ones(2) * 3; error("inside the profiled code") end)
   end, "inside the profiled code")

@@ -2,8 +2,8 @@
 --   local prof = vtl.profiler.profile(function() ... end)
 --   print(prof:table{limit = 20})
 -- While fn runs, every tensor method and operator, every function of vtl (and vtl.core.nn and
--- vtl.nn.functional) and every module call is timed, and the autograd engine times each
--- backward node. Times are inclusive (total) and exclusive (self: minus the timed calls made
+-- vtl.nn.functional), every module call and every optimizer step and zero_grad is timed, and
+-- the autograd engine times each backward node. Times are inclusive (total) and exclusive (self: minus the timed calls made
 -- inside). With sync (the default when a GPU is present) the profiler waits for the devices'
 -- queued work before and after each timed call, so a GPU op's time is its own work; the code
 -- runs slower, and the table shows where the time goes rather than how long the code takes
@@ -102,6 +102,9 @@ function M.profile(fn, opts, ...)
   for k in pairs(core.nn) do patch(core.nn, k, "core.nn." .. k) end
   local F = require "vtl.nn.functional"
   for k in pairs(F) do patch(F, k, "F." .. k) end
+  local Optimizer = require "vtl.optim.optimizer"
+  patch(Optimizer, "step", "optimizer:step")
+  patch(Optimizer, "zero_grad", "optimizer:zero_grad")
   local Module = require("vtl.nn.module").Module
   local module_timers = {}
   Module._set_profile_hook(function(m, call, ...)
