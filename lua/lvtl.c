@@ -1,6 +1,7 @@
 /* The vtl.core module: tensors, files, and system functions (clock, threads, build info). */
 #include <lua.h>
 #include <lauxlib.h>
+#include <string.h>
 #include <unistd.h>
 #include "autocast.h"
 #include "lvtl.h"
@@ -204,10 +205,45 @@ static int cuda_allow_tf32(lua_State *L) {
   return 1;
 }
 
+/* cudnn([opts]): cuDNN's switches {benchmark, deterministic, allow_tf32} (see autocast.h); the
+   fields given in opts are set. Returns the settings in force before the call, so passing that
+   table back restores them. */
+static int cuda_cudnn(lua_State *L) {
+  static const char *const names[] = {"benchmark", "deterministic", "allow_tf32"};
+  vtl_cudnn_flags f = vtl_get_cudnn_flags(), prev = f;
+  bool *fields[] = {&f.benchmark, &f.deterministic, &f.allow_tf32};
+  if (!lua_isnoneornil(L, 1)) {
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_pushnil(L);
+    while (lua_next(L, 1)) {
+      int i = 0;
+      if (lua_type(L, -2) == LUA_TSTRING)
+        while (i < 3 && strcmp(lua_tostring(L, -2), names[i]) != 0) i++;
+      else
+        i = 3;
+      if (i == 3)
+        return luaL_error(L, "cuda.cudnn: unknown option %s (expected benchmark, deterministic or allow_tf32)",
+                          luaL_tolstring(L, -2, NULL));
+      if (!lua_isboolean(L, -1))
+        return luaL_error(L, "cuda.cudnn: %s must be a boolean, got %s", names[i], luaL_typename(L, -1));
+      *fields[i] = lua_toboolean(L, -1);
+      lua_pop(L, 1);
+    }
+    vtl_set_cudnn_flags(f);
+  }
+  bool old[] = {prev.benchmark, prev.deterministic, prev.allow_tf32};
+  lua_createtable(L, 0, 3);
+  for (int i = 0; i < 3; i++) {
+    lua_pushboolean(L, old[i]);
+    lua_setfield(L, -2, names[i]);
+  }
+  return 1;
+}
+
 static const luaL_Reg cuda_funcs[] = {
   {"is_available", cuda_is_available}, {"device_count", cuda_device_count}, {"synchronize", cuda_synchronize},
   {"empty_cache", cuda_empty_cache}, {"memory_stats", cuda_memory_stats}, {"allow_tf32", cuda_allow_tf32},
-  {"reset_peak_memory_stats", cuda_reset_peak}, {NULL, NULL}};
+  {"cudnn", cuda_cudnn}, {"reset_peak_memory_stats", cuda_reset_peak}, {NULL, NULL}};
 
 static const luaL_Reg sys_funcs[] = {
   {"clock", l_clock}, {"_profile", l_profile}, {"_profile_mark", l_profile_mark}, {"_profile_nodes", l_profile_nodes},

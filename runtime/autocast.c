@@ -1,5 +1,6 @@
 /* Mixed-precision regions: see autocast.h. */
 #include "autocast.h"
+#include <pthread.h>
 #include <stdlib.h>
 #include "autograd.h"
 #include "grad_ops.h"
@@ -19,6 +20,31 @@ static bool tf32_matmul;
 vtl_dtype vtl_autocast_dtype(void) { return cur; }
 bool vtl_matmul_allow_tf32(void) { return tf32_matmul; }
 void vtl_set_matmul_allow_tf32(bool on) { tf32_matmul = on; }
+
+static vtl_cudnn_flags cudnn_flags;
+static pthread_once_t cudnn_once = PTHREAD_ONCE_INIT;
+
+/* a switch from the environment: unset or empty off, "0..." off, anything else on */
+static bool env_flag(const char *name) {
+  const char *e = getenv(name);
+  return e && e[0] && e[0] != '0';
+}
+
+static void cudnn_flags_init(void) {
+  cudnn_flags.benchmark = env_flag("VTL_CUDNN_BENCHMARK");
+  cudnn_flags.deterministic = env_flag("VTL_CUDNN_DETERMINISTIC");
+  cudnn_flags.allow_tf32 = env_flag("VTL_CUDNN_TF32");
+}
+
+vtl_cudnn_flags vtl_get_cudnn_flags(void) {
+  pthread_once(&cudnn_once, cudnn_flags_init);
+  return cudnn_flags;
+}
+
+void vtl_set_cudnn_flags(vtl_cudnn_flags f) {
+  pthread_once(&cudnn_once, cudnn_flags_init);
+  cudnn_flags = f;
+}
 
 static void cache_clear(void) {
   for (int i = 0; i < ncache; i++) {

@@ -33,4 +33,15 @@ int vtl_autocast_cache_size(void);
    PyTorch's torch.backends.cuda.matmul.allow_tf32. Process-wide. */
 bool vtl_matmul_allow_tf32(void);
 void vtl_set_matmul_allow_tf32(bool on);
+
+/* cuDNN's switches, as torch.backends.cudnn's: benchmark (time the candidate engines once per
+   shape and keep the fastest), deterministic (only engines whose results do not vary from run
+   to run), allow_tf32 (f32 convolutions may use TF32 tensor cores, and the engines that round
+   or transform their inputs). Process-wide; before the first vtl_set_cudnn_flags they come from
+   VTL_CUDNN_BENCHMARK, VTL_CUDNN_DETERMINISTIC and VTL_CUDNN_TF32 ("1" on; unset off). */
+typedef struct {
+  bool benchmark, deterministic, allow_tf32;
+} vtl_cudnn_flags;
+vtl_cudnn_flags vtl_get_cudnn_flags(void);
+void vtl_set_cudnn_flags(vtl_cudnn_flags f);
 #endif

@@ -242,6 +242,29 @@ T.test("vtl.cuda.allow_tf32 is a process-wide switch, off by default", function(
   T.raises(function() vtl.cuda.allow_tf32(1) end, "boolean expected")
 end)
 
+T.test("vtl.cuda.cudnn sets cuDNN's switches, returns the previous ones, and refuses bad options", function()
+  local KEYS = {"benchmark", "deterministic", "allow_tf32"}
+  local function flags_eq(got, want, msg)
+    for _, k in ipairs(KEYS) do T.eq(got[k], want[k], (msg or "switches") .. ": " .. k) end
+  end
+  local prev = vtl.cuda.cudnn()
+  for _, k in ipairs(KEYS) do T.eq(type(prev[k]), "boolean", k) end
+  if not (os.getenv("VTL_CUDNN_BENCHMARK") or os.getenv("VTL_CUDNN_DETERMINISTIC") or os.getenv("VTL_CUDNN_TF32")) then
+    flags_eq(prev, {benchmark = false, deterministic = false, allow_tf32 = false}, "PyTorch's defaults, exact f32")
+  end
+  flags_eq(vtl.cuda.cudnn{deterministic = not prev.deterministic, benchmark = true}, prev, "returns the settings before")
+  local now = vtl.cuda.cudnn()
+  flags_eq(now, {benchmark = true, deterministic = not prev.deterministic, allow_tf32 = prev.allow_tf32}, "set")
+  flags_eq(vtl.cuda.cudnn(prev), now, "returns the settings before")
+  flags_eq(vtl.cuda.cudnn(), prev, "restored")
+  T.raises(function() vtl.cuda.cudnn{determinstic = true} end, "unknown option determinstic")
+  T.raises(function() vtl.cuda.cudnn{[1] = true} end, "unknown option 1")
+  T.raises(function() vtl.cuda.cudnn{benchmark = 1} end, "benchmark must be a boolean, got number")
+  T.raises(function() vtl.cuda.cudnn("fast") end, "table expected")
+  T.raises(function() vtl.cuda.cudnn{allow_tf32 = true, bogus = false} end, "unknown option bogus")
+  flags_eq(vtl.cuda.cudnn(), prev, "a refused call changes nothing")
+end)
+
 T.test("autocast casts each weight once per region and sees in-place updates", function()
   local lin = nn.Linear(6, 3)
   local x = vtl.randn(4, 6)

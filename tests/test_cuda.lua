@@ -1459,6 +1459,53 @@ gpu_test("vtl.cuda.allow_tf32: exact f32 products by default, TF32 when allowed"
   T.truthy(tf32 < 1e-2 and tf32 > exact, ("tf32: %.3g (exact %.3g)"):format(tf32, exact))
 end)
 
+gpu_test("vtl.cuda.cudnn: deterministic, benchmark and TF32 convolutions against the CPU", function()
+  vtl.seed(21)
+  local F = vtl.nn.functional
+  local prev = vtl.cuda.cudnn()
+  local x, w, gy = vtl.randn(8, 32, 20, 20), vtl.randn(48, 32, 3, 3) * 0.1, vtl.randn(8, 48, 20, 20)
+  local xr, wr = x:double():requires_grad_(true), w:double():requires_grad_(true)
+  local yr = F.conv2d(xr, wr, nil, {padding = 1})
+  yr:backward(gy:double())
+  local function rel(a, b) return (a - b):abs():max():item() / b:abs():max():item() end
+  -- output, input gradient and weight gradient on cuda (bf16 in channels-last), as f64 on the host
+  local function run(dt)
+    local xg, g = x:to(dt):cuda(), gy:to(dt):cuda()
+    if dt == "bf16" then xg, g = xg:contiguous("channels_last"), g:contiguous("channels_last") end
+    xg:requires_grad_(true)
+    local wg = w:to(dt):cuda():requires_grad_(true)
+    local y = F.conv2d(xg, wg, nil, {padding = 1})
+    y:backward(g)
+    return {y:cpu():double(), xg.grad:cpu():double(), wg.grad:cpu():double()}
+  end
+  local TOL = {f32 = 1e-5, bf16 = 2e-2}
+  for _, set in ipairs{{}, {deterministic = true}, {benchmark = true}, {benchmark = true, deterministic = true}} do
+    vtl.cuda.cudnn{benchmark = set.benchmark == true, deterministic = set.deterministic == true, allow_tf32 = false}
+    local tag = (set.benchmark and "benchmark " or "") .. (set.deterministic and "deterministic" or "")
+    for _, dt in ipairs{"f32", "bf16"} do
+      local first = run(dt)
+      for i, want in ipairs{yr:detach(), xr.grad, wr.grad} do
+        local e = rel(first[i], want)
+        T.truthy(e < TOL[dt], ("%s %s, result %d: relative error %.3g"):format(tag, dt, i, e))
+      end
+      -- the second call takes the cached engine; with deterministic it gives the same bits
+      local again = run(dt)
+      if set.deterministic then
+        for i = 1, 3 do
+          T.eq((again[i] - first[i]):abs():max():item(), 0, ("%s %s: result %d repeats bit for bit"):format(tag, dt, i))
+        end
+      end
+    end
+  end
+  vtl.cuda.cudnn{benchmark = false, deterministic = false, allow_tf32 = true}
+  local tf32 = run("f32")
+  vtl.cuda.cudnn(prev)
+  for i, want in ipairs{yr:detach(), xr.grad, wr.grad} do
+    local e = rel(tf32[i], want)
+    T.truthy(e < 1e-2, ("allow_tf32 f32, result %d: relative error %.3g"):format(i, e))
+  end
+end)
+
 gpu_test("half convolutions on cuDNN (tensor cores): forward and gradients against the CPU in f32", function()
   vtl.seed(13)
   local F = vtl.nn.functional

@@ -1,13 +1,13 @@
 // CUDA conv2d through cuDNN: forward, backward-data and backward-weight (+ bias), NCHW or
 // channels-last (NHWC activations; the (K,C,R,S) weights relaid out as NHWC filters around each
-// call, so parameters keep their layout), f32 and f64 (and f16/bf16 on tensor cores), groups (depthwise included) and dilation. f32 convolutions run in FMA math (no TF32), so
-// results stay close to the CPU's. The algorithm of each (direction, shape) is chosen once and
-// cached per device: by cuDNN's heuristics (cudnnGet*_v7), or, with VTL_CUDNN_BENCHMARK=1 in the
-// environment, by timing the candidates (cudnnFind*, like torch.backends.cudnn.benchmark). The
-// backward passes take deterministic algorithms where cuDNN has one for the shape (otherwise its
-// best other one). Workspaces come from vtl's caching allocator. Asymmetric padding
-// (padding="same" with an even kernel) runs on a zero-padded copy of the input, since cuDNN pads
-// both sides alike.
+// call, so parameters keep their layout), f32 and f64 (and f16/bf16 on tensor cores), groups
+// (depthwise included) and dilation. cuDNN's switches (vtl.cuda.cudnn, autocast.h) are
+// torch.backends.cudnn's: f32 convolutions run in FMA math (no TF32) unless allow_tf32, so
+// results stay close to the CPU's; deterministic keeps to engines whose results do not vary;
+// benchmark times the candidates once per shape instead of taking the heuristics' first. The
+// engine or algorithm of each (direction, shape, switches) is chosen once and cached per device.
+// Workspaces come from vtl's caching allocator. Asymmetric padding (padding="same" with an even
+// kernel) runs on a zero-padded copy of the input, since cuDNN pads both sides alike.
 #include <cudnn.h>
 #include <limits.h>
 #include <stdlib.h>
@@ -16,6 +16,9 @@
 #include <mutex>
 #include <vector>
 #include "nn.cuh"
+extern "C" {
+#include "autocast.h"
+}
 
 #define MAX_DEVICES 64
 
@@ -40,6 +43,7 @@ struct conv_algo { int algo; size_t workspace; int math, rank; };
 struct graph_plan {
   cudnnBackendDescriptor_t plan = nullptr, cfg = nullptr;
   int64_t workspace = 0;
+  int rank = -1; // the engine's place in the heuristics' list
   bool ok = false;
 };
 
@@ -65,12 +69,6 @@ bool env_on(const char *name, bool dflt) {
 // VTL_CUDNN_LOG=1: each algorithm choice (once per shape and direction) goes to stderr
 bool log_mode() {
   static const bool on = env_on("VTL_CUDNN_LOG", false);
-  return on;
-}
-
-// VTL_CUDNN_BENCHMARK=1: cuDNN times the legacy algorithms once per shape (cudnn.benchmark)
-bool benchmark_mode() {
-  static const bool on = env_on("VTL_CUDNN_BENCHMARK", false);
   return on;
 }
 
@@ -134,6 +132,7 @@ vtl_status make_desc(const conv_geom &g, conv_desc &d) {
                            INT_MAX);
   // half data (autocast) is computed in f32 on tensor cores; f32 and f64 exactly
   bool half = s.dtype == VTL_F16 || s.dtype == VTL_BF16;
+  bool tf32 = s.dtype == VTL_F32 && vtl_get_cudnn_flags().allow_tf32;
   cudnnDataType_t dt = dnn_type(s.dtype), ct = half ? CUDNN_DATA_FLOAT : dt;
   int ph = g.padded ? 0 : (int)s.pad[0], pw = g.padded ? 0 : (int)s.pad[1];
   DNN(cudnnCreateTensorDescriptor(&d.x), "descriptor");
@@ -154,8 +153,10 @@ vtl_status make_desc(const conv_geom &g, conv_desc &d) {
                                       (int)s.dilation[1], CUDNN_CROSS_CORRELATION, ct),
       "convolution descriptor");
   DNN(cudnnSetConvolutionGroupCount(d.c, (int)s.groups), "group count");
-  // exact f32 products (no TF32 tensor cores), as the CPU computes them; half on tensor cores
-  DNN(cudnnSetConvolutionMathType(d.c, half ? CUDNN_TENSOR_OP_MATH : CUDNN_FMA_MATH), "math type");
+  // exact f32 products (no TF32 tensor cores, unless allowed), as the CPU computes them; half
+  // on tensor cores
+  DNN(cudnnSetConvolutionMathType(d.c, half ? CUDNN_TENSOR_OP_MATH : tf32 ? CUDNN_DEFAULT_MATH : CUDNN_FMA_MATH),
+      "math type");
   int n, c, h, w;
   DNN(cudnnGetConvolution2dForwardOutputDim(d.c, d.x, d.w, &n, &c, &h, &w), "output size");
   if (n != s.N || c != s.K || h != s.OH || w != s.OW)
@@ -164,15 +165,19 @@ vtl_status make_desc(const conv_geom &g, conv_desc &d) {
   return VTL_OK;
 }
 
-conv_key key_of(conv_dir dir, const conv_geom &g) {
+// the switches a choice depends on, as one number of the key
+int64_t flag_bits(const vtl_cudnn_flags &f) { return (int64_t)f.deterministic | (int64_t)f.allow_tf32 << 1 | (int64_t)f.benchmark << 2; }
+
+conv_key key_of(conv_dir dir, const conv_geom &g, const vtl_cudnn_flags &f) {
   const vtl_conv2d_shape &s = g.s;
   return conv_key{{dir, s.dtype, s.N, s.C, g.Hp, g.Wp, s.K, s.R, s.S, s.stride[0], s.stride[1],
-                   g.padded ? 0 : s.pad[0], g.padded ? 0 : s.pad[1], s.dilation[0], s.dilation[1], s.groups, s.x_cl, 0}};
+                   g.padded ? 0 : s.pad[0], g.padded ? 0 : s.pad[1], s.dilation[0], s.dilation[1], s.groups, s.x_cl,
+                   flag_bits(f)}};
 }
 
 // An acceptable algorithm from a list of candidates, best first: it runs (status), does not
-// convert f32 to TF32 or half (math type; half data takes tensor-core algorithms), and for the
-// backward passes is deterministic.
+// convert to half (math type), uses tensor cores only for half data or TF32-allowed f32, and,
+// when need_det, is deterministic.
 template <class Perf> bool pick(const Perf *p, int n, bool need_det, bool tensor_ops, conv_algo *out) {
   for (int i = 0; i < n; i++) {
     if (p[i].status != CUDNN_STATUS_SUCCESS) continue;
@@ -188,25 +193,34 @@ template <class Perf> bool pick(const Perf *p, int n, bool need_det, bool tensor
   return false;
 }
 
-void log_choice(conv_dir dir, const conv_geom &g, const conv_algo &a) {
+// "fwd bf16 nhwc N.. C.. HxW K.. RxS s.. g.." into buf (VTL_CUDNN_LOG's lines)
+const char *shape_text(conv_dir dir, const conv_geom &g, char *buf, size_t n) {
   const vtl_conv2d_shape &s = g.s;
-  fprintf(stderr, "cudnn %s %s %s N%lld C%lld %lldx%lld K%lld %lldx%lld s%lld g%lld: algo %d (math %d, rank %d), workspace %zu\n",
-          dir == FWD ? "fwd" : dir == BWD_DATA ? "bwd_data" : "bwd_filter", vtl_dtype_name(s.dtype), s.x_cl ? "nhwc" : "nchw",
-          (long long)s.N, (long long)s.C, (long long)g.Hp, (long long)g.Wp, (long long)s.K, (long long)s.R, (long long)s.S,
-          (long long)s.stride[0], (long long)s.groups, a.algo, a.math, a.rank, a.workspace);
+  snprintf(buf, n, "%s %s %s N%lld C%lld %lldx%lld K%lld %lldx%lld s%lld g%lld",
+           dir == FWD ? "fwd" : dir == BWD_DATA ? "bwd_data" : "bwd_filter", vtl_dtype_name(s.dtype),
+           s.x_cl ? "nhwc" : "nchw", (long long)s.N, (long long)s.C, (long long)g.Hp, (long long)g.Wp, (long long)s.K,
+           (long long)s.R, (long long)s.S, (long long)s.stride[0], (long long)s.groups);
+  return buf;
+}
+
+void log_choice(conv_dir dir, const conv_geom &g, const conv_algo &a) {
+  char what[160];
+  fprintf(stderr, "cudnn %s: algo %d (math %d, rank %d), workspace %zu\n", shape_text(dir, g, what, sizeof what), a.algo,
+          a.math, a.rank, a.workspace);
 }
 
 // The cached algorithm of (dir, shape) on dev, chosen on first use.
-vtl_status choose(int dev, cudnnHandle_t h, conv_dir dir, const conv_geom &g, const conv_desc &d, conv_algo *out) {
-  conv_key k = key_of(dir, g);
+vtl_status choose(int dev, cudnnHandle_t h, conv_dir dir, const conv_geom &g, const conv_desc &d,
+                  const vtl_cudnn_flags &fl, conv_algo *out) {
+  conv_key k = key_of(dir, g, fl);
   cudnn_state &s = states[dev];
   {
     std::lock_guard<std::mutex> lk(s.mu);
     auto it = s.cache.find(k);
     if (it != s.cache.end()) { *out = it->second; return VTL_OK; }
   }
-  bool bench = benchmark_mode(), ok = false;
-  bool tc = g.s.dtype == VTL_F16 || g.s.dtype == VTL_BF16;
+  bool bench = fl.benchmark, ok = false, det = fl.deterministic;
+  bool tc = g.s.dtype == VTL_F16 || g.s.dtype == VTL_BF16 || (g.s.dtype == VTL_F32 && fl.allow_tf32);
   int n = 0;
   if (dir == FWD) {
     cudnnConvolutionFwdAlgoPerf_t p[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
@@ -214,7 +228,7 @@ vtl_status choose(int dev, cudnnHandle_t h, conv_dir dir, const conv_geom &g, co
                    "algorithm search");
     else DNN(cudnnGetConvolutionForwardAlgorithm_v7(h, d.x, d.w, d.c, d.y, CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &n, p),
              "algorithm choice");
-    ok = pick(p, n, false, tc, out);
+    ok = pick(p, n, det, tc, out) || pick(p, n, false, tc, out);
   } else if (dir == BWD_DATA) {
     cudnnConvolutionBwdDataAlgoPerf_t p[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT];
     if (bench)
@@ -223,7 +237,7 @@ vtl_status choose(int dev, cudnnHandle_t h, conv_dir dir, const conv_geom &g, co
     else
       DNN(cudnnGetConvolutionBackwardDataAlgorithm_v7(h, d.w, d.y, d.c, d.x, CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &n, p),
           "algorithm choice");
-    ok = pick(p, n, true, tc, out) || pick(p, n, false, tc, out);
+    ok = pick(p, n, det, tc, out) || pick(p, n, false, tc, out);
   } else {
     cudnnConvolutionBwdFilterAlgoPerf_t p[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT];
     if (bench)
@@ -234,7 +248,7 @@ vtl_status choose(int dev, cudnnHandle_t h, conv_dir dir, const conv_geom &g, co
       DNN(cudnnGetConvolutionBackwardFilterAlgorithm_v7(h, d.x, d.y, d.c, d.w, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, &n,
                                                         p),
           "algorithm choice");
-    ok = pick(p, n, true, tc, out) || pick(p, n, false, tc, out);
+    ok = pick(p, n, det, tc, out) || pick(p, n, false, tc, out);
   }
   if (!ok)
     return vtl_error_set(VTL_ERR_DEVICE, "conv2d: cuDNN offers no %s algorithm for this shape",
@@ -264,9 +278,10 @@ vtl_status choose(int dev, cudnnHandle_t h, conv_dir dir, const conv_geom &g, co
 // its heuristics reach kernels the legacy algorithm enums do not. On an H100 against the legacy
 // API: ResNet-50's bf16 channels-last training step 110 -> 93 ms, its f32 inference at batch 1
 // 17.6 -> 9.2 ms; ResNet-18's f32 training step at batch 64 30.6 -> 33.6 ms. Engines are taken
-// best first, skipping those whose numerical notes say they convert f32 inputs down (TF32) or
-// to half, reduce in reduced precision, use FFT or Winograd, or (backward passes) are
-// nondeterministic. VTL_CUDNN_GRAPH=0 keeps every shape on the legacy API.
+// best first (or, with benchmark, the fastest of the first few), skipping those whose numerical
+// notes the switches rule out: for exact f32 (and f64) tensor cores, down-converted inputs,
+// reduced-precision reduction, FFT and Winograd; with deterministic, nondeterministic engines.
+// VTL_CUDNN_GRAPH=0 keeps every shape on the legacy API.
 bool graph_mode() {
   static const bool on = env_on("VTL_CUDNN_GRAPH", true);
   return on;
@@ -306,8 +321,9 @@ cudnnStatus_t graph_tensor(bdesc &t, int64_t uid, cudnnDataType_t dt, int64_t n,
   return cudnnBackendFinalize(t.d);
 }
 
-// whether an engine configuration's numerical notes allow it here
-bool engine_allowed(cudnnBackendDescriptor_t cfg, bool half, conv_dir dir) {
+// whether an engine configuration's numerical notes allow it for dtype dt under the switches
+bool engine_allowed(cudnnBackendDescriptor_t cfg, vtl_dtype dt, const vtl_cudnn_flags &fl) {
+  bool exact = dt == VTL_F64 || (dt == VTL_F32 && !fl.allow_tf32);
   bdesc eng;
   if (eng.make(CUDNN_BACKEND_ENGINE_DESCRIPTOR) != CUDNN_STATUS_SUCCESS) return false;
   int64_t n = 0;
@@ -320,25 +336,34 @@ bool engine_allowed(cudnnBackendDescriptor_t cfg, bool half, conv_dir dir) {
     return false;
   for (int64_t i = 0; i < n; i++) {
     switch (notes[i]) {
-    case CUDNN_NUMERICAL_NOTE_TENSOR_CORE: if (!half) return false; break;
+    case CUDNN_NUMERICAL_NOTE_TENSOR_CORE:
     case CUDNN_NUMERICAL_NOTE_DOWN_CONVERT_INPUTS:
     case CUDNN_NUMERICAL_NOTE_REDUCED_PRECISION_REDUCTION:
     case CUDNN_NUMERICAL_NOTE_FFT:
     case CUDNN_NUMERICAL_NOTE_WINOGRAD:
     case CUDNN_NUMERICAL_NOTE_WINOGRAD_TILE_4x4:
     case CUDNN_NUMERICAL_NOTE_WINOGRAD_TILE_6x6:
-    case CUDNN_NUMERICAL_NOTE_WINOGRAD_TILE_13x13: return false;
-    case CUDNN_NUMERICAL_NOTE_NONDETERMINISTIC: if (dir != FWD) return false; break;
+    case CUDNN_NUMERICAL_NOTE_WINOGRAD_TILE_13x13:
+      if (exact) return false;
+      break;
+    case CUDNN_NUMERICAL_NOTE_NONDETERMINISTIC: if (fl.deterministic) return false; break;
     default: break;
     }
   }
   return true;
 }
 
-// Builds the plan of (dir, g) on handle h: the operation graph of one convolution (tensor uids
-// 1: x or dx, 2: w or dw, 3: y or dy), heuristics mode A, the first allowed engine whose plan
-// finalizes. *rank: that engine's place in the heuristics' list.
-cudnnStatus_t graph_build(cudnnHandle_t h, conv_dir dir, const conv_geom &g, graph_plan *out, int *rank) {
+void drop_plan(graph_plan &p) {
+  if (p.plan) cudnnBackendDestroyDescriptor(p.plan);
+  if (p.cfg) cudnnBackendDestroyDescriptor(p.cfg);
+  p = graph_plan();
+}
+
+// Builds plans of (dir, g) on handle h: the operation graph of one convolution (tensor uids
+// 1: x or dx, 2: w or dw, 3: y or dy), heuristics mode A, and the plans of the first `most`
+// allowed engines whose plans finalize, best first, appended to out.
+cudnnStatus_t graph_build(cudnnHandle_t h, conv_dir dir, const conv_geom &g, const vtl_cudnn_flags &fl, size_t most,
+                          std::vector<graph_plan> &out) {
   const vtl_conv2d_shape &s = g.s;
   bool half = s.dtype == VTL_F16 || s.dtype == VTL_BF16;
   cudnnDataType_t dt = dnn_type(s.dtype), ct = half ? CUDNN_DATA_FLOAT : dt;
@@ -411,8 +436,8 @@ cudnnStatus_t graph_build(cudnnHandle_t h, conv_dir dir, const conv_geom &g, gra
   int64_t got = 0;
   GR(cudnnBackendGetAttribute(heur.d, CUDNN_ATTR_ENGINEHEUR_RESULTS, CUDNN_TYPE_BACKEND_DESCRIPTOR, count, &got,
                               raw.data()));
-  for (int64_t i = 0; i < got && i < count; i++) {
-    if (!engine_allowed(cfgs[i].d, half, dir)) continue;
+  for (int64_t i = 0; i < got && i < count && out.size() < most; i++) {
+    if (!engine_allowed(cfgs[i].d, s.dtype, fl)) continue;
     bdesc plan;
     if (plan.make(CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR) != CUDNN_STATUS_SUCCESS) continue;
     if (cudnnBackendSetAttribute(plan.d, CUDNN_ATTR_EXECUTION_PLAN_HANDLE, CUDNN_TYPE_HANDLE, 1, &h) != CUDNN_STATUS_SUCCESS ||
@@ -423,40 +448,62 @@ cudnnStatus_t graph_build(cudnnHandle_t h, conv_dir dir, const conv_geom &g, gra
     if (cudnnBackendGetAttribute(plan.d, CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE, CUDNN_TYPE_INT64, 1, &n, &ws) !=
         CUDNN_STATUS_SUCCESS)
       continue;
-    out->workspace = ws;
-    out->plan = plan.release();
-    out->cfg = cfgs[i].release();
-    out->ok = true;
-    *rank = (int)i;
-    return CUDNN_STATUS_SUCCESS;
+    graph_plan p;
+    p.workspace = ws;
+    p.plan = plan.release();
+    p.cfg = cfgs[i].release();
+    p.rank = (int)i;
+    p.ok = true;
+    out.push_back(p);
   }
-  return CUDNN_STATUS_NOT_SUPPORTED;
+  return out.empty() ? CUDNN_STATUS_NOT_SUPPORTED : CUDNN_STATUS_SUCCESS;
 }
 #undef GR
 
-// The cached graph plan of (dir, shape) on dev, built on first use; NULL when the graph API
-// has none for it (or is switched off).
-const graph_plan *graph_of(int dev, cudnnHandle_t h, conv_dir dir, const conv_geom &g) {
+// how many engines benchmark mode times for a shape
+constexpr size_t BENCH_ENGINES = 8;
+
+// The cached graph plan of (dir, shape, switches) on dev, built on first use; NULL when the
+// graph API has none for it (or is switched off). With benchmark, the candidates of a new shape
+// (when there is more than one) go to *trials instead, for the first call to time on its
+// operands and hand to graph_keep.
+const graph_plan *graph_of(int dev, cudnnHandle_t h, conv_dir dir, const conv_geom &g, const vtl_cudnn_flags &fl,
+                           std::vector<graph_plan> *trials) {
   if (!graph_mode()) return nullptr;
-  conv_key k = key_of(dir, g);
+  conv_key k = key_of(dir, g, fl);
   cudnn_state &s = states[dev];
   std::lock_guard<std::mutex> lk(s.mu);
   auto it = s.plans.find(k);
   if (it == s.plans.end()) {
-    graph_plan p;
-    int rank = -1;
-    cudnnStatus_t st = graph_build(h, dir, g, &p, &rank);
+    std::vector<graph_plan> c;
+    cudnnStatus_t st = graph_build(h, dir, g, fl, fl.benchmark ? BENCH_ENGINES : 1, c);
+    if (c.size() > 1) {
+      *trials = c;
+      return nullptr;
+    }
+    graph_plan p = c.empty() ? graph_plan() : c[0];
     if (log_mode()) {
-      const vtl_conv2d_shape &sh = g.s;
-      fprintf(stderr, "cudnn graph %s %s %s N%lld C%lld %lldx%lld K%lld %lldx%lld s%lld g%lld: %s (engine rank %d), workspace %lld\n",
-              dir == FWD ? "fwd" : dir == BWD_DATA ? "bwd_data" : "bwd_filter", vtl_dtype_name(sh.dtype),
-              sh.x_cl ? "nhwc" : "nchw", (long long)sh.N, (long long)sh.C, (long long)g.Hp, (long long)g.Wp,
-              (long long)sh.K, (long long)sh.R, (long long)sh.S, (long long)sh.stride[0], (long long)sh.groups,
-              p.ok ? "plan" : cudnnGetErrorString(st), rank, (long long)p.workspace);
+      char what[160];
+      fprintf(stderr, "cudnn graph %s: %s (engine rank %d), workspace %lld\n", shape_text(dir, g, what, sizeof what),
+              p.ok ? "plan" : cudnnGetErrorString(st), p.rank, (long long)p.workspace);
     }
     it = s.plans.emplace(k, p).first;
   }
   return it->second.ok ? &it->second : nullptr;
+}
+
+// Caches trials[best] (none when best < 0: the legacy API then serves the shape) as the plan of
+// (dir, shape, switches) on dev and drops the other trials; returns the cached plan, which is
+// another thread's when it got there first, or NULL when there is none.
+const graph_plan *graph_keep(int dev, conv_dir dir, const conv_geom &g, const vtl_cudnn_flags &fl,
+                             std::vector<graph_plan> &trials, int best) {
+  cudnn_state &s = states[dev];
+  std::lock_guard<std::mutex> lk(s.mu);
+  auto r = s.plans.emplace(key_of(dir, g, fl), best >= 0 ? trials[(size_t)best] : graph_plan());
+  for (size_t i = 0; i < trials.size(); i++)
+    if ((int)i != best || !r.second) drop_plan(trials[i]);
+  trials.clear();
+  return r.first->second.ok ? &r.first->second : nullptr;
 }
 
 // runs a graph plan on the tensors of uids 1, 2, 3; false when a pointer is not 16-byte aligned
@@ -573,20 +620,26 @@ struct scalars {
   const void *zero(vtl_dtype dt) const { return dt == VTL_F64 ? (const void *)&d0 : (const void *)&f0; }
 };
 
-// everything one convolution call needs: stream, handle, descriptors, algorithm and workspace
+// everything one convolution call needs: stream, handle, switches, descriptors, algorithm or
+// plan, and workspace
 struct conv_call {
   conv_geom g;
   conv_desc d;
   conv_dir dir = FWD;
   cudaStream_t st = nullptr;
   cudnnHandle_t h = nullptr;
+  vtl_cudnn_flags fl = {false, false, false};
   conv_algo algo = {0, 0, 0, 0};
   const graph_plan *plan = nullptr;
+  std::vector<graph_plan> trials; // benchmark: the candidate plans of a new shape, timed by run_plan
   bool have_desc = false;
   int dev = 0;
   void *ws = nullptr;
   size_t ws_n = 0;
-  ~conv_call() { if (ws) vtl_cu_free(ws, ws_n, dev); }
+  ~conv_call() {
+    for (graph_plan &p : trials) drop_plan(p);
+    if (ws) vtl_cu_free(ws, ws_n, dev);
+  }
 
   vtl_status workspace(size_t n) {
     if (n <= ws_n) return VTL_OK;
@@ -604,8 +657,10 @@ struct conv_call {
     if (!st) return vtl_error_status();
     h = handle_of(dev, st);
     if (!h) return vtl_error_status();
-    plan = graph_of(dev, h, dir, g);
+    fl = vtl_get_cudnn_flags();
+    plan = graph_of(dev, h, dir, g, fl, &trials);
     if (plan) return workspace((size_t)plan->workspace);
+    if (!trials.empty()) return VTL_OK; // the workspaces come with the timing
     return legacy();
   }
   // the legacy API's descriptors (made once; the bias steps use them with either API)
@@ -617,12 +672,59 @@ struct conv_call {
   }
   // the legacy API's descriptors, algorithm and workspace (also when a call cannot take the plan)
   vtl_status legacy() {
-    if (descs() != VTL_OK || choose(dev, h, dir, g, d, &algo) != VTL_OK) return vtl_error_status();
+    if (descs() != VTL_OK || choose(dev, h, dir, g, d, fl, &algo) != VTL_OK) return vtl_error_status();
     plan = nullptr;
     return workspace(algo.workspace);
   }
+  // Benchmark: runs each trial plan on this call's operands (each writes the output, which the
+  // chosen plan then writes again), once to warm up and then TIMED_RUNS times between two
+  // events, and caches the fastest. Operands the plans cannot take (misaligned) leave the trials
+  // untimed, for a later call of the shape; this one takes the legacy API.
+  static constexpr int TIMED_RUNS = 3;
+  void time_trials(void *p1, void *p2, void *p3) {
+    if (((uintptr_t)p1 | (uintptr_t)p2 | (uintptr_t)p3) & 15) {
+      for (graph_plan &p : trials) drop_plan(p);
+      trials.clear();
+      return;
+    }
+    int best = -1;
+    float best_ms = 0;
+    cudaEvent_t e0 = nullptr, e1 = nullptr;
+    bool events = cudaEventCreate(&e0) == cudaSuccess && cudaEventCreate(&e1) == cudaSuccess;
+    for (size_t i = 0; events && i < trials.size(); i++) {
+      if (workspace((size_t)trials[i].workspace) != VTL_OK) continue; // too large now: not a candidate
+      cudnnStatus_t e;
+      bool ok = graph_exec(h, trials[i], p1, p2, p3, ws, &e) && e == CUDNN_STATUS_SUCCESS &&
+                cudaEventRecord(e0, st) == cudaSuccess;
+      for (int r = 0; ok && r < TIMED_RUNS; r++) ok = graph_exec(h, trials[i], p1, p2, p3, ws, &e) && e == CUDNN_STATUS_SUCCESS;
+      float ms = 0;
+      ok = ok && cudaEventRecord(e1, st) == cudaSuccess && cudaEventSynchronize(e1) == cudaSuccess &&
+           cudaEventElapsedTime(&ms, e0, e1) == cudaSuccess;
+      if (!ok) {
+        cudaGetLastError(); // an engine that refused the operands is not a candidate
+        continue;
+      }
+      if (log_mode()) {
+        char what[160];
+        fprintf(stderr, "cudnn graph %s: engine rank %d takes %.4f ms, workspace %lld\n",
+                shape_text(dir, g, what, sizeof what), trials[i].rank, ms / TIMED_RUNS, (long long)trials[i].workspace);
+      }
+      if (best < 0 || ms < best_ms) {
+        best = (int)i;
+        best_ms = ms;
+      }
+    }
+    if (e0) cudaEventDestroy(e0);
+    if (e1) cudaEventDestroy(e1);
+    plan = graph_keep(dev, dir, g, fl, trials, best);
+  }
   // runs the plan on uids 1..3: 1 when it ran, 0 when this call needs the legacy API, -1 on error
   int run_plan(void *p1, void *p2, void *p3) {
+    if (!trials.empty()) {
+      time_trials(p1, p2, p3);
+      if (plan && workspace((size_t)plan->workspace) != VTL_OK) return -1;
+      if (!plan) return legacy() == VTL_OK ? 0 : -1;
+    }
     if (!plan) return 0;
     cudnnStatus_t e;
     if (graph_exec(h, *plan, p1, p2, p3, ws, &e) && e == CUDNN_STATUS_SUCCESS) return 1;

@@ -27,6 +27,7 @@ local function per_call(fn, reps)
   return b
 end
 
+require("gpu_step").settings()
 vtl.seed(0)
 local n = 4096
 local a, b = vtl.randn(n, n, {device = "cuda"}), vtl.randn(n, n, {device = "cuda"})

@@ -1,14 +1,15 @@
 """Times tensor ops on the GPU in PyTorch; prints "name seconds" lines (seconds per call) read
 by tests/bench/cuda.sh. The twin of tests/bench/cuda_ops.lua: same ops, sizes and timing (the
-best of three batches of calls, each closed by a synchronize). TF32 is off (matmul and cuDNN),
-as in vtl; cudnn.benchmark stays at its default (off), as vtl's heuristic algorithm choice.
+best of three batches of calls, each closed by a synchronize). The switches are
+gpu_step.settings()'s, as in vtl: no TF32 (matmul and cuDNN), nondeterministic cuDNN engines
+allowed, cudnn.benchmark only with VTL_CUDNN_BENCHMARK=1.
 Dims in the names are vtl's (1-based): sum_dim2 is torch's sum(1)."""
 import sys
 import time
 
 import torch
 
-from gpu_step import Step
+from gpu_step import Step, settings
 
 
 def per_call(fn, reps):
@@ -32,8 +33,7 @@ def main():
     if not torch.cuda.is_available():
         print("cuda_ops.py: no CUDA device; nothing to time", file=sys.stderr)
         return
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
+    settings()
     torch.manual_seed(0)
     n = 4096
     a = torch.randn(n, n, device="cuda")

@@ -6,6 +6,14 @@ local F = vtl.nn.functional
 
 local M = {}
 
+---The switches both sides run under (tests/bench/gpu_step.py sets PyTorch's alike): no TF32 in
+---matmuls or convolutions, cuDNN free to take nondeterministic engines, cuDNN's benchmark mode
+---only when VTL_CUDNN_BENCHMARK=1 (for both).
+function M.settings()
+  vtl.cuda.allow_tf32(false)
+  vtl.cuda.cudnn{allow_tf32 = false, deterministic = false, benchmark = os.getenv("VTL_CUDNN_BENCHMARK") == "1"}
+end
+
 ---The model, optimizer and batch, and the step function (zero_grad, forward and loss under
 ---bf16 autocast, backward, step); forward() alone returns the loss.
 ---@param arch string
@@ -13,6 +21,7 @@ local M = {}
 ---@param cl boolean
 ---@return {model: table, opt: table, x: table, y: table, step: fun(), forward: fun(): table}
 function M.setup(arch, batch, cl)
+  M.settings()
   local m = vtl.models.create(arch, {num_classes = 1000}):cuda()
   if cl then m:to_memory_format("channels_last") end
   m:train()

@@ -1,12 +1,24 @@
 """The GPU training step of tests/bench/gpu_step.lua in PyTorch: the same model (torchvision's
 ResNet-50, else timm's), 1000 classes, channels-last when cl, SGD with momentum, a random
 224x224 batch, bf16 autocast."""
+import os
+
 import torch
 import torch.nn.functional as F
 
 
+def settings():
+    """The switches of gpu_step.lua's settings(): no TF32, nondeterministic cuDNN engines
+    allowed, cudnn.benchmark only when VTL_CUDNN_BENCHMARK=1."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cudnn.deterministic = False
+    torch.backends.cudnn.benchmark = os.environ.get("VTL_CUDNN_BENCHMARK") == "1"
+
+
 class Step:
     def __init__(self, arch, batch, cl):
+        settings()
         if arch == "resnet50":
             import torchvision
             m = torchvision.models.resnet50(num_classes=1000)
