@@ -697,9 +697,19 @@ gpu_test("matmul: shapes, batches, broadcast and transposed views against the CP
   local s = wide[{{}, {3, 12}}]
   local r = vtl.randn(10, 4)
   same(s:cuda():matmul(r:cuda()), s:matmul(r), 1e-5, "sliced operand")
+  -- a batch times one shared matrix runs as one GEMM of stacked rows where the rows are evenly
+  -- spaced; rows narrowed inside each batch, or a batch of transposed views, cannot stack
+  local xb, wb = vtl.randn(4, 9, 6), vtl.randn(6, 5)
+  same(xb:cuda():matmul(wb:cuda()), xb:matmul(wb), 1e-5, "stacked batch")
+  same(xb:view(2, 2, 9, 6):cuda():matmul(wb:cuda()), xb:view(2, 2, 9, 6):matmul(wb), 1e-5, "stacked 4-D batch")
+  local rows = xb[{{}, {2, 8}, {}}]
+  same(rows:cuda():matmul(wb:cuda()), rows:matmul(wb), 1e-5, "rows narrowed inside each batch")
+  local tb = vtl.randn(4, 6, 9):transpose(2, 3)
+  same(tb:cuda():matmul(wb:cuda()), tb:matmul(wb), 1e-5, "a batch of transposed views")
+  same(xb:cuda():matmul(wb:t():contiguous():cuda():t()), xb:matmul(wb), 1e-5, "shared matrix as a transposed view")
   -- half precision: inputs f16/bf16, products in f32, rounded once like the CPU path
   for _, dt in ipairs({"f16", "bf16"}) do
-    for _, c in ipairs({{{64, 96}, {96, 48}}, {{3, 16, 32}, {3, 32, 8}}, {{16, 32}, {3, 32, 8}}}) do
+    for _, c in ipairs({{{64, 96}, {96, 48}}, {{3, 16, 32}, {3, 32, 8}}, {{16, 32}, {3, 32, 8}}, {{3, 16, 32}, {32, 8}}}) do
       local p, q = vtl.randn(c[1]):to(dt), vtl.randn(c[2]):to(dt)
       local got, want = p:cuda():matmul(q:cuda()), p:matmul(q)
       T.eq(got.dtype, dt)
@@ -890,6 +900,14 @@ gpu_test("layer norm: forward and backward, with and without affine parameters",
     check_nn("layer_norm plain " .. dt, function(xx) return F.layer_norm(xx, {7, 48}) end, {x}, {true})
     local w2 = vtl.randn(7, 48):to(dt)
     check_nn("layer_norm 2 dims " .. dt, function(xx, ww) return F.layer_norm(xx, {7, 48}, ww) end, {x, w2}, {true, true})
+  end
+  -- row widths around each register size of the one-warp-per-row kernels (up to 1024), and
+  -- wider rows on the block kernels
+  for _, D in ipairs({1, 31, 33, 128, 129, 384, 513, 1024, 1025, 3000}) do
+    local x = (vtl.randn(37, D) * 2 + 0.5)
+    local w, b = vtl.randn(D), vtl.randn(D)
+    check_nn("layer_norm width " .. D, function(xx, ww, bb) return F.layer_norm(xx, {D}, ww, bb) end, {x, w, b},
+      {true, true, true})
   end
 end)
 
@@ -1378,6 +1396,30 @@ gpu_test("batch norm and activations on half data on cuda (planar, channels-last
       same(xg.grad, xc.grad, tol, what .. " input gradient")
       same(bg.weight.grad, bc.weight.grad, 1e-4, what .. " weight gradient")
       same(bg.running_var, bc.running_var, 1e-5, what .. " running variance")
+    end
+  end
+end)
+
+gpu_test("activations on half data: whole 16-byte groups, tails and misaligned views against the CPU", function()
+  vtl.seed(22)
+  for _, dt in ipairs({"bf16", "f16"}) do
+    local tol = dt == "bf16" and 1.6e-2 or 2e-3
+    for _, act in ipairs({"relu", "gelu", "silu", "hardswish", "sigmoid"}) do
+      for _, n in ipairs({1, 7, 8, 9, 64, 1001}) do
+        for _, offset in ipairs({0, 1}) do
+          local base = (vtl.randn(n + 1) * 3):to(dt)
+          local x = base:narrow(1, 1 + offset, n)
+          local g = vtl.randn(n):to(dt)
+          local what = ("%s %s n=%d offset %d"):format(act, dt, n, offset)
+          local xc, xg = x:clone():requires_grad_(true), base:cuda():narrow(1, 1 + offset, n):detach():requires_grad_(true)
+          local yc, yg = F[act](xc), F[act](xg)
+          T.eq(yg.dtype, dt, what)
+          same(yg, yc, tol, what .. " forward")
+          yc:backward(g)
+          yg:backward(g:cuda())
+          same(xg.grad, xc.grad, tol, what .. " gradient")
+        end
+      end
     end
   end
 end)

@@ -124,6 +124,14 @@ vtl_status vtl_cu_matmul(vtl_tensor *out, const vtl_tensor *a, const vtl_tensor 
   if (count > 0x7fffffff) return vtl_error_set(VTL_ERR_ARG, "matmul: batch of %lld is too large", (long long)count);
   int64_t outer = 1;
   for (int i = 0; i < nb - 1; i++) outer *= bs[i];
+  // a batch of row-major a matrices stacked row after row, times one b shared by the batch
+  // (stride 0: a linear layer on (B, N, C)), into a contiguous out: one GEMM of count * M rows,
+  // which fills the tensor cores' tiles better than count small ones
+  if (outer == 1 && count > 1 && sB == 0 && !ta && sA == M * lda && sC == M * N && M * count <= 0x7fffffff) {
+    M *= count;
+    count = 1;
+    sA = sC = 0;
+  }
   const char *A = (const char *)vtl_tensor_data(a), *Bp = (const char *)vtl_tensor_data(b);
   char *Cp = (char *)vtl_tensor_data(out);
   cudaDataType_t ty = cuda_type(dt);

@@ -73,16 +73,46 @@ template <class T> __global__ void act_backward_kernel(int act, const T *g, cons
 template <bool BF> __device__ __forceinline__ float h_load(uint16_t b) { return BF ? cu_bf16_to_f32(b) : cu_f16_to_f32(b); }
 template <bool BF> __device__ __forceinline__ uint16_t h_store(float v) { return BF ? cu_f32_to_bf16(v) : cu_f32_to_f16(v); }
 
+// Half data moves 8 elements (16 bytes) per access when every pointer is 16-byte aligned; the
+// elements past the last whole group, or all of them otherwise, one at a time.
+constexpr int HV = 8;
+union h8 {
+  uint4 v;
+  uint16_t e[HV];
+};
+
+__device__ __forceinline__ bool aligned16(const void *a, const void *b, const void *c) {
+  return (((uintptr_t)a | (uintptr_t)b | (uintptr_t)c) & 15) == 0;
+}
+
 template <bool BF>
 __global__ void act_forward_half(int act, const uint16_t *x, uint16_t *y, int64_t n, float p0, float p1) {
-  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
-    y[i] = h_store<BF>(act_fwd(act, h_load<BF>(x[i]), p0, p1));
+  int64_t t = blockIdx.x * (int64_t)blockDim.x + threadIdx.x, step = (int64_t)gridDim.x * blockDim.x;
+  int64_t groups = aligned16(x, y, y) ? n / HV : 0;
+  for (int64_t i = t; i < groups; i += step) {
+    h8 a, o;
+    a.v = ((const uint4 *)x)[i];
+#pragma unroll
+    for (int k = 0; k < HV; k++) o.e[k] = h_store<BF>(act_fwd(act, h_load<BF>(a.e[k]), p0, p1));
+    ((uint4 *)y)[i] = o.v;
+  }
+  for (int64_t i = groups * HV + t; i < n; i += step) y[i] = h_store<BF>(act_fwd(act, h_load<BF>(x[i]), p0, p1));
 }
 
 template <bool BF>
 __global__ void act_backward_half(int act, const uint16_t *g, const uint16_t *s, uint16_t *dx, int64_t n, float p0,
                                   float p1) {
-  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+  int64_t t = blockIdx.x * (int64_t)blockDim.x + threadIdx.x, step = (int64_t)gridDim.x * blockDim.x;
+  int64_t groups = aligned16(g, s, dx) ? n / HV : 0;
+  for (int64_t i = t; i < groups; i += step) {
+    h8 a, b, o;
+    a.v = ((const uint4 *)g)[i];
+    b.v = ((const uint4 *)s)[i];
+#pragma unroll
+    for (int k = 0; k < HV; k++) o.e[k] = h_store<BF>(act_bwd(act, h_load<BF>(b.e[k]), h_load<BF>(a.e[k]), p0, p1));
+    ((uint4 *)dx)[i] = o.v;
+  }
+  for (int64_t i = groups * HV + t; i < n; i += step)
     dx[i] = h_store<BF>(act_bwd(act, h_load<BF>(s[i]), h_load<BF>(g[i]), p0, p1));
 }
 
@@ -93,10 +123,10 @@ vtl_status cu_activation_forward(vtl_activation act, const vtl_tensor *x, vtl_te
   if (!st) return vtl_error_status();
   if (x->dtype == VTL_BF16 || x->dtype == VTL_F16) {
     if (x->dtype == VTL_BF16)
-      act_forward_half<true><<<vtl_cu_blocks(n), 256, 0, st>>>(act, cu_ptr<uint16_t>(x), cu_ptr<uint16_t>(y), n,
+      act_forward_half<true><<<vtl_cu_blocks((n + HV - 1) / HV), 256, 0, st>>>(act, cu_ptr<uint16_t>(x), cu_ptr<uint16_t>(y), n,
                                                                (float)p[0], (float)p[1]);
     else
-      act_forward_half<false><<<vtl_cu_blocks(n), 256, 0, st>>>(act, cu_ptr<uint16_t>(x), cu_ptr<uint16_t>(y), n,
+      act_forward_half<false><<<vtl_cu_blocks((n + HV - 1) / HV), 256, 0, st>>>(act, cu_ptr<uint16_t>(x), cu_ptr<uint16_t>(y), n,
                                                                 (float)p[0], (float)p[1]);
     VTL_CU_LAUNCHED("activation");
     return VTL_OK;
@@ -119,10 +149,10 @@ vtl_status cu_activation_backward(vtl_activation act, const vtl_tensor *g, const
   if (!st) return vtl_error_status();
   if (s->dtype == VTL_BF16 || s->dtype == VTL_F16) {
     if (s->dtype == VTL_BF16)
-      act_backward_half<true><<<vtl_cu_blocks(n), 256, 0, st>>>(act, cu_ptr<uint16_t>(g), cu_ptr<uint16_t>(s),
+      act_backward_half<true><<<vtl_cu_blocks((n + HV - 1) / HV), 256, 0, st>>>(act, cu_ptr<uint16_t>(g), cu_ptr<uint16_t>(s),
                                                                 cu_ptr<uint16_t>(dx), n, (float)p[0], (float)p[1]);
     else
-      act_backward_half<false><<<vtl_cu_blocks(n), 256, 0, st>>>(act, cu_ptr<uint16_t>(g), cu_ptr<uint16_t>(s),
+      act_backward_half<false><<<vtl_cu_blocks((n + HV - 1) / HV), 256, 0, st>>>(act, cu_ptr<uint16_t>(g), cu_ptr<uint16_t>(s),
                                                                  cu_ptr<uint16_t>(dx), n, (float)p[0], (float)p[1]);
     VTL_CU_LAUNCHED("activation_backward");
     return VTL_OK;

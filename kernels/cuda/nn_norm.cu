@@ -397,14 +397,103 @@ template <class T> __global__ void ln_finish_wb(int64_t D, const double *part, i
 
 unsigned row_blocks(int64_t M) { return (unsigned)(M < 1 ? 1 : M > 65535 ? 65535 : M); }
 
+// Rows of up to 32 * VPT elements (a transformer's widths): one warp per row, the row held in
+// registers (lane l has elements l, l + 32, ...), the sums in double as above, so the data is
+// read from memory once per pass instead of three times by a block with two block-wide sums.
+constexpr int LN_WARPS = 8;          // rows per block
+constexpr int64_t LN_WARP_MAX = 1024; // widest row the warp kernels take (VPT 32)
+
+template <class T, int VPT>
+__global__ void ln_forward_warp(const T *x, T *out, int64_t M, int64_t D, const T *w, const T *b, double eps,
+                                double *mean, double *rstd) {
+  int lane = threadIdx.x & 31;
+  int64_t r = blockIdx.x * (int64_t)LN_WARPS + (threadIdx.x >> 5);
+  if (r >= M) return;
+  const T *xr = x + r * D;
+  T v[VPT];
+  double s = 0;
+#pragma unroll
+  for (int i = 0; i < VPT; i++) {
+    int64_t j = lane + 32 * i;
+    v[i] = j < D ? xr[j] : (T)0;
+    s += (double)v[i];
+  }
+  double mu = cu_warp_sum(s) / (double)D, q = 0;
+#pragma unroll
+  for (int i = 0; i < VPT; i++) {
+    double d = (double)v[i] - mu;
+    if (lane + 32 * i < D) q += d * d;
+  }
+  double rs = 1.0 / sqrt(cu_warp_sum(q) / (double)D + eps);
+  if (lane == 0) {
+    mean[r] = mu;
+    rstd[r] = rs;
+  }
+  T m = (T)mu, rr = (T)rs;
+  T *yr = out + r * D;
+#pragma unroll
+  for (int i = 0; i < VPT; i++) {
+    int64_t j = lane + 32 * i;
+    if (j < D) {
+      T o = (v[i] - m) * rr;
+      if (w) o = o * w[j];
+      if (b) o = o + b[j];
+      yr[j] = o;
+    }
+  }
+}
+
+template <class T, int VPT>
+__global__ void ln_backward_dx_warp(const T *g, const T *x, int64_t M, int64_t D, const T *w, const double *mean,
+                                    const double *rstd, T *dx) {
+  int lane = threadIdx.x & 31;
+  int64_t r = blockIdx.x * (int64_t)LN_WARPS + (threadIdx.x >> 5);
+  if (r >= M) return;
+  const T *gr = g + r * D, *xr = x + r * D;
+  T m = (T)mean[r], rr = (T)rstd[r];
+  T h[VPT], xc[VPT];
+  double s1 = 0, s2 = 0;
+#pragma unroll
+  for (int i = 0; i < VPT; i++) {
+    int64_t j = lane + 32 * i;
+    h[i] = j < D ? (w ? gr[j] * w[j] : gr[j]) : (T)0;
+    xc[i] = j < D ? xr[j] - m : (T)0;
+    s1 += (double)h[i];
+    s2 += (double)(h[i] * xc[i]);
+  }
+  s1 = cu_warp_sum(s1);
+  s2 = cu_warp_sum(s2);
+  T a = (T)(s1 / (double)D), c = (T)(s2 * rstd[r] / (double)D);
+  T *dr = dx + r * D;
+#pragma unroll
+  for (int i = 0; i < VPT; i++) {
+    int64_t j = lane + 32 * i;
+    if (j < D) dr[j] = rr * (h[i] - a - xc[i] * rr * c);
+  }
+}
+
+// launches K<T, VPT> with the fewest registers per lane that hold a row of D (1..LN_WARP_MAX)
+#define LN_BY_WIDTH(D, M, st, K, T, ...)                                                                     \
+  do {                                                                                                       \
+    unsigned blocks_ = (unsigned)(((M) + LN_WARPS - 1) / LN_WARPS);                                          \
+    if ((D) <= 128) K<T, 4><<<blocks_, 32 * LN_WARPS, 0, st>>>(__VA_ARGS__);                                \
+    else if ((D) <= 256) K<T, 8><<<blocks_, 32 * LN_WARPS, 0, st>>>(__VA_ARGS__);                           \
+    else if ((D) <= 512) K<T, 16><<<blocks_, 32 * LN_WARPS, 0, st>>>(__VA_ARGS__);                          \
+    else K<T, 32><<<blocks_, 32 * LN_WARPS, 0, st>>>(__VA_ARGS__);                                          \
+  } while (0)
+
 template <class T>
 vtl_status ln_forward_t(const vtl_tensor *x, vtl_tensor *out, int64_t M, int64_t D, const vtl_tensor *w,
                         const vtl_tensor *b, double eps, vtl_tensor *mean, vtl_tensor *rstd) {
   if (M == 0) return VTL_OK;
   cudaStream_t st = stream_of(x);
   if (!st) return vtl_error_status();
-  ln_forward<T><<<row_blocks(M), BLOCK, 0, st>>>(cu_ptr<T>(x), cu_ptr<T>(out), M, D, cu_ptr<T>(w), cu_ptr<T>(b), eps,
-                                                 cu_ptr<double>(mean), cu_ptr<double>(rstd));
+  if (D > 0 && D <= LN_WARP_MAX && M <= INT32_MAX)
+    LN_BY_WIDTH(D, M, st, ln_forward_warp, T, cu_ptr<T>(x), cu_ptr<T>(out), M, D, cu_ptr<T>(w), cu_ptr<T>(b), eps,
+                cu_ptr<double>(mean), cu_ptr<double>(rstd));
+  else
+    ln_forward<T><<<row_blocks(M), BLOCK, 0, st>>>(cu_ptr<T>(x), cu_ptr<T>(out), M, D, cu_ptr<T>(w), cu_ptr<T>(b), eps,
+                                                   cu_ptr<double>(mean), cu_ptr<double>(rstd));
   VTL_CU_LAUNCHED("layer_norm");
   return VTL_OK;
 }
@@ -416,8 +505,12 @@ vtl_status ln_backward_t(const vtl_tensor *g, const vtl_tensor *x, int64_t M, in
   cudaStream_t st = stream_of(x);
   if (!st) return vtl_error_status();
   if (dx && M > 0 && D > 0) {
-    ln_backward_dx<T><<<row_blocks(M), BLOCK, 0, st>>>(cu_ptr<T>(g), cu_ptr<T>(x), M, D, cu_ptr<T>(w),
-                                                       cu_ptr<double>(mean), cu_ptr<double>(rstd), cu_ptr<T>(dx));
+    if (D <= LN_WARP_MAX && M <= INT32_MAX)
+      LN_BY_WIDTH(D, M, st, ln_backward_dx_warp, T, cu_ptr<T>(g), cu_ptr<T>(x), M, D, cu_ptr<T>(w),
+                  cu_ptr<double>(mean), cu_ptr<double>(rstd), cu_ptr<T>(dx));
+    else
+      ln_backward_dx<T><<<row_blocks(M), BLOCK, 0, st>>>(cu_ptr<T>(g), cu_ptr<T>(x), M, D, cu_ptr<T>(w),
+                                                         cu_ptr<double>(mean), cu_ptr<double>(rstd), cu_ptr<T>(dx));
     VTL_CU_LAUNCHED("layer_norm_backward");
   }
   if ((gw || gb) && D > 0) {
