@@ -226,15 +226,13 @@ static int l_linear(lua_State *L) {
   return fill_box(L, box, vtl_fn_linear_post(x, w, b, &post));
 }
 
-/* attention_qkv(qkv, heads, scale) -> (B, N, C): see vtl_op_attention_qkv (no autograd) */
+/* attention_qkv(qkv, heads, scale) -> (B, N, C): see vtl_fn_attention_qkv */
 static int l_attention_qkv(lua_State *L) {
   vtl_tensor *qkv = lvtl_checktensor(L, 1);
   lua_Integer heads = luaL_checkinteger(L, 2);
   double scale = luaL_checknumber(L, 3);
-  if (vtl_requires_grad(qkv) && vtl_grad_enabled())
-    return luaL_error(L, "attention_qkv: no gradient (an inference op); use the composed attention under autograd");
   lvtl_box *box = newbox(L);
-  return fill_box(L, box, vtl_op_attention_qkv(qkv, (int64_t)heads, scale));
+  return fill_box(L, box, vtl_fn_attention_qkv(qkv, (int64_t)heads, scale));
 }
 
 /* attention(q, k, v, scale, causal) -> (P, L, Ev): see vtl_op_attention (with autograd) */

@@ -529,15 +529,21 @@ static vtl_tensor *fn_linear_post(vtl_tensor *x, vtl_tensor *w, vtl_tensor *b, c
   return post_compose(fn_linear(x, w, b), post, true);
 }
 
-vtl_tensor *vtl_op_attention_qkv(vtl_tensor *qkv, int64_t heads, double scale) {
+/* qkv (B, N, 3*C) of a float dtype, C a multiple of heads */
+static vtl_status qkv_check(vtl_tensor *qkv, int64_t heads) {
   char s1[96];
   if (qkv->ndim != 3)
     return vtl_error_set(VTL_ERR_ARG, "attention_qkv: qkv must be 3-D (B, N, 3*C), got shape %s",
-                         shape_str(qkv->shape, qkv->ndim, s1, sizeof s1)), NULL;
+                         shape_str(qkv->shape, qkv->ndim, s1, sizeof s1));
   if (heads < 1 || qkv->shape[2] % (3 * heads) != 0)
     return vtl_error_set(VTL_ERR_ARG, "attention_qkv: the last dim (%lld) must be 3 * heads * head_dim with %lld heads",
-                         (long long)qkv->shape[2], (long long)heads), NULL;
-  if (check_float_half("attention_qkv", "qkv", qkv)) return NULL;
+                         (long long)qkv->shape[2], (long long)heads);
+  return check_float_half("attention_qkv", "qkv", qkv);
+}
+
+vtl_tensor *vtl_op_attention_qkv(vtl_tensor *qkv, int64_t heads, double scale) {
+  char s1[96];
+  if (qkv_check(qkv, heads)) return NULL;
   if (vtl_tensor_device(qkv).type != VTL_CPU) {
     vtl_device_format(vtl_tensor_device(qkv), s1, sizeof s1);
     return vtl_error_set(VTL_ERR_ARG, "attention_qkv: runs on the CPU, got a tensor on %s", s1), NULL;
@@ -709,6 +715,135 @@ vtl_tensor *vtl_fn_attention(vtl_tensor *q, vtl_tensor *k, vtl_tensor *v, double
   l[2] = l[1] ? vtl_autocast_low(v) : NULL;
   vtl_tensor *y = l[2] ? fn_attention(l[0], l[1], l[2], scale, causal) : NULL;
   release_all(l, 3);
+  return y;
+}
+
+/* ---- attention on the packed projection, differentiable ---- */
+/* qkv (B, N, 3*H*D) -> (B, N, H*D) with one copy on each side of the attention kernel: the
+   heads of q, k and v gathered into one (3, B*H, N, D) tensor whose slices the kernel reads as
+   they are, and its (B*H, N, D) output laid back out as (B, N, H*D). The backward pass writes
+   the three input gradients into the slices of one tensor and lays it out as qkv once, where
+   separate views of qkv would each cost a full-size gradient and a sum. */
+
+/* t (3, P, N, D) contiguous -> its slice i, a contiguous (P, N, D) view */
+static vtl_tensor *slice3(vtl_tensor *t, int i) { return vtl_op_select(t, 0, i); }
+
+/* qkv (B, N, 3*H*D) -> (3, B*H, N, D), contiguous */
+static vtl_tensor *qkv_heads(vtl_tensor *qkv, int64_t H) {
+  int64_t B = qkv->shape[0], N = qkv->shape[1], D = qkv->shape[2] / (3 * H);
+  int64_t s5[5] = {B, N, 3, H, D}, s4[4] = {3, B * H, N, D};
+  static const int perm[5] = {2, 0, 3, 1, 4};
+  vtl_tensor *v = vtl_op_reshape(qkv, s5, 5), *p = v ? vtl_op_permute(v, perm, 5) : NULL;
+  vtl_tensor *c = p ? vtl_op_contiguous(p) : NULL, *r = c ? vtl_op_view(c, s4, 4) : NULL;
+  vtl_tensor *ts[3] = {v, p, c};
+  release_all(ts, 3);
+  return r;
+}
+
+/* t (3, B*H, N, D) -> (B, N, 3*H*D), contiguous: the inverse of qkv_heads */
+static vtl_tensor *heads_qkv(vtl_tensor *t, int64_t B, int64_t H) {
+  int64_t N = t->shape[2], D = t->shape[3];
+  int64_t s5[5] = {3, B, H, N, D}, s3[3] = {B, N, 3 * H * D};
+  static const int perm[5] = {1, 3, 0, 2, 4};
+  vtl_tensor *v = vtl_op_view(t, s5, 5), *p = v ? vtl_op_permute(v, perm, 5) : NULL;
+  vtl_tensor *c = p ? vtl_op_contiguous(p) : NULL, *r = c ? vtl_op_view(c, s3, 3) : NULL;
+  vtl_tensor *ts[3] = {v, p, c};
+  release_all(ts, 3);
+  return r;
+}
+
+/* o (B*H, N, D) -> (B, N, H*D) (merge), or g (B, N, H*D) -> (B*H, N, D) (split); contiguous */
+static vtl_tensor *heads_merge(vtl_tensor *o, int64_t B, int64_t H) {
+  int64_t N = o->shape[1], D = o->shape[2], s4[4] = {B, H, N, D}, s3[3] = {B, N, H * D};
+  vtl_tensor *v = vtl_op_view(o, s4, 4), *t = v ? vtl_op_transpose(v, 1, 2) : NULL;
+  vtl_tensor *c = t ? vtl_op_contiguous(t) : NULL, *r = c ? vtl_op_view(c, s3, 3) : NULL;
+  vtl_tensor *ts[3] = {v, t, c};
+  release_all(ts, 3);
+  return r;
+}
+static vtl_tensor *heads_split(vtl_tensor *g, int64_t H) {
+  int64_t B = g->shape[0], N = g->shape[1], D = g->shape[2] / H, s4[4] = {B, N, H, D}, s3[3] = {B * H, N, D};
+  vtl_tensor *v = vtl_op_reshape(g, s4, 4), *t = v ? vtl_op_transpose(v, 1, 2) : NULL;
+  vtl_tensor *c = t ? vtl_op_contiguous(t) : NULL, *r = c ? vtl_op_view(c, s3, 3) : NULL;
+  vtl_tensor *ts[3] = {v, t, c};
+  release_all(ts, 3);
+  return r;
+}
+
+/* the forward pass; *heads, *out and *lse (when heads is given): what the backward pass needs */
+static vtl_tensor *attention_qkv_run(vtl_tensor *qkv, int64_t H, double scale, vtl_tensor **heads, vtl_tensor **out,
+                                     vtl_tensor **lse) {
+  vtl_tensor *t = qkv_heads(qkv, H);
+  vtl_tensor *q = t ? slice3(t, 0) : NULL, *k = q ? slice3(t, 1) : NULL, *v = k ? slice3(t, 2) : NULL;
+  vtl_tensor *o = v ? vtl_op_attention(q, k, v, scale, false, heads ? lse : NULL) : NULL;
+  vtl_tensor *y = o ? heads_merge(o, qkv->shape[0], H) : NULL;
+  vtl_tensor *ts[3] = {q, k, v};
+  release_all(ts, 3);
+  if (y && heads) {
+    *heads = t;
+    *out = o;
+    return y;
+  }
+  if (heads && *lse) {
+    vtl_tensor_release(*lse);
+    *lse = NULL;
+  }
+  vtl_tensor_release(t);
+  vtl_tensor_release(o);
+  return y;
+}
+
+/* saved: heads (3, P, N, D), out (P, N, D), lse (P, N); f[0]: scale; i[0]: heads, i[1]: B */
+static vtl_status attention_qkv_bw(vtl_node *nd, vtl_tensor *g, vtl_tensor **gin) {
+  vtl_tensor *t = vtl_ag_saved(nd, 0), *o = vtl_ag_saved(nd, 1), *lse = vtl_ag_saved(nd, 2);
+  if (!t || !o || !lse) return vtl_error_status();
+  vtl_tensor *gh = heads_split(g, nd->i[0]);
+  vtl_tensor *gt = gh ? new_like_shape(t->shape, 4, t->dtype, t) : NULL;
+  vtl_tensor *s[6] = {NULL, NULL, NULL, NULL, NULL, NULL}; /* q, k, v, gq, gk, gv */
+  bool ok = gt != NULL;
+  for (int i = 0; ok && i < 3; i++) ok = (s[i] = slice3(t, i)) && (s[3 + i] = slice3(gt, i));
+  vtl_status st = !ok ? vtl_error_status()
+                      : attention_check("attention_backward", s[0], s[1], s[2], gh) != VTL_OK
+                          ? vtl_error_status()
+                          : nn_of(t)->attention_backward(gh, s[0], s[1], s[2], o, lse, nd->f[0], false, s[3], s[4], s[5]);
+  release_all(s, 6);
+  vtl_tensor_release(gh);
+  if (st == VTL_OK) {
+    gin[0] = heads_qkv(gt, nd->i[1], nd->i[0]);
+    if (!gin[0]) st = vtl_error_status();
+  }
+  vtl_tensor_release(gt);
+  return st;
+}
+
+vtl_tensor *vtl_fn_attention_qkv(vtl_tensor *qkv, int64_t heads, double scale) {
+  if (qkv_check(qkv, heads)) return NULL;
+  if (vtl_autocast_casts(qkv) && qkv->dtype != VTL_F64) {
+    vtl_tensor *low = vtl_autocast_low(qkv);
+    vtl_tensor *y = low ? vtl_fn_attention_qkv(low, heads, scale) : NULL;
+    vtl_tensor_release(low);
+    return y;
+  }
+  bool needs = vtl_ag_needs(&qkv, 1);
+  if (!needs && vtl_tensor_device(qkv).type == VTL_CPU) return vtl_op_attention_qkv(qkv, heads, scale);
+  if (!needs) return attention_qkv_run(qkv, heads, scale, NULL, NULL, NULL);
+  vtl_tensor *t = NULL, *o = NULL, *lse = NULL;
+  vtl_tensor *y = attention_qkv_run(qkv, heads, scale, &t, &o, &lse);
+  vtl_node *nd = y ? vtl_ag_node("AttentionQKVBackward", attention_qkv_bw, &qkv, 1) : NULL;
+  if (nd) {
+    vtl_ag_save(nd, t);
+    vtl_ag_save(nd, o);
+    vtl_ag_save(nd, lse);
+    nd->f[0] = scale;
+    nd->i[0] = heads;
+    nd->i[1] = qkv->shape[0];
+  }
+  vtl_tensor *ts[3] = {t, o, lse};
+  release_all(ts, 3);
+  if (!nd || !vtl_ag_attach(y, nd)) {
+    vtl_tensor_release(y);
+    return NULL;
+  }
   return y;
 }
 

@@ -118,6 +118,9 @@ vtl_status vtl_op_attention_backward(vtl_tensor *g, vtl_tensor *q, vtl_tensor *k
 /* with autograd; in an autocast region q, k and v are cast to its dtype, as matmul's operands */
 vtl_tensor *vtl_fn_attention(vtl_tensor *q, vtl_tensor *k, vtl_tensor *v, double scale, bool causal);
 vtl_tensor *vtl_op_attention_qkv(vtl_tensor *qkv, int64_t heads, double scale);
+/* The same, differentiable and on any device with an attention kernel (the CPU's fused kernel
+   when no gradient is needed); in an autocast region a f32 qkv is cast first. */
+vtl_tensor *vtl_fn_attention_qkv(vtl_tensor *qkv, int64_t heads, double scale);
 /* Gradients of conv2d given gy (N,K,OH,OW): gx (shape of x), gw (shape of w), gb (K). */
 vtl_status vtl_op_conv2d_backward(vtl_tensor *gy, vtl_tensor *x, vtl_tensor *w, const vtl_conv2d_params *p,
                                   vtl_tensor **gx, vtl_tensor **gw, vtl_tensor **gb);

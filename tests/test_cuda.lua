@@ -1017,6 +1017,39 @@ gpu_test("attention op: f16 and bf16 on tensor cores against the CPU's f32 compu
   end
 end)
 
+gpu_test("attention_qkv on cuda: the packed projection's output and gradient against the CPU (f32, f64, bf16, strided)", function()
+  vtl.seed(24)
+  for _, dt in ipairs({"f32", "f64"}) do
+    for _, c in ipairs({{2, 197, 6, 64}, {3, 10, 2, 8}}) do
+      local B, N, H, D = c[1], c[2], c[3], c[4]
+      check_nn(("attention_qkv %s %s"):format(dt, table.concat(c, "x")),
+        function(qkv) return F.attention_qkv(qkv, H, D ^ -0.5) end, {vtl.randn(B, N, 3 * H * D):to(dt)}, {true})
+    end
+  end
+  -- a transposed view as qkv, and the gradient of a sum (an expanded tensor of ones)
+  local p = vtl.randn(2, 24, 7)
+  local pc, pg = p:clone():requires_grad_(), p:cuda():requires_grad_()
+  local yc, yg = F.attention_qkv(pc:transpose(2, 3), 2, 0.5), F.attention_qkv(pg:transpose(2, 3), 2, 0.5)
+  same(yg, yc, 1e-5, "strided qkv output")
+  yc:sum():backward()
+  yg:sum():backward()
+  same(pg.grad, pc.grad, 1e-5, "strided qkv gradient")
+  -- bf16 (autocast's dtype) against the CPU's f32 on the same inputs, and without autograd
+  local qkv = vtl.randn(4, 197, 3 * 384):bfloat16()
+  local ref = qkv:float():requires_grad_()
+  local got = qkv:cuda():requires_grad_()
+  local r, y = F.attention_qkv(ref, 6, 0.125), F.attention_qkv(got, 6, 0.125)
+  T.eq(y.dtype, "bf16")
+  local g = vtl.randn(4, 197, 384):bfloat16()
+  r:backward(g:float())
+  y:backward(g:cuda())
+  local function rel(a, b) return (a:cpu():double() - b:double()):abs():max():item() / b:abs():max():item() end
+  T.truthy(rel(y, r) < 3e-2, ("bf16 output: %.3g"):format(rel(y, r)))
+  T.truthy(rel(got.grad, ref.grad) < 1.2e-1, ("bf16 gradient: %.3g"):format(rel(got.grad, ref.grad)))
+  local plain = vtl.no_grad(function() return F.attention_qkv(qkv:cuda(), 6, 0.125) end)
+  same(plain, y:detach(), 0, "without autograd: the same kernel and bits")
+end)
+
 gpu_test("attention on cuda: ViT-S/16 blocks train as on the CPU; the backward keeps no probabilities", function()
   vtl.seed(23)
   local m = vtl.models.create("vit_tiny_patch16_224", {img_size = 64, num_classes = 5})

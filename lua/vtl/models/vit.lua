@@ -59,22 +59,16 @@ function Attention:init(dim, heads, opts)
   self.proj = init_linear(nn.Linear(dim, dim))
 end
 
--- vtl.models.fuse_for_inference: one kernel from the qkv projection to the heads' outputs (when
--- there is no attention dropout to keep), and the residual sum in the output projection
-function Attention:_fuse_inference()
-  if self.attn_drop_rate == 0 then rawset(self, "_fused", true) end
-end
-
 ---x: (B, N, C); add (optional): a tensor of the output's shape added to it.
 function Attention:forward(x, add)
   local B, N, C = x.shape[1], x.shape[2], x.shape[3]
   local H, D = self.num_heads, self.head_dim
-  if rawget(self, "_fused") and x.device == "cpu" and not (core.is_grad_enabled() and x.requires_grad) then
-    return self.proj(F.attention_qkv(self.qkv(x), H, self.scale), add)
-  end
+  local drop = self.training and self.attn_drop_rate or 0
+  -- without dropout on the probabilities: the attention op on the packed projection, whose
+  -- backward pass hands qkv its gradient in one piece
+  if drop == 0 then return self.proj(F.attention_qkv(self.qkv(x), H, self.scale), add) end
   local qkv = self.qkv(x):reshape(B, N, 3, H, D):permute(3, 1, 4, 2, 5) -- (3, B, H, N, D)
   local q, k, v = qkv:select(1, 1), qkv:select(1, 2), qkv:select(1, 3)
-  local drop = self.training and self.attn_drop_rate or 0
   local out = F.scaled_dot_product_attention(q, k, v, {scale = self.scale, dropout_p = drop})
   return self.proj(out:transpose(2, 3):reshape(B, N, C), add)
 end
