@@ -279,6 +279,15 @@ static vtl_status post_check(const vtl_conv2d_shape *s, vtl_tensor *x, const vtl
 
 /* act(y + add) from ops, for a backend without fused post-operations; takes y */
 static vtl_tensor *post_compose(vtl_tensor *y, const vtl_conv2d_post *post, bool differentiable) {
+  if (y && !differentiable) { /* y is the op's own new output: the sum and the activation in place */
+    vtl_status st = post->add ? vtl_op_binary_(VTL_BIN_ADD, y, post->add, 1) : VTL_OK;
+    if (st == VTL_OK && post->has_act) st = vtl_op_activation_(post->act, y, post->act_params);
+    if (st != VTL_OK) {
+      vtl_tensor_release(y);
+      return NULL;
+    }
+    return y;
+  }
   if (y && post->add) {
     vtl_tensor *t = differentiable ? vtl_fn_binary(VTL_BIN_ADD, y, post->add) : vtl_op_binary(VTL_BIN_ADD, y, post->add);
     vtl_tensor_release(y);
@@ -371,10 +380,9 @@ static vtl_tensor *linear_compose(vtl_tensor *x, vtl_tensor *w, vtl_tensor *b) {
   vtl_tensor *wt = vtl_op_transpose(w, 0, 1);
   vtl_tensor *y = wt ? vtl_op_matmul(x, wt) : NULL;
   vtl_tensor_release(wt);
-  if (y && b) {
-    vtl_tensor *t = vtl_op_binary(VTL_BIN_ADD, y, b);
+  if (y && b && vtl_op_binary_(VTL_BIN_ADD, y, b, 1) != VTL_OK) { /* y is the product's own new tensor */
     vtl_tensor_release(y);
-    y = t;
+    y = NULL;
   }
   return y;
 }

@@ -667,12 +667,19 @@ static bool half_native(const vtl_tensor *t) {
   return be && be->nn && be->nn->act_half;
 }
 
-vtl_tensor *vtl_op_activation(vtl_activation act, vtl_tensor *x, const double *params) {
+/* act(x) into a new tensor, or (in_place) into x itself when its memory is dense, else computed
+   aside and copied in; returns the result (x retained when in place) */
+static vtl_tensor *act_run(vtl_activation act, vtl_tensor *x, const double *params, bool in_place) {
   if ((unsigned)act >= VTL_ACT_COUNT) return vtl_error_set(VTL_ERR_ARG, "activation: unknown activation %d", (int)act), NULL;
   if (is_half(x->dtype) && !half_native(x)) { /* computed in f32, rounded once */
     vtl_tensor *f = vtl_op_to_dtype(x, VTL_F32);
-    vtl_tensor *r = f ? round_to(vtl_op_activation(act, f, params), x->dtype) : NULL;
+    vtl_tensor *r = f ? round_to(act_run(act, f, params, false), x->dtype) : NULL;
     vtl_tensor_release(f);
+    if (r && in_place) {
+      vtl_status st = vtl_op_copy_(x, r);
+      vtl_tensor_release(r);
+      r = st == VTL_OK ? vtl_tensor_retain(x) : NULL;
+    }
     return r;
   }
   const char *op = act_names[act];
@@ -682,13 +689,29 @@ vtl_tensor *vtl_op_activation(vtl_activation act, vtl_tensor *x, const double *p
   if (act == VTL_ACT_SOFTPLUS && p[0] == 0) return vtl_error_set(VTL_ERR_ARG, "softplus: beta must not be 0"), NULL;
   bool ok = true;
   vtl_tensor *xc = dense_as(x, x, &ok);
-  vtl_tensor *out = xc ? new_as(x) : NULL;
+  vtl_tensor *out = !xc ? NULL : in_place && xc == x ? vtl_tensor_retain(x) : new_as(x);
   if (out && nn_of(x)->activation_forward(act, xc, out, p) != VTL_OK) {
     vtl_tensor_release(out);
     out = NULL;
   }
   vtl_tensor_release(xc);
+  if (out && in_place && out != x) { /* x not dense: the values copied into its layout */
+    vtl_status st = vtl_op_copy_(x, out);
+    vtl_tensor_release(out);
+    out = st == VTL_OK ? vtl_tensor_retain(x) : NULL;
+  }
   return out;
+}
+
+vtl_tensor *vtl_op_activation(vtl_activation act, vtl_tensor *x, const double *params) {
+  return act_run(act, x, params, false);
+}
+
+vtl_status vtl_op_activation_(vtl_activation act, vtl_tensor *x, const double *params) {
+  vtl_tensor *r = act_run(act, x, params, true);
+  if (!r) return vtl_error_status();
+  vtl_tensor_release(r);
+  return VTL_OK;
 }
 
 vtl_tensor *vtl_op_activation_backward(vtl_activation act, vtl_tensor *gout, vtl_tensor *s, const double *params) {

@@ -76,6 +76,8 @@ bool vtl_activation_uses_output(vtl_activation act);
 
 /* y = act(x) elementwise; params as listed in the enum (NULL: PyTorch's defaults). */
 vtl_tensor *vtl_op_activation(vtl_activation act, vtl_tensor *x, const double *params);
+/* act(x) written into x (computed aside and copied in when x's memory is not dense) */
+vtl_status vtl_op_activation_(vtl_activation act, vtl_tensor *x, const double *params);
 /* gx = gout * act'(.), where `saved` is the forward's output or input (see above). */
 vtl_tensor *vtl_op_activation_backward(vtl_activation act, vtl_tensor *gout, vtl_tensor *saved,
                                        const double *params);

@@ -1484,6 +1484,31 @@ gpu_test("every zoo model: eval logits on cuda (planar and channels-last) match 
   end
 end)
 
+gpu_test("fuse_for_inference on cuda: folded norms, activations and residual sums in place give the CPU's logits", function()
+  for _, name in ipairs({"resnet18", "mobilenet_v3_small", "efficientnet_lite0", "vit_tiny_patch16_224"}) do
+    vtl.seed(32)
+    local m = vtl.models.create(name, {num_classes = 10})
+    m:eval()
+    local size = m.pretrained_cfg.input_size
+    local x = vtl.randn(2, size[1], size[2], size[3])
+    local want = vtl.no_grad(function() return m(x) end)
+    local scale = math.max(want:abs():max():item(), 1e-6)
+    m:cuda()
+    local fused = vtl.models.fuse_for_inference(m)
+    local got = vtl.no_grad(function() return fused(x:cuda()) end)
+    T.eq(got.device, "cuda:0", name)
+    local err = (got:cpu() - want):abs():max():item() / scale
+    T.truthy(err < 1e-3, ("%s fused: logits differ by %.2e of their scale"):format(name, err))
+    local half = vtl.models.fuse_for_inference(m, {precision = "bf16"})
+    local hb = vtl.no_grad(function() return half(x:cuda()) end)
+    local eh = (hb:cpu() - want):abs():max():item() / scale
+    T.truthy(eh < 6e-2, ("%s fused bf16: logits differ by %.2e of their scale"):format(name, eh))
+    m, fused, half = nil, nil, nil -- luacheck: ignore
+    collectgarbage()
+    vtl.cuda.empty_cache()
+  end
+end)
+
 -- ---------------------------------------------------------------- saving
 
 gpu_test("save: GPU tensors are written from the host and load on the CPU", function()

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # What runs on a GPU machine, from the repository root: build with CUDA against the unpacked
-# Debian tree in .deps, `vtl info`, the CUDA tests, the CPU suite, and the GPU benchmark.
-# Each step's output goes to $OUT/<step>.log; a failing step does not stop the next ones;
-# a summary ends the run. Meant to finish within 6 minutes on a 16-core machine.
+# Debian tree in .deps, `vtl info`, the CUDA tests and the GPU benchmark (within 6 minutes on a
+# 16-core machine); with DIAGNOSE=1, diagnostics after them (up to 2 x DIAGNOSE_LIMIT seconds);
+# with VTL_GPU_SUITE=1, the CPU suite. Each step's output goes to $OUT/<step>.log; a failing
+# step does not stop the next ones; a summary ends the run.
 #   OUT=/tmp/out bash tests/gpu/run.sh
 # TEST_FILE=tests/x.lua runs another test file in the CUDA step; TEST_LIMIT and BENCH_LIMIT
 # (seconds) bound the test and benchmark steps.
@@ -53,10 +54,15 @@ fi
 step info 30 "ldd ./vtl | grep -E 'cuda|cublas|cudnn|lua|dnnl|openblas|not found'; readelf -d ./vtl | grep -iE 'rpath|runpath'; ./vtl info"
 step test_cuda "${TEST_LIMIT:-240}" "LIMIT=$(( ${TEST_LIMIT:-240} - 10 )) bash tests/gpu/test_cuda.sh ${TEST_FILE:-}"
 step bench "${BENCH_LIMIT:-240}" "VTL=./vtl LIMIT=$(( ${BENCH_LIMIT:-240} / 2 - 5 )) bash tests/bench/cuda.sh"
-# where the time goes: step phases and single layers against PyTorch, then both profilers'
-# tables of one step; gradients of a model on both devices (planar and channels-last); where
-# ResNet-50's inference reaches its peak memory
-step diagnose 200 "for m in 'resnet50 256' 'vit_small_patch16_224 128'; do ./vtl tests/gpu/step_phases.lua \$m; \$VTL_PY tests/gpu/step_phases.py \$m; ./vtl tests/gpu/profile_step.lua \$m; \$VTL_PY tests/gpu/profile_step.py \$m; done; ./vtl tests/gpu/grad_diff.lua resnet18 16 64; ./vtl tests/gpu/grad_diff.lua resnet18 16 64 channels_last; ./vtl tests/gpu/memory_diag.lua; VTL_CUDNN_GRAPH=0 ./vtl tests/gpu/memory_diag.lua"
+# where the time goes: both profilers' tables of one step, then step phases and single layers
+# against PyTorch
+if [ "${DIAGNOSE:-0}" = 1 ]; then
+  step diagnose "${DIAGNOSE_LIMIT:-200}" "for m in 'resnet50 256' 'vit_small_patch16_224 128'; do ./vtl tests/gpu/profile_step.lua \$m; \$VTL_PY tests/gpu/profile_step.py \$m; ./vtl tests/gpu/step_phases.lua \$m; \$VTL_PY tests/gpu/step_phases.py \$m; done"
+  # inference eager and fused; ResNet-50's phases with cuDNN's benchmark mode on both sides;
+  # where batch-256 inference reaches its peak memory (graph and legacy API); gradients of a
+  # model on both devices (planar and channels-last)
+  step diagnose2 "${DIAGNOSE_LIMIT:-200}" "./vtl tests/gpu/infer_diag.lua; VTL_CUDNN_BENCHMARK=1 ./vtl tests/gpu/step_phases.lua resnet50 256; VTL_CUDNN_BENCHMARK=1 \$VTL_PY tests/gpu/step_phases.py resnet50 256; ./vtl tests/gpu/memory_diag.lua; VTL_CUDNN_GRAPH=0 ./vtl tests/gpu/memory_diag.lua; ./vtl tests/gpu/grad_diff.lua resnet18 16 64; ./vtl tests/gpu/grad_diff.lua resnet18 16 64 channels_last"
+fi
 # the CPU suite there needs the reference generators' Python packages; on request only
 if [ "${VTL_GPU_SUITE:-0}" = 1 ]; then step cpu_suite 150 "VTL=./vtl bash tests/run.sh"; fi
 
