@@ -240,10 +240,22 @@ static int cuda_cudnn(lua_State *L) {
   return 1;
 }
 
+/* flash_attention([on]): whether half attention on a GPU takes the fused kernels (default false);
+   with an argument sets it and returns the previous setting */
+static int cuda_flash_attention(lua_State *L) {
+  bool prev = vtl_attention_flash();
+  if (!lua_isnoneornil(L, 1)) {
+    luaL_checktype(L, 1, LUA_TBOOLEAN);
+    vtl_set_attention_flash(lua_toboolean(L, 1));
+  }
+  lua_pushboolean(L, prev);
+  return 1;
+}
+
 static const luaL_Reg cuda_funcs[] = {
   {"is_available", cuda_is_available}, {"device_count", cuda_device_count}, {"synchronize", cuda_synchronize},
   {"empty_cache", cuda_empty_cache}, {"memory_stats", cuda_memory_stats}, {"allow_tf32", cuda_allow_tf32},
-  {"cudnn", cuda_cudnn}, {"reset_peak_memory_stats", cuda_reset_peak}, {NULL, NULL}};
+  {"cudnn", cuda_cudnn}, {"flash_attention", cuda_flash_attention}, {"reset_peak_memory_stats", cuda_reset_peak}, {NULL, NULL}};
 
 static const luaL_Reg sys_funcs[] = {
   {"clock", l_clock}, {"_profile", l_profile}, {"_profile_mark", l_profile_mark}, {"_profile_nodes", l_profile_nodes},

@@ -30,10 +30,23 @@ static bool env_flag(const char *name) {
   return e && e[0] && e[0] != '0';
 }
 
+static bool flash_attention;
+
 static void cudnn_flags_init(void) {
   cudnn_flags.benchmark = env_flag("VTL_CUDNN_BENCHMARK");
   cudnn_flags.deterministic = env_flag("VTL_CUDNN_DETERMINISTIC");
   cudnn_flags.allow_tf32 = env_flag("VTL_CUDNN_TF32");
+  flash_attention = env_flag("VTL_FLASH_ATTENTION");
+}
+
+bool vtl_attention_flash(void) {
+  pthread_once(&cudnn_once, cudnn_flags_init);
+  return flash_attention;
+}
+
+void vtl_set_attention_flash(bool on) {
+  pthread_once(&cudnn_once, cudnn_flags_init);
+  flash_attention = on;
 }
 
 vtl_cudnn_flags vtl_get_cudnn_flags(void) {

@@ -44,4 +44,10 @@ typedef struct {
 } vtl_cudnn_flags;
 vtl_cudnn_flags vtl_get_cudnn_flags(void);
 void vtl_set_cudnn_flags(vtl_cudnn_flags f);
+
+/* Whether f16/bf16 attention on a GPU runs the fused (flash-style) kernels where they take the
+   case (head dims 32, 64, 128); off by default until measured against the cuBLAS path, or on
+   with VTL_FLASH_ATTENTION=1. Process-wide. */
+bool vtl_attention_flash(void);
+void vtl_set_attention_flash(bool on);
 #endif

@@ -265,6 +265,15 @@ T.test("vtl.cuda.cudnn sets cuDNN's switches, returns the previous ones, and ref
   flags_eq(vtl.cuda.cudnn(), prev, "a refused call changes nothing")
 end)
 
+T.test("vtl.cuda.flash_attention is a process-wide switch, off by default", function()
+  if not os.getenv("VTL_FLASH_ATTENTION") then T.eq(vtl.cuda.flash_attention(), false) end
+  local prev = vtl.cuda.flash_attention()
+  T.eq(vtl.cuda.flash_attention(true), prev, "returns the previous setting")
+  T.eq(vtl.cuda.flash_attention(prev), true)
+  T.eq(vtl.cuda.flash_attention(), prev)
+  T.raises(function() vtl.cuda.flash_attention("yes") end, "boolean expected")
+end)
+
 T.test("autocast casts each weight once per region and sees in-place updates", function()
   local lin = nn.Linear(6, 3)
   local x = vtl.randn(4, 6)

@@ -185,3 +185,22 @@ T.test("MultiheadAttention: need_weights = false (the attention op) gives the we
     T.truthy(maxdiff(fast, slow) < 1e-12, "outputs differ by " .. maxdiff(fast, slow))
   end
 end)
+
+-- The CUDA backend's fused half-precision kernels (kernels/cuda/flash_kernels.cuh) run on the
+-- host by tests/gpu/flash_emu.cpp, one host thread per CUDA thread: forward (output and
+-- log-sum-exp) and the three gradients against a double-precision reference, f16 and bf16, head
+-- dims 32/64/128, causal or not, lengths that are not multiples of the 64-row tiles.
+T.test("fused GPU attention kernels, run on the host, match a double-precision reference", function()
+  local cxx = os.getenv("CXX") or "c++"
+  local bin = (os.getenv("TMPDIR") or "/tmp") .. "/vtl_flash_emu_" .. tostring(os.time()) .. "_" .. tostring(math.random(1e9))
+  local p = assert(io.popen(("%s -std=c++20 -O2 -pthread -Ikernels/cuda tests/gpu/flash_emu.cpp -o '%s' 2>&1 && '%s' 2>&1; echo \"exit=$?\"")
+    :format(cxx, bin, bin)))
+  local out = p:read("a")
+  p:close()
+  os.remove(bin)
+  io.write((out:gsub("exit=%d+%s*$", "")))
+  T.truthy(out:find("exit=0", 1, true), "the emulated kernels failed:\n" .. out)
+  T.truthy(out:find("all cases within tolerance", 1, true), out)
+  local cases = select(2, out:gsub("\nok ", "")) + (out:sub(1, 3) == "ok " and 1 or 0)
+  T.eq(cases, 10, "cases run")
+end)

@@ -289,11 +289,19 @@ vtl_status vtl_cu_attention_forward(const vtl_tensor *q, const vtl_tensor *k, co
                                     bool causal, vtl_tensor *out, vtl_tensor *lse) {
   if (q->shape[0] * q->shape[1] > 0 && k->shape[1] == 0) // no keys: NaN rows, as on the CPU
     return vtl_cu_fill(out, NAN) != VTL_OK ? vtl_error_status() : vtl_cu_fill(lse, -INFINITY);
+  if (vtl_attention_flash()) {
+    int r = vtl_cu_flash_forward(q, k, v, scale, causal, out, lse);
+    if (r != 0) return r > 0 ? VTL_OK : vtl_error_status();
+  }
   ATTN_DISPATCH(q->dtype, forward_t<DT>(q, k, v, scale, causal, out, lse))
 }
 
 vtl_status vtl_cu_attention_backward(const vtl_tensor *g, const vtl_tensor *q, const vtl_tensor *k,
                                      const vtl_tensor *v, const vtl_tensor *out, const vtl_tensor *lse, double scale,
                                      bool causal, vtl_tensor *dq, vtl_tensor *dk, vtl_tensor *dv) {
+  if (vtl_attention_flash()) {
+    int r = vtl_cu_flash_backward(g, q, k, v, out, lse, scale, causal, dq, dk, dv);
+    if (r != 0) return r > 0 ? VTL_OK : vtl_error_status();
+  }
   ATTN_DISPATCH(q->dtype, backward_t<DT>(g, q, k, v, out, lse, scale, causal, dq, dk, dv))
 }

@@ -45,6 +45,13 @@ vtl_status vtl_cu_attention_forward(const vtl_tensor *q, const vtl_tensor *k, co
 vtl_status vtl_cu_attention_backward(const vtl_tensor *g, const vtl_tensor *q, const vtl_tensor *k,
                                      const vtl_tensor *v, const vtl_tensor *out, const vtl_tensor *lse, double scale,
                                      bool causal, vtl_tensor *dq, vtl_tensor *dk, vtl_tensor *dv);
+// the fused (flash-style) half-precision attention of flash.cu, same contract: 1 when it ran, 0
+// when the case is not its (dtype, head dim, alignment, shared memory), -1 on error
+int vtl_cu_flash_forward(const vtl_tensor *q, const vtl_tensor *k, const vtl_tensor *v, double scale, bool causal,
+                         vtl_tensor *out, vtl_tensor *lse);
+int vtl_cu_flash_backward(const vtl_tensor *g, const vtl_tensor *q, const vtl_tensor *k, const vtl_tensor *v,
+                          const vtl_tensor *out, const vtl_tensor *lse, double scale, bool causal, vtl_tensor *dq,
+                          vtl_tensor *dk, vtl_tensor *dv);
 vtl_status vtl_cu_cross_entropy_forward(const vtl_tensor *x, int64_t N, int64_t C, int64_t S,
                                         const vtl_tensor *target, const vtl_tensor *prob, const vtl_tensor *w,
                                         int64_t ignore_index, double smoothing, vtl_reduction red, vtl_tensor *out);
