@@ -134,6 +134,23 @@ gpu_test("copies: every dtype round-trips bit for bit, from contiguous and strid
   T.truthy(h:cpu():eq(x:half()):all():item())
   local empty = vtl.zeros(0, 3):cuda()
   T.eq(table.concat(empty:cpu().shape, ","), "0,3")
+  -- f32 <-> f16/bf16 casts on the GPU (16-byte steps when contiguous and aligned) give the
+  -- CPU's bits: lengths around the step, offset views, specials and values that round
+  for _, n in ipairs({1, 7, 8, 9, 4099}) do
+    local f = vtl.randn(n + 1) * 1000
+    f[1], f[math.min(2, n + 1)] = math.huge, 0 / 0
+    for _, off in ipairs({0, 1}) do
+      local src = f:narrow(1, 1 + off, n)
+      local gsrc = f:cuda():narrow(1, 1 + off, n)
+      for _, dt in ipairs({"bf16", "f16"}) do
+        local what = ("%s n=%d offset %d"):format(dt, n, off)
+        local down, gdown = src:to(dt), gsrc:to(dt)
+        T.truthy(down:eq(gdown:cpu()):logical_or(down:isnan():logical_and(gdown:cpu():isnan())):all():item(), what .. " down")
+        local up, gup = down:float(), gdown:float()
+        T.truthy(up:eq(gup:cpu()):logical_or(up:isnan():logical_and(gup:cpu():isnan())):all():item(), what .. " up")
+      end
+    end
+  end
 end)
 
 gpu_test("copies: creation on the device, item, totable and printing copy through the host", function()
