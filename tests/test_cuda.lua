@@ -878,7 +878,9 @@ end)
 
 gpu_test("batch norm: training statistics, running-stat updates, eval mode; forward and backward", function()
   for _, dt in ipairs({"f32", "f64"}) do
-    for _, shape in ipairs({{8, 5, 7, 6}, {16, 5}, {4, 3, 10}}) do
+    -- planes of 42 and 64, rows of 5, 8 and 16 channels: the elementwise passes' one-element and
+    -- 16-byte steps
+    for _, shape in ipairs({{8, 5, 7, 6}, {16, 5}, {4, 3, 10}, {4, 8, 8, 8}, {12, 16}, {6, 8}}) do
       local C = shape[2]
       local x = (vtl.randn(shape) * 2 + 3):to(dt)
       local w, b = vtl.randn(C):to(dt), vtl.randn(C):to(dt)
@@ -1472,14 +1474,15 @@ end)
 gpu_test("batch norm and activations on half data on cuda (planar, channels-last, (N,C)) match the CPU", function()
   vtl.seed(21)
   for _, dt in ipairs({"bf16", "f16"}) do
-    for _, shape in ipairs({{4, 6, 5, 7}, {64, 6}, {4, 6, 5, 7, "cl"}}) do
+    for _, shape in ipairs({{4, 6, 5, 7}, {64, 6}, {4, 6, 5, 7, "cl"}, {4, 16, 4, 4}, {64, 16}, {4, 16, 5, 3, "cl"}}) do
       local x = (vtl.randn(shape[1], shape[2], shape[3], shape[4]) * 2 + 1):to(dt)
       if shape[5] then x = x:contiguous("channels_last") end
       local g = vtl.randn(x.shape):to(dt)
       local what = dt .. " " .. table.concat(x.shape, "x") .. (shape[5] and " channels-last" or "")
-      local bc = #x.shape == 4 and nn.BatchNorm2d(6) or nn.BatchNorm1d(6)
-      bc.weight.data = vtl.randn(6)
-      local bg = #x.shape == 4 and nn.BatchNorm2d(6) or nn.BatchNorm1d(6)
+      local C = shape[2]
+      local bc = #x.shape == 4 and nn.BatchNorm2d(C) or nn.BatchNorm1d(C)
+      bc.weight.data = vtl.randn(C)
+      local bg = #x.shape == 4 and nn.BatchNorm2d(C) or nn.BatchNorm1d(C)
       bg:load_state_dict(bc:state_dict())
       bg:cuda()
       local xc, xg = x:clone():requires_grad_(true), x:cuda():requires_grad_(true)
@@ -1492,6 +1495,16 @@ gpu_test("batch norm and activations on half data on cuda (planar, channels-last
       same(xg.grad, xc.grad, tol, what .. " input gradient")
       same(bg.weight.grad, bc.weight.grad, 1e-4, what .. " weight gradient")
       same(bg.running_var, bc.running_var, 1e-5, what .. " running variance")
+      -- eval mode (frozen statistics, as when fine-tuning with frozen norms): the input gradient
+      -- is w invstd g
+      bc:eval()
+      bg:eval()
+      local xe, xf = x:clone():requires_grad_(true), x:cuda():requires_grad_(true)
+      local ye, yf = bc(xe), bg(xf)
+      same(yf, ye, tol, what .. " eval forward")
+      ye:backward(g)
+      yf:backward(g:cuda())
+      same(xf.grad, xe.grad, tol, what .. " eval input gradient")
     end
   end
 end)

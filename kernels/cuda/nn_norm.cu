@@ -141,38 +141,40 @@ __global__ void bn_eval_stats(int64_t C, const T *rm, int64_t rms, const T *rv, 
   }
 }
 
-// The per-channel coefficients of the elementwise passes, made once per call (double, as the
-// CPU): forward coef (C, 2) = sc, sh with out = x sc + sh, sc = w invstd, sh = b - mean sc;
-// backward coef (C, 3) = k, q, d with dx = k g - q x + d (bn_finish_grad makes them when there
-// are sums; without, k = w invstd and q = d = 0).
-template <class P>
-__global__ void bn_affine(int64_t C, const double *mean, const double *invstd, const P *w, const P *b, double *coef) {
-  for (int64_t c = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; c < C; c += (int64_t)gridDim.x * blockDim.x) {
-    double sc = (w ? (double)w[c] : 1.0) * invstd[c];
-    coef[2 * c] = sc;
-    coef[2 * c + 1] = (b ? (double)b[c] : 0.0) - mean[c] * sc;
-  }
-}
-template <class P> __global__ void bn_scale_only(int64_t C, const double *invstd, const P *w, double *coef) {
-  for (int64_t c = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; c < C; c += (int64_t)gridDim.x * blockDim.x) {
-    coef[3 * c] = (w ? (double)w[c] : 1.0) * invstd[c];
-    coef[3 * c + 1] = coef[3 * c + 2] = 0;
-  }
-}
-
 // V elements moved as one access (16 bytes when V * sizeof(T) == 16)
 template <class T, int V> struct alignas(V * sizeof(T)) vpack {
   T e[V];
 };
 
+// A channel's coefficients (double, as the CPU): forward out = x sc + sh with sc = w invstd,
+// sh = b - mean sc; backward dx = k g - q x + d, (k, q, d) from bn_finish_grad when there were
+// sums (coef), else k = w invstd and q = d = 0.
+struct bn_coefs {
+  const double *mean, *invstd, *coef;
+  template <class P> __device__ __forceinline__ void fwd(int64_t c, const P *w, const P *b, double *sc, double *sh) const {
+    *sc = (w ? (double)w[c] : 1.0) * invstd[c];
+    *sh = (b ? (double)b[c] : 0.0) - mean[c] * *sc;
+  }
+  template <class P> __device__ __forceinline__ void bwd(int64_t c, const P *w, double *k, double *q, double *d) const {
+    if (coef) {
+      *k = coef[3 * c];
+      *q = coef[3 * c + 1];
+      *d = coef[3 * c + 2];
+    } else {
+      *k = (w ? (double)w[c] : 1.0) * invstd[c];
+      *q = *d = 0;
+    }
+  }
+};
+
 // The elementwise pass over x (N, C, S) as `outer` lines of `inner` elements: with rows (S = 1:
 // channels-last and (N, C) data) a line is one position's C channels, else one (n, c) plane of
 // S; V consecutive elements of a line per step (inner a multiple of V, pointers aligned), so
-// the channel costs one division per V elements. GRAD: dx = k g - q x + d (coef stride 3), else
-// out = x sc + sh (stride 2).
-template <class T, int V, bool GRAD>
+// the channel costs one division per V elements instead of two per element. GRAD: dx from g
+// and x, else out from x.
+template <class T, class P, int V, bool GRAD>
 __global__ void bn_lines(const T *x, const T *g, T *out, int64_t outer, int64_t inner, int64_t C, bool rows,
-                         const double *coef) {
+                         bn_coefs cf, const P *w, const P *b) {
   int64_t groups = inner / V, total = outer * groups;
   for (int64_t t = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; t < total; t += (int64_t)gridDim.x * blockDim.x) {
     int64_t o = t / groups, gi = t - o * groups, base = o * inner + gi * V;
@@ -180,16 +182,20 @@ __global__ void bn_lines(const T *x, const T *g, T *out, int64_t outer, int64_t 
     vpack<T, V> xv = *(const vpack<T, V> *)(x + base), r;
     if (GRAD) {
       vpack<T, V> gv = *(const vpack<T, V> *)(g + base);
+      double k, q, d;
+      if (!rows) cf.bwd(c0, w, &k, &q, &d);
 #pragma unroll
       for (int v = 0; v < V; v++) {
-        const double *k = coef + 3 * (rows ? c0 + v : c0);
-        r.e[v] = from_d<T>(k[0] * ld(gv.e[v]) - k[1] * ld(xv.e[v]) + k[2]);
+        if (rows) cf.bwd(c0 + v, w, &k, &q, &d);
+        r.e[v] = from_d<T>(k * ld(gv.e[v]) - q * ld(xv.e[v]) + d);
       }
     } else {
+      double sc, sh;
+      if (!rows) cf.fwd(c0, w, b, &sc, &sh);
 #pragma unroll
       for (int v = 0; v < V; v++) {
-        const double *k = coef + 2 * (rows ? c0 + v : c0);
-        r.e[v] = from_d<T>(ld(xv.e[v]) * k[0] + k[1]);
+        if (rows) cf.fwd(c0 + v, w, b, &sc, &sh);
+        r.e[v] = from_d<T>(ld(xv.e[v]) * sc + sh);
       }
     }
     *(vpack<T, V> *)(out + base) = r;
@@ -198,17 +204,17 @@ __global__ void bn_lines(const T *x, const T *g, T *out, int64_t outer, int64_t 
 
 // launches bn_lines with 16-byte steps where the line length and the pointers allow, else one
 // element per step
-template <class T, bool GRAD>
-void bn_lines_launch(const T *x, const T *g, T *out, int64_t N, int64_t C, int64_t S, const double *coef,
-                     cudaStream_t st) {
+template <class T, class P, bool GRAD>
+void bn_lines_launch(const T *x, const T *g, T *out, int64_t N, int64_t C, int64_t S, bn_coefs cf, const P *w,
+                     const P *b, cudaStream_t st) {
   bool rows = S == 1;
   int64_t outer = rows ? N : N * C, inner = rows ? C : S;
   constexpr int V = 16 / (int)sizeof(T);
   bool vec = inner % V == 0 && (((uintptr_t)x | (uintptr_t)g | (uintptr_t)out) & 15) == 0;
   if (vec)
-    bn_lines<T, V, GRAD><<<vtl_cu_blocks(outer * inner / V), BLOCK, 0, st>>>(x, g, out, outer, inner, C, rows, coef);
+    bn_lines<T, P, V, GRAD><<<vtl_cu_blocks(outer * inner / V), BLOCK, 0, st>>>(x, g, out, outer, inner, C, rows, cf, w, b);
   else
-    bn_lines<T, 1, GRAD><<<vtl_cu_blocks(outer * inner), BLOCK, 0, st>>>(x, g, out, outer, inner, C, rows, coef);
+    bn_lines<T, P, 1, GRAD><<<vtl_cu_blocks(outer * inner), BLOCK, 0, st>>>(x, g, out, outer, inner, C, rows, cf, w, b);
 }
 
 // partial sums of g and g (x - mean) over one chunk of a channel
@@ -301,7 +307,7 @@ vtl_status bn_backward_t(const vtl_tensor *g, const vtl_tensor *x, int64_t N, in
   bool sums = gw || gb || (dx && training);
   bool rows = S == 1;
   int nk = rows ? bn_row_chunks(M) : bn_chunks(M);
-  cu_scratch part(sums ? (size_t)C * nk * 2 * sizeof(double) : 8, dev), coef((size_t)C * 3 * sizeof(double), dev);
+  cu_scratch part(sums ? (size_t)C * nk * 2 * sizeof(double) : 8, dev), coef(sums ? (size_t)C * 3 * sizeof(double) : 8, dev);
   if (!part.p || !coef.p) return vtl_error_status();
   if (sums) {
     if (rows)
@@ -317,11 +323,9 @@ vtl_status bn_backward_t(const vtl_tensor *g, const vtl_tensor *x, int64_t N, in
     VTL_CU_LAUNCHED("batch_norm_backward");
   }
   if (dx && total > 0) {
-    if (!sums) {
-      bn_scale_only<P><<<vtl_cu_blocks(C), BLOCK, 0, st>>>(C, cu_ptr<double>(invstd), cu_ptr<P>(w), (double *)coef.p);
-      VTL_CU_LAUNCHED("batch_norm_backward");
-    }
-    bn_lines_launch<T, true>(cu_ptr<T>(x), cu_ptr<T>(g), cu_ptr<T>(dx), N, C, S, (const double *)coef.p, st);
+    bn_coefs cf = {cu_ptr<double>(mean), cu_ptr<double>(invstd), sums ? (const double *)coef.p : nullptr};
+    bn_lines_launch<T, P, true>(cu_ptr<T>(x), cu_ptr<T>(g), cu_ptr<T>(dx), N, C, S, cf, cu_ptr<P>(w), (const P *)nullptr,
+                                st);
     VTL_CU_LAUNCHED("batch_norm_backward");
   }
   return VTL_OK;
@@ -333,13 +337,9 @@ vtl_status bn_forward_t(const vtl_tensor *x, vtl_tensor *out, int64_t total, int
   cudaStream_t st = stream_of(x);
   if (!st) return vtl_error_status();
   if (total == 0 || C == 0) return VTL_OK;
-  cu_scratch coef((size_t)C * 2 * sizeof(double), vtl_cu_device(x));
-  if (!coef.p) return vtl_error_status();
-  bn_affine<P><<<vtl_cu_blocks(C), BLOCK, 0, st>>>(C, cu_ptr<double>(mean), cu_ptr<double>(invstd), cu_ptr<P>(w),
-                                                   cu_ptr<P>(b), (double *)coef.p);
-  VTL_CU_LAUNCHED("batch_norm");
-  bn_lines_launch<T, false>(cu_ptr<T>(x), cu_ptr<T>(x), cu_ptr<T>(out), total / (C * S), C, S,
-                            (const double *)coef.p, st);
+  bn_coefs cf = {cu_ptr<double>(mean), cu_ptr<double>(invstd), nullptr};
+  bn_lines_launch<T, P, false>(cu_ptr<T>(x), cu_ptr<T>(x), cu_ptr<T>(out), total / (C * S), C, S, cf, cu_ptr<P>(w),
+                               cu_ptr<P>(b), st);
   VTL_CU_LAUNCHED("batch_norm");
   return VTL_OK;
 }
