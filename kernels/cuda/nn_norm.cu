@@ -61,11 +61,17 @@ template <class T> __global__ void bn_partial_stats(const T *x, int64_t C, int64
   }
 }
 
+// V elements moved as one access (16 bytes when V * sizeof(T) == 16)
+template <class T, int V> struct alignas(V * sizeof(T)) vpack {
+  T e[V];
+};
+
 // The same partials when S = 1 (channels-last inputs, and (N, C) ones): x is (M, C) rows. A
-// block covers 32 channels (threadIdx.x: each warp reads a row segment in one transaction) and
-// steps through one chunk of rows 8 at a time (threadIdx.y); each channel's 8 row sums are
-// added in a fixed order. kind 0: sums of d = x - K and d^2 (K = the channel's first value);
-// kind 1 (g given): sums of g and g (x - mean).
+// block covers RW groups of V channels (threadIdx.x; V > 1 reads each group in one 16-byte
+// access when C is a multiple of V and the data aligned) and steps through one chunk of rows RH
+// at a time (threadIdx.y); each channel's RH row sums are added in a fixed order, the same for
+// every V. kind 0: sums of d = x - K and d^2 (K = the channel's first value); kind 1 (g given):
+// sums of g and g (x - mean).
 constexpr int RW = 32, RH = 8;
 
 int bn_row_chunks(int64_t M) {
@@ -73,39 +79,66 @@ int bn_row_chunks(int64_t M) {
   return (int)(k < 1 ? 1 : k > 512 ? 512 : k);
 }
 
-template <class T>
+template <class T, int V>
 __global__ void bn_rows_partial(const T *x, const T *g, int64_t C, int64_t M, const double *mean, double *part) {
-  __shared__ double sh[2][RH][RW];
-  int64_t c = blockIdx.x * (int64_t)RW + threadIdx.x;
+  __shared__ double sh[2][RH][RW * V];
+  int64_t c0 = (blockIdx.x * (int64_t)RW + threadIdx.x) * V;
   int k = blockIdx.y, nk = gridDim.y;
   int64_t lo = M * k / nk, hi = M * (k + 1) / nk;
-  double s1 = 0, s2 = 0;
-  if (c < C) {
-    double K = g ? mean[c] : ld(x[c]);
+  double s1[V], s2[V], K[V];
+#pragma unroll
+  for (int v = 0; v < V; v++) s1[v] = s2[v] = 0;
+  if (c0 < C) {
+#pragma unroll
+    for (int v = 0; v < V; v++) K[v] = g ? mean[c0 + v] : ld(x[c0 + v]);
     for (int64_t j = lo + threadIdx.y; j < hi; j += RH) {
-      double d = ld(x[j * C + c]) - K;
-      if (g) {
-        double gv = ld(g[j * C + c]);
-        s1 += gv;
-        s2 += gv * d;
-      } else {
-        s1 += d;
-        s2 += d * d;
+      vpack<T, V> xv = *(const vpack<T, V> *)(x + j * C + c0), gv;
+      if (g) gv = *(const vpack<T, V> *)(g + j * C + c0);
+#pragma unroll
+      for (int v = 0; v < V; v++) {
+        double d = ld(xv.e[v]) - K[v];
+        if (g) {
+          double gg = ld(gv.e[v]);
+          s1[v] += gg;
+          s2[v] += gg * d;
+        } else {
+          s1[v] += d;
+          s2[v] += d * d;
+        }
       }
     }
   }
-  sh[0][threadIdx.y][threadIdx.x] = s1;
-  sh[1][threadIdx.y][threadIdx.x] = s2;
-  __syncthreads();
-  if (threadIdx.y == 0 && c < C) {
-    double a = 0, b = 0;
-    for (int r = 0; r < RH; r++) {
-      a += sh[0][r][threadIdx.x];
-      b += sh[1][r][threadIdx.x];
-    }
-    part[2 * (c * nk + k)] = a;
-    part[2 * (c * nk + k) + 1] = b;
+#pragma unroll
+  for (int v = 0; v < V; v++) {
+    sh[0][threadIdx.y][threadIdx.x * V + v] = s1[v];
+    sh[1][threadIdx.y][threadIdx.x * V + v] = s2[v];
   }
+  __syncthreads();
+  if (threadIdx.y == 0 && c0 < C) {
+#pragma unroll
+    for (int v = 0; v < V; v++) {
+      double a = 0, b = 0;
+      for (int r = 0; r < RH; r++) {
+        a += sh[0][r][threadIdx.x * V + v];
+        b += sh[1][r][threadIdx.x * V + v];
+      }
+      part[2 * ((c0 + v) * nk + k)] = a;
+      part[2 * ((c0 + v) * nk + k) + 1] = b;
+    }
+  }
+}
+
+// launches bn_rows_partial over nk chunks, 16 bytes per access where C and the pointers allow
+template <class T>
+void bn_rows_launch(const T *x, const T *g, int64_t C, int64_t M, const double *mean, double *part, int nk,
+                    cudaStream_t st) {
+  constexpr int V = 16 / (int)sizeof(T);
+  if (C % V == 0 && (((uintptr_t)x | (uintptr_t)g) & 15) == 0)
+    bn_rows_partial<T, V><<<dim3((unsigned)((C / V + RW - 1) / RW), (unsigned)nk), dim3(RW, RH), 0, st>>>(x, g, C, M,
+                                                                                                        mean, part);
+  else
+    bn_rows_partial<T, 1><<<dim3((unsigned)((C + RW - 1) / RW), (unsigned)nk), dim3(RW, RH), 0, st>>>(x, g, C, M, mean,
+                                                                                                    part);
 }
 
 // mean, invstd of each channel from the partials; running statistics updated as the CPU does
@@ -140,11 +173,6 @@ __global__ void bn_eval_stats(int64_t C, const T *rm, int64_t rms, const T *rv, 
     invstd[c] = 1.0 / sqrt((double)rv[c * rvs] + eps);
   }
 }
-
-// V elements moved as one access (16 bytes when V * sizeof(T) == 16)
-template <class T, int V> struct alignas(V * sizeof(T)) vpack {
-  T e[V];
-};
 
 // A channel's coefficients (double, as the CPU): forward out = x sc + sh with sc = w invstd,
 // sh = b - mean sc; backward dx = k g - q x + d, (k, q, d) from bn_finish_grad when there were
@@ -283,8 +311,7 @@ vtl_status bn_stats_t(const vtl_tensor *x, int64_t N, int64_t C, int64_t S, bool
   cu_scratch part((size_t)C * nk * 2 * sizeof(double), vtl_cu_device(x));
   if (!part.p) return vtl_error_status();
   if (rows)
-    bn_rows_partial<T><<<dim3((unsigned)((C + RW - 1) / RW), (unsigned)nk), dim3(RW, RH), 0, st>>>(
-        cu_ptr<T>(x), nullptr, C, M, nullptr, (double *)part.p);
+    bn_rows_launch<T>(cu_ptr<T>(x), nullptr, C, M, nullptr, (double *)part.p, nk, st);
   else
     bn_partial_stats<T><<<dim3((unsigned)C, (unsigned)nk), BLOCK, 0, st>>>(cu_ptr<T>(x), C, S, M, (double *)part.p);
   VTL_CU_LAUNCHED("batch_norm");
@@ -311,8 +338,7 @@ vtl_status bn_backward_t(const vtl_tensor *g, const vtl_tensor *x, int64_t N, in
   if (!part.p || !coef.p) return vtl_error_status();
   if (sums) {
     if (rows)
-      bn_rows_partial<T><<<dim3((unsigned)((C + RW - 1) / RW), (unsigned)nk), dim3(RW, RH), 0, st>>>(
-          cu_ptr<T>(x), cu_ptr<T>(g), C, M, cu_ptr<double>(mean), (double *)part.p);
+      bn_rows_launch<T>(cu_ptr<T>(x), cu_ptr<T>(g), C, M, cu_ptr<double>(mean), (double *)part.p, nk, st);
     else
       bn_partial_grad<T><<<dim3((unsigned)C, (unsigned)nk), BLOCK, 0, st>>>(cu_ptr<T>(g), cu_ptr<T>(x), C, S, M,
                                                                             cu_ptr<double>(mean), (double *)part.p);
