@@ -736,46 +736,40 @@ vtl_tensor *vtl_fn_attention(vtl_tensor *q, vtl_tensor *k, vtl_tensor *v, double
 /* t (3, P, N, D) contiguous -> its slice i, a contiguous (P, N, D) view */
 static vtl_tensor *slice3(vtl_tensor *t, int i) { return vtl_op_select(t, 0, i); }
 
-/* qkv (B, N, 3*H*D) -> (3, B*H, N, D), contiguous */
+/* t reshaped to `in` (nin dims), its dims permuted by perm, laid out contiguously and viewed as
+   `out` (nout dims): one copy */
+static vtl_tensor *relayout(vtl_tensor *t, const int64_t *in, int nin, const int *perm, const int64_t *out, int nout) {
+  vtl_tensor *v = vtl_op_reshape(t, in, nin), *p = v ? vtl_op_permute(v, perm, nin) : NULL;
+  vtl_tensor *c = p ? vtl_op_contiguous(p) : NULL, *r = c ? vtl_op_view(c, out, nout) : NULL;
+  vtl_tensor *ts[3] = {v, p, c};
+  release_all(ts, 3);
+  return r;
+}
+
+/* qkv (B, N, 3*H*D) -> (3, B*H, N, D) */
 static vtl_tensor *qkv_heads(vtl_tensor *qkv, int64_t H) {
   int64_t B = qkv->shape[0], N = qkv->shape[1], D = qkv->shape[2] / (3 * H);
   int64_t s5[5] = {B, N, 3, H, D}, s4[4] = {3, B * H, N, D};
   static const int perm[5] = {2, 0, 3, 1, 4};
-  vtl_tensor *v = vtl_op_reshape(qkv, s5, 5), *p = v ? vtl_op_permute(v, perm, 5) : NULL;
-  vtl_tensor *c = p ? vtl_op_contiguous(p) : NULL, *r = c ? vtl_op_view(c, s4, 4) : NULL;
-  vtl_tensor *ts[3] = {v, p, c};
-  release_all(ts, 3);
-  return r;
+  return relayout(qkv, s5, 5, perm, s4, 4);
 }
 
-/* t (3, B*H, N, D) -> (B, N, 3*H*D), contiguous: the inverse of qkv_heads */
+/* t (3, B*H, N, D) -> (B, N, 3*H*D): the inverse of qkv_heads */
 static vtl_tensor *heads_qkv(vtl_tensor *t, int64_t B, int64_t H) {
-  int64_t N = t->shape[2], D = t->shape[3];
-  int64_t s5[5] = {3, B, H, N, D}, s3[3] = {B, N, 3 * H * D};
+  int64_t N = t->shape[2], D = t->shape[3], s5[5] = {3, B, H, N, D}, s3[3] = {B, N, 3 * H * D};
   static const int perm[5] = {1, 3, 0, 2, 4};
-  vtl_tensor *v = vtl_op_view(t, s5, 5), *p = v ? vtl_op_permute(v, perm, 5) : NULL;
-  vtl_tensor *c = p ? vtl_op_contiguous(p) : NULL, *r = c ? vtl_op_view(c, s3, 3) : NULL;
-  vtl_tensor *ts[3] = {v, p, c};
-  release_all(ts, 3);
-  return r;
+  return relayout(t, s5, 5, perm, s3, 3);
 }
 
-/* o (B*H, N, D) -> (B, N, H*D) (merge), or g (B, N, H*D) -> (B*H, N, D) (split); contiguous */
+/* the heads' outputs (B*H, N, D) -> (B, N, H*D) (merge), and a gradient back (split) */
+static const int swap12[4] = {0, 2, 1, 3};
 static vtl_tensor *heads_merge(vtl_tensor *o, int64_t B, int64_t H) {
   int64_t N = o->shape[1], D = o->shape[2], s4[4] = {B, H, N, D}, s3[3] = {B, N, H * D};
-  vtl_tensor *v = vtl_op_view(o, s4, 4), *t = v ? vtl_op_transpose(v, 1, 2) : NULL;
-  vtl_tensor *c = t ? vtl_op_contiguous(t) : NULL, *r = c ? vtl_op_view(c, s3, 3) : NULL;
-  vtl_tensor *ts[3] = {v, t, c};
-  release_all(ts, 3);
-  return r;
+  return relayout(o, s4, 4, swap12, s3, 3);
 }
 static vtl_tensor *heads_split(vtl_tensor *g, int64_t H) {
   int64_t B = g->shape[0], N = g->shape[1], D = g->shape[2] / H, s4[4] = {B, N, H, D}, s3[3] = {B * H, N, D};
-  vtl_tensor *v = vtl_op_reshape(g, s4, 4), *t = v ? vtl_op_transpose(v, 1, 2) : NULL;
-  vtl_tensor *c = t ? vtl_op_contiguous(t) : NULL, *r = c ? vtl_op_view(c, s3, 3) : NULL;
-  vtl_tensor *ts[3] = {v, t, c};
-  release_all(ts, 3);
-  return r;
+  return relayout(g, s4, 4, swap12, s3, 3);
 }
 
 /* the forward pass; *heads, *out and *lse (when heads is given): what the backward pass needs */

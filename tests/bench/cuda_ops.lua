@@ -10,22 +10,7 @@ if not vtl.cuda.is_available() then
   os.exit(0)
 end
 
----Seconds per call of fn: the best of three batches of `reps` calls, each closed by a synchronize.
----@param fn fun()
----@param reps integer
----@return number
-local function per_call(fn, reps)
-  fn()
-  vtl.cuda.synchronize()
-  local b = math.huge
-  for _ = 1, 3 do
-    local t0 = vtl.clock()
-    for _ = 1, reps do fn() end
-    vtl.cuda.synchronize()
-    b = math.min(b, (vtl.clock() - t0) / reps)
-  end
-  return b
-end
+local per_call = require("gpu_step").per_call
 
 require("gpu_step").settings()
 vtl.seed(0)

@@ -14,6 +14,23 @@ function M.settings()
   vtl.cuda.cudnn{allow_tf32 = false, deterministic = false, benchmark = os.getenv("VTL_CUDNN_BENCHMARK") == "1"}
 end
 
+---Seconds per call of fn: the best of three batches of `reps` calls, each closed by a synchronize.
+---@param fn fun()
+---@param reps integer
+---@return number
+function M.per_call(fn, reps)
+  fn()
+  vtl.cuda.synchronize()
+  local b = math.huge
+  for _ = 1, 3 do
+    local t0 = vtl.clock()
+    for _ = 1, reps do fn() end
+    vtl.cuda.synchronize()
+    b = math.min(b, (vtl.clock() - t0) / reps)
+  end
+  return b
+end
+
 ---The model, optimizer and batch, and the step function (zero_grad, forward and loss under
 ---bf16 autocast, backward, step); forward() alone returns the loss.
 ---@param arch string

@@ -7,20 +7,9 @@
 local vtl = require "vtl"
 local batch = tonumber(arg[1] or "256")
 package.path = "tests/bench/?.lua;" .. package.path
-require("gpu_step").settings()
-
-local function per_call(fn, reps)
-  fn()
-  vtl.cuda.synchronize()
-  local b = math.huge
-  for _ = 1, 3 do
-    local t0 = vtl.clock()
-    for _ = 1, reps do fn() end
-    vtl.cuda.synchronize()
-    b = math.min(b, (vtl.clock() - t0) / reps)
-  end
-  return b
-end
+local gs = require("gpu_step")
+gs.settings()
+local per_call = gs.per_call
 
 local function case(name, model, x, reps)
   collectgarbage()
