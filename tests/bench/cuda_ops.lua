@@ -64,15 +64,18 @@ local function fresh()
   vtl.cuda.reset_peak_memory_stats()
 end
 
-local function train_case(name, arch, batch, cl, reps)
+local function train_case(name, arch, batch, cl, reps, benchmark)
   fresh()
-  B.report(name, per_call(require("gpu_step").setup(arch, batch, cl).step, reps))
+  B.report(name, per_call(require("gpu_step").setup(arch, batch, cl, benchmark).step, reps))
   B.report(name .. "_peakMiB", vtl.cuda.memory_stats().peak / 2 ^ 20)
 end
 
 train_case("resnet50_train_b256_bf16_cl", "resnet50", 256, true, 3)
 train_case("lite0_train_b256_bf16_cl", "efficientnet_lite0", 256, true, 3)
 train_case("vit_s_train_b128_bf16", "vit_small_patch16_224", 128, false, 3)
+-- the same ResNet-50 step with cuDNN's benchmark mode on both sides (cudnn.benchmark = True)
+train_case("resnet50_train_b256_bf16_cl_cudnn_benchmark", "resnet50", 256, true, 3, true)
+require("gpu_step").settings()
 
 fresh()
 local r50 = vtl.models.create("resnet50", {num_classes = 1000}):cuda()

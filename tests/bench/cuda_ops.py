@@ -88,9 +88,9 @@ def main():
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
 
-    def train_case(name, arch, batch, cl, reps):
+    def train_case(name, arch, batch, cl, reps, benchmark=None):
         fresh()
-        report(name, per_call(Step(arch, batch, cl).step, reps))
+        report(name, per_call(Step(arch, batch, cl, benchmark).step, reps))
         report(name + "_peakMiB", torch.cuda.max_memory_allocated() / 2**20)
 
     train_case("resnet50_train_b256_bf16_cl", "resnet50", 256, True, 3)
@@ -100,6 +100,9 @@ def main():
         train_case("vit_s_train_b128_bf16", "vit_small_patch16_224", 128, False, 3)
     except ImportError:
         print("cuda_ops.py: no timm; no EfficientNet-Lite0 or ViT-S steps", file=sys.stderr)
+    # the same ResNet-50 step with cudnn.benchmark on both sides
+    train_case("resnet50_train_b256_bf16_cl_cudnn_benchmark", "resnet50", 256, True, 3, True)
+    settings()
 
     fresh()
     r50 = torchvision.models.resnet50(num_classes=1000).cuda().eval()

@@ -8,10 +8,12 @@ local M = {}
 
 ---The switches both sides run under (tests/bench/gpu_step.py sets PyTorch's alike): no TF32 in
 ---matmuls or convolutions, cuDNN free to take nondeterministic engines, cuDNN's benchmark mode
----only when VTL_CUDNN_BENCHMARK=1 (for both).
-function M.settings()
+---when `benchmark` is true or, when it is nil, VTL_CUDNN_BENCHMARK=1 (for both).
+---@param benchmark boolean|nil
+function M.settings(benchmark)
+  if benchmark == nil then benchmark = os.getenv("VTL_CUDNN_BENCHMARK") == "1" end
   vtl.cuda.allow_tf32(false)
-  vtl.cuda.cudnn{allow_tf32 = false, deterministic = false, benchmark = os.getenv("VTL_CUDNN_BENCHMARK") == "1"}
+  vtl.cuda.cudnn{allow_tf32 = false, deterministic = false, benchmark = benchmark}
 end
 
 ---Seconds per call of fn: the best of three batches of `reps` calls, each closed by a synchronize.
@@ -36,9 +38,10 @@ end
 ---@param arch string
 ---@param batch integer
 ---@param cl boolean
+---@param benchmark boolean|nil cuDNN's benchmark mode (nil: M.settings' default)
 ---@return {model: table, opt: table, x: table, y: table, step: fun(), forward: fun(): table}
-function M.setup(arch, batch, cl)
-  M.settings()
+function M.setup(arch, batch, cl, benchmark)
+  M.settings(benchmark)
   local m = vtl.models.create(arch, {num_classes = 1000}):cuda()
   if cl then m:to_memory_format("channels_last") end
   m:train()

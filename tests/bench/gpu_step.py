@@ -7,18 +7,20 @@ import torch
 import torch.nn.functional as F
 
 
-def settings():
+def settings(benchmark=None):
     """The switches of gpu_step.lua's settings(): no TF32, nondeterministic cuDNN engines
-    allowed, cudnn.benchmark only when VTL_CUDNN_BENCHMARK=1."""
+    allowed, cudnn.benchmark when benchmark is true or, when it is None, VTL_CUDNN_BENCHMARK=1."""
+    if benchmark is None:
+        benchmark = os.environ.get("VTL_CUDNN_BENCHMARK") == "1"
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cudnn.deterministic = False
-    torch.backends.cudnn.benchmark = os.environ.get("VTL_CUDNN_BENCHMARK") == "1"
+    torch.backends.cudnn.benchmark = benchmark
 
 
 class Step:
-    def __init__(self, arch, batch, cl):
-        settings()
+    def __init__(self, arch, batch, cl, benchmark=None):
+        settings(benchmark)
         if arch == "resnet50":
             import torchvision
             m = torchvision.models.resnet50(num_classes=1000)
