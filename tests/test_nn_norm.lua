@@ -567,3 +567,14 @@ bad("freed tensor", function()
   getmetatable(t).__close(t)
   F.relu(t)
 end, "freed")
+
+-- The CUDA backend's batch-norm and layer-norm kernels (kernels/cuda/norm_kernels.cuh) run on the
+-- host by tests/gpu/norm_emu.cpp: layer norm one warp per row against a double reference and the
+-- block kernel; batch norm's 16-byte steps give the bits of the one-element ones.
+T.test("GPU batch-norm and layer-norm kernels, run on the host, pass their checks", function()
+  local out, ok = T.run_emulation("norm_emu")
+  io.write(out)
+  T.truthy(ok and out:find("all checks passed", 1, true), "the emulated kernels failed:\n" .. out)
+  local checks = select(2, ("\n" .. out):gsub("\nok ", ""))
+  T.eq(checks, 48, "checks run")
+end)

@@ -71,6 +71,20 @@ function M.raises(fn, pattern)
   return err
 end
 
+-- Compiles a host emulation of GPU kernels (tests/gpu/<name>.cpp, built on tests/gpu/emu.h with
+-- the C++ compiler $CXX, else c++) and runs it; returns its output and whether it exited 0.
+function M.run_emulation(name)
+  local cxx = os.getenv("CXX") or "c++"
+  local bin = (os.getenv("TMPDIR") or "/tmp") .. ("/vtl_%s_%d_%d"):format(name, os.time(), math.random(1e9))
+  local p = assert(io.popen(("%s -std=c++20 -O2 -pthread -Ikernels/cuda tests/gpu/%s.cpp -o '%s' 2>&1 && '%s' 2>&1; echo \"exit=$?\"")
+    :format(cxx, name, bin, bin)))
+  local out = p:read("a")
+  p:close()
+  os.remove(bin)
+  local ok = out:find("exit=0%s*$") ~= nil
+  return (out:gsub("exit=%d+%s*$", "")), ok
+end
+
 -- Whole-file helpers for tests that write inputs or read outputs.
 function M.readfile(path)
   local f = io.open(path, "rb")

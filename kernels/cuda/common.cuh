@@ -7,6 +7,7 @@
 #include <cublas_v2.h>
 #include <stdint.h>
 #include <string.h>
+#include "device.cuh"
 extern "C" {
 #include "core.h"
 #include "backend.h"
@@ -58,56 +59,7 @@ static inline unsigned vtl_cu_blocks(int64_t n) {
   return (unsigned)(b < 1 ? 1 : b > 65536 ? 65536 : b);
 }
 
-// ---- element conversions (same rounding as runtime/dtype.c and vtl_cpu_cast) ----
-
-__host__ __device__ static inline float cu_f16_to_f32(uint16_t h) {
-  uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff, bits;
-  if (exp == 0) {
-    if (man == 0) bits = sign;
-    else {
-      int e = -1;
-      do { e++; man <<= 1; } while (!(man & 0x400));
-      bits = sign | (uint32_t)(127 - 15 - e) << 23 | (man & 0x3ff) << 13;
-    }
-  } else if (exp == 31) bits = sign | 0x7f800000u | man << 13;
-  else bits = sign | (exp + 127 - 15) << 23 | man << 13;
-  float f;
-  memcpy(&f, &bits, 4);
-  return f;
-}
-
-__host__ __device__ static inline uint16_t cu_f32_to_f16(float f) {
-  uint32_t x;
-  memcpy(&x, &f, 4);
-  uint32_t sign = (x >> 16) & 0x8000, ax = x & 0x7fffffffu;
-  if (ax >= 0x7f800000u) return (uint16_t)(sign | 0x7c00 | (ax > 0x7f800000u ? 0x200 : 0));
-  if (ax >= 0x477ff000u) return (uint16_t)(sign | 0x7c00);
-  if (ax < 0x38800000u) {
-    if (ax < 0x33000000u) return (uint16_t)sign;
-    uint32_t e = ax >> 23, man = (ax & 0x7fffff) | 0x800000;
-    int shift = 126 - (int)e;
-    uint32_t q = man >> shift, rem = man & ((1u << shift) - 1), half = 1u << (shift - 1);
-    if (rem > half || (rem == half && (q & 1))) q++;
-    return (uint16_t)(sign | q);
-  }
-  uint32_t r = ax + 0xfff + ((ax >> 13) & 1);
-  return (uint16_t)(sign | ((r - 0x38000000u) >> 13));
-}
-
-__host__ __device__ static inline float cu_bf16_to_f32(uint16_t h) {
-  uint32_t bits = (uint32_t)h << 16;
-  float f;
-  memcpy(&f, &bits, 4);
-  return f;
-}
-
-__host__ __device__ static inline uint16_t cu_f32_to_bf16(float f) {
-  uint32_t x;
-  memcpy(&x, &f, 4);
-  if ((x & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((x >> 16) | 0x40);
-  x += 0x7fff + ((x >> 16) & 1);
-  return (uint16_t)(x >> 16);
-}
+// ---- element conversions and warp/block sums: device.cuh ----
 
 __device__ __forceinline__ double cu_load_double(const char *p, int dt) {
   switch (dt) {

@@ -1,8 +1,8 @@
 // The device code of the fused attention kernels (flash.cu): tile constants, the WMMA helpers and
 // the forward, row-dot and two backward kernels. Written against a few CUDA names only
-// (threadIdx, blockIdx, __syncthreads, __syncwarp, __shfl_xor_sync, nvcuda::wmma, __half,
-// __nv_bfloat16, uint4, FLASH_SMEM) so that tests/gpu/flash_emu.cpp can run the same code on the
-// host, one thread per CUDA thread, and check it against a reference where no GPU is present.
+// (threadIdx, blockIdx, __syncthreads, __syncwarp, nvcuda::wmma, __half, __nv_bfloat16, uint4,
+// FLASH_SMEM) and device.cuh's helpers, so that tests/gpu/flash_emu.cpp can run the same code on
+// the host, one thread per CUDA thread, and check it against a reference where no GPU is present.
 #ifndef VTL_FLASH_KERNELS_CUH
 #define VTL_FLASH_KERNELS_CUH
 
@@ -153,11 +153,6 @@ flash_fwd(const H *q, const H *k, const H *v, H *out, float *lse, int64_t L, int
   }
 }
 
-__device__ __forceinline__ double warp_sum(double v) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-
 // D_i = Σ_e dO_ie O_ie in f32 (one warp per row, summed in double as the cuBLAS path does)
 template <class H, int D>
 __global__ void flash_rowdot(const H *g, const H *o, float *dvec, int64_t rows) {
@@ -166,7 +161,7 @@ __global__ void flash_rowdot(const H *g, const H *o, float *dvec, int64_t rows) 
   if (row >= rows) return;
   double s = 0;
   for (int e = lane; e < D; e += 32) s += (double)h2f(g[row * D + e]) * (double)h2f(o[row * D + e]);
-  s = warp_sum(s);
+  s = cu_warp_sum(s);
   if (lane == 0) dvec[row] = (float)s;
 }
 

@@ -64,40 +64,4 @@ vtl_status vtl_cu_cross_entropy_backward(const vtl_tensor *x, int64_t N, int64_t
 template <class T> static inline T *cu_ptr(const vtl_tensor *t) { return t ? (T *)vtl_tensor_data(t) : nullptr; }
 
 
-// sums over a warp (every lane gets the total; the order is fixed, so results repeat)
-__device__ __forceinline__ double cu_warp_sum(double v) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-// the max with NaN winning
-template <class T> __device__ __forceinline__ T cu_nanmax(T a, T b) { return a != a ? a : (b > a || b != b) ? b : a; }
-template <class T> __device__ __forceinline__ T cu_warp_max(T v) {
-  for (int o = 16; o > 0; o >>= 1) v = cu_nanmax(v, (T)__shfl_xor_sync(0xffffffffu, v, o));
-  return v;
-}
-
-// Block-wide sum of one double per thread (blockDim.x a multiple of 32, at most 1024); every
-// thread gets the total. sh: 32 doubles of shared memory.
-__device__ __forceinline__ double cu_block_sum(double v, double *sh) {
-  int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = blockDim.x >> 5;
-  v = cu_warp_sum(v);
-  __syncthreads();
-  if (lane == 0) sh[wid] = v;
-  __syncthreads();
-  double t = lane < nw ? sh[lane] : 0.0;
-  return cu_warp_sum(t);
-}
-
-// f32 and f64 versions of the math functions
-__device__ __forceinline__ float cu_exp(float x) { return expf(x); }
-__device__ __forceinline__ double cu_exp(double x) { return exp(x); }
-__device__ __forceinline__ float cu_erf(float x) { return erff(x); }
-__device__ __forceinline__ double cu_erf(double x) { return erf(x); }
-__device__ __forceinline__ float cu_tanh(float x) { return tanhf(x); }
-__device__ __forceinline__ double cu_tanh(double x) { return tanh(x); }
-__device__ __forceinline__ float cu_log1p(float x) { return log1pf(x); }
-__device__ __forceinline__ double cu_log1p(double x) { return log1p(x); }
-__device__ __forceinline__ float cu_expm1(float x) { return expm1f(x); }
-__device__ __forceinline__ double cu_expm1(double x) { return expm1(x); }
-
 #endif

@@ -5,52 +5,17 @@
 // never stored, so only lane 0's computation reaches memory, as a warp's single result does).
 // Shared memory starts filled with NaN bits, so a read of something never written shows.
 // Prints "ok" lines and exits 0 when every case is within its tolerance, 1 otherwise.
-//   g++ -std=c++20 -O2 -pthread -Ikernels/cuda tests/gpu/flash_emu.cpp -o build/flash_emu && build/flash_emu
-#include <barrier>
+//   c++ -std=c++20 -O2 -pthread -Ikernels/cuda tests/gpu/flash_emu.cpp -o flash_emu && ./flash_emu
 #include <cmath>
-#include <math.h>
-#include <type_traits>
-#include <cstdint>
 #include <cstdio>
-#include <cstring>
-#include <memory>
 #include <random>
-#include <thread>
-#include <vector>
+#include <type_traits>
 
-// ---- the CUDA names the kernels use ----
-#define __global__
-#define __device__
-#define __forceinline__ inline
-#define __launch_bounds__(n)
+#include "emu.h"
+#include "device.cuh"
 
-struct emu_dim {
-  unsigned x = 0, y = 0, z = 0;
-};
-thread_local emu_dim threadIdx, blockIdx;
-struct uint4 {
-  unsigned x, y, z, w;
-};
-inline uint4 make_uint4(unsigned a, unsigned b, unsigned c, unsigned d) { return {a, b, c, d}; }
-
-static unsigned char *emu_smem; // the running block's shared memory (blocks run one at a time)
+static unsigned char *emu_smem; // the running block's dynamic shared memory
 #define FLASH_SMEM(name) unsigned char *name = emu_smem
-
-thread_local std::barrier<> *block_barrier, *warp_barrier;
-thread_local double *warp_slots;
-inline void __syncthreads() { block_barrier->arrive_and_wait(); }
-inline void __syncwarp(unsigned = 0xffffffffu) { warp_barrier->arrive_and_wait(); }
-template <class T> T __shfl_xor_sync(unsigned, T v, int o) {
-  int lane = threadIdx.x & 31;
-  warp_slots[lane] = (double)v;
-  __syncwarp();
-  T r = (T)warp_slots[lane ^ o];
-  __syncwarp();
-  return r;
-}
-
-
-
 
 // f16 and bf16 as bits, rounded to nearest even
 static uint16_t f32_to_f16(float f) {
@@ -156,27 +121,17 @@ void mma_sync(fragment<accumulator, 16, 16, 16, float> &d, const fragment<matrix
 
 using namespace flash;
 
-// runs body for each of `blocks` blocks of 128 threads, one block at a time
+// runs body for each of `blocks` blocks of FTHREADS threads with `smem` bytes of dynamic shared
+// memory, filled with NaN bits (in f32, f16 and bf16) before each block
 template <class F> void launch(unsigned blocks, size_t smem, F body) {
   std::vector<unsigned char> buf(smem + 128);
   emu_smem = (unsigned char *)(((uintptr_t)buf.data() + 127) & ~(uintptr_t)127);
   for (unsigned b = 0; b < blocks; b++) {
-    memset(emu_smem, 0xff, smem); // NaN in f32, f16 and bf16
-    std::barrier<> bb(FTHREADS);
-    std::vector<std::unique_ptr<std::barrier<>>> wb;
-    for (int w = 0; w < FWARPS; w++) wb.emplace_back(new std::barrier<>(32));
-    std::vector<double> slots(FTHREADS);
-    std::vector<std::thread> ts;
-    for (int t = 0; t < FTHREADS; t++)
-      ts.emplace_back([&, t] {
-        threadIdx.x = (unsigned)t;
-        blockIdx.x = b;
-        block_barrier = &bb;
-        warp_barrier = wb[t / 32].get();
-        warp_slots = &slots[(t / 32) * 32];
-        body();
-      });
-    for (auto &t : ts) t.join();
+    memset(emu_smem, 0xff, smem);
+    emu_launch({1, 1, 1}, {FTHREADS, 1, 1}, [&] { // one block at a time, with its own index
+      blockIdx.x = b;
+      body();
+    });
   }
 }
 
