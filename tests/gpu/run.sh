@@ -6,7 +6,7 @@
 # step does not stop the next ones; a summary ends the run.
 #   OUT=/tmp/out bash tests/gpu/run.sh
 # TEST_FILE=tests/x.lua runs another test file in the CUDA step; TEST_LIMIT and BENCH_LIMIT
-# (seconds) bound the test and benchmark steps.
+# (seconds) bound the test and benchmark steps; TESTS=0 or BENCH=0 leaves one out.
 set -u
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/vtl-gpu-out}
@@ -52,8 +52,13 @@ else
 fi
 # where the binary takes its libraries from, and what it sees
 step info 30 "ldd ./vtl | grep -E 'cuda|cublas|cudnn|lua|dnnl|openblas|not found'; readelf -d ./vtl | grep -iE 'rpath|runpath'; ./vtl info"
-step test_cuda "${TEST_LIMIT:-240}" "LIMIT=$(( ${TEST_LIMIT:-240} - 10 )) bash tests/gpu/test_cuda.sh ${TEST_FILE:-}"
-step bench "${BENCH_LIMIT:-240}" "VTL=./vtl LIMIT=$(( ${BENCH_LIMIT:-240} / 2 - 5 )) bash tests/bench/cuda.sh"
+# TESTS=0 / BENCH=0 leave out the test or benchmark step (a run of diagnostics only)
+if [ "${TESTS:-1}" = 1 ]; then
+  step test_cuda "${TEST_LIMIT:-240}" "LIMIT=$(( ${TEST_LIMIT:-240} - 10 )) bash tests/gpu/test_cuda.sh ${TEST_FILE:-}"
+fi
+if [ "${BENCH:-1}" = 1 ]; then
+  step bench "${BENCH_LIMIT:-240}" "VTL=./vtl LIMIT=$(( ${BENCH_LIMIT:-240} / 2 - 5 )) bash tests/bench/cuda.sh"
+fi
 # where the time goes: both profilers' tables of one step, then step phases and single layers
 # against PyTorch
 if [ "${DIAGNOSE:-0}" = 1 ]; then
