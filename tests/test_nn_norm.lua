@@ -578,3 +578,13 @@ T.test("GPU batch-norm and layer-norm kernels, run on the host, pass their check
   local checks = select(2, ("\n" .. out):gsub("\nok ", ""))
   T.eq(checks, 48, "checks run")
 end)
+
+-- The CUDA backend's activation kernels (kernels/cuda/act_kernels.cuh) on half data, run on the
+-- host by tests/gpu/act_emu.cpp: 16-byte groups, tails, misaligned pointers and in place, every
+-- activation forward and backward, the f32 expression rounded once.
+T.test("GPU activation kernels on half data, run on the host, give the f32 expression rounded once", function()
+  local out, ok = T.run_emulation("act_emu")
+  T.truthy(ok and out:find("all checks passed", 1, true), "the emulated kernels failed:\n" .. out)
+  local checks = select(2, ("\n" .. out):gsub("\nok ", ""))
+  T.eq(checks, 120, "checks run")
+end)

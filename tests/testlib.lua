@@ -76,7 +76,7 @@ end
 function M.run_emulation(name)
   local cxx = os.getenv("CXX") or "c++"
   local bin = (os.getenv("TMPDIR") or "/tmp") .. ("/vtl_%s_%d_%d"):format(name, os.time(), math.random(1e9))
-  local p = assert(io.popen(("%s -std=c++20 -O2 -pthread -Ikernels/cuda tests/gpu/%s.cpp -o '%s' 2>&1 && '%s' 2>&1; echo \"exit=$?\"")
+  local p = assert(io.popen(("%s -std=c++20 -O2 -pthread -Ikernels/cuda -Iruntime tests/gpu/%s.cpp -o '%s' 2>&1 && '%s' 2>&1; echo \"exit=$?\"")
     :format(cxx, name, bin, bin)))
   local out = p:read("a")
   p:close()
