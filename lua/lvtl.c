@@ -173,15 +173,17 @@ static int cuda_empty_cache(lua_State *L) {
 
 static int cuda_memory_stats(lua_State *L) {
   vtl_device d = cuda_arg(L, 1, "memory_stats");
-  size_t used = 0, cached = 0, peak = 0;
-  cuda_backend(L, d)->memory_stats(d.index, &used, &cached, &peak);
-  lua_createtable(L, 0, 3);
+  size_t used = 0, cached = 0, peak = 0, mallocs = 0;
+  cuda_backend(L, d)->memory_stats(d.index, &used, &cached, &peak, &mallocs);
+  lua_createtable(L, 0, 4);
   lua_pushinteger(L, (lua_Integer)used);
   lua_setfield(L, -2, "allocated");
   lua_pushinteger(L, (lua_Integer)cached);
   lua_setfield(L, -2, "cached");
   lua_pushinteger(L, (lua_Integer)peak);
   lua_setfield(L, -2, "peak");
+  lua_pushinteger(L, (lua_Integer)mallocs);
+  lua_setfield(L, -2, "mallocs");
   return 1;
 }
 

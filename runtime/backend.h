@@ -234,8 +234,9 @@ typedef struct vtl_backend {
   vtl_status (*copy_host_async)(void *dst, const void *src, size_t n, int dev, void *block);
   /* waits for all work queued on device dev */
   vtl_status (*synchronize)(int dev);
-  /* bytes held by tensors, bytes kept by the caching allocator, peak of the first */
-  void (*memory_stats)(int dev, size_t *allocated, size_t *cached, size_t *peak);
+  /* bytes held by tensors, bytes kept by the caching allocator, peak of the first, and the
+     device allocations made so far (blocks the cache did not have) */
+  void (*memory_stats)(int dev, size_t *allocated, size_t *cached, size_t *peak, size_t *mallocs);
   /* the peak of memory_stats starts again from the bytes allocated now */
   void (*reset_peak)(int dev);
 } vtl_backend;

@@ -38,9 +38,9 @@ vtl_storage *vtl_storage_new(size_t nbytes, vtl_device dev) {
   if (!p) {
     free(s);
     if (be->memory_stats) {
-      size_t used = 0, cached = 0, peak = 0;
+      size_t used = 0, cached = 0, peak = 0, mallocs = 0;
       char d[32];
-      be->memory_stats(dev.index, &used, &cached, &peak);
+      be->memory_stats(dev.index, &used, &cached, &peak, &mallocs);
       vtl_device_format(dev, d, sizeof d);
       return vtl_error_set(VTL_ERR_OOM, "out of memory on %s: cannot allocate %zu bytes (%zu bytes allocated by tensors, "
                            "%zu bytes cached)", d, nbytes, used, cached), NULL;

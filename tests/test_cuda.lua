@@ -263,7 +263,12 @@ gpu_test("memory: statistics return to the baseline, empty_cache frees the cache
   local now = vtl.cuda.memory_stats()
   T.truthy(now.allocated > before.allocated, "allocated grows")
   T.eq(before.cached - now.cached, now.allocated - before.allocated, "taken from the cache")
+  T.eq(now.mallocs, before.mallocs, "no device allocation for a block the cache had")
   T.eq(z:sum():item(), 0.0)
+  -- a size the cache does not hold is a device allocation
+  local w = vtl.zeros(12345, 7, {device = "cuda"})
+  T.eq(vtl.cuda.memory_stats().mallocs, now.mallocs + 1, "one device allocation")
+  T.eq(w:sum():item(), 0.0)
 end)
 
 gpu_test("memory: an impossible allocation raises the numbers and the process goes on", function()

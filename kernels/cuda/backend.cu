@@ -24,6 +24,7 @@ struct device_state {
   cublasHandle_t blas = nullptr;
   std::unordered_map<size_t, std::vector<void *>> bins; // size class -> free blocks
   size_t allocated = 0, cached = 0, peak = 0;
+  size_t mallocs = 0; // cudaMalloc calls (blocks the cache did not have)
   int sms = 0; // multiprocessors, read once
 };
 
@@ -137,6 +138,7 @@ void *vtl_cu_alloc(size_t n, int dev) {
   }
   std::lock_guard<std::mutex> g(d.mu);
   d.allocated += r;
+  d.mallocs++;
   if (d.allocated > d.peak) d.peak = d.allocated;
   return p;
 }
@@ -286,14 +288,15 @@ void cu_reset_peak(int dev) {
   d.peak = d.allocated;
 }
 
-void cu_memory_stats(int dev, size_t *allocated, size_t *cached, size_t *peak) {
-  *allocated = *cached = *peak = 0;
+void cu_memory_stats(int dev, size_t *allocated, size_t *cached, size_t *peak, size_t *mallocs) {
+  *allocated = *cached = *peak = *mallocs = 0;
   if (dev < 0 || dev >= MAX_DEVICES) return;
   device_state &d = devices[dev];
   std::lock_guard<std::mutex> g(d.mu);
   *allocated = d.allocated;
   *cached = d.cached;
   *peak = d.peak;
+  *mallocs = d.mallocs;
 }
 
 vtl_backend cuda_backend;

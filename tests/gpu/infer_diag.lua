@@ -15,8 +15,12 @@ local function case(name, model, x, reps)
   collectgarbage()
   collectgarbage()
   vtl.cuda.reset_peak_memory_stats()
+  local m0 = vtl.cuda.memory_stats().mallocs
   local t = per_call(function() vtl.no_grad(function() return model(x) end) end, reps)
-  print(("%-40s %9.3f ms  peak %6.0f MiB"):format(name, t * 1e3, vtl.cuda.memory_stats().peak / 2 ^ 20))
+  local st = vtl.cuda.memory_stats()
+  -- mallocs: blocks the caching allocator had to get from the device during the timed calls
+  print(("%-40s %9.3f ms  peak %6.0f MiB  cached %6.0f MiB  device allocations %d"):format(name, t * 1e3,
+    st.peak / 2 ^ 20, st.cached / 2 ^ 20, st.mallocs - m0))
   io.stdout:flush()
 end
 
