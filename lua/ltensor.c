@@ -658,11 +658,19 @@ static int t_to(lua_State *L) {
     vtl_tensor_release(m);
     return fill_box(L, b, r);
   }
+  if (dt == x->dtype) { /* nothing to change: x itself, as PyTorch's to() */
+    lua_settop(L, 1);
+    return 1;
+  }
   RETURN_TENSOR(vtl_fn_to_dtype(x, dt));
 }
 
 static int convert(lua_State *L, vtl_dtype dt) {
   vtl_tensor *x = lvtl_checktensor(L, 1);
+  if (dt == x->dtype) { /* x itself, as PyTorch's x.float() on a float tensor */
+    lua_settop(L, 1);
+    return 1;
+  }
   RETURN_TENSOR(vtl_fn_to_dtype(x, dt));
 }
 static int t_float(lua_State *L) { return convert(L, VTL_F32); }
