@@ -572,19 +572,12 @@ end, "freed")
 -- host by tests/gpu/norm_emu.cpp: layer norm one warp per row against a double reference and the
 -- block kernel; batch norm's 16-byte steps give the bits of the one-element ones.
 T.test("GPU batch-norm and layer-norm kernels, run on the host, pass their checks", function()
-  local out, ok = T.run_emulation("norm_emu")
-  io.write(out)
-  T.truthy(ok and out:find("all checks passed", 1, true), "the emulated kernels failed:\n" .. out)
-  local checks = select(2, ("\n" .. out):gsub("\nok ", ""))
-  T.eq(checks, 48, "checks run")
+  T.emulation_passes("norm_emu", "all checks passed", 48)
 end)
 
 -- The CUDA backend's activation kernels (kernels/cuda/act_kernels.cuh) on half data, run on the
 -- host by tests/gpu/act_emu.cpp: 16-byte groups, tails, misaligned pointers and in place, every
 -- activation forward and backward, the f32 expression rounded once.
 T.test("GPU activation kernels on half data, run on the host, give the f32 expression rounded once", function()
-  local out, ok = T.run_emulation("act_emu")
-  T.truthy(ok and out:find("all checks passed", 1, true), "the emulated kernels failed:\n" .. out)
-  local checks = select(2, ("\n" .. out):gsub("\nok ", ""))
-  T.eq(checks, 120, "checks run")
+  T.emulation_passes("act_emu", "all checks passed", 120)
 end)

@@ -85,6 +85,15 @@ function M.run_emulation(name)
   return (out:gsub("exit=%d+%s*$", "")), ok
 end
 
+-- Runs an emulation (run_emulation) and expects it to exit 0, to end with the line `done` and
+-- to print `checks` lines that start with "ok".
+function M.emulation_passes(name, done, checks)
+  local out, ok = M.run_emulation(name)
+  if not ok or not out:find(done, 1, true) then fail(name .. " failed:\n" .. out) end
+  local n = select(2, ("\n" .. out):gsub("\nok ", ""))
+  if n ~= checks then fail(("%s: %d checks passed, expected %d:\n%s"):format(name, n, checks, out)) end
+end
+
 -- Whole-file helpers for tests that write inputs or read outputs.
 function M.readfile(path)
   local f = io.open(path, "rb")
