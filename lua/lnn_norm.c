@@ -3,7 +3,9 @@
  * and dropout, opened into vtl.core.nn (re-exported as vtl.nn.functional). Signatures follow
  * torch.nn.functional, keyword arguments in a trailing options table (unknown names are errors):
  *
- *   F.batch_norm(x, running_mean, running_var, weight, bias, {training, momentum, eps})
+ *   F.batch_norm(x, running_mean, running_var, weight, bias, {training, momentum, eps, add, act})
+ *     (add: a tensor of x's shape added after normalising, act: "relu" | "relu6" after that, in the
+ *     same pass)
  *   F.layer_norm(x, normalized_shape, weight, bias, {eps})     F.group_norm(x, G, w, b, {eps})
  *   F.relu / relu6 / leaky_relu {negative_slope} / gelu {approximate} / silu / hardswish /
  *     hardsigmoid / softplus {beta, threshold} / elu {alpha} / sigmoid / tanh   (x, opts)
@@ -179,7 +181,22 @@ static int arg_dim(lua_State *L, int idx, int ndim, const char *fn) {
 
 /* ---- normalisation ---- */
 
-static const char *const bn_opts[] = {"training", "momentum", "eps", NULL};
+static const char *const bn_opts[] = {"training", "momentum", "eps", "act", "add", NULL};
+
+/* batch_norm's fused activation: act = "relu" | "relu6" (nil: none) */
+static vtl_activation bn_act(lua_State *L, int o, const char *fn) {
+  int t = get_opt(L, o, "act");
+  vtl_activation act = VTL_ACT_COUNT;
+  if (t != LUA_TNIL) {
+    const char *s = t == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
+    if (s && strcmp(s, "relu") == 0) act = VTL_ACT_RELU;
+    else if (s && strcmp(s, "relu6") == 0) act = VTL_ACT_RELU6;
+    else luaL_error(L, "%s: option 'act' must be \"relu\" or \"relu6\", got %s%s%s", fn, s ? "\"" : "",
+                    s ? s : luaL_typename(L, -1), s ? "\"" : "");
+  }
+  lua_pop(L, 1);
+  return act;
+}
 
 static int l_batch_norm(lua_State *L) {
   static const char fn[] = "batch_norm";
@@ -195,7 +212,9 @@ static int l_batch_norm(lua_State *L) {
   training = opt_bool(L, o, fn, "training", training);
   momentum = opt_number(L, o, fn, "momentum", momentum);
   eps = opt_number(L, o, fn, "eps", eps);
-  RETURN_TENSOR(vtl_fn_batch_norm(x, rm, rv, w, b, training, momentum, eps));
+  vtl_activation act = bn_act(L, o, fn);
+  vtl_tensor *add = opt_tensor(L, o, fn, "add");
+  RETURN_TENSOR(vtl_fn_batch_norm_act(x, rm, rv, w, b, training, momentum, eps, add, act));
 }
 
 /* _batch_norm_backward(gout, x, running_mean, running_var, weight, {training, eps}) → gx, gw, gb */

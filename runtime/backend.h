@@ -104,9 +104,11 @@ typedef struct vtl_nn_backend {
   vtl_status (*batch_norm_stats)(const vtl_tensor *x, int64_t N, int64_t C, int64_t S, bool training,
                                  double momentum, double eps, vtl_tensor *running_mean, vtl_tensor *running_var,
                                  vtl_tensor *mean, vtl_tensor *invstd);
+  /* out = x normalised; then, with add (x's dtype and layout, or NULL) and [cmin, cmax] (or
+     -INFINITY, INFINITY), out = clamp(out + add, cmin, cmax) in the same pass */
   vtl_status (*batch_norm_forward)(const vtl_tensor *x, vtl_tensor *out, int64_t N, int64_t C, int64_t S,
                                    const vtl_tensor *mean, const vtl_tensor *invstd, const vtl_tensor *w,
-                                   const vtl_tensor *b);
+                                   const vtl_tensor *b, const vtl_tensor *add, double cmin, double cmax);
   vtl_status (*batch_norm_backward)(const vtl_tensor *g, const vtl_tensor *x, int64_t N, int64_t C, int64_t S,
                                     const vtl_tensor *mean, const vtl_tensor *invstd, const vtl_tensor *w,
                                     bool training, vtl_tensor *dx, vtl_tensor *gw, vtl_tensor *gb);

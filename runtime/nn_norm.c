@@ -193,20 +193,21 @@ static bool bn_half_native(const vtl_tensor *x, const vtl_tensor *w, const vtl_t
 /* the dtype of a batch norm's parameters over x: f32 for half data */
 static vtl_dtype bn_param_dtype(const vtl_tensor *x) { return is_half(x->dtype) ? VTL_F32 : x->dtype; }
 
-vtl_tensor *vtl_op_batch_norm(vtl_tensor *x, vtl_tensor *running_mean, vtl_tensor *running_var, vtl_tensor *weight,
-                              vtl_tensor *bias, bool training, double momentum, double eps, vtl_tensor **save_mean,
-                              vtl_tensor **save_invstd);
+vtl_tensor *vtl_op_batch_norm_act(vtl_tensor *x, vtl_tensor *running_mean, vtl_tensor *running_var,
+                                  vtl_tensor *weight, vtl_tensor *bias, bool training, double momentum, double eps,
+                                  vtl_tensor *add, vtl_activation act, vtl_tensor **save_mean, vtl_tensor **save_invstd);
 
 /* half data (and half parameters, or a device without half kernels): computed on f32 copies,
    the output rounded to the data's dtype and the running statistics written back */
 static vtl_tensor *bn_half_copies(vtl_tensor *x, vtl_tensor *rm, vtl_tensor *rv, vtl_tensor *w, vtl_tensor *b,
-                                  bool training, double momentum, double eps, vtl_tensor **save_mean,
-                                  vtl_tensor **save_invstd) {
-  vtl_tensor *in[5] = {x, rm, rv, w, b}, *f[5] = {NULL};
+                                  bool training, double momentum, double eps, vtl_tensor *add, vtl_activation act,
+                                  vtl_tensor **save_mean, vtl_tensor **save_invstd) {
+  vtl_tensor *in[6] = {x, rm, rv, w, b, add}, *f[6] = {NULL};
   bool ok = true;
-  for (int i = 0; i < 5 && ok; i++)
+  for (int i = 0; i < 6 && ok; i++)
     if (in[i] && !(f[i] = vtl_op_to_dtype(in[i], is_half(in[i]->dtype) ? VTL_F32 : in[i]->dtype))) ok = false;
-  vtl_tensor *y = ok ? vtl_op_batch_norm(f[0], f[1], f[2], f[3], f[4], training, momentum, eps, save_mean, save_invstd)
+  vtl_tensor *y = ok ? vtl_op_batch_norm_act(f[0], f[1], f[2], f[3], f[4], training, momentum, eps, f[5], act,
+                                             save_mean, save_invstd)
                      : NULL;
   vtl_tensor *r = y ? vtl_op_to_dtype(y, x->dtype) : NULL;
   for (int i = 1; i < 3 && r && training; i++) /* the updated statistics back into the caller's */
@@ -215,20 +216,34 @@ static vtl_tensor *bn_half_copies(vtl_tensor *x, vtl_tensor *rm, vtl_tensor *rv,
       r = NULL;
     }
   vtl_tensor_release(y);
-  release_all(f, 5);
+  release_all(f, 6);
   if (!r && save_mean) { vtl_tensor_release(*save_mean); *save_mean = NULL; }
   if (!r && save_invstd) { vtl_tensor_release(*save_invstd); *save_invstd = NULL; }
   return r;
 }
 
-vtl_tensor *vtl_op_batch_norm(vtl_tensor *x, vtl_tensor *running_mean, vtl_tensor *running_var, vtl_tensor *weight,
-                              vtl_tensor *bias, bool training, double momentum, double eps, vtl_tensor **save_mean,
-                              vtl_tensor **save_invstd) {
+/* the post-operation's operands: add as x (shape, dtype, device) and act relu, relu6 or none */
+static bool check_bn_post(const char *op, const vtl_tensor *x, const vtl_tensor *add, vtl_activation act) {
+  if (act != VTL_ACT_RELU && act != VTL_ACT_RELU6 && act != VTL_ACT_COUNT)
+    return vtl_error_set(VTL_ERR_ARG, "%s: the fused activation must be relu or relu6, got %s", op,
+                         (unsigned)act < VTL_ACT_COUNT ? vtl_activation_name(act) : "an unknown one"), false;
+  if (!add) return true;
+  if (!same_shape(add, x))
+    return vtl_error_set(VTL_ERR_ARG, "%s: the added tensor of shape %s does not match the input of shape %s", op,
+                         shape_of(add).s, shape_of(x).s), false;
+  return check_like(op, "the added tensor", add, x);
+}
+
+vtl_tensor *vtl_op_batch_norm_act(vtl_tensor *x, vtl_tensor *running_mean, vtl_tensor *running_var,
+                                  vtl_tensor *weight, vtl_tensor *bias, bool training, double momentum, double eps,
+                                  vtl_tensor *add, vtl_activation act, vtl_tensor **save_mean, vtl_tensor **save_invstd) {
   static const char op[] = "batch_norm";
   if (save_mean) *save_mean = NULL;
   if (save_invstd) *save_invstd = NULL;
+  if (x && !check_bn_post(op, x, add, act)) return NULL;
   if (x && is_half(x->dtype) && !bn_half_native(x, weight, bias, running_mean)) /* on f32 copies */
-    return bn_half_copies(x, running_mean, running_var, weight, bias, training, momentum, eps, save_mean, save_invstd);
+    return bn_half_copies(x, running_mean, running_var, weight, bias, training, momentum, eps, add, act, save_mean,
+                          save_invstd);
   if (x && is_half(x->dtype) ? !vtl_nn_backend_of(op, x) : !check_input_dev(op, "input", x)) return NULL;
   if (x->ndim < 2)
     return vtl_error_set(VTL_ERR_ARG, "%s: input must have at least 2 dims (N, C, ...), got shape %s", op,
@@ -254,23 +269,32 @@ vtl_tensor *vtl_op_batch_norm(vtl_tensor *x, vtl_tensor *running_mean, vtl_tenso
 
   bool ok = true;
   vtl_tensor *xc = dense_as(x, x, &ok), *wc = contig_opt(weight, &ok), *bc = contig_opt(bias, &ok);
+  vtl_tensor *ac = dense_as(add, x, &ok);
   vtl_tensor *out = ok ? new_as(x) : NULL, *mean = out ? new_stats(C, x) : NULL, *invstd = mean ? new_stats(C, x) : NULL;
   const vtl_nn_backend *nn = nn_of(x);
+  double cmin = act == VTL_ACT_COUNT ? -INFINITY : 0, cmax = act == VTL_ACT_RELU6 ? 6 : INFINITY;
   bn_dims(x, &N, &C, &S);
   if (!invstd ||
       nn->batch_norm_stats(xc, N, C, S, training, momentum, eps, running_mean, running_var, mean, invstd) != VTL_OK ||
-      nn->batch_norm_forward(xc, out, N, C, S, mean, invstd, wc, bc) != VTL_OK) {
-    vtl_tensor *ts[6] = {xc, wc, bc, out, mean, invstd};
-    release_all(ts, 6);
+      nn->batch_norm_forward(xc, out, N, C, S, mean, invstd, wc, bc, ac, cmin, cmax) != VTL_OK) {
+    vtl_tensor *ts[7] = {xc, wc, bc, ac, out, mean, invstd};
+    release_all(ts, 7);
     return NULL;
   }
-  vtl_tensor *tmp[3] = {xc, wc, bc};
-  release_all(tmp, 3);
+  vtl_tensor *tmp[4] = {xc, wc, bc, ac};
+  release_all(tmp, 4);
   if (save_mean) *save_mean = mean;
   else vtl_tensor_release(mean);
   if (save_invstd) *save_invstd = invstd;
   else vtl_tensor_release(invstd);
   return out;
+}
+
+vtl_tensor *vtl_op_batch_norm(vtl_tensor *x, vtl_tensor *running_mean, vtl_tensor *running_var, vtl_tensor *weight,
+                              vtl_tensor *bias, bool training, double momentum, double eps, vtl_tensor **save_mean,
+                              vtl_tensor **save_invstd) {
+  return vtl_op_batch_norm_act(x, running_mean, running_var, weight, bias, training, momentum, eps, NULL,
+                               VTL_ACT_COUNT, save_mean, save_invstd);
 }
 
 static bool check_stats(const char *op, const char *what, const vtl_tensor *t, int64_t n, const vtl_tensor *x) {
@@ -351,29 +375,45 @@ vtl_status vtl_op_batch_norm_backward(vtl_tensor *gout, vtl_tensor *x, vtl_tenso
   return VTL_OK;
 }
 
-/* saved: x, weight, mean, invstd; i[0]: training */
+/* saved: x, weight, mean, invstd and, with an activation, the output; i[0]: training, i[1]: the
+   activation (VTL_ACT_COUNT: none). Inputs x, weight, bias and the added tensor. The activation's
+   gradient comes from the output: relu's where it is above 0, relu6's (its input's rule) where
+   it is inside (0, 6), which is where its input was. */
 static vtl_status batch_norm_bw(vtl_node *nd, vtl_tensor *gout, vtl_tensor **gin) {
-  vtl_tensor *x, *w, *mean, *invstd;
-  if (!saved(nd, 0, &x) || !saved(nd, 1, &w) || !saved(nd, 2, &mean) || !saved(nd, 3, &invstd))
+  vtl_tensor *x, *w, *mean, *invstd, *out = NULL;
+  vtl_activation act = (vtl_activation)nd->i[1];
+  if (!saved(nd, 0, &x) || !saved(nd, 1, &w) || !saved(nd, 2, &mean) || !saved(nd, 3, &invstd) ||
+      (act != VTL_ACT_COUNT && !saved(nd, 4, &out)))
     return vtl_error_status();
-  return vtl_op_batch_norm_backward(gout, x, w, mean, invstd, nd->i[0] != 0, nd->needs[0] ? &gin[0] : NULL,
-                                    nd->needs[1] ? &gin[1] : NULL, nd->needs[2] ? &gin[2] : NULL);
+  vtl_tensor *g = act != VTL_ACT_COUNT ? vtl_op_activation_backward(act, gout, out, NULL) : vtl_tensor_retain(gout);
+  if (!g) return vtl_error_status();
+  vtl_status st = vtl_op_batch_norm_backward(g, x, w, mean, invstd, nd->i[0] != 0, nd->needs[0] ? &gin[0] : NULL,
+                                             nd->needs[1] ? &gin[1] : NULL, nd->needs[2] ? &gin[2] : NULL);
+  if (st == VTL_OK && nd->ninputs > 3 && nd->needs[3]) gin[3] = vtl_tensor_retain(g);
+  vtl_tensor_release(g);
+  return st;
 }
 
 static vtl_tensor *fn_batch_norm(vtl_tensor *x, vtl_tensor *running_mean, vtl_tensor *running_var, vtl_tensor *weight,
-                              vtl_tensor *bias, bool training, double momentum, double eps) {
+                                 vtl_tensor *bias, bool training, double momentum, double eps, vtl_tensor *add,
+                                 vtl_activation act) {
   vtl_tensor *mean, *invstd;
-  vtl_tensor *out = vtl_op_batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps, &mean, &invstd);
+  vtl_tensor *out = vtl_op_batch_norm_act(x, running_mean, running_var, weight, bias, training, momentum, eps, add, act,
+                                          &mean, &invstd);
   if (!out) return NULL;
-  vtl_tensor *ins[3] = {x, weight, bias};
-  if (vtl_ag_needs(ins, 3)) {
-    vtl_node *nd = vtl_ag_node("BatchNormBackward", batch_norm_bw, ins, 3);
+  bool post = add || act != VTL_ACT_COUNT;
+  vtl_tensor *ins[4] = {x, weight, bias, add};
+  int nin = add ? 4 : 3;
+  if (vtl_ag_needs(ins, nin)) {
+    vtl_node *nd = vtl_ag_node(post ? "BatchNormActBackward" : "BatchNormBackward", batch_norm_bw, ins, nin);
     if (nd) {
       vtl_ag_save(nd, x);
       vtl_ag_save(nd, weight);
       vtl_ag_save(nd, mean);
       vtl_ag_save(nd, invstd);
+      if (act != VTL_ACT_COUNT) vtl_ag_save(nd, out);
       nd->i[0] = training;
+      nd->i[1] = act;
       out = attach(out, nd);
     } else {
       vtl_tensor_release(out);
@@ -1422,7 +1462,13 @@ static bool ac_up(vtl_tensor *const *in, vtl_tensor **c, int n) {
    output) is normalised with f32 statistics and parameters and stays half. */
 vtl_tensor *vtl_fn_batch_norm(vtl_tensor *x, vtl_tensor *running_mean, vtl_tensor *running_var, vtl_tensor *weight,
                               vtl_tensor *bias, bool training, double momentum, double eps) {
-  return fn_batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps);
+  return fn_batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps, NULL, VTL_ACT_COUNT);
+}
+
+vtl_tensor *vtl_fn_batch_norm_act(vtl_tensor *x, vtl_tensor *running_mean, vtl_tensor *running_var, vtl_tensor *weight,
+                                  vtl_tensor *bias, bool training, double momentum, double eps, vtl_tensor *add,
+                                  vtl_activation act) {
+  return fn_batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps, add, act);
 }
 
 vtl_tensor *vtl_fn_layer_norm(vtl_tensor *x, const int64_t *normalized_shape, int nnorm, vtl_tensor *weight,

@@ -70,6 +70,20 @@ typedef enum {
 } vtl_activation;
 
 const char *vtl_activation_name(vtl_activation act); /* "gelu", ... */
+
+/* Batch norm, then in the same pass the sum with add (x's shape, dtype and device, or NULL) and
+   the activation act: VTL_ACT_RELU, VTL_ACT_RELU6 or VTL_ACT_COUNT (none); computed in double
+   and rounded once. The residual blocks' norm-activation pairs and sums (ResNet, MobileNet,
+   EfficientNet-Lite). The backward takes the activation's gradient from the output, so the
+   normalised values before it are not kept. */
+vtl_tensor *vtl_op_batch_norm_act(vtl_tensor *x, vtl_tensor *running_mean, vtl_tensor *running_var,
+                                  vtl_tensor *weight, vtl_tensor *bias, bool training, double momentum,
+                                  double eps, vtl_tensor *add, vtl_activation act,
+                                  vtl_tensor **save_mean, vtl_tensor **save_invstd);
+vtl_tensor *vtl_fn_batch_norm_act(vtl_tensor *x, vtl_tensor *running_mean, vtl_tensor *running_var,
+                                  vtl_tensor *weight, vtl_tensor *bias, bool training, double momentum,
+                                  double eps, vtl_tensor *add, vtl_activation act);
+
 /* The backward of relu, sigmoid, tanh and elu reads the forward's output (as PyTorch's
    *_backward functions do); the others read its input. */
 bool vtl_activation_uses_output(vtl_activation act);
@@ -162,14 +176,16 @@ vtl_tensor *vtl_fn_dropout(vtl_tensor *x, double p, bool training, uint64_t seed
 
 /* x, out: (N, C, S). Training: mean/invstd (C) are computed (var is the biased batch variance,
    written to var (C) when var != NULL); otherwise they are inputs. out = (x - mean) * invstd *
-   w + b, w and b (C) or NULL. */
+   w + b, w and b (C) or NULL; then, with add (as x, or NULL) and the bounds [cmin, cmax]
+   (-INFINITY, INFINITY: none), out = clamp(out + add, cmin, cmax) in the same pass, rounded once. */
 /* Data (x, out, g, dx) f32, f64, f16 or bf16; with half data w, b, gw, gb are f32. Errors: out of
    scratch memory (half data). */
 vtl_status vtl_cpu_batch_norm_stats(vtl_dtype dt, const void *x, int64_t N, int64_t C, int64_t S,
                                     double eps, double *mean, double *invstd, double *var);
 vtl_status vtl_cpu_batch_norm_forward(vtl_dtype dt, const void *x, void *out, int64_t N, int64_t C,
                                       int64_t S, const double *mean, const double *invstd,
-                                      const void *w, const void *b);
+                                      const void *w, const void *b, const void *add, double cmin,
+                                      double cmax);
 /* g, x, dx: (N, C, S); gw, gb: (C) or NULL; dx may be NULL. */
 vtl_status vtl_cpu_batch_norm_backward(vtl_dtype dt, const void *g, const void *x, int64_t N, int64_t C,
                                        int64_t S, const double *mean, const double *invstd,

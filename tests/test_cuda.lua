@@ -915,6 +915,39 @@ gpu_test("batch norm: training statistics, running-stat updates, eval mode; forw
   same(rg, rc, 1e-5, "running stats in rows of one tensor")
 end)
 
+gpu_test("batch norm with a residual sum and relu/relu6 in one pass: forward and backward, layouts and dtypes", function()
+  for _, dt in ipairs({"f32", "f64", "bf16"}) do
+    for _, cl in ipairs({false, true}) do
+      for _, act in ipairs({"relu", "relu6", false}) do
+        for _, with_add in ipairs({true, false}) do
+          if act or with_add then
+            -- 16 channels: rows in 16-byte steps; planes of 35: one-element steps
+            local shape = cl and {4, 16, 6, 6} or {4, 16, 5, 7}
+            local x, a = (vtl.randn(shape) * 2 + 0.5):to(dt), vtl.randn(shape):to(dt)
+            local pdt = dt == "f64" and "f64" or "f32"
+            local w, b = (vtl.randn(16) * 0.5 + 1):to(pdt), vtl.randn(16):to(pdt)
+            local what = ("batch_norm %s%s %s%s"):format(dt, cl and " channels-last" or "", act or "no act",
+                                                         with_add and " + residual" or "")
+            local tol = dt == "bf16" and 2e-2 or NN_TOL[dt]
+            check_nn(what, function(xx, aa, ww, bb)
+              if cl then xx, aa = xx:contiguous("channels_last"), aa:contiguous("channels_last") end
+              local y = F.batch_norm(xx, nil, nil, ww, bb, {training = true, add = with_add and aa or nil, act = act or nil})
+              T.eq(y:is_contiguous("channels_last"), cl, what .. ": layout")
+              return y
+            end, {x, a, w, b}, {true, with_add, true, true}, tol)
+            check_nn(what .. " eval", function(xx, aa)
+              if cl then xx, aa = xx:contiguous("channels_last"), aa:contiguous("channels_last") end
+              local rm, rv = vtl.full({16}, 0.3, {dtype = pdt}), vtl.full({16}, 2, {dtype = pdt})
+              if xx.device ~= "cpu" then rm, rv = rm:cuda(), rv:cuda() end
+              return F.batch_norm(xx, rm, rv, nil, nil, {add = with_add and aa or nil, act = act or nil})
+            end, {x, a}, {true, with_add}, tol)
+          end
+        end
+      end
+    end
+  end
+end)
+
 gpu_test("layer norm: forward and backward, with and without affine parameters", function()
   for _, dt in ipairs({"f32", "f64"}) do
     local x = (vtl.randn(4, 7, 48) + 1):to(dt)

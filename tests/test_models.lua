@@ -574,3 +574,64 @@ T.test("temporary files removed", function()
   if scratch_dir then rmdir(scratch_dir) end
   scratch_dir = nil
 end)
+
+-- The residual blocks run their batch norms with the following ReLU/ReLU6 and residual sum in
+-- one pass (nn.norm_act). A forward hook on every batch norm makes them run one module at a
+-- time instead: both give the same logits, gradients and running statistics (f64), in training
+-- (with stochastic depth off, and on with the same random draws) and in eval mode.
+T.test("fused norm-activation blocks give the module-by-module results (ResNet, EfficientNet-Lite, MobileNet)", function()
+  -- the batch norms that fuse: ResNet-18 the stem's and 2 per block (8 blocks), ResNet-50 the
+  -- stem's and 3 per block (16); with stochastic depth in training the last of each block runs
+  -- alone, but for the first block's (its rate is 0); EfficientNet-Lite0 the stem's, the head's, 2 per block with expansion (15 of 16) and
+  -- 1 without, and the projection's sum where a block keeps its shape (9; not in training, where
+  -- stochastic depth, 0.2 by default, is on in those blocks); MobileNetV2 the
+  -- Conv2dNormActivation triples (stem, 1 + 2 x 16 in the blocks, last)
+  for _, case in ipairs({{"resnet18", {}, 17}, {"resnet50", {}, 49}, {"resnet18", {drop_path_rate = 0.2}, 17, 10},
+                         {"efficientnet_lite0", {}, 2 + 31 + 9, 2 + 31}, {"mobilenet_v2", {}, 2 + 33}}) do
+    local name, opts = case[1], case[2]
+    local function run(hooked, training)
+      vtl.seed(3)
+      local m = models.create(name, {num_classes = 5, drop_path_rate = opts.drop_path_rate, drop_rate = 0})
+      local nodes = 0
+      if hooked then
+        for _, mod in ipairs(m:modules()) do
+          if getmetatable(mod) == vtl.nn.BatchNorm2d then mod:register_forward_hook(function() end) end
+        end
+      end
+      m:to("f64")
+      if not training then m:eval() end
+      local x = vtl.randn(2, 3, 64, 64):double()
+      vtl.seed(9)
+      -- count the batch norms that ran with a fused sum or activation
+      local BN = require("vtl.nn.norm")._BatchNorm
+      local normalize = BN._normalize
+      BN._normalize = function(self, t, post)
+        if post then nodes = nodes + 1 end
+        return normalize(self, t, post)
+      end
+      local ok, y = pcall(m, x)
+      BN._normalize = normalize
+      if not ok then error(y, 0) end
+      y:backward(vtl.ones(y.shape):double())
+      local grads = {}
+      for _, p in ipairs(m:parameters()) do grads[#grads + 1] = p.grad end
+      local bufs = {}
+      for _, e in ipairs(m:named_buffers()) do bufs[#bufs + 1] = e[2] end
+      return y, grads, bufs, nodes
+    end
+    for _, training in ipairs({true, false}) do
+      local fused_count = training and case[4] or case[3]
+      local what = ("%s%s %s"):format(name, opts.drop_path_rate and " drop_path" or "", training and "train" or "eval")
+      local yf, gf, bf, nf = run(false, training)
+      local yc, gc, bc, nc = run(true, training)
+      T.eq(nc, 0, what .. ": hooked batch norms run one module at a time")
+      T.eq(nf, fused_count, what .. ": batch norms run with their activation or sum")
+      -- f64, where the one rounding of the fused pass and the modules' roundings after each op
+      -- agree (in f32 a batch of 2 in training mode amplifies them to ~1e-3 in the gradients)
+      T.close(yf, yc, 1e-10, what .. " logits")
+      T.eq(#gf, #gc, what .. " gradient count")
+      for i = 1, #gf do T.close(gf[i], gc[i], 1e-9, what .. " gradient " .. i) end
+      for i = 1, #bf do T.close(bf[i], bc[i], 1e-10, what .. " buffer " .. i) end
+    end
+  end
+end)

@@ -728,3 +728,55 @@ T.test("linear: any leading dims; gradients equal the matmul composition; the we
   F.linear(xi, vtl.ones(5, 4)):sum():backward()
   T.close(xi.grad, vtl.full({2, 3, 4}, 5), 1e-6)
 end)
+
+-- ---- nn.norm_act: a batch norm, a residual sum and relu/relu6 in one pass ----
+
+T.test("nn.norm_act fuses a BatchNorm with ReLU/ReLU6 and a sum, and falls back to the modules", function()
+  vtl.seed(5)
+  local x, a = vtl.randn(4, 6, 3, 3), vtl.randn(4, 6, 3, 3)
+  local function node(t) return t.grad_fn and t.grad_fn.name end
+  local function xg() return x:clone():requires_grad_() end
+  -- the fused form, by module and by name; the same values as the modules one after the other
+  for _, act in ipairs({nn.ReLU(), nn.ReLU6(), "relu", "relu6"}) do
+    local bn = nn.BatchNorm2d(6)
+    local y = nn.norm_act(bn, act, xg(), a)
+    T.eq(node(y), "BatchNormActBackward", "fused node")
+    local bn2 = nn.BatchNorm2d(6)
+    local f = type(act) == "string" and F[act] or act
+    T.close(y, f(bn2(x) + a), 1e-6, "values")
+    T.close(bn.running_mean, bn2.running_mean, 1e-7, "running mean")
+    T.eq(bn.num_batches_tracked:item(), 1, "batches counted")
+  end
+  T.eq(node(nn.norm_act(nn.BatchNorm2d(6), nil, xg(), a)), "BatchNormActBackward", "sum alone")
+  T.eq(node(nn.norm_act(nn.BatchNorm2d(6), nn.ReLU(), xg())), "BatchNormActBackward", "activation alone")
+  -- in eval mode and with frozen statistics the module's rules hold
+  local bn = nn.BatchNorm2d(6)
+  bn.running_mean:fill_(0.5)
+  bn:eval()
+  T.close(nn.norm_act(bn, "relu", x), F.relu(bn(x)), 1e-6, "eval mode")
+  bn:train():freeze_stats()
+  T.close(nn.norm_act(bn, "relu", x, a), F.relu(bn(x) + a), 1e-6, "frozen statistics")
+  T.close(bn.running_mean, vtl.full({6}, 0.5), 0, "frozen statistics kept")
+  -- the modules one after the other: other activations, other norms, hooks, a sum of another
+  -- dtype or shape, the profiler
+  local function composed(y, what) T.truthy(node(y) ~= "BatchNormActBackward", what .. ": composed, got " .. tostring(node(y))) end
+  composed(nn.norm_act(nn.BatchNorm2d(6), nn.SiLU(), xg()), "SiLU")
+  composed(nn.norm_act(nn.BatchNorm2d(6), "gelu", xg()), "gelu by name")
+  composed(nn.norm_act(nn.GroupNorm(2, 6), nn.ReLU(), xg()), "GroupNorm")
+  local hooked_bn, seen = nn.BatchNorm2d(6), nil
+  hooked_bn:register_forward_hook(function(_, _, out) seen = out end)
+  composed(nn.norm_act(hooked_bn, nn.ReLU(), xg()), "hook on the norm")
+  T.truthy(seen and seen:lt(0):sum():item() > 0, "the hook saw the normalised values before the relu")
+  local relu = nn.ReLU()
+  local calls = 0
+  relu:register_forward_hook(function() calls = calls + 1 end)
+  composed(nn.norm_act(nn.BatchNorm2d(6), relu, xg()), "hook on the activation")
+  T.eq(calls, 1, "the activation's hook ran")
+  composed(nn.norm_act(nn.BatchNorm2d(6), "relu", xg(), a:double()), "f64 sum")
+  local y = nn.norm_act(nn.BatchNorm2d(6), "relu", xg(), vtl.randn(1, 6, 3, 3))
+  composed(y, "broadcast sum")
+  T.eq(table.concat(y.shape, ","), "4,6,3,3", "broadcast sum shape")
+  local prof_node
+  vtl.profiler.profile(function() prof_node = node(nn.norm_act(nn.BatchNorm2d(6), nn.ReLU(), xg())) end)
+  T.truthy(prof_node ~= "BatchNormActBackward", "profiler on: composed")
+end)

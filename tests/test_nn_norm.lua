@@ -246,6 +246,82 @@ T.test("batch_norm on a ResNet-sized batch matches the formula (f32 and f64)", f
   end
 end)
 
+-- act(batch_norm(x) + add) in one pass, against the three ops composed: the output keeps the
+-- input's layout. f32/f64: the same values. bf16 is computed in f32 and rounded once, where the
+-- composed ops round after each op: both are compared with the f64 computation on the same
+-- inputs, and the fused form must be as close to it as the composed one.
+T.test("batch_norm with add and act matches relu(batch_norm(x) + add) in layouts and dtypes", function()
+  vtl.seed(21)
+  local names = {"output", "grad x", "grad weight", "grad bias", "grad add", "running_mean", "running_var"}
+  -- every result of one run: the output, the gradients, the running statistics
+  local function run(fused, dt, x, a, w, b, g, act, cl)
+    local function leaf(t)
+      t = t:to(dt):clone()
+      if cl and t.ndim == 4 then t = t:contiguous("channels_last") end
+      return t:requires_grad_()
+    end
+    local pdt = dt == "f64" and "f64" or "f32"
+    local xg, ag, wg, bg = leaf(x), leaf(a), w:to(pdt):clone():requires_grad_(), b:to(pdt):clone():requires_grad_()
+    local rm, rv = vtl.zeros(16, {dtype = pdt}), vtl.ones(16, {dtype = pdt})
+    local y
+    if fused then
+      y = F.batch_norm(xg, rm, rv, wg, bg, {training = true, add = ag, act = act or nil})
+    else
+      y = F.batch_norm(xg, rm, rv, wg, bg, {training = true}) + ag
+      if act then y = F[act](y) end
+    end
+    y:backward(g:to(dt))
+    return {y, xg.grad, wg.grad, bg.grad, ag.grad, rm, rv}
+  end
+  local function rel(u, v, whole)
+    u, v = u:double(), v:double()
+    if whole then return (u - v):norm():item() / v:norm():item() end
+    return ((u - v):abs() / (v:abs() + 1)):max():item()
+  end
+  for _, cl in ipairs({false, true}) do
+    for _, act in ipairs({"relu", "relu6", false}) do
+      -- inputs exact in bf16, so every dtype starts from the same values
+      local x = (vtl.randn(6, 16, 5, 5) * 2 + 0.5):bfloat16():double()
+      local a = vtl.randn(6, 16, 5, 5):bfloat16():double()
+      local w, b = (vtl.randn(16) * 0.5 + 1):double(), vtl.randn(16):double()
+      local g = vtl.randn(6, 16, 5, 5):bfloat16():double()
+      local ref = run(false, "f64", x, a, w, b, g, act, cl)
+      for _, dt in ipairs({"f64", "f32", "bf16"}) do
+        local f, c = run(true, dt, x, a, w, b, g, act, cl), run(false, dt, x, a, w, b, g, act, cl)
+        local what = ("%s%s %s"):format(dt, cl and " channels-last" or "", act or "no act")
+        T.eq(f[1]:is_contiguous("channels_last"), cl, what .. ": the output's layout")
+        T.eq(f[1].dtype, dt, what .. ": the output's dtype")
+        for i = 1, 7 do
+          T.truthy(f[i] and c[i], what .. ": " .. names[i] .. " present")
+          if dt == "bf16" then
+            local whole = i >= 2 and i <= 5
+            local ef, ec = rel(f[i], ref[i], whole), rel(c[i], ref[i], whole)
+            T.truthy(ef <= 1.25 * ec + 2e-3, ("%s: %s %.3g from f64, the composed ops %.3g"):format(what, names[i], ef, ec))
+          else
+            local err = rel(f[i], c[i])
+            T.truthy(err < (dt == "f32" and 1e-5 or 1e-12), ("%s: %s, relative error %.3g"):format(what, names[i], err))
+          end
+        end
+        if act then T.truthy(f[1]:lt(0):sum():item() == 0, what .. ": clamped at 0") end
+      end
+    end
+  end
+end)
+
+T.test("batch_norm with act: the gradient comes from the output, checked against in-place changes", function()
+  local x = vtl.randn(4, 3, 2, 2):requires_grad_()
+  local y = F.batch_norm(x, nil, nil, nil, nil, {training = true, act = "relu"})
+  T.eq(y.grad_fn and y.grad_fn.name or y.grad_fn, "BatchNormActBackward", "node name")
+  vtl.no_grad(function() y:mul_(2) end)
+  T.raises(function() y:sum():backward() end, "modified")
+  -- eval mode with relu6: values above 6 get no gradient, as PyTorch's relu6
+  local xe = vtl.tensor({{-1.5, 3, 8}}):view(1, 3, 1):requires_grad_()
+  local ye = F.batch_norm(xe, vtl.zeros(3), vtl.ones(3), nil, nil, {act = "relu6", eps = 0})
+  T.close(ye:view(3), {0, 3, 6}, 0, "relu6 output")
+  ye:sum():backward()
+  T.close(xe.grad:view(3), {0, 1, 0}, 0, "relu6 gradient")
+end)
+
 T.test("layer_norm and group_norm on large inputs match the formula", function()
   vtl.seed(4)
   local x = vtl.randn({64, 197, 192}) * 2 + 0.5
@@ -486,6 +562,16 @@ bad("batch_norm one value per channel", function() F.batch_norm(vtl.randn({1, 3}
     "batch_norm: expected more than 1 value per channel when training, got input of shape {1,3}")
 bad("batch_norm 1-D input", function() F.batch_norm(vtl.randn({5}), nil, nil, nil, nil, {training = true}) end,
     "batch_norm: input must have at least 2 dims (N, C, ...), got shape {5}")
+bad("batch_norm act name", function() F.batch_norm(x4, nil, nil, nil, nil, {training = true, act = "gelu"}) end,
+    'batch_norm: option \'act\' must be "relu" or "relu6", got "gelu"')
+bad("batch_norm act type", function() F.batch_norm(x4, nil, nil, nil, nil, {training = true, act = 1}) end,
+    "batch_norm: option 'act' must be \"relu\" or \"relu6\", got number")
+bad("batch_norm add shape", function() F.batch_norm(x4, nil, nil, nil, nil, {training = true, add = vtl.randn({2, 3, 4, 1})}) end,
+    "batch_norm: the added tensor of shape {2,3,4,1} does not match the input of shape {2,3,4,4}")
+bad("batch_norm add dtype", function() F.batch_norm(x4, nil, nil, nil, nil, {training = true, add = x4:double()}) end,
+    "batch_norm: the added tensor must be f32 like the input, got f64")
+bad("batch_norm add not a tensor", function() F.batch_norm(x4, nil, nil, nil, nil, {training = true, add = 2}) end,
+    "batch_norm: option 'add' must be a vtl.Tensor, got number")
 bad("batch_norm dtype mix", function() F.batch_norm(x4, nil, nil, vtl.ones({3}, {dtype = "f64"}), nil, {training = true}) end,
     "batch_norm: weight must be f32 like the input, got f64")
 bad("batch_norm integer input", function() F.batch_norm(vtl.ones({2, 3}, {dtype = "i64"}), nil, nil, nil, nil, {training = true}) end,
@@ -570,9 +656,10 @@ end, "freed")
 
 -- The CUDA backend's batch-norm and layer-norm kernels (kernels/cuda/norm_kernels.cuh) run on the
 -- host by tests/gpu/norm_emu.cpp: layer norm one warp per row against a double reference and the
--- block kernel; batch norm's 16-byte steps give the bits of the one-element ones.
+-- block kernel; batch norm's 16-byte steps give the bits of the one-element ones, and its fused
+-- residual sum and relu/relu6 clamp reach both sides of the clamp.
 T.test("GPU batch-norm and layer-norm kernels, run on the host, pass their checks", function()
-  T.emulation_passes("norm_emu", "all checks passed", 48)
+  T.emulation_passes("norm_emu", "all checks passed", 60)
 end)
 
 -- The CUDA backend's activation kernels (kernels/cuda/act_kernels.cuh) on half data, run on the

@@ -92,8 +92,9 @@ static vtl_status batch_norm_stats(const vtl_tensor *x, int64_t N, int64_t C, in
 
 static vtl_status batch_norm_forward(const vtl_tensor *x, vtl_tensor *out, int64_t N, int64_t C, int64_t S,
                                      const vtl_tensor *mean, const vtl_tensor *invstd, const vtl_tensor *w,
-                                     const vtl_tensor *b) {
-  return vtl_cpu_batch_norm_forward(x->dtype, dat(x), dat(out), N, C, S, dat(mean), dat(invstd), dat(w), dat(b));
+                                     const vtl_tensor *b, const vtl_tensor *add, double cmin, double cmax) {
+  return vtl_cpu_batch_norm_forward(x->dtype, dat(x), dat(out), N, C, S, dat(mean), dat(invstd), dat(w), dat(b),
+                                    dat(add), cmin, cmax);
 }
 
 static vtl_status batch_norm_backward(const vtl_tensor *g, const vtl_tensor *x, int64_t N, int64_t C, int64_t S,

@@ -407,22 +407,66 @@ vtl_status vtl_cpu_batch_norm_stats(vtl_dtype dt, const void *x, int64_t N, int6
   return VTL_OK;
 }
 
-/* out = x * scale[c] + shift[c], scale = w * invstd, shift = b - mean * scale; rows (n, c) */
+/* out = x * scale[c] + shift[c], scale = w * invstd, shift = b - mean * scale; rows (n, c). With a
+   post-operation (bn_post_on), out = clamp(x * scale + shift + add, cmin, cmax), rounded once. */
+INLINE bool bn_post_on(const void *add, double cmin, double cmax) { return add || cmin > -INFINITY || cmax < INFINITY; }
+INLINE double bn_clamp(double v, double cmin, double cmax) { return v < cmin ? cmin : v > cmax ? cmax : v; } /* NaN stays */
+
 INLINE void bn_forward(vtl_dtype dt, const void *x, void *out, int64_t C, int64_t S, const double *mean,
-                       const double *invstd, const void *w, const void *b, int64_t rlo, int64_t rhi) {
+                       const double *invstd, const void *w, const void *b, const void *add, double cmin, double cmax,
+                       int64_t rlo, int64_t rhi) {
+  bool post = bn_post_on(add, cmin, cmax);
   for (int64_t r = rlo; r < rhi; r++) {
     int64_t c = r % C, o = r * S;
     vtl_dtype pdt = dt == VTL_F64 ? VTL_F64 : VTL_F32; /* the parameters: f32 with half data */
     double sc = ldopt(w, c, pdt, 1) * invstd[c], sh = ldopt(b, c, pdt, 0) - mean[c] * sc;
+    if (!post) {
 #pragma omp simd
-    for (int64_t k = 0; k < S; k++) st(out, o + k, dt, ld(x, o + k, dt) * sc + sh);
+      for (int64_t k = 0; k < S; k++) st(out, o + k, dt, ld(x, o + k, dt) * sc + sh);
+    } else if (add) {
+#pragma omp simd
+      for (int64_t k = 0; k < S; k++) st(out, o + k, dt, bn_clamp(ld(x, o + k, dt) * sc + sh + ld(add, o + k, dt), cmin, cmax));
+    } else {
+#pragma omp simd
+      for (int64_t k = 0; k < S; k++) st(out, o + k, dt, bn_clamp(ld(x, o + k, dt) * sc + sh, cmin, cmax));
+    }
+  }
+}
+
+/* the same over rows of C channels (S = 1) with a post-operation: sc, sh per channel */
+INLINE void bn_rows_post(vtl_dtype dt, const void *x, void *out, int64_t C, const double *sc, const double *sh,
+                         const void *add, double cmin, double cmax, int64_t rlo, int64_t rhi) {
+  for (int64_t i = rlo; i < rhi; i++) {
+    int64_t o = i * C;
+    if (add) {
+#pragma omp simd
+      for (int64_t c = 0; c < C; c++) st(out, o + c, dt, bn_clamp(ld(x, o + c, dt) * sc[c] + sh[c] + ld(add, o + c, dt), cmin, cmax));
+    } else {
+#pragma omp simd
+      for (int64_t c = 0; c < C; c++) st(out, o + c, dt, bn_clamp(ld(x, o + c, dt) * sc[c] + sh[c], cmin, cmax));
+    }
   }
 }
 
 vtl_status vtl_cpu_batch_norm_forward(vtl_dtype dt, const void *x, void *out, int64_t N, int64_t C, int64_t S,
-                                      const double *mean, const double *invstd, const void *w, const void *b) {
-  if (S == 1 && bn_rows_forward(dt, x, out, N, C, mean, invstd, w, b)) return VTL_OK;
-  DISPATCH_RANGE_HALF(dt, N * C, N * C * S, bn_forward, x, out, C, S, mean, invstd, w, b);
+                                      const double *mean, const double *invstd, const void *w, const void *b,
+                                      const void *add, double cmin, double cmax) {
+  bool post = bn_post_on(add, cmin, cmax);
+  if (S == 1 && !post && bn_rows_forward(dt, x, out, N, C, mean, invstd, w, b)) return VTL_OK;
+  if (S == 1 && post) {
+    double *sc = malloc((size_t)(2 * C + 1) * sizeof(double));
+    if (!sc) return vtl_error_set(VTL_ERR_OOM, "batch_norm: out of memory for %lld channel coefficients", (long long)C);
+    double *sh = sc + C;
+    vtl_dtype pdt = param_dtype(dt);
+    for (int64_t c = 0; c < C; c++) {
+      sc[c] = ldopt(w, c, pdt, 1) * invstd[c];
+      sh[c] = ldopt(b, c, pdt, 0) - mean[c] * sc[c];
+    }
+    DISPATCH_RANGE_HALF(dt, N, N * C, bn_rows_post, x, out, C, sc, sh, add, cmin, cmax);
+    free(sc);
+    return VTL_OK;
+  }
+  DISPATCH_RANGE_HALF(dt, N * C, N * C * S, bn_forward, x, out, C, S, mean, invstd, w, b, add, cmin, cmax);
   return VTL_OK;
 }
 

@@ -22,7 +22,7 @@ vtl_status vtl_cu_batch_norm_stats(const vtl_tensor *x, int64_t N, int64_t C, in
                                    vtl_tensor *mean, vtl_tensor *invstd);
 vtl_status vtl_cu_batch_norm_forward(const vtl_tensor *x, vtl_tensor *out, int64_t N, int64_t C, int64_t S,
                                      const vtl_tensor *mean, const vtl_tensor *invstd, const vtl_tensor *w,
-                                     const vtl_tensor *b);
+                                     const vtl_tensor *b, const vtl_tensor *add, double cmin, double cmax);
 vtl_status vtl_cu_batch_norm_backward(const vtl_tensor *g, const vtl_tensor *x, int64_t N, int64_t C, int64_t S,
                                       const vtl_tensor *mean, const vtl_tensor *invstd, const vtl_tensor *w,
                                       bool training, vtl_tensor *dx, vtl_tensor *gw, vtl_tensor *gb);

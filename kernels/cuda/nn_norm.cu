@@ -43,15 +43,17 @@ void bn_rows_launch(const T *x, const T *g, int64_t C, int64_t M, const double *
 // element per step
 template <class T, class P, bool GRAD>
 void bn_lines_launch(const T *x, const T *g, T *out, int64_t N, int64_t C, int64_t S, bn_coefs cf, const P *w,
-                     const P *b, cudaStream_t st) {
+                     const P *b, bn_post post, cudaStream_t st) {
   bool rows = S == 1;
   int64_t outer = rows ? N : N * C, inner = rows ? C : S;
   constexpr int V = 16 / (int)sizeof(T);
   bool vec = inner % V == 0 && (((uintptr_t)x | (uintptr_t)g | (uintptr_t)out) & 15) == 0;
   if (vec)
-    bn_lines<T, P, V, GRAD><<<vtl_cu_blocks(outer * inner / V), BLOCK, 0, st>>>(x, g, out, outer, inner, C, rows, cf, w, b);
+    bn_lines<T, P, V, GRAD><<<vtl_cu_blocks(outer * inner / V), BLOCK, 0, st>>>(x, g, out, outer, inner, C, rows, cf, w, b,
+                                                                               post);
   else
-    bn_lines<T, P, 1, GRAD><<<vtl_cu_blocks(outer * inner), BLOCK, 0, st>>>(x, g, out, outer, inner, C, rows, cf, w, b);
+    bn_lines<T, P, 1, GRAD><<<vtl_cu_blocks(outer * inner), BLOCK, 0, st>>>(x, g, out, outer, inner, C, rows, cf, w, b,
+                                                                           post);
 }
 
 template <class T, class P>
@@ -114,7 +116,7 @@ vtl_status bn_backward_t(const vtl_tensor *g, const vtl_tensor *x, int64_t N, in
   if (dx && total > 0) {
     bn_coefs cf = {cu_ptr<double>(mean), cu_ptr<double>(invstd), sums ? (const double *)coef.p : nullptr};
     bn_lines_launch<T, P, true>(cu_ptr<T>(x), cu_ptr<T>(g), cu_ptr<T>(dx), N, C, S, cf, cu_ptr<P>(w), (const P *)nullptr,
-                                st);
+                                bn_post{}, st);
     VTL_CU_LAUNCHED("batch_norm_backward");
   }
   return VTL_OK;
@@ -122,13 +124,15 @@ vtl_status bn_backward_t(const vtl_tensor *g, const vtl_tensor *x, int64_t N, in
 
 template <class T, class P>
 vtl_status bn_forward_t(const vtl_tensor *x, vtl_tensor *out, int64_t total, int64_t C, int64_t S, const vtl_tensor *mean,
-                        const vtl_tensor *invstd, const vtl_tensor *w, const vtl_tensor *b) {
+                        const vtl_tensor *invstd, const vtl_tensor *w, const vtl_tensor *b, const vtl_tensor *add,
+                        double cmin, double cmax) {
   cudaStream_t st = stream_of(x);
   if (!st) return vtl_error_status();
   if (total == 0 || C == 0) return VTL_OK;
   bn_coefs cf = {cu_ptr<double>(mean), cu_ptr<double>(invstd), nullptr};
-  bn_lines_launch<T, P, false>(cu_ptr<T>(x), cu_ptr<T>(x), cu_ptr<T>(out), total / (C * S), C, S, cf, cu_ptr<P>(w),
-                               cu_ptr<P>(b), st);
+  bn_post post = {add || cmin > -INFINITY || cmax < INFINITY, add != nullptr, cmin, cmax};
+  bn_lines_launch<T, P, false>(cu_ptr<T>(x), add ? cu_ptr<T>(add) : cu_ptr<T>(x), cu_ptr<T>(out), total / (C * S), C, S,
+                               cf, cu_ptr<P>(w), cu_ptr<P>(b), post, st);
   VTL_CU_LAUNCHED("batch_norm");
   return VTL_OK;
 }
@@ -656,10 +660,10 @@ vtl_status vtl_cu_batch_norm_stats(const vtl_tensor *x, int64_t N, int64_t C, in
 
 vtl_status vtl_cu_batch_norm_forward(const vtl_tensor *x, vtl_tensor *out, int64_t N, int64_t C, int64_t S,
                                      const vtl_tensor *mean, const vtl_tensor *invstd, const vtl_tensor *w,
-                                     const vtl_tensor *b) {
+                                     const vtl_tensor *b, const vtl_tensor *add, double cmin, double cmax) {
   int64_t total = N * C * S;
   if (total == 0) return VTL_OK;
-  BN_BY_DTYPE(x->dtype, (bn_forward_t<T, P>(x, out, total, C, S, mean, invstd, w, b)))
+  BN_BY_DTYPE(x->dtype, (bn_forward_t<T, P>(x, out, total, C, S, mean, invstd, w, b, add, cmin, cmax)))
 }
 
 vtl_status vtl_cu_batch_norm_backward(const vtl_tensor *g, const vtl_tensor *x, int64_t N, int64_t C, int64_t S,

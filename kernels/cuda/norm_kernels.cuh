@@ -166,14 +166,25 @@ struct bn_coefs {
   }
 };
 
+// What the forward pass does after normalising (kernels/cpu/norm.c's post-operation): add g
+// (when add; x's layout) and clamp to [cmin, cmax], in double, rounded once.
+struct bn_post {
+  bool on, add;
+  double cmin, cmax;
+  __device__ __forceinline__ double apply(double v, double a) const {
+    if (add) v += a;
+    return v < cmin ? cmin : v > cmax ? cmax : v; // NaN stays
+  }
+};
+
 // The elementwise pass over x (N, C, S) as `outer` lines of `inner` elements: with rows (S = 1:
 // channels-last and (N, C) data) a line is one position's C channels, else one (n, c) plane of
 // S; V consecutive elements of a line per step (inner a multiple of V, pointers aligned), so
 // the channel costs one division per V elements instead of two per element. GRAD: dx from g
-// and x, else out from x.
+// and x, else out from x and, with post.on, its post-operation (g: the added tensor).
 template <class T, class P, int V, bool GRAD>
 __global__ void bn_lines(const T *x, const T *g, T *out, int64_t outer, int64_t inner, int64_t C, bool rows,
-                         bn_coefs cf, const P *w, const P *b) {
+                         bn_coefs cf, const P *w, const P *b, bn_post post) {
   int64_t groups = inner / V, total = outer * groups;
   for (int64_t t = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; t < total; t += (int64_t)gridDim.x * blockDim.x) {
     int64_t o = t / groups, gi = t - o * groups, base = o * inner + gi * V;
@@ -191,10 +202,13 @@ __global__ void bn_lines(const T *x, const T *g, T *out, int64_t outer, int64_t 
     } else {
       double sc, sh;
       if (!rows) cf.fwd(c0, w, b, &sc, &sh);
+      vpack<T, V> av = xv;
+      if (post.add) av = *(const vpack<T, V> *)(g + base);
 #pragma unroll
       for (int v = 0; v < V; v++) {
         if (rows) cf.fwd(c0 + v, w, b, &sc, &sh);
-        r.e[v] = from_d<T>(ld(xv.e[v]) * sc + sh);
+        double y = ld(xv.e[v]) * sc + sh;
+        r.e[v] = from_d<T>(post.on ? post.apply(y, post.add ? ld(av.e[v]) : 0.0) : y);
       }
     }
     *(vpack<T, V> *)(out + base) = r;

@@ -113,6 +113,40 @@ def batch_norm_cases():
                  lambda x, rm, rv: F.batch_norm(x, rm, rv, None, None, training=False, eps=0.1),
                  "return F.batch_norm(x, rm, rv, nil, nil, {eps = 0.1})",
                  "return (F._batch_norm_backward(gout, x, rm, rv, nil, {eps = 0.1}))")
+    # the fused forms: act(batch_norm(x) + add) in one pass; raw: the same call's autograd
+    # gradients without running statistics
+    for dt in ("f32", "f64"):
+        td = TORCH_DTYPE[dt]
+        tol = tol_for(dt, 1e-4)
+        for tag, shape, act, with_add, training in (("4d_relu_add", (4, 6, 5, 5), "relu", True, True),
+                                                    ("2d_relu", (8, 5), "relu", False, True),
+                                                    ("3d_relu6_add", (4, 3, 7), "relu6", True, True),
+                                                    ("4d_add", (3, 4, 3, 3), None, True, True),
+                                                    ("4d_relu6_eval", (4, 6, 5, 5), "relu6", False, False)):
+            C = shape[1]
+            x = randn(*shape, dtype=td, scale=2.0) + 0.5
+            w, b = randn(C, dtype=td), randn(C, dtype=td) * 2
+            rm, rv = randn(C, dtype=td), rand(C, lo=0.5, hi=2.0, dtype=td)
+            ins = {"x": x, "w": w, "b": b, "rm": rm, "rv": rv}
+            if with_add:
+                ins["a"] = randn(*shape, dtype=td)
+            grads = ["x", "w", "b"] + (["a"] if with_add else [])
+            tf = {"relu": F.relu, "relu6": F.relu6, None: lambda t: t}[act]
+
+            def fn(x, w, b, rm, rv, a=None, tf=tf, training=training):
+                y = F.batch_norm(x, rm, rv, w, b, training=training)
+                return tf(y + a if a is not None else y)
+            opts = "training = %s%s%s" % ("true" if training else "false", ", add = a" if with_add else "",
+                                           ', act = "%s"' % act if act else "")
+            stats = "nil, nil" if training else "rm, rv"
+            req = ", ".join("%s:clone():requires_grad_()" % g for g in grads)
+            names = ", ".join(g + "g" for g in grads)
+            raw_opts = opts.replace("add = a", "add = ag")
+            raw = ("local %s = %s; F.batch_norm(xg, %s, wg, bg, {%s}):backward(gout); return %s" %
+                   (names, req, stats, raw_opts, ", ".join(g + "g.grad" for g in grads)))
+            add_case("batch_norm_fused_%s_%s" % (tag, dt), dt, tol, ins, grads, fn,
+                     "return F.batch_norm(x, rm, rv, w, b, {%s})" % opts, raw,
+                     post=["rm", "rv"] if training else ())
     # a batch of large, shifted values: the variance must not cancel
     x = randn(16, 3, 4, 4, dtype=torch.float32) * 0.01 + 100.0
     add_case("batch_norm_train_shifted_f32", "f32", 1e-3, {"x": x}, ["x"],

@@ -130,14 +130,14 @@ function MBConvBlock:forward(inputs)
     if self._expand_conv then x = self._expand_conv(x) end
     return self._project_conv(self._depthwise_conv(x), self.has_skip and inputs or nil)
   end
-  if self._expand_conv then x = F.relu6(self._bn0(self._expand_conv(x))) end
-  x = F.relu6(self._bn1(self._depthwise_conv(x)))
-  x = self._bn2(self._project_conv(x))
-  if self.has_skip then
-    if self.drop_path_rate > 0 then x = F.drop_path(x, self.drop_path_rate, self.training) end
-    x = x + inputs
+  if self._expand_conv then x = nn.norm_act(self._bn0, "relu6", self._expand_conv(x)) end
+  x = nn.norm_act(self._bn1, "relu6", self._depthwise_conv(x))
+  x = self._project_conv(x)
+  if not self.has_skip then return self._bn2(x) end
+  if self.drop_path_rate > 0 and self.training then
+    return F.drop_path(self._bn2(x), self.drop_path_rate, true) + inputs
   end
-  return x
+  return nn.norm_act(self._bn2, nil, x, inputs)
 end
 
 -- conv -> norm pairs that vtl.models.fuse_for_inference may fold
@@ -208,10 +208,10 @@ end
 function EfficientNetLite:forward_features(x)
   if x.ndim ~= 4 then self:raise("expected a 4-D (N,C,H,W) input, got shape %s", shape_str(x)) end
   local fused = rawget(self, "_fused")
-  if fused then x = self._conv_stem(x) else x = F.relu6(self._bn0(self._conv_stem(x))) end
+  if fused then x = self._conv_stem(x) else x = nn.norm_act(self._bn0, "relu6", self._conv_stem(x)) end
   for i = 1, #self._blocks do x = self._blocks[i](x) end
   if fused then return self._conv_head(x) end
-  return F.relu6(self._bn1(self._conv_head(x)))
+  return nn.norm_act(self._bn1, "relu6", self._conv_head(x))
 end
 
 ---Global average pooling, dropout and the classifier (pre_logits: stop before the classifier).

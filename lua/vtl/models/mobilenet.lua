@@ -50,6 +50,14 @@ function Conv2dNormActivation:init(cin, cout, k, opts)
   self.out_channels = cout
 end
 
+-- conv, norm and activation: the norm and a relu/relu6 in one pass (nn.norm_act)
+function Conv2dNormActivation:forward(x)
+  local names = self._module_names
+  if #names ~= 3 then return nn.Sequential.forward(self, x) end
+  local m = self._modules
+  return nn.norm_act(m[names[2]], m[names[3]], m[names[1]](x))
+end
+
 ---SqueezeExcitation(channels, squeeze, {activation = nn.ReLU, scale_activation = nn.Sigmoid}):
 ---x * scale_activation(fc2(activation(fc1(avgpool(x))))), fc1/fc2 1x1 convolutions.
 local SqueezeExcitation = nn.Module:extend("SqueezeExcitation")

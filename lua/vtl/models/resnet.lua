@@ -51,10 +51,12 @@ end
 function BasicBlock:forward(x)
   local identity = self.downsample and self.downsample(x) or x
   if rawget(self, "_fused") then return self.conv2(self.conv1(x), identity) end
-  local out = self.relu(self.bn1(self.conv1(x)))
-  out = self.bn2(self.conv2(out))
-  if self.drop_path_rate > 0 then out = F.drop_path(out, self.drop_path_rate, self.training) end
-  return self.relu(out + identity)
+  local out = nn.norm_act(self.bn1, self.relu, self.conv1(x))
+  out = self.conv2(out)
+  if self.drop_path_rate > 0 and self.training then
+    return self.relu(F.drop_path(self.bn2(out), self.drop_path_rate, true) + identity)
+  end
+  return nn.norm_act(self.bn2, self.relu, out, identity)
 end
 
 ---1x1 reduce, 3x3 (strided), 1x1 expand (x4) with a residual connection (ResNet-50/101).
@@ -85,11 +87,13 @@ end
 function Bottleneck:forward(x)
   local identity = self.downsample and self.downsample(x) or x
   if rawget(self, "_fused") then return self.conv3(self.conv2(self.conv1(x)), identity) end
-  local out = self.relu(self.bn1(self.conv1(x)))
-  out = self.relu(self.bn2(self.conv2(out)))
-  out = self.bn3(self.conv3(out))
-  if self.drop_path_rate > 0 then out = F.drop_path(out, self.drop_path_rate, self.training) end
-  return self.relu(out + identity)
+  local out = nn.norm_act(self.bn1, self.relu, self.conv1(x))
+  out = nn.norm_act(self.bn2, self.relu, self.conv2(out))
+  out = self.conv3(out)
+  if self.drop_path_rate > 0 and self.training then
+    return self.relu(F.drop_path(self.bn3(out), self.drop_path_rate, true) + identity)
+  end
+  return nn.norm_act(self.bn3, self.relu, out, identity)
 end
 
 -- ---- the network ----
@@ -149,7 +153,7 @@ end
 function ResNet:forward_features(x)
   if x.ndim ~= 4 then self:raise("expected a 4-D (N,C,H,W) input, got shape %s", shape_str(x)) end
   if rawget(self, "_fused") then x = self.maxpool(self.conv1(x))
-  else x = self.maxpool(self.relu(self.bn1(self.conv1(x)))) end
+  else x = self.maxpool(nn.norm_act(self.bn1, self.relu, self.conv1(x))) end
   x = self.layer1(x)
   x = self.layer2(x)
   x = self.layer3(x)

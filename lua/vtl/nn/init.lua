@@ -18,4 +18,6 @@ for _, name in ipairs({"vtl.nn.containers", "vtl.nn.layers", "vtl.nn.norm", "vtl
   end
 end
 
+nn.norm_act = require("vtl.nn.norm").norm_act -- act(norm(x) + add), one pass for batch norms
+
 return nn

@@ -249,6 +249,10 @@ end
 ---@param fn fun(m: vtl.nn.Module, call: function, ...): ...|nil
 function Module._set_profile_hook(fn) profile_hook = fn end
 
+---True while vtl.profiler times module calls (the fused forms of several modules then run
+---them one by one, so each is timed).
+function Module._profiling() return profile_hook ~= nil end
+
 local function instance_call(self, ...)
   depth = depth + 1
   stack[depth] = self

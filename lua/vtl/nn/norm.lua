@@ -77,7 +77,10 @@ function BatchNorm:_check_input(x)
   end
 end
 
-function BatchNorm:forward(x)
+function BatchNorm:forward(x) return self:_normalize(x) end
+
+-- the forward, with F.batch_norm's post-operation options (add, act) when given
+function BatchNorm:_normalize(x, post)
   self:_check_input(x)
   local training = self.training and self.mode == "normal"
   local factor = self.momentum or 0
@@ -88,7 +91,46 @@ function BatchNorm:forward(x)
   local use_batch = training or not self.track_running_stats
   local track = not training or self.track_running_stats
   return F.batch_norm(x, track and self.running_mean or nil, track and self.running_var or nil,
-    self.weight, self.bias, {training = use_batch, momentum = factor, eps = self.eps})
+    self.weight, self.bias, {training = use_batch, momentum = factor, eps = self.eps,
+                             add = post and post.add, act = post and post.act})
+end
+
+-- the activations batch_norm runs in its own pass, by module class and by F's name
+local FUSED_ACT = {relu = "relu", relu6 = "relu6"}
+local function fused_act_name(act)
+  if act == nil then return nil end
+  if type(act) == "string" then return FUSED_ACT[act] or false end
+  local layers = require "vtl.nn.layers"
+  local cls = getmetatable(act)
+  if (cls ~= layers.ReLU and cls ~= layers.ReLU6) or rawget(act, "_forward_hooks") and act._forward_hooks[1] then
+    return false
+  end
+  return cls == layers.ReLU and "relu" or "relu6"
+end
+
+---act(norm(x) + add): a normalisation module, then (add, optional) a tensor added, then (act,
+---optional) an activation module or one of F's activation names. When norm is a BatchNorm, act
+---relu or relu6 (nn.ReLU, nn.ReLU6, "relu", "relu6"), add has the output's shape and dtype, no
+---forward hook is on either module and the profiler is off, the three run as one batch-norm pass
+---(F.batch_norm's add and act); otherwise one after the other. The residual blocks of the zoo
+---models call it.
+---@param norm vtl.nn.Module
+---@param act vtl.nn.Module|string|nil
+---@param x vtl.Tensor
+---@param add vtl.Tensor|nil
+---@return vtl.Tensor
+function M.norm_act(norm, act, x, add)
+  local name = fused_act_name(act)
+  local bn_hooks = rawget(norm, "_forward_hooks")
+  if name ~= false and getmetatable(norm) and norm.forward == BatchNorm.forward and not (bn_hooks and bn_hooks[1])
+     and not Module._profiling() and (add == nil or (add.dtype == x.dtype and shape_str(add) == shape_str(x))) then
+    return norm:_normalize(x, {add = add, act = name})
+  end
+  local y = norm(x)
+  if add ~= nil then y = y + add end
+  if act == nil then return y end
+  if type(act) == "string" then return F[act](y) end
+  return act(y)
 end
 
 function BatchNorm:extra_repr()
