@@ -64,10 +64,11 @@ fi
 if [ "${DIAGNOSE:-0}" = 1 ]; then
   step diagnose "${DIAGNOSE_LIMIT:-200}" "for m in 'resnet50 256' 'vit_small_patch16_224 128'; do ./vtl tests/gpu/profile_step.lua \$m; \$VTL_PY tests/gpu/profile_step.py \$m; ./vtl tests/gpu/step_phases.lua \$m; \$VTL_PY tests/gpu/step_phases.py \$m; done"
   # inference eager and fused; ViT-S's phases with the fused attention kernels; ResNet-50's
-  # phases with cuDNN's benchmark mode on both sides;
+  # phases with cuDNN's benchmark mode on both sides, and with its batch norms, ReLUs and sums
+  # run one by one;
   # where batch-256 inference reaches its peak memory (graph and legacy API); gradients of a
   # model on both devices (planar and channels-last)
-  step diagnose2 "${DIAGNOSE_LIMIT:-200}" "./vtl tests/gpu/infer_diag.lua; VTL_FLASH_ATTENTION=1 ./vtl tests/gpu/step_phases.lua vit_small_patch16_224 128; VTL_CUDNN_BENCHMARK=1 ./vtl tests/gpu/step_phases.lua resnet50 256; VTL_CUDNN_BENCHMARK=1 \$VTL_PY tests/gpu/step_phases.py resnet50 256; ./vtl tests/gpu/memory_diag.lua; VTL_CUDNN_GRAPH=0 ./vtl tests/gpu/memory_diag.lua; ./vtl tests/gpu/grad_diff.lua resnet18 16 64; ./vtl tests/gpu/grad_diff.lua resnet18 16 64 channels_last"
+  step diagnose2 "${DIAGNOSE_LIMIT:-200}" "./vtl tests/gpu/infer_diag.lua; VTL_FLASH_ATTENTION=1 ./vtl tests/gpu/step_phases.lua vit_small_patch16_224 128; VTL_CUDNN_BENCHMARK=1 ./vtl tests/gpu/step_phases.lua resnet50 256; VTL_CUDNN_BENCHMARK=1 \$VTL_PY tests/gpu/step_phases.py resnet50 256; VTL_NORM_ACT=0 ./vtl tests/gpu/step_phases.lua resnet50 256; ./vtl tests/gpu/memory_diag.lua; VTL_CUDNN_GRAPH=0 ./vtl tests/gpu/memory_diag.lua; ./vtl tests/gpu/grad_diff.lua resnet18 16 64; ./vtl tests/gpu/grad_diff.lua resnet18 16 64 channels_last"
 fi
 # the CPU suite there needs the reference generators' Python packages; on request only
 if [ "${VTL_GPU_SUITE:-0}" = 1 ]; then step cpu_suite 150 "VTL=./vtl bash tests/run.sh"; fi

@@ -95,6 +95,10 @@ function BatchNorm:_normalize(x, post)
                              add = post and post.add, act = post and post.act})
 end
 
+-- VTL_NORM_ACT=0 runs nn.norm_act's modules one by one always (to measure what the fused pass
+-- gains)
+local FUSE = os.getenv("VTL_NORM_ACT") ~= "0"
+
 -- the activations batch_norm runs in its own pass, by module class and by F's name
 local FUSED_ACT = {relu = "relu", relu6 = "relu6"}
 local function fused_act_name(act)
@@ -112,8 +116,8 @@ end
 ---optional) an activation module or one of F's activation names. When norm is a BatchNorm, act
 ---relu or relu6 (nn.ReLU, nn.ReLU6, "relu", "relu6"), add has the output's shape and dtype, no
 ---forward hook is on either module and the profiler is off, the three run as one batch-norm pass
----(F.batch_norm's add and act); otherwise one after the other. The residual blocks of the zoo
----models call it.
+---(F.batch_norm's add and act); otherwise (or with VTL_NORM_ACT=0 in the environment) one after
+---the other. The residual blocks of the zoo models call it.
 ---@param norm vtl.nn.Module
 ---@param act vtl.nn.Module|string|nil
 ---@param x vtl.Tensor
@@ -122,7 +126,7 @@ end
 function M.norm_act(norm, act, x, add)
   local name = fused_act_name(act)
   local bn_hooks = rawget(norm, "_forward_hooks")
-  if name ~= false and getmetatable(norm) and norm.forward == BatchNorm.forward and not (bn_hooks and bn_hooks[1])
+  if FUSE and name ~= false and getmetatable(norm) and norm.forward == BatchNorm.forward and not (bn_hooks and bn_hooks[1])
      and not Module._profiling() and (add == nil or (add.dtype == x.dtype and shape_str(add) == shape_str(x))) then
     return norm:_normalize(x, {add = add, act = name})
   end
