@@ -109,9 +109,13 @@ typedef struct vtl_nn_backend {
   vtl_status (*batch_norm_forward)(const vtl_tensor *x, vtl_tensor *out, int64_t N, int64_t C, int64_t S,
                                    const vtl_tensor *mean, const vtl_tensor *invstd, const vtl_tensor *w,
                                    const vtl_tensor *b, const vtl_tensor *add, double cmin, double cmax);
+  /* With y (the forward's output, clamped to [cmin, cmax] by its activation): g is first masked
+     as the activation's backward does (0 where y <= cmin, or y >= cmax for a finite cmax), the
+     masked gradient written to gm (x's dtype and layout) and used in place of g. */
   vtl_status (*batch_norm_backward)(const vtl_tensor *g, const vtl_tensor *x, int64_t N, int64_t C, int64_t S,
                                     const vtl_tensor *mean, const vtl_tensor *invstd, const vtl_tensor *w,
-                                    bool training, vtl_tensor *dx, vtl_tensor *gw, vtl_tensor *gb);
+                                    bool training, vtl_tensor *dx, vtl_tensor *gw, vtl_tensor *gb,
+                                    const vtl_tensor *y, double cmin, double cmax, vtl_tensor *gm);
   /* x (M,D); w, b (D) or NULL; mean, rstd (M) */
   vtl_status (*layer_norm_forward)(const vtl_tensor *x, vtl_tensor *out, int64_t M, int64_t D,
                                    const vtl_tensor *w, const vtl_tensor *b, double eps, vtl_tensor *mean,

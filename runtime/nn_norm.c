@@ -333,46 +333,74 @@ static vtl_status bn_half_backward_copies(vtl_tensor *gout, vtl_tensor *x, vtl_t
   return st;
 }
 
-vtl_status vtl_op_batch_norm_backward(vtl_tensor *gout, vtl_tensor *x, vtl_tensor *weight, vtl_tensor *mean,
-                                      vtl_tensor *invstd, bool training, vtl_tensor **gx, vtl_tensor **gweight,
-                                      vtl_tensor **gbias) {
+/* the clamp bounds of batch_norm's fused activation (VTL_ACT_COUNT: none) */
+static void bn_bounds(vtl_activation act, double *cmin, double *cmax) {
+  *cmin = act == VTL_ACT_COUNT ? -INFINITY : 0;
+  *cmax = act == VTL_ACT_RELU6 ? 6 : INFINITY;
+}
+
+/* The backward of batch_norm and, with y (its output after the fused activation act, relu or
+   relu6), of the activation too: gmask (optional) gets the activation's gradient, the residual
+   sum's. The device masks the gradient in its sums pass when that pass runs anyway (training,
+   or the parameters' gradients wanted); otherwise the activation's backward runs first. */
+static vtl_status bn_backward(vtl_tensor *gout, vtl_tensor *x, vtl_tensor *weight, vtl_tensor *mean,
+                              vtl_tensor *invstd, bool training, vtl_tensor *y, vtl_activation act, vtl_tensor **gx,
+                              vtl_tensor **gweight, vtl_tensor **gbias, vtl_tensor **gmask) {
   static const char op[] = "batch_norm_backward";
   if (gx) *gx = NULL;
   if (gweight) *gweight = NULL;
   if (gbias) *gbias = NULL;
-  if (x && is_half(x->dtype) && !bn_half_native(x, weight, NULL, NULL))
-    return bn_half_backward_copies(gout, x, weight, mean, invstd, training, gx, gweight, gbias);
+  if (gmask) *gmask = NULL;
+  bool half_copies = x && is_half(x->dtype) && !bn_half_native(x, weight, NULL, NULL);
+  if (y && (half_copies || !(training || gweight || gbias))) { /* the activation's backward, then batch norm's */
+    vtl_tensor *g = vtl_op_activation_backward(act, gout, y, NULL);
+    if (!g) return vtl_error_status();
+    vtl_status st = bn_backward(g, x, weight, mean, invstd, training, NULL, act, gx, gweight, gbias, NULL);
+    if (st == VTL_OK && gmask) *gmask = g;
+    else vtl_tensor_release(g);
+    return st;
+  }
+  if (half_copies) return bn_half_backward_copies(gout, x, weight, mean, invstd, training, gx, gweight, gbias);
   if (x && is_half(x->dtype) ? !vtl_nn_backend_of(op, x) : !check_input_dev(op, "input", x)) return vtl_error_status();
   if (x->ndim < 2)
     return vtl_error_set(VTL_ERR_ARG, "%s: input must have at least 2 dims (N, C, ...), got shape %s", op, shape_of(x).s);
   int64_t N = x->shape[0], C = x->shape[1], S = prod(x->shape, 2, x->ndim);
   if (!check_gout(op, gout, x, "input") || !check_vec_dt(op, "weight", weight, C, "channels", bn_param_dtype(x), x) ||
-      !check_stats(op, "mean", mean, C, x) || !check_stats(op, "invstd", invstd, C, x))
+      !check_stats(op, "mean", mean, C, x) || !check_stats(op, "invstd", invstd, C, x) ||
+      (y && !check_gout(op, y, x, "input")))
     return vtl_error_status();
   bool ok = true;
   vtl_tensor *gc = dense_as(gout, x, &ok), *xc = dense_as(x, x, &ok), *wc = contig_opt(weight, &ok);
+  vtl_tensor *yc = dense_as(y, x, &ok), *gm = ok && y ? new_as(x) : NULL;
   int64_t cshape[1] = {C};
   vtl_tensor *dx = ok && gx ? new_as(x) : NULL;
   bn_dims(x, &N, &C, &S);
   vtl_dtype pdt = bn_param_dtype(x); /* the parameters' gradients */
   vtl_tensor *dw = ok && gweight ? vtl_tensor_empty(cshape, 1, pdt, vtl_tensor_device(x)) : NULL;
   vtl_tensor *db = ok && gbias ? vtl_tensor_empty(cshape, 1, pdt, vtl_tensor_device(x)) : NULL;
-  vtl_tensor *all[6] = {gc, xc, wc, dx, dw, db};
-  if (!ok || (gx && !dx) || (gweight && !dw) || (gbias && !db)) {
+  vtl_tensor *all[8] = {gc, xc, wc, yc, dx, dw, db, gm};
+  double cmin, cmax;
+  bn_bounds(act, &cmin, &cmax);
+  if (!ok || (gx && !dx) || (gweight && !dw) || (gbias && !db) || (y && !gm) ||
+      nn_of(x)->batch_norm_backward(gc, xc, N, C, S, mean, invstd, wc, training, dx, dw, db, yc, cmin, cmax, gm) !=
+          VTL_OK) {
     vtl_status st = vtl_error_status();
-    release_all(all, 6);
+    release_all(all, 8);
     return st;
   }
-  if (nn_of(x)->batch_norm_backward(gc, xc, N, C, S, mean, invstd, wc, training, dx, dw, db) != VTL_OK) {
-    vtl_status st = vtl_error_status();
-    release_all(all, 6);
-    return st;
-  }
-  release_all(all, 3);
+  release_all(all, 4);
   if (gx) *gx = dx;
   if (gweight) *gweight = dw;
   if (gbias) *gbias = db;
+  if (gmask) *gmask = gm;
+  else vtl_tensor_release(gm);
   return VTL_OK;
+}
+
+vtl_status vtl_op_batch_norm_backward(vtl_tensor *gout, vtl_tensor *x, vtl_tensor *weight, vtl_tensor *mean,
+                                      vtl_tensor *invstd, bool training, vtl_tensor **gx, vtl_tensor **gweight,
+                                      vtl_tensor **gbias) {
+  return bn_backward(gout, x, weight, mean, invstd, training, NULL, VTL_ACT_COUNT, gx, gweight, gbias, NULL);
 }
 
 /* saved: x, weight, mean, invstd and, with an activation, the output; i[0]: training, i[1]: the
@@ -385,12 +413,11 @@ static vtl_status batch_norm_bw(vtl_node *nd, vtl_tensor *gout, vtl_tensor **gin
   if (!saved(nd, 0, &x) || !saved(nd, 1, &w) || !saved(nd, 2, &mean) || !saved(nd, 3, &invstd) ||
       (act != VTL_ACT_COUNT && !saved(nd, 4, &out)))
     return vtl_error_status();
-  vtl_tensor *g = act != VTL_ACT_COUNT ? vtl_op_activation_backward(act, gout, out, NULL) : vtl_tensor_retain(gout);
-  if (!g) return vtl_error_status();
-  vtl_status st = vtl_op_batch_norm_backward(g, x, w, mean, invstd, nd->i[0] != 0, nd->needs[0] ? &gin[0] : NULL,
-                                             nd->needs[1] ? &gin[1] : NULL, nd->needs[2] ? &gin[2] : NULL);
-  if (st == VTL_OK && nd->ninputs > 3 && nd->needs[3]) gin[3] = vtl_tensor_retain(g);
-  vtl_tensor_release(g);
+  bool to_add = nd->ninputs > 3 && nd->needs[3];
+  vtl_tensor *gm = NULL;
+  vtl_status st = bn_backward(gout, x, w, mean, invstd, nd->i[0] != 0, out, act, nd->needs[0] ? &gin[0] : NULL,
+                              nd->needs[1] ? &gin[1] : NULL, nd->needs[2] ? &gin[2] : NULL, out && to_add ? &gm : NULL);
+  if (st == VTL_OK && to_add) gin[3] = out ? gm : vtl_tensor_retain(gout);
   return st;
 }
 

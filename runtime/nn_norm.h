@@ -186,6 +186,10 @@ vtl_status vtl_cpu_batch_norm_forward(vtl_dtype dt, const void *x, void *out, in
                                       int64_t S, const double *mean, const double *invstd,
                                       const void *w, const void *b, const void *add, double cmin,
                                       double cmax);
+/* gm = g where the output y (clamped to [cmin, cmax]) passes the activation's gradient, else 0:
+   0 where y <= cmin or, for a finite cmax, y >= cmax (n elements) */
+void vtl_cpu_batch_norm_grad_mask(vtl_dtype dt, const void *g, const void *y, void *gm, int64_t n, double cmin,
+                                  double cmax);
 /* g, x, dx: (N, C, S); gw, gb: (C) or NULL; dx may be NULL. */
 vtl_status vtl_cpu_batch_norm_backward(vtl_dtype dt, const void *g, const void *x, int64_t N, int64_t C,
                                        int64_t S, const double *mean, const double *invstd,

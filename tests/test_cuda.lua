@@ -935,7 +935,15 @@ gpu_test("batch norm with a residual sum and relu/relu6 in one pass: forward and
               T.eq(y:is_contiguous("channels_last"), cl, what .. ": layout")
               return y
             end, {x, a, w, b}, {true, with_add, true, true}, tol)
-            check_nn(what .. " eval", function(xx, aa)
+            -- eval mode: with the parameters' gradients the masked sums pass runs, without them
+            -- the activation's backward runs first
+            check_nn(what .. " eval", function(xx, aa, ww, bb)
+              if cl then xx, aa = xx:contiguous("channels_last"), aa:contiguous("channels_last") end
+              local rm, rv = vtl.full({16}, 0.3, {dtype = pdt}), vtl.full({16}, 2, {dtype = pdt})
+              if xx.device ~= "cpu" then rm, rv = rm:cuda(), rv:cuda() end
+              return F.batch_norm(xx, rm, rv, ww, bb, {add = with_add and aa or nil, act = act or nil})
+            end, {x, a, w, b}, {true, with_add, true, true}, tol)
+            check_nn(what .. " eval, no parameters", function(xx, aa)
               if cl then xx, aa = xx:contiguous("channels_last"), aa:contiguous("channels_last") end
               local rm, rv = vtl.full({16}, 0.3, {dtype = pdt}), vtl.full({16}, 2, {dtype = pdt})
               if xx.device ~= "cpu" then rm, rv = rm:cuda(), rv:cuda() end

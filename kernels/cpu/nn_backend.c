@@ -99,7 +99,12 @@ static vtl_status batch_norm_forward(const vtl_tensor *x, vtl_tensor *out, int64
 
 static vtl_status batch_norm_backward(const vtl_tensor *g, const vtl_tensor *x, int64_t N, int64_t C, int64_t S,
                                       const vtl_tensor *mean, const vtl_tensor *invstd, const vtl_tensor *w,
-                                      bool training, vtl_tensor *dx, vtl_tensor *gw, vtl_tensor *gb) {
+                                      bool training, vtl_tensor *dx, vtl_tensor *gw, vtl_tensor *gb,
+                                      const vtl_tensor *y, double cmin, double cmax, vtl_tensor *gm) {
+  if (y) { /* a masking pass, then the plain backward on its result */
+    vtl_cpu_batch_norm_grad_mask(x->dtype, dat(g), dat(y), dat(gm), N * C * S, cmin, cmax);
+    g = gm;
+  }
   return vtl_cpu_batch_norm_backward(x->dtype, dat(g), dat(x), N, C, S, dat(mean), dat(invstd), dat(w), training,
                                      dat(dx), dat(gw), dat(gb));
 }

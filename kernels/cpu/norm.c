@@ -515,6 +515,23 @@ INLINE void bn_backward(vtl_dtype dt, const void *g, const void *x, int64_t N, i
   }
 }
 
+/* gm = g where the clamped output y passes the activation's gradient (inside (cmin, cmax); an
+   infinite cmax bounds nothing; NaN passes), else 0 */
+INLINE void bn_grad_mask(vtl_dtype dt, const void *g, const void *y, void *gm, double cmin, double cmax, int64_t lo,
+                         int64_t hi) {
+  bool top = cmax < INFINITY;
+#pragma omp simd
+  for (int64_t i = lo; i < hi; i++) {
+    double v = ld(y, i, dt);
+    st(gm, i, dt, v <= cmin || (top && v >= cmax) ? 0 : ld(g, i, dt));
+  }
+}
+
+void vtl_cpu_batch_norm_grad_mask(vtl_dtype dt, const void *g, const void *y, void *gm, int64_t n, double cmin,
+                                  double cmax) {
+  DISPATCH_RANGE_HALF(dt, n, n, bn_grad_mask, g, y, gm, cmin, cmax);
+}
+
 vtl_status vtl_cpu_batch_norm_backward(vtl_dtype dt, const void *g, const void *x, int64_t N, int64_t C, int64_t S,
                                        const double *mean, const double *invstd, const void *w, bool training,
                                        void *dx, void *gw, void *gb) {

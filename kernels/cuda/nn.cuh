@@ -25,7 +25,8 @@ vtl_status vtl_cu_batch_norm_forward(const vtl_tensor *x, vtl_tensor *out, int64
                                      const vtl_tensor *b, const vtl_tensor *add, double cmin, double cmax);
 vtl_status vtl_cu_batch_norm_backward(const vtl_tensor *g, const vtl_tensor *x, int64_t N, int64_t C, int64_t S,
                                       const vtl_tensor *mean, const vtl_tensor *invstd, const vtl_tensor *w,
-                                      bool training, vtl_tensor *dx, vtl_tensor *gw, vtl_tensor *gb);
+                                      bool training, vtl_tensor *dx, vtl_tensor *gw, vtl_tensor *gb, const vtl_tensor *y,
+                                      double cmin, double cmax, vtl_tensor *gm);
 vtl_status vtl_cu_layer_norm_forward(const vtl_tensor *x, vtl_tensor *out, int64_t M, int64_t D, const vtl_tensor *w,
                                      const vtl_tensor *b, double eps, vtl_tensor *mean, vtl_tensor *rstd);
 vtl_status vtl_cu_layer_norm_backward(const vtl_tensor *g, const vtl_tensor *x, int64_t M, int64_t D,

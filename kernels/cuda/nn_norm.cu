@@ -29,14 +29,14 @@ int bn_row_chunks(int64_t M) {
 // launches bn_rows_partial over nk chunks, 16 bytes per access where C and the pointers allow
 template <class T>
 void bn_rows_launch(const T *x, const T *g, int64_t C, int64_t M, const double *mean, double *part, int nk,
-                    cudaStream_t st) {
+                    cudaStream_t st, const T *y = nullptr, T *gm = nullptr, bn_post mk = bn_post{}) {
   constexpr int V = 16 / (int)sizeof(T);
-  if (C % V == 0 && (((uintptr_t)x | (uintptr_t)g) & 15) == 0)
-    bn_rows_partial<T, V><<<dim3((unsigned)((C / V + RW - 1) / RW), (unsigned)nk), dim3(RW, RH), 0, st>>>(x, g, C, M,
-                                                                                                        mean, part);
+  if (C % V == 0 && (((uintptr_t)x | (uintptr_t)g | (uintptr_t)y | (uintptr_t)gm) & 15) == 0)
+    bn_rows_partial<T, V><<<dim3((unsigned)((C / V + RW - 1) / RW), (unsigned)nk), dim3(RW, RH), 0, st>>>(
+        x, g, C, M, mean, part, y, gm, mk);
   else
-    bn_rows_partial<T, 1><<<dim3((unsigned)((C + RW - 1) / RW), (unsigned)nk), dim3(RW, RH), 0, st>>>(x, g, C, M, mean,
-                                                                                                    part);
+    bn_rows_partial<T, 1><<<dim3((unsigned)((C + RW - 1) / RW), (unsigned)nk), dim3(RW, RH), 0, st>>>(
+        x, g, C, M, mean, part, y, gm, mk);
 }
 
 // launches bn_lines with 16-byte steps where the line length and the pointers allow, else one
@@ -90,23 +90,27 @@ vtl_status bn_stats_t(const vtl_tensor *x, int64_t N, int64_t C, int64_t S, bool
 template <class T, class P>
 vtl_status bn_backward_t(const vtl_tensor *g, const vtl_tensor *x, int64_t N, int64_t C, int64_t S,
                          const vtl_tensor *mean, const vtl_tensor *invstd, const vtl_tensor *w, bool training,
-                         vtl_tensor *dx, vtl_tensor *gw, vtl_tensor *gb) {
+                         vtl_tensor *dx, vtl_tensor *gw, vtl_tensor *gb, const vtl_tensor *y, double cmin, double cmax,
+                         vtl_tensor *gm) {
   cudaStream_t st = stream_of(x);
   if (!st) return vtl_error_status();
   if (C == 0) return VTL_OK;
   int64_t M = N * S, total = M * C;
   int dev = vtl_cu_device(x);
-  bool sums = gw || gb || (dx && training);
+  // with y, the sums pass masks g and writes gm, which the dx pass then reads
+  bn_post mk = {y != nullptr, false, cmin, cmax};
+  bool sums = gw || gb || (dx && training) || mk.on;
   bool rows = S == 1;
   int nk = rows ? bn_row_chunks(M) : bn_chunks(M);
   cu_scratch part(sums ? (size_t)C * nk * 2 * sizeof(double) : 8, dev), coef(sums ? (size_t)C * 3 * sizeof(double) : 8, dev);
   if (!part.p || !coef.p) return vtl_error_status();
   if (sums) {
     if (rows)
-      bn_rows_launch<T>(cu_ptr<T>(x), cu_ptr<T>(g), C, M, cu_ptr<double>(mean), (double *)part.p, nk, st);
+      bn_rows_launch<T>(cu_ptr<T>(x), cu_ptr<T>(g), C, M, cu_ptr<double>(mean), (double *)part.p, nk, st, cu_ptr<T>(y),
+                        cu_ptr<T>(gm), mk);
     else
-      bn_partial_grad<T><<<dim3((unsigned)C, (unsigned)nk), BLOCK, 0, st>>>(cu_ptr<T>(g), cu_ptr<T>(x), C, S, M,
-                                                                            cu_ptr<double>(mean), (double *)part.p);
+      bn_partial_grad<T><<<dim3((unsigned)C, (unsigned)nk), BLOCK, 0, st>>>(
+          cu_ptr<T>(g), cu_ptr<T>(x), C, S, M, cu_ptr<double>(mean), (double *)part.p, cu_ptr<T>(y), cu_ptr<T>(gm), mk);
     VTL_CU_LAUNCHED("batch_norm_backward");
     bn_finish_grad<P><<<vtl_cu_blocks(C), BLOCK, 0, st>>>(C, M, (const double *)part.p, nk, cu_ptr<double>(mean),
                                                           cu_ptr<double>(invstd), cu_ptr<P>(w), training,
@@ -115,8 +119,8 @@ vtl_status bn_backward_t(const vtl_tensor *g, const vtl_tensor *x, int64_t N, in
   }
   if (dx && total > 0) {
     bn_coefs cf = {cu_ptr<double>(mean), cu_ptr<double>(invstd), sums ? (const double *)coef.p : nullptr};
-    bn_lines_launch<T, P, true>(cu_ptr<T>(x), cu_ptr<T>(g), cu_ptr<T>(dx), N, C, S, cf, cu_ptr<P>(w), (const P *)nullptr,
-                                bn_post{}, st);
+    bn_lines_launch<T, P, true>(cu_ptr<T>(x), mk.on ? cu_ptr<T>(gm) : cu_ptr<T>(g), cu_ptr<T>(dx), N, C, S, cf,
+                                cu_ptr<P>(w), (const P *)nullptr, bn_post{}, st);
     VTL_CU_LAUNCHED("batch_norm_backward");
   }
   return VTL_OK;
@@ -668,8 +672,9 @@ vtl_status vtl_cu_batch_norm_forward(const vtl_tensor *x, vtl_tensor *out, int64
 
 vtl_status vtl_cu_batch_norm_backward(const vtl_tensor *g, const vtl_tensor *x, int64_t N, int64_t C, int64_t S,
                                       const vtl_tensor *mean, const vtl_tensor *invstd, const vtl_tensor *w,
-                                      bool training, vtl_tensor *dx, vtl_tensor *gw, vtl_tensor *gb) {
-  BN_BY_DTYPE(x->dtype, (bn_backward_t<T, P>(g, x, N, C, S, mean, invstd, w, training, dx, gw, gb)))
+                                      bool training, vtl_tensor *dx, vtl_tensor *gw, vtl_tensor *gb, const vtl_tensor *y,
+                                      double cmin, double cmax, vtl_tensor *gm) {
+  BN_BY_DTYPE(x->dtype, (bn_backward_t<T, P>(g, x, N, C, S, mean, invstd, w, training, dx, gw, gb, y, cmin, cmax, gm)))
 }
 
 vtl_status vtl_cu_layer_norm_forward(const vtl_tensor *x, vtl_tensor *out, int64_t M, int64_t D, const vtl_tensor *w,

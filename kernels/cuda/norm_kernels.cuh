@@ -55,16 +55,32 @@ template <class T, int V> struct alignas(V * sizeof(T)) vpack {
   T e[V];
 };
 
+// What the forward pass does after normalising (kernels/cpu/norm.c's post-operation): add g
+// (when add; x's layout) and clamp to [cmin, cmax], in double, rounded once.
+struct bn_post {
+  bool on, add;
+  double cmin, cmax;
+  __device__ __forceinline__ double apply(double v, double a) const {
+    if (add) v += a;
+    return v < cmin ? cmin : v > cmax ? cmax : v; // NaN stays
+  }
+  // the backward's mask: whether the gradient passes where the clamped output is y (inside
+  // (cmin, cmax); relu's unbounded top passes +inf, NaN passes, as the activations' backward)
+  __device__ __forceinline__ bool keeps(double y) const { return !(y <= cmin) && !(y >= cmax && cmax < INFINITY); }
+};
+
 // The same partials when S = 1 (channels-last inputs, and (N, C) ones): x is (M, C) rows. A
 // block covers RW groups of V channels (threadIdx.x; V > 1 reads each group in one 16-byte
 // access when C is a multiple of V and the data aligned) and steps through one chunk of rows RH
 // at a time (threadIdx.y); each channel's RH row sums are added in a fixed order, the same for
 // every V. kind 0: sums of d = x - K and d^2 (K = the channel's first value); kind 1 (g given):
-// sums of g and g (x - mean).
+// sums of g and g (x - mean), where with mk.on g is first masked by the forward's output y
+// (mk.keeps) and the masked values are written to gm.
 constexpr int RW = 32, RH = 8;
 
 template <class T, int V>
-__global__ void bn_rows_partial(const T *x, const T *g, int64_t C, int64_t M, const double *mean, double *part) {
+__global__ void bn_rows_partial(const T *x, const T *g, int64_t C, int64_t M, const double *mean, double *part,
+                                const T *y, T *gm, bn_post mk) {
   __shared__ double sh[2][RH][RW * V];
   int64_t c0 = (blockIdx.x * (int64_t)RW + threadIdx.x) * V;
   int k = blockIdx.y, nk = gridDim.y;
@@ -76,8 +92,15 @@ __global__ void bn_rows_partial(const T *x, const T *g, int64_t C, int64_t M, co
 #pragma unroll
     for (int v = 0; v < V; v++) K[v] = g ? mean[c0 + v] : ld(x[c0 + v]);
     for (int64_t j = lo + threadIdx.y; j < hi; j += RH) {
-      vpack<T, V> xv = *(const vpack<T, V> *)(x + j * C + c0), gv;
+      vpack<T, V> xv = *(const vpack<T, V> *)(x + j * C + c0), gv = xv;
       if (g) gv = *(const vpack<T, V> *)(g + j * C + c0);
+      if (g && mk.on) {
+        vpack<T, V> yv = *(const vpack<T, V> *)(y + j * C + c0);
+#pragma unroll
+        for (int v = 0; v < V; v++)
+          if (!mk.keeps(ld(yv.e[v]))) gv.e[v] = from_d<T>(0.0);
+        *(vpack<T, V> *)(gm + j * C + c0) = gv;
+      }
 #pragma unroll
       for (int v = 0; v < V; v++) {
         double d = ld(xv.e[v]) - K[v];
@@ -166,17 +189,6 @@ struct bn_coefs {
   }
 };
 
-// What the forward pass does after normalising (kernels/cpu/norm.c's post-operation): add g
-// (when add; x's layout) and clamp to [cmin, cmax], in double, rounded once.
-struct bn_post {
-  bool on, add;
-  double cmin, cmax;
-  __device__ __forceinline__ double apply(double v, double a) const {
-    if (add) v += a;
-    return v < cmin ? cmin : v > cmax ? cmax : v; // NaN stays
-  }
-};
-
 // The elementwise pass over x (N, C, S) as `outer` lines of `inner` elements: with rows (S = 1:
 // channels-last and (N, C) data) a line is one position's C channels, else one (n, c) plane of
 // S; V consecutive elements of a line per step (inner a multiple of V, pointers aligned), so
@@ -215,10 +227,11 @@ __global__ void bn_lines(const T *x, const T *g, T *out, int64_t outer, int64_t 
   }
 }
 
-// partial sums of g and g (x - mean) over one chunk of a channel
+// partial sums of g and g (x - mean) over one chunk of a channel; with mk.on, g masked by the
+// forward's output y first and written to gm (as bn_rows_partial)
 template <class T>
 __global__ void bn_partial_grad(const T *g, const T *x, int64_t C, int64_t S, int64_t M, const double *mean,
-                                double *part) {
+                                double *part, const T *y, T *gm, bn_post mk) {
   __shared__ double sh[32];
   int64_t c = blockIdx.x;
   int k = blockIdx.y, nk = gridDim.y;
@@ -227,6 +240,10 @@ __global__ void bn_partial_grad(const T *g, const T *x, int64_t C, int64_t S, in
   for (int64_t j = lo + threadIdx.x; j < hi; j += blockDim.x) {
     int64_t i = bn_at(j, c, C, S);
     double gv = ld(g[i]);
+    if (mk.on) {
+      if (!mk.keeps(ld(y[i]))) gv = 0;
+      gm[i] = from_d<T>(gv);
+    }
     a += gv;
     p += gv * (ld(x[i]) - mu);
   }

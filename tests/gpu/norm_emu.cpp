@@ -100,38 +100,109 @@ template <class T> bool same_bits(const std::vector<T> &a, const std::vector<T> 
   return memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0;
 }
 
-// the channels-last partial sums (kind 0: statistics; kind 1: gradient sums) in steps of V and of 1
+// outputs of a clamp for the masked gradient sums: values on both sides of [0, 6], on its
+// bounds, +inf and NaN
+template <class T> std::vector<T> clamp_outputs(int64_t n) {
+  auto f = randn(n, 4, 3);
+  std::vector<T> y(n);
+  for (int64_t i = 0; i < n; i++) {
+    float v = i % 11 == 0 ? 0.f : i % 13 == 0 ? 6.f : i % 37 == 0 ? INFINITY : i % 41 == 0 ? NAN : f[i];
+    y[i] = to_t<T>(v);
+  }
+  return y;
+}
+
+// the gradient an activation passes where its clamped output is y (the kernels' bn_post::keeps)
+static bool passes(double y, double cmax) { return !(y <= 0) && !(y >= cmax && cmax < INFINITY); }
+
+// the channels-last partial sums (kind 0: statistics; kind 1: gradient sums; kinds 2, 3: the
+// gradient masked by a relu6 / relu output, the masked values written out) in steps of V and of 1
 template <class T, int V> void bn_rows(const char *name) {
   const int64_t C = 16 * V, M = 100;
   const int nk = 3;
   auto xf = randn(M * C, 2, 1), gf = randn(M * C);
-  std::vector<T> x(M * C), g(M * C);
+  std::vector<T> x(M * C), g(M * C), y = clamp_outputs<T>(M * C);
   for (size_t i = 0; i < x.size(); i++) x[i] = to_t<T>(xf[i]), g[i] = to_t<T>(gf[i]);
   std::vector<double> mean(C);
   for (int64_t c = 0; c < C; c++) mean[c] = 0.25 * c;
-  for (int kind = 0; kind < 2; kind++) {
+  for (int kind = 0; kind < 4; kind++) {
     const T *gp = kind ? g.data() : nullptr;
     const double *mp = kind ? mean.data() : nullptr;
+    double cmax = kind == 2 ? 6 : INFINITY;
+    bn_post mk = {kind >= 2, false, 0.0, cmax};
     std::vector<double> pv(2 * C * nk, NAN), p1(2 * C * nk, NAN);
+    std::vector<T> gmv(M * C, to_t<T>(NAN)), gm1(M * C, to_t<T>(NAN));
     emu_launch({(unsigned)((C / V + RW - 1) / RW), (unsigned)nk, 1}, {RW, RH, 1},
-               [&] { bn_rows_partial<T, V>(x.data(), gp, C, M, mp, pv.data()); });
+               [&] { bn_rows_partial<T, V>(x.data(), gp, C, M, mp, pv.data(), y.data(), gmv.data(), mk); });
     emu_launch({(unsigned)((C + RW - 1) / RW), (unsigned)nk, 1}, {RW, RH, 1},
-               [&] { bn_rows_partial<T, 1>(x.data(), gp, C, M, mp, p1.data()); });
+               [&] { bn_rows_partial<T, 1>(x.data(), gp, C, M, mp, p1.data(), y.data(), gm1.data(), mk); });
     // and against the sums in double, chunk by chunk
     double err = 0;
+    int64_t masked = 0, wrong = 0;
     for (int64_t c = 0; c < C; c++)
       for (int k = 0; k < nk; k++) {
         double a = 0, b = 0, K = kind ? mean[c] : ld(x[c]);
         for (int64_t j = M * k / nk; j < M * (k + 1) / nk; j++) {
-          double d = ld(x[j * C + c]) - K;
-          a += kind ? ld(g[j * C + c]) : d;
-          b += kind ? ld(g[j * C + c]) * d : d * d;
+          double d = ld(x[j * C + c]) - K, gv = ld(g[j * C + c]);
+          if (kind >= 2) {
+            if (!passes(ld(y[j * C + c]), cmax)) gv = 0, masked++;
+            double got = ld(gmv[j * C + c]);
+            wrong += !(got == gv);
+          }
+          a += kind ? gv : d;
+          b += kind ? gv * d : d * d;
         }
         err = std::max({err, std::fabs(pv[2 * (c * nk + k)] - a), std::fabs(pv[2 * (c * nk + k) + 1] - b)});
       }
-    char what[96];
-    snprintf(what, sizeof what, "batch norm %s channels-last %s sums, steps of %d", name, kind ? "gradient" : "statistics", V);
-    check(same_bits(pv, p1) && err < 1e-9, "%s: the one-element kernel's bits, %.2e from the sums in double", err, what);
+    char what[160];
+    static const char *kinds[] = {"statistics", "gradient", "relu6-masked gradient", "relu-masked gradient"};
+    snprintf(what, sizeof what, "batch norm %s channels-last %s sums, steps of %d (%lld of %lld masked, %lld written wrong)",
+             name, kinds[kind], V, (long long)masked, (long long)(M * C), (long long)wrong);
+    bool mask_ok = kind < 2 || (same_bits(gmv, gm1) && wrong == 0 && masked > 0 && masked < M * C);
+    check(same_bits(pv, p1) && err < 1e-9 && mask_ok, "%s: the one-element kernel's bits, %.2e from the sums in double",
+          err, what);
+  }
+}
+
+// the planar gradient sums (bn_partial_grad), plain and masked by relu6's output, against sums in
+// double; the masked gradient written out
+template <class T> void bn_planes_grad(const char *name) {
+  const int64_t N = 3, C = 4, S = 50, n = N * C * S, M = N * S;
+  const int nk = 2;
+  auto xf = randn(n, 2, 1), gf = randn(n);
+  std::vector<T> x(n), g(n), y = clamp_outputs<T>(n);
+  for (int64_t i = 0; i < n; i++) x[i] = to_t<T>(xf[i]), g[i] = to_t<T>(gf[i]);
+  std::vector<double> mean(C);
+  for (int64_t c = 0; c < C; c++) mean[c] = 0.5 - 0.25 * c;
+  for (int masked_kind = 0; masked_kind < 2; masked_kind++) {
+    bn_post mk = {masked_kind == 1, false, 0.0, 6.0};
+    std::vector<double> part(2 * C * nk, NAN);
+    std::vector<T> gm(n, to_t<T>(NAN));
+    emu_launch({(unsigned)C, (unsigned)nk, 1}, {128, 1, 1},
+               [&] { bn_partial_grad<T>(g.data(), x.data(), C, S, M, mean.data(), part.data(), y.data(), gm.data(), mk); });
+    double err = 0;
+    int64_t masked = 0, wrong = 0;
+    for (int64_t c = 0; c < C; c++)
+      for (int k = 0; k < nk; k++) {
+        double a = 0, b = 0;
+        for (int64_t j = M * k / nk; j < M * (k + 1) / nk; j++) {
+          int64_t i = (j / S * C + c) * S + j % S;
+          double gv = ld(g[i]);
+          if (mk.on) {
+            if (!passes(ld(y[i]), 6.0)) gv = 0, masked++;
+            wrong += !(ld(gm[i]) == gv);
+          }
+          a += gv;
+          b += gv * (ld(x[i]) - mean[c]);
+        }
+        double scale = 1 + std::fabs(a) + std::fabs(b);
+        err = std::max({err, std::fabs(part[2 * (c * nk + k)] - a) / scale, std::fabs(part[2 * (c * nk + k) + 1] - b) / scale});
+      }
+    char what[160];
+    snprintf(what, sizeof what, "batch norm %s planar %sgradient sums (%lld of %lld masked, %lld written wrong)", name,
+             mk.on ? "relu6-masked " : "", (long long)masked, (long long)n, (long long)wrong);
+    bool mask_ok = !mk.on || (wrong == 0 && masked > 0 && masked < n);
+    check(err < 1e-12 && mask_ok, "%s: %.2e from the sums in double", err, what);
   }
 }
 
@@ -207,6 +278,9 @@ int main() {
   bn_rows<float, 4>("f32");
   bn_rows<double, 2>("f64");
   bn_rows<bf16_bits, 8>("bf16");
+  bn_planes_grad<float>("f32");
+  bn_planes_grad<double>("f64");
+  bn_planes_grad<bf16_bits>("bf16");
   bn_lines_check<float, 4>("f32");
   bn_lines_check<double, 2>("f64");
   bn_lines_check<bf16_bits, 8>("bf16");
