@@ -585,9 +585,12 @@ T.test("fused norm-activation blocks give the module-by-module results (ResNet, 
   -- alone, but for the first block's (its rate is 0); EfficientNet-Lite0 the stem's, the head's, 2 per block with expansion (15 of 16) and
   -- 1 without, and the projection's sum where a block keeps its shape (9; not in training, where
   -- stochastic depth, 0.2 by default, is on in those blocks); MobileNetV2 the
-  -- Conv2dNormActivation triples (stem, 1 + 2 x 16 in the blocks, last)
+  -- Conv2dNormActivation triples (stem, 1 + 2 x 16 in the blocks, last) and the 10 residual
+  -- sums; MobileNetV3-Small the ReLU triples (1 + 2 + 2) and the 1 + 5 residual sums (its
+  -- Hardswish triples run one module at a time)
   for _, case in ipairs({{"resnet18", {}, 17}, {"resnet50", {}, 49}, {"resnet18", {drop_path_rate = 0.2}, 17, 10},
-                         {"efficientnet_lite0", {}, 2 + 31 + 9, 2 + 31}, {"mobilenet_v2", {}, 2 + 33}}) do
+                         {"efficientnet_lite0", {}, 2 + 31 + 9, 2 + 31}, {"mobilenet_v2", {}, 2 + 33 + 10},
+                         {"mobilenet_v3_small", {}, 5 + 6}}) do
     local name, opts = case[1], case[2]
     local function run(hooked, training)
       vtl.seed(3)

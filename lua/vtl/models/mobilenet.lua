@@ -90,6 +90,30 @@ function M.forward_residual(block, seq, x)
   if rawget(block, "_fused_res") then return require("vtl.models").fuse.forward_add(block[seq], x, x) end
 end
 
+-- m(x) + add with the sum inside m's last batch norm (nn.norm_act) when m is one or a chain of
+-- Sequentials ending with one; otherwise (or with forward hooks on a container, or the profiler
+-- on, which time each module's call) the sum after m
+local function sum_in_tail(m, x, add)
+  local norm = require "vtl.nn.norm"
+  local hooks = rawget(m, "_forward_hooks")
+  if getmetatable(m) and m.forward == norm._BatchNorm.forward then return nn.norm_act(m, nil, x, add) end
+  local names = rawget(m, "_module_names")
+  local chain = m.forward == nn.Sequential.forward or m.forward == Conv2dNormActivation.forward
+  if not chain or not names or #names == 0 or (hooks and hooks[1]) or nn.Module._profiling() then
+    return m(x) + add
+  end
+  for i = 1, #names - 1 do x = m._modules[names[i]](x) end
+  return sum_in_tail(m._modules[names[#names]], x, add)
+end
+
+---seq(x) + x, the residual connection of an inverted-residual block: the sum is done by the
+---last convolution when M.fuse_residual set it up, else inside the block's last batch norm.
+function M.residual(block, seq, x)
+  local fused = M.forward_residual(block, seq, x)
+  if fused then return fused end
+  return sum_in_tail(block[seq], x, x)
+end
+
 function SqueezeExcitation:forward(x)
   local s = self.avgpool(x)
   s = self.scale_activation(self.fc2(self.activation(self.fc1(s))))
@@ -156,9 +180,7 @@ end
 function InvertedResidual:_fuse_inference(fuse) M.fuse_residual(self, fuse, "conv") end
 
 function InvertedResidual:forward(x)
-  local fused = M.forward_residual(self, "conv", x)
-  if fused then return fused end
-  if self.use_res_connect then return x + self.conv(x) end
+  if self.use_res_connect then return M.residual(self, "conv", x) end
   return self.conv(x)
 end
 
@@ -249,11 +271,8 @@ end
 function InvertedResidualV3:_fuse_inference(fuse) M.fuse_residual(self, fuse, "block") end
 
 function InvertedResidualV3:forward(x)
-  local fused = M.forward_residual(self, "block", x)
-  if fused then return fused end
-  local r = self.block(x)
-  if self.use_res_connect then r = r + x end
-  return r
+  if self.use_res_connect then return M.residual(self, "block", x) end
+  return self.block(x)
 end
 
 local V3_SETTINGS = {
