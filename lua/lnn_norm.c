@@ -141,21 +141,30 @@ static vtl_tensor *opt_tensor(lua_State *L, int o, const char *fn, const char *n
   return v;
 }
 
-static vtl_reduction opt_reduction(lua_State *L, int o, const char *fn, bool batchmean_ok) {
-  int t = get_opt(L, o, "reduction");
-  vtl_reduction r = VTL_REDUCTION_MEAN;
+/* A string option naming one of names[0 .. n-1]: its index, or def when the option is nil;
+   anything else raises "<fn>: <opt> must be <expect>, got ...". */
+static int opt_choice(lua_State *L, int o, const char *fn, const char *opt, const char *const *names, int n, int def,
+                      const char *expect) {
+  int t = get_opt(L, o, opt);
+  int r = def;
   if (t != LUA_TNIL) {
     const char *s = t == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
-    if (s && strcmp(s, "mean") == 0) r = VTL_REDUCTION_MEAN;
-    else if (s && strcmp(s, "sum") == 0) r = VTL_REDUCTION_SUM;
-    else if (s && strcmp(s, "none") == 0) r = VTL_REDUCTION_NONE;
-    else if (s && batchmean_ok && strcmp(s, "batchmean") == 0) r = VTL_REDUCTION_BATCHMEAN;
-    else
-      luaL_error(L, "%s: reduction must be 'mean', 'sum'%s or 'none', got %s%s%s", fn, batchmean_ok ? ", 'batchmean'" : "",
-                 s ? "'" : "", s ? s : luaL_typename(L, -1), s ? "'" : "");
+    r = 0;
+    while (s && r < n && strcmp(s, names[r]) != 0) r++;
+    if (!s || r == n)
+      luaL_error(L, "%s: %s must be %s, got %s%s%s", fn, opt, expect, s ? "'" : "", s ? s : luaL_typename(L, -1),
+                 s ? "'" : "");
   }
   lua_pop(L, 1);
   return r;
+}
+
+static vtl_reduction opt_reduction(lua_State *L, int o, const char *fn, bool batchmean_ok) {
+  static const char *const names[] = {"mean", "sum", "none", "batchmean"};
+  static const vtl_reduction kinds[] = {VTL_REDUCTION_MEAN, VTL_REDUCTION_SUM, VTL_REDUCTION_NONE,
+                                        VTL_REDUCTION_BATCHMEAN};
+  return kinds[opt_choice(L, o, fn, "reduction", names, batchmean_ok ? 4 : 3, 0,
+                          batchmean_ok ? "'mean', 'sum', 'batchmean' or 'none'" : "'mean', 'sum' or 'none'")];
 }
 
 /* A positional tensor that may be nil or absent (or replaced by the options table at o). */
@@ -185,17 +194,9 @@ static const char *const bn_opts[] = {"training", "momentum", "eps", "act", "add
 
 /* batch_norm's fused activation: act = "relu" | "relu6" (nil: none) */
 static vtl_activation bn_act(lua_State *L, int o, const char *fn) {
-  int t = get_opt(L, o, "act");
-  vtl_activation act = VTL_ACT_COUNT;
-  if (t != LUA_TNIL) {
-    const char *s = t == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
-    if (s && strcmp(s, "relu") == 0) act = VTL_ACT_RELU;
-    else if (s && strcmp(s, "relu6") == 0) act = VTL_ACT_RELU6;
-    else luaL_error(L, "%s: option 'act' must be \"relu\" or \"relu6\", got %s%s%s", fn, s ? "\"" : "",
-                    s ? s : luaL_typename(L, -1), s ? "\"" : "");
-  }
-  lua_pop(L, 1);
-  return act;
+  static const char *const names[] = {"relu", "relu6"};
+  static const vtl_activation acts[] = {VTL_ACT_RELU, VTL_ACT_RELU6, VTL_ACT_COUNT};
+  return acts[opt_choice(L, o, fn, "act", names, 2, 2, "'relu' or 'relu6'")];
 }
 
 static int l_batch_norm(lua_State *L) {

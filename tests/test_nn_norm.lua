@@ -563,9 +563,9 @@ bad("batch_norm one value per channel", function() F.batch_norm(vtl.randn({1, 3}
 bad("batch_norm 1-D input", function() F.batch_norm(vtl.randn({5}), nil, nil, nil, nil, {training = true}) end,
     "batch_norm: input must have at least 2 dims (N, C, ...), got shape {5}")
 bad("batch_norm act name", function() F.batch_norm(x4, nil, nil, nil, nil, {training = true, act = "gelu"}) end,
-    'batch_norm: option \'act\' must be "relu" or "relu6", got "gelu"')
+    "batch_norm: act must be 'relu' or 'relu6', got 'gelu'")
 bad("batch_norm act type", function() F.batch_norm(x4, nil, nil, nil, nil, {training = true, act = 1}) end,
-    "batch_norm: option 'act' must be \"relu\" or \"relu6\", got number")
+    "batch_norm: act must be 'relu' or 'relu6', got number")
 bad("batch_norm add shape", function() F.batch_norm(x4, nil, nil, nil, nil, {training = true, add = vtl.randn({2, 3, 4, 1})}) end,
     "batch_norm: the added tensor of shape {2,3,4,1} does not match the input of shape {2,3,4,4}")
 bad("batch_norm add dtype", function() F.batch_norm(x4, nil, nil, nil, nil, {training = true, add = x4:double()}) end,
