@@ -222,6 +222,12 @@ static vtl_tensor *bn_half_copies(vtl_tensor *x, vtl_tensor *rm, vtl_tensor *rv,
   return r;
 }
 
+/* the clamp bounds of batch_norm's fused activation (VTL_ACT_COUNT: none) */
+static void bn_bounds(vtl_activation act, double *cmin, double *cmax) {
+  *cmin = act == VTL_ACT_COUNT ? -INFINITY : 0;
+  *cmax = act == VTL_ACT_RELU6 ? 6 : INFINITY;
+}
+
 /* the post-operation's operands: add as x (shape, dtype, device) and act relu, relu6 or none */
 static bool check_bn_post(const char *op, const vtl_tensor *x, const vtl_tensor *add, vtl_activation act) {
   if (act != VTL_ACT_RELU && act != VTL_ACT_RELU6 && act != VTL_ACT_COUNT)
@@ -272,7 +278,8 @@ vtl_tensor *vtl_op_batch_norm_act(vtl_tensor *x, vtl_tensor *running_mean, vtl_t
   vtl_tensor *ac = dense_as(add, x, &ok);
   vtl_tensor *out = ok ? new_as(x) : NULL, *mean = out ? new_stats(C, x) : NULL, *invstd = mean ? new_stats(C, x) : NULL;
   const vtl_nn_backend *nn = nn_of(x);
-  double cmin = act == VTL_ACT_COUNT ? -INFINITY : 0, cmax = act == VTL_ACT_RELU6 ? 6 : INFINITY;
+  double cmin, cmax;
+  bn_bounds(act, &cmin, &cmax);
   bn_dims(x, &N, &C, &S);
   if (!invstd ||
       nn->batch_norm_stats(xc, N, C, S, training, momentum, eps, running_mean, running_var, mean, invstd) != VTL_OK ||
@@ -331,12 +338,6 @@ static vtl_status bn_half_backward_copies(vtl_tensor *gout, vtl_tensor *x, vtl_t
     else vtl_tensor_release(r[i]);
   }
   return st;
-}
-
-/* the clamp bounds of batch_norm's fused activation (VTL_ACT_COUNT: none) */
-static void bn_bounds(vtl_activation act, double *cmin, double *cmax) {
-  *cmin = act == VTL_ACT_COUNT ? -INFINITY : 0;
-  *cmax = act == VTL_ACT_RELU6 ? 6 : INFINITY;
 }
 
 /* The backward of batch_norm and, with y (its output after the fused activation act, relu or
