@@ -308,6 +308,30 @@ T.test("batch_norm with add and act matches relu(batch_norm(x) + add) in layouts
   end
 end)
 
+-- bf16 weights too (a model converted whole): batch norm runs on f32 copies, the fused sum and
+-- activation with it, and the backward takes the activation's gradient first
+T.test("batch_norm with add and act on bf16 data and bf16 parameters", function()
+  vtl.seed(8)
+  local x, a = vtl.randn(4, 6, 3, 3):bfloat16(), vtl.randn(4, 6, 3, 3):bfloat16()
+  local w, b = vtl.randn(6):bfloat16(), vtl.randn(6):bfloat16()
+  local function run(dt, fused)
+    local ts = {}
+    for i, t in ipairs({x, a, w, b}) do ts[i] = t:to(dt):clone():requires_grad_() end
+    local y
+    if fused then y = F.batch_norm(ts[1], nil, nil, ts[3], ts[4], {training = true, add = ts[2], act = "relu6"})
+    else y = F.relu6(F.batch_norm(ts[1], nil, nil, ts[3], ts[4], {training = true}) + ts[2]) end
+    y:backward(vtl.ones(y.shape):to(dt))
+    return {y, ts[1].grad, ts[2].grad, ts[3].grad, ts[4].grad}
+  end
+  local f, r = run("bf16", true), run("f64", false)
+  T.eq(f[1].dtype, "bf16", "output dtype")
+  for i, name in ipairs({"output", "grad x", "grad add", "grad weight", "grad bias"}) do
+    T.eq(f[i].dtype, "bf16", name .. " dtype")
+    local err = (f[i]:double() - r[i]):norm():item() / (r[i]:norm():item() + 1e-12)
+    T.truthy(err < 1e-2, ("%s: %.3g from f64"):format(name, err))
+  end
+end)
+
 T.test("batch_norm with act: the gradient comes from the output, checked against in-place changes", function()
   local x = vtl.randn(4, 3, 2, 2):requires_grad_()
   local y = F.batch_norm(x, nil, nil, nil, nil, {training = true, act = "relu"})
