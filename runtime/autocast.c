@@ -24,19 +24,20 @@ void vtl_set_matmul_allow_tf32(bool on) { tf32_matmul = on; }
 static vtl_cudnn_flags cudnn_flags;
 static pthread_once_t cudnn_once = PTHREAD_ONCE_INIT;
 
-/* a switch from the environment: unset or empty off, "0..." off, anything else on */
-static bool env_flag(const char *name) {
+/* a switch from the environment: unset or empty `dflt`, "0..." off, anything else on */
+static bool env_flag(const char *name, bool dflt) {
   const char *e = getenv(name);
-  return e && e[0] && e[0] != '0';
+  if (!e || !e[0]) return dflt;
+  return e[0] != '0';
 }
 
 static bool flash_attention;
 
 static void cudnn_flags_init(void) {
-  cudnn_flags.benchmark = env_flag("VTL_CUDNN_BENCHMARK");
-  cudnn_flags.deterministic = env_flag("VTL_CUDNN_DETERMINISTIC");
-  cudnn_flags.allow_tf32 = env_flag("VTL_CUDNN_TF32");
-  flash_attention = env_flag("VTL_FLASH_ATTENTION");
+  cudnn_flags.benchmark = env_flag("VTL_CUDNN_BENCHMARK", false);
+  cudnn_flags.deterministic = env_flag("VTL_CUDNN_DETERMINISTIC", false);
+  cudnn_flags.allow_tf32 = env_flag("VTL_CUDNN_TF32", true); /* torch.backends.cudnn.allow_tf32 */
+  flash_attention = env_flag("VTL_FLASH_ATTENTION", false);
 }
 
 bool vtl_attention_flash(void) {

@@ -37,8 +37,9 @@ void vtl_set_matmul_allow_tf32(bool on);
 /* cuDNN's switches, as torch.backends.cudnn's: benchmark (time the candidate engines once per
    shape and keep the fastest), deterministic (only engines whose results do not vary from run
    to run), allow_tf32 (f32 convolutions may use TF32 tensor cores, and the engines that round
-   or transform their inputs). Process-wide; before the first vtl_set_cudnn_flags they come from
-   VTL_CUDNN_BENCHMARK, VTL_CUDNN_DETERMINISTIC and VTL_CUDNN_TF32 ("1" on; unset off). */
+   or transform their inputs). Process-wide; PyTorch's defaults (benchmark and deterministic off,
+   allow_tf32 on) unless VTL_CUDNN_BENCHMARK, VTL_CUDNN_DETERMINISTIC or VTL_CUDNN_TF32 says
+   otherwise ("0" off, any other value on) before the first vtl_set_cudnn_flags. */
 typedef struct {
   bool benchmark, deterministic, allow_tf32;
 } vtl_cudnn_flags;

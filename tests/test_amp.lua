@@ -250,7 +250,7 @@ T.test("vtl.cuda.cudnn sets cuDNN's switches, returns the previous ones, and ref
   local prev = vtl.cuda.cudnn()
   for _, k in ipairs(KEYS) do T.eq(type(prev[k]), "boolean", k) end
   if not (os.getenv("VTL_CUDNN_BENCHMARK") or os.getenv("VTL_CUDNN_DETERMINISTIC") or os.getenv("VTL_CUDNN_TF32")) then
-    flags_eq(prev, {benchmark = false, deterministic = false, allow_tf32 = false}, "PyTorch's defaults, exact f32")
+    flags_eq(prev, {benchmark = false, deterministic = false, allow_tf32 = true}, "PyTorch's defaults")
   end
   flags_eq(vtl.cuda.cudnn{deterministic = not prev.deterministic, benchmark = true}, prev, "returns the settings before")
   local now = vtl.cuda.cudnn()
@@ -263,6 +263,20 @@ T.test("vtl.cuda.cudnn sets cuDNN's switches, returns the previous ones, and ref
   T.raises(function() vtl.cuda.cudnn("fast") end, "table expected")
   T.raises(function() vtl.cuda.cudnn{allow_tf32 = true, bogus = false} end, "unknown option bogus")
   flags_eq(vtl.cuda.cudnn(), prev, "a refused call changes nothing")
+end)
+
+T.test("VTL_CUDNN_TF32 sets allow_tf32's starting value (on when unset, as PyTorch's)", function()
+  local vtl_bin = os.getenv("VTL") or "./vtl"
+  local function start(env)
+    local p = assert(io.popen("env -u VTL_CUDNN_TF32 " .. env .. " " .. vtl_bin ..
+      " -e 'io.write(tostring(require(\"vtl\").cuda.cudnn().allow_tf32))' 2>&1"))
+    local out = p:read("a")
+    p:close()
+    return out
+  end
+  T.eq(start(""), "true", "unset")
+  T.eq(start("VTL_CUDNN_TF32=0"), "false", "0")
+  T.eq(start("VTL_CUDNN_TF32=1"), "true", "1")
 end)
 
 T.test("vtl.cuda.flash_attention is a process-wide switch, off by default", function()

@@ -9,6 +9,10 @@ local HAVE = vtl.cuda.is_available()
 local REASON = vtl.build_info().cuda and "no CUDA device is visible (vtl.cuda.is_available() is false)"
   or "this build has no CUDA backend"
 
+-- The parity tests compare f32 convolutions with the CPU's exact ones: TF32 off (PyTorch's
+-- default, and vtl's, has it on); the tests of the switch set it themselves.
+if HAVE then vtl.cuda.cudnn{allow_tf32 = false} end
+
 -- registers a GPU test: run when a device is present, skipped with the reason otherwise
 local function gpu_test(name, fn)
   if HAVE then T.test(name, fn) else T.skip(name, REASON) end

@@ -4,6 +4,7 @@
 -- block's second convolution and its ReLU alone on the captured GPU tensors.
 --   vtl tests/gpu/block_diag.lua [channels_last|planar]
 local vtl = require "vtl"
+if vtl.cuda.is_available() then vtl.cuda.cudnn{allow_tf32 = false} end -- exact f32 against the CPU
 local F = vtl.nn.functional
 local AG = require "vtl.autograd"
 local fmt = arg[1] or "channels_last"

@@ -4,6 +4,7 @@
 -- (training) and max pooling; then timings of bf16 channels-last layers.
 --   vtl tests/gpu/cl_diag.lua
 local vtl = require "vtl"
+if vtl.cuda.is_available() then vtl.cuda.cudnn{allow_tf32 = false} end -- exact f32 against the CPU
 local F = vtl.nn.functional
 vtl.seed(11)
 local function rel(g, c)

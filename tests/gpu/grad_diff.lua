@@ -3,6 +3,7 @@
 -- difference of the gradients (and of the outputs), largest first.
 --   vtl tests/gpu/grad_diff.lua [model] [batch] [size] [channels_last]
 local vtl = require "vtl"
+if vtl.cuda.is_available() then vtl.cuda.cudnn{allow_tf32 = false} end -- exact f32 against the CPU
 local F = vtl.nn.functional
 local name, batch, size = arg[1] or "resnet18", tonumber(arg[2] or "16"), tonumber(arg[3] or "64")
 vtl.seed(3)
