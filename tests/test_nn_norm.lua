@@ -246,6 +246,31 @@ T.test("batch_norm on a ResNet-sized batch matches the formula (f32 and f64)", f
   end
 end)
 
+-- channels-last data (rows of channels): the statistics in one pass of sums shifted by the
+-- first row, against the two-pass formula in f64, on values far from zero, a constant channel
+-- and bf16 data
+T.test("batch_norm statistics of channels-last data: shifted values, a constant channel, bf16", function()
+  vtl.seed(17)
+  for _, dt in ipairs({"f32", "f64", "bf16"}) do
+    local x = vtl.randn(8, 6, 7, 7, {dtype = "f64"}) * 0.01 + 100
+    x[{{}, 3}]:fill_(2.5) -- a constant channel: variance 0
+    x = x:to(dt):contiguous("channels_last")
+    local pdt = dt == "f64" and "f64" or "f32"
+    local rm, rv = vtl.zeros(6, {dtype = pdt}), vtl.ones(6, {dtype = pdt})
+    local y = F.batch_norm(x, rm, rv, nil, nil, {training = true, momentum = 1, eps = 1e-5})
+    local xd = x:double()
+    local mean = xd:mean({1, 3, 4}, true)
+    local var = xd:var({dim = {1, 3, 4}, correction = 0, keepdim = true})
+    local want = (xd - mean) / (var + 1e-5):sqrt()
+    local n = 8 * 7 * 7
+    local tol = dt == "bf16" and 1e-2 or dt == "f32" and 1e-4 or 1e-9
+    T.truthy(max_rel_err(y, want) < tol, dt .. " output " .. max_rel_err(y, want))
+    T.truthy(max_rel_err(rm, mean:view(6)) < 1e-7, dt .. " running mean")
+    T.truthy((rv:double() - var:view(6) * (n / (n - 1))):abs():max():item() < 1e-9, dt .. " running var (unbiased)")
+    T.eq(rv[3]:item(), 0, dt .. " the constant channel's variance")
+  end
+end)
+
 -- act(batch_norm(x) + add) in one pass, against the three ops composed: the output keeps the
 -- input's layout. f32/f64: the same values. bf16 is computed in f32 and rounded once, where the
 -- composed ops round after each op: both are compared with the f64 computation on the same

@@ -153,8 +153,8 @@ static int bn_rows_threads(const bn_rows *r) {
   return r->M * r->C > 4 * VTL_GRAIN && !omp_in_parallel() ? omp_get_max_threads() : 1;
 }
 
-/* per chunk: s1 = Σ x - shift (shift: mean or 0), or with g: s1 = Σ g, s2 = Σ g (x - mean); kind 0:
-   sums of x, 1: squared deviations from mu, 2: the two gradient sums */
+/* per chunk, with d = x - mu: kind 1: s1 = Σ d, s2 = Σ d² (the statistics' one pass, mu a shift);
+   kind 2 (g given): s1 = Σ g, s2 = Σ g d (the gradient sums, mu the mean) */
 #define BNR_SUMS(T)                                                                          \
   _Pragma("omp parallel for num_threads(nt) schedule(static) if (nt > 1)")                   \
   for (int64_t k = 0; k < r->nchunks; k++) {                                                 \
@@ -163,12 +163,11 @@ static int bn_rows_threads(const bn_rows *r) {
     int64_t i1 = (k + 1) * BNR_CHUNK < r->M ? (k + 1) * BNR_CHUNK : r->M;                   \
     for (int64_t i = k * BNR_CHUNK; i < i1; i++) {                                          \
       const T *xr = (const T *)x + i * C;                                                    \
-      if (kind == 0) {                                                                       \
-        _Pragma("omp simd") for (int64_t c = 0; c < C; c++) s1[c] += xr[c];                  \
-      } else if (kind == 1) {                                                                \
+      if (kind == 1) {                                                                       \
         _Pragma("omp simd") for (int64_t c = 0; c < C; c++) {                                \
           double d = xr[c] - mu[c];                                                          \
-          s1[c] += d * d;                                                                    \
+          s1[c] += d;                                                                        \
+          s2[c] += d * d;                                                                    \
         }                                                                                    \
       } else {                                                                               \
         const T *gr = (const T *)g + i * C;                                                  \
@@ -226,15 +225,11 @@ static bool bn_rows_sums_half(const bn_rows *r, vtl_dtype dt, int kind, const vo
       for (int64_t i = k * BNR_CHUNK; i < i1; i++) {
         if (dt == VTL_BF16 && kind != 2) { /* bf16 read in the loop itself */
           const uint16_t *xh = (const uint16_t *)x + i * C;
-          if (kind == 0) {
 #pragma omp simd
-            for (int64_t c = 0; c < C; c++) s1[c] += bf16_f32(xh[c]);
-          } else {
-#pragma omp simd
-            for (int64_t c = 0; c < C; c++) {
-              double d = bf16_f32(xh[c]) - mu[c];
-              s1[c] += d * d;
-            }
+          for (int64_t c = 0; c < C; c++) {
+            double d = bf16_f32(xh[c]) - mu[c];
+            s1[c] += d;
+            s2[c] += d * d;
           }
           continue;
         }
@@ -249,14 +244,12 @@ static bool bn_rows_sums_half(const bn_rows *r, vtl_dtype dt, int kind, const vo
           continue;
         }
         vtl_cpu_cast(xr, VTL_F32, 4, (const uint16_t *)x + i * C, dt, 2, C);
-        if (kind == 0) {
-#pragma omp simd
-          for (int64_t c = 0; c < C; c++) s1[c] += xr[c];
-        } else if (kind == 1) {
+        if (kind == 1) {
 #pragma omp simd
           for (int64_t c = 0; c < C; c++) {
             double d = xr[c] - mu[c];
-            s1[c] += d * d;
+            s1[c] += d;
+            s2[c] += d * d;
           }
         } else {
           vtl_cpu_cast(gr, VTL_F32, 4, (const uint16_t *)g + i * C, dt, 2, C);
@@ -333,22 +326,22 @@ static bool bn_rows_stats(vtl_dtype dt, const void *x, int64_t M, int64_t C, dou
                           double *var) {
   bn_rows r;
   if (!bn_rows_open(&r, M, C)) return false;
-  double *q = malloc((size_t)C * sizeof(double));
+  /* one pass of sums shifted by the first row (K), which keeps the squares clear of
+     cancellation: mean = K + Σd/M, var = Σd²/M - (Σd/M)² */
+  double *q = calloc((size_t)(2 * C + 1), sizeof(double));
   if (!q) { free(r.part); return false; }
-  bool ok = rows_sums(&r, dt, 0, x, NULL, NULL);
-  if (ok) {
-    bn_rows_total(&r, mean, NULL);
-    for (int64_t c = 0; c < C; c++) mean[c] /= (double)M;
-    ok = rows_sums(&r, dt, 1, x, NULL, mean);
-  }
-  if (!ok) {
+  double *K = q + C;
+  for (int64_t c = 0; c < C; c++) K[c] = M > 0 ? ld(x, c, dt) : 0;
+  if (!rows_sums(&r, dt, 1, x, NULL, K)) {
     free(q);
     free(r.part);
     return false;
   }
-  bn_rows_total(&r, q, NULL);
+  bn_rows_total(&r, mean, q);
   for (int64_t c = 0; c < C; c++) {
-    double v = q[c] / (double)M;
+    double a = mean[c] / (double)M, v = q[c] / (double)M - a * a;
+    if (!(v > 0)) v = v == v ? 0 : v; /* rounding below 0 (a constant channel); NaN stays */
+    mean[c] = K[c] + a;
     invstd[c] = 1.0 / sqrt(v + eps);
     if (var) var[c] = v;
   }
