@@ -186,14 +186,14 @@ vtl_status vtl_cpu_batch_norm_forward(vtl_dtype dt, const void *x, void *out, in
                                       int64_t S, const double *mean, const double *invstd,
                                       const void *w, const void *b, const void *add, double cmin,
                                       double cmax);
-/* gm = g where the output y (clamped to [cmin, cmax]) passes the activation's gradient, else 0:
-   0 where y <= cmin or, for a finite cmax, y >= cmax (n elements) */
-void vtl_cpu_batch_norm_grad_mask(vtl_dtype dt, const void *g, const void *y, void *gm, int64_t n, double cmin,
-                                  double cmax);
-/* g, x, dx: (N, C, S); gw, gb: (C) or NULL; dx may be NULL. */
+/* g, x, dx: (N, C, S); gw, gb: (C) or NULL; dx may be NULL. With y (a fused activation's
+   output, else NULL): g is first masked as the activation's backward does (0 where y <= cmin or,
+   for a finite cmax, y >= cmax; NaN passes) inside the sums pass, the masked gradient written to
+   gm (as x) and read from there by the dx pass. */
 vtl_status vtl_cpu_batch_norm_backward(vtl_dtype dt, const void *g, const void *x, int64_t N, int64_t C,
                                        int64_t S, const double *mean, const double *invstd,
-                                       const void *w, bool training, void *dx, void *gw, void *gb);
+                                       const void *w, bool training, void *dx, void *gw, void *gb,
+                                       const void *y, void *gm, double cmin, double cmax);
 
 /* x, out: (M, D); w, b: (D) or NULL; mean, rstd: (M) */
 void vtl_cpu_layer_norm_forward(vtl_dtype dt, const void *x, void *out, int64_t M, int64_t D,

@@ -266,13 +266,8 @@ T.test("vtl.cuda.cudnn sets cuDNN's switches, returns the previous ones, and ref
 end)
 
 T.test("VTL_CUDNN_TF32 sets allow_tf32's starting value (on when unset, as PyTorch's)", function()
-  local vtl_bin = os.getenv("VTL") or "./vtl"
   local function start(env)
-    local p = assert(io.popen("env -u VTL_CUDNN_TF32 " .. env .. " " .. vtl_bin ..
-      " -e 'io.write(tostring(require(\"vtl\").cuda.cudnn().allow_tf32))' 2>&1"))
-    local out = p:read("a")
-    p:close()
-    return out
+    return T.run_fresh("env -u VTL_CUDNN_TF32 " .. env, 'io.write(tostring(require("vtl").cuda.cudnn().allow_tf32))')
   end
   T.eq(start(""), "true", "unset")
   T.eq(start("VTL_CUDNN_TF32=0"), "false", "0")

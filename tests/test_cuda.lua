@@ -960,6 +960,10 @@ gpu_test("batch norm with a residual sum and relu/relu6 in one pass: forward and
   end
 end)
 
+gpu_test("batch norm with act on cuda: the gradient's mask on 0, 6, +inf and NaN outputs, rows and planes", function()
+  require("norm_cases").mask_edges("cuda")
+end)
+
 gpu_test("layer norm: forward and backward, with and without affine parameters", function()
   for _, dt in ipairs({"f32", "f64"}) do
     local x = (vtl.randn(4, 7, 48) + 1):to(dt)

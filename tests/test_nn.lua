@@ -782,15 +782,9 @@ T.test("nn.norm_act fuses a BatchNorm with ReLU/ReLU6 and a sum, and falls back 
 end)
 
 T.test("VTL_NORM_ACT=0 runs nn.norm_act's modules one by one", function()
-  local vtl_bin = os.getenv("VTL") or "./vtl"
   local code = 'local vtl = require "vtl"; local x = vtl.randn(2, 3, 4, 4):requires_grad_(); ' ..
                'io.write(vtl.nn.norm_act(vtl.nn.BatchNorm2d(3), "relu", x).grad_fn.name)'
-  local function run(env)
-    local p = assert(io.popen(env .. " " .. vtl_bin .. " -e '" .. code .. "' 2>&1"))
-    local out = p:read("a")
-    p:close()
-    return out
-  end
+  local function run(env) return T.run_fresh(env, code) end
   T.eq(run("VTL_NORM_ACT=0"), "ReluBackward", "switched off")
   T.eq(run("VTL_NORM_ACT=1"), "BatchNormActBackward", "on")
 end)

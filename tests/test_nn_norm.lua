@@ -272,9 +272,9 @@ T.test("batch_norm statistics of channels-last data: shifted values, a constant 
 end)
 
 -- act(batch_norm(x) + add) in one pass, against the three ops composed: the output keeps the
--- input's layout. f32/f64: the same values. bf16 is computed in f32 and rounded once, where the
--- composed ops round after each op: both are compared with the f64 computation on the same
--- inputs, and the fused form must be as close to it as the composed one.
+-- input's layout. f32/f64: the same values. bf16 and f16 are computed in f32 and rounded once,
+-- where the composed ops round after each op: both are compared with the f64 computation on the
+-- same inputs, and the fused form must be as close to it as the composed one.
 T.test("batch_norm with add and act matches relu(batch_norm(x) + add) in layouts and dtypes", function()
   vtl.seed(21)
   local names = {"output", "grad x", "grad weight", "grad bias", "grad add", "running_mean", "running_var"}
@@ -311,14 +311,14 @@ T.test("batch_norm with add and act matches relu(batch_norm(x) + add) in layouts
       local w, b = (vtl.randn(16) * 0.5 + 1):double(), vtl.randn(16):double()
       local g = vtl.randn(6, 16, 5, 5):bfloat16():double()
       local ref = run(false, "f64", x, a, w, b, g, act, cl)
-      for _, dt in ipairs({"f64", "f32", "bf16"}) do
+      for _, dt in ipairs({"f64", "f32", "bf16", "f16"}) do
         local f, c = run(true, dt, x, a, w, b, g, act, cl), run(false, dt, x, a, w, b, g, act, cl)
         local what = ("%s%s %s"):format(dt, cl and " channels-last" or "", act or "no act")
         T.eq(f[1]:is_contiguous("channels_last"), cl, what .. ": the output's layout")
         T.eq(f[1].dtype, dt, what .. ": the output's dtype")
         for i = 1, 7 do
           T.truthy(f[i] and c[i], what .. ": " .. names[i] .. " present")
-          if dt == "bf16" then
+          if dt == "bf16" or dt == "f16" then
             local whole = i >= 2 and i <= 5
             local ef, ec = rel(f[i], ref[i], whole), rel(c[i], ref[i], whole)
             T.truthy(ef <= 1.25 * ec + 2e-3, ("%s: %s %.3g from f64, the composed ops %.3g"):format(what, names[i], ef, ec))
@@ -331,6 +331,11 @@ T.test("batch_norm with add and act matches relu(batch_norm(x) + add) in layouts
       end
     end
   end
+end)
+
+-- the fused backward's mask at its edges (tests/norm_cases.lua)
+T.test("batch_norm with act: the gradient's mask on 0, 6, +inf and NaN outputs", function()
+  require("norm_cases").mask_edges("cpu")
 end)
 
 -- bf16 weights too (a model converted whole): batch norm runs on f32 copies, the fused sum and

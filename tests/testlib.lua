@@ -71,6 +71,15 @@ function M.raises(fn, pattern)
   return err
 end
 
+-- Runs `code` (a Lua chunk without single quotes) in a fresh $VTL (default ./vtl) process
+-- under the shell prefix `env` (variable settings, `env -u NAME`, ...); returns what it printed.
+function M.run_fresh(env, code)
+  local p = assert(io.popen(("%s %s -e '%s' 2>&1"):format(env, os.getenv("VTL") or "./vtl", code)))
+  local out = p:read("a")
+  p:close()
+  return out
+end
+
 -- Compiles a host emulation of GPU kernels (tests/gpu/<name>.cpp, built on tests/gpu/emu.h with
 -- the C++ compiler $CXX, else c++) and runs it; returns its output and whether it exited 0.
 function M.run_emulation(name)

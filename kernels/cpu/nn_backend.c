@@ -101,12 +101,8 @@ static vtl_status batch_norm_backward(const vtl_tensor *g, const vtl_tensor *x, 
                                       const vtl_tensor *mean, const vtl_tensor *invstd, const vtl_tensor *w,
                                       bool training, vtl_tensor *dx, vtl_tensor *gw, vtl_tensor *gb,
                                       const vtl_tensor *y, double cmin, double cmax, vtl_tensor *gm) {
-  if (y) { /* a masking pass, then the plain backward on its result */
-    vtl_cpu_batch_norm_grad_mask(x->dtype, dat(g), dat(y), dat(gm), N * C * S, cmin, cmax);
-    g = gm;
-  }
   return vtl_cpu_batch_norm_backward(x->dtype, dat(g), dat(x), N, C, S, dat(mean), dat(invstd), dat(w), training,
-                                     dat(dx), dat(gw), dat(gb));
+                                     dat(dx), dat(gw), dat(gb), dat(y), dat(gm), cmin, cmax);
 }
 
 static vtl_status layer_norm_forward(const vtl_tensor *x, vtl_tensor *out, int64_t M, int64_t D, const vtl_tensor *w,

@@ -128,6 +128,19 @@ typedef struct {
   double *part; /* nchunks x 2C */
 } bn_rows;
 
+/* The gradient sums' mask (a fused activation's backward): where the forward's clamped output y
+   is not inside (cmin, cmax) — an infinite cmax bounds nothing, NaN passes — g counts as 0; the
+   masked gradient is written to gm. */
+typedef struct {
+  const void *y;
+  void *gm;
+  double cmin, cmax;
+} bn_mask;
+
+INLINE bool bn_keeps(double y, double cmin, double cmax, bool top) { /* no branches: the loops stay vector */
+  return !(y <= cmin) & !(top & (y >= cmax));
+}
+
 static bool bn_rows_open(bn_rows *r, int64_t M, int64_t C) {
   r->M = M;
   r->C = C;
@@ -169,6 +182,9 @@ static int bn_rows_threads(const bn_rows *r) {
           s1[c] += d;                                                                        \
           s2[c] += d * d;                                                                    \
         }                                                                                    \
+      } else if (mk) {                                                                       \
+        BN_MASKED_ROW(T)((const T *)g + i * C, (const T *)my + i * C, xr, (T *)mgm + i * C, s1, s2, mu, C, cmn, \
+                         cmx, top);                                                          \
       } else {                                                                               \
         const T *gr = (const T *)g + i * C;                                                  \
         _Pragma("omp simd") for (int64_t c = 0; c < C; c++) {                                \
@@ -179,9 +195,36 @@ static int bn_rows_threads(const bn_rows *r) {
     }                                                                                        \
   }
 
-static void bn_rows_sums(const bn_rows *r, vtl_dtype dt, int kind, const void *x, const void *g, const double *mu) {
+/* one row of the masked gradient sums: gm = g where the output passes it, else 0; then s1 +=
+   gm, s2 += gm (x - mu) from the row just written (two loops: each stays vector) */
+#define BN_MASKED_ROW_DEF(T, NAME)                                                                           \
+  static inline void NAME(const T *restrict gr, const T *restrict yr, const T *restrict xr, T *restrict mr,  \
+                          double *restrict s1, double *restrict s2, const double *restrict mu, int64_t C,    \
+                          double cmn, double cmx, bool top) {                                                \
+    const T lo = (T)cmn, hi = top ? (T)cmx : (T)INFINITY; /* 0, 6 and the infinities: exact in T */        \
+    _Pragma("omp simd") for (int64_t c = 0; c < C; c++) {                                                    \
+      T g0 = gr[c], y = yr[c];                                                                               \
+      mr[c] = (!(y <= lo) & !(top & (y >= hi))) ? g0 : (T)0;                                                 \
+    }                                                                                                        \
+    _Pragma("omp simd") for (int64_t c = 0; c < C; c++) {                                                    \
+      s1[c] += mr[c];                                                                                        \
+      s2[c] += mr[c] * (xr[c] - mu[c]);                                                                      \
+    }                                                                                                        \
+  }
+BN_MASKED_ROW_DEF(float, masked_row_float)
+BN_MASKED_ROW_DEF(double, masked_row_double)
+#define BN_MASKED_ROW(T) masked_row_##T
+
+/* kind 2 with mk: the gradient masked (bn_mask) as it is summed */
+static void bn_rows_sums(const bn_rows *r, vtl_dtype dt, int kind, const void *x, const void *g, const double *mu,
+                         const bn_mask *mk) {
   int64_t C = r->C;
   int nt = bn_rows_threads(r);
+  bool top = mk && mk->cmax < INFINITY;
+  /* the mask's fields in locals: stores through the output rows cannot change them */
+  const void *my = mk ? mk->y : NULL;
+  void *mgm = mk ? mk->gm : NULL;
+  const double cmn = mk ? mk->cmin : 0, cmx = mk ? mk->cmax : 0;
   if (dt == VTL_F32) { BNR_SUMS(float) } else { BNR_SUMS(double) }
 }
 
@@ -209,14 +252,18 @@ static void bn_rows_apply(const bn_rows *r, vtl_dtype dt, void *y, const void *u
 static bool is_half(vtl_dtype dt) { return dt == VTL_F16 || dt == VTL_BF16; }
 
 static bool bn_rows_sums_half(const bn_rows *r, vtl_dtype dt, int kind, const void *x, const void *g,
-                              const double *mu) {
+                              const double *mu, const bn_mask *mk) {
   int64_t C = r->C;
   int nt = bn_rows_threads(r);
-  float *buf = malloc((size_t)(nt * 2 * C) * sizeof(float));
+  bool top = mk && mk->cmax < INFINITY;
+  const void *my = mk ? mk->y : NULL;
+  void *mgm = mk ? mk->gm : NULL;
+  const double cmn = mk ? mk->cmin : 0, cmx = mk ? mk->cmax : 0;
+  float *buf = malloc((size_t)(nt * 3 * C) * sizeof(float));
   if (!buf) return false;
 #pragma omp parallel num_threads(nt) if (nt > 1)
   {
-    float *xr = buf + (size_t)omp_get_thread_num() * 2 * (size_t)C, *gr = xr + C;
+    float *xr = buf + (size_t)omp_get_thread_num() * 3 * (size_t)C, *gr = xr + C, *yr = gr + C;
 #pragma omp for schedule(static)
     for (int64_t k = 0; k < r->nchunks; k++) {
       double *s1 = r->part + k * 2 * C, *s2 = s1 + C;
@@ -230,6 +277,25 @@ static bool bn_rows_sums_half(const bn_rows *r, vtl_dtype dt, int kind, const vo
             double d = bf16_f32(xh[c]) - mu[c];
             s1[c] += d;
             s2[c] += d * d;
+          }
+          continue;
+        }
+        if (dt == VTL_BF16 && mk) {
+          const uint16_t *xh = (const uint16_t *)x + i * C, *gh = (const uint16_t *)g + i * C;
+          const uint16_t *yh = (const uint16_t *)my + i * C;
+          uint16_t *mh = (uint16_t *)mgm + i * C;
+          const float lo = (float)cmn, hi = top ? (float)cmx : INFINITY;
+#pragma omp simd
+          for (int64_t c = 0; c < C; c++) {
+            uint16_t g0 = gh[c];
+            float y = bf16_f32(yh[c]);
+            mh[c] = (!(y <= lo) & !(top & (y >= hi))) ? g0 : 0;
+          }
+#pragma omp simd
+          for (int64_t c = 0; c < C; c++) {
+            float gv = bf16_f32(mh[c]);
+            s1[c] += gv;
+            s2[c] += gv * (bf16_f32(xh[c]) - mu[c]);
           }
           continue;
         }
@@ -253,6 +319,12 @@ static bool bn_rows_sums_half(const bn_rows *r, vtl_dtype dt, int kind, const vo
           }
         } else {
           vtl_cpu_cast(gr, VTL_F32, 4, (const uint16_t *)g + i * C, dt, 2, C);
+          if (mk) { /* masked: zeros where the output stops the gradient, written back exactly */
+            vtl_cpu_cast(yr, VTL_F32, 4, (const uint16_t *)my + i * C, dt, 2, C);
+            for (int64_t c = 0; c < C; c++)
+              if (!bn_keeps(yr[c], cmn, cmx, top)) gr[c] = 0;
+            vtl_cpu_cast((uint16_t *)mgm + i * C, dt, 2, gr, VTL_F32, 4, C);
+          }
 #pragma omp simd
           for (int64_t c = 0; c < C; c++) {
             s1[c] += gr[c];
@@ -306,9 +378,10 @@ static bool bn_rows_apply_half(const bn_rows *r, vtl_dtype dt, void *y, const vo
 }
 
 /* the data's sums or a pass over its rows, f32/f64 or half; false when out of scratch */
-static bool rows_sums(const bn_rows *r, vtl_dtype dt, int kind, const void *x, const void *g, const double *mu) {
-  if (is_half(dt)) return bn_rows_sums_half(r, dt, kind, x, g, mu);
-  bn_rows_sums(r, dt, kind, x, g, mu);
+static bool rows_sums(const bn_rows *r, vtl_dtype dt, int kind, const void *x, const void *g, const double *mu,
+                      const bn_mask *mk) {
+  if (is_half(dt)) return bn_rows_sums_half(r, dt, kind, x, g, mu, mk);
+  bn_rows_sums(r, dt, kind, x, g, mu, mk);
   return true;
 }
 static bool rows_apply(const bn_rows *r, vtl_dtype dt, void *y, const void *u, const double *a, const void *v,
@@ -332,7 +405,7 @@ static bool bn_rows_stats(vtl_dtype dt, const void *x, int64_t M, int64_t C, dou
   if (!q) { free(r.part); return false; }
   double *K = q + C;
   for (int64_t c = 0; c < C; c++) K[c] = M > 0 ? ld(x, c, dt) : 0;
-  if (!rows_sums(&r, dt, 1, x, NULL, K)) {
+  if (!rows_sums(&r, dt, 1, x, NULL, K, NULL)) {
     free(q);
     free(r.part);
     return false;
@@ -367,15 +440,16 @@ static bool bn_rows_forward(vtl_dtype dt, const void *x, void *out, int64_t M, i
 }
 
 static bool bn_rows_backward(vtl_dtype dt, const void *g, const void *x, int64_t M, int64_t C, const double *mean,
-                             const double *invstd, const void *w, bool training, void *dx, void *gw, void *gb) {
+                             const double *invstd, const void *w, bool training, void *dx, void *gw, void *gb,
+                             const bn_mask *mk) {
   bn_rows r;
   if (!bn_rows_open(&r, M, C)) return false;
   double *t = malloc((size_t)(5 * C + 1) * sizeof(double));
   if (!t) { free(r.part); return false; }
   double *sg = t, *sgx = t + C, *k = t + 2 * C, *q = t + 3 * C, *d = t + 4 * C;
   bool ok = true;
-  if (gw || gb || (dx && training)) {
-    ok = rows_sums(&r, dt, 2, x, g, mean);
+  if (mk || gw || gb || (dx && training)) {
+    ok = rows_sums(&r, dt, 2, x, g, mean, mk);
     if (ok) bn_rows_total(&r, sg, sgx);
   }
   vtl_dtype pdt = param_dtype(dt);
@@ -386,7 +460,7 @@ static bool bn_rows_backward(vtl_dtype dt, const void *g, const void *x, int64_t
     q[c] = training ? k[c] * invstd[c] * invstd[c] * sgx[c] / (double)M : 0;
     d[c] = training ? q[c] * mean[c] - k[c] * sg[c] / (double)M : 0;
   }
-  if (ok && dx) ok = rows_apply(&r, dt, dx, g, k, training ? x : NULL, q, d);
+  if (ok && dx) ok = rows_apply(&r, dt, dx, mk ? mk->gm : g, k, training ? x : NULL, q, d);
   free(t);
   free(r.part);
   return ok;
@@ -465,30 +539,48 @@ vtl_status vtl_cpu_batch_norm_forward(vtl_dtype dt, const void *x, void *out, in
 
 /* Per channel: sg = Σ g, sgx = Σ g (x - mean); gw = sgx * invstd, gb = sg. Training:
    dx = k (g - sg/M - (x - mean) invstd² sgx/M), k = w invstd, written as dx = k g - q x + d.
-   Eval: dx = k g. */
+   Eval: dx = k g. With a mask (mk.y), g is masked as it is summed, written to mk.gm and read
+   from there by the dx pass. */
 INLINE void bn_backward(vtl_dtype dt, const void *g, const void *x, int64_t N, int64_t C, int64_t S,
                         const double *mean, const double *invstd, const void *w, bool training, void *dx, void *gw,
-                        void *gb, int64_t blo, int64_t bhi) {
+                        void *gb, bn_mask mk, int64_t blo, int64_t bhi) {
   int64_t CB = bn_block(S);
   double M = (double)(N * S);
   vtl_dtype pdt = dt == VTL_F64 ? VTL_F64 : VTL_F32; /* the parameters: f32 with half data */
+  /* the mask's top: an infinite cmax bounds nothing (+inf passes), and y >= NaN is never true */
+  const double hi = mk.cmax < INFINITY ? mk.cmax : NAN;
   for (int64_t blk = blo; blk < bhi; blk++) {
     int64_t c0 = blk * CB, c1 = c0 + CB < C ? c0 + CB : C;
     double sg[BN_BLOCK] = {0}, sgx[BN_BLOCK] = {0};
-    if (gw || gb || (dx && training))
+    if (mk.y || gw || gb || (dx && training))
       for (int64_t n = 0; n < N; n++)
         for (int64_t c = c0; c < c1; c++) {
           int64_t o = (n * C + c) * S;
           double mu = mean[c], a = 0, p = 0;
+          if (mk.y) { /* the masked row, then its sums (two loops: each stays vector) */
+#pragma omp simd
+            for (int64_t k = 0; k < S; k++) {
+              double g0 = ld(g, o + k, dt), yv = ld(mk.y, o + k, dt);
+              st(mk.gm, o + k, dt, (!(yv <= mk.cmin) & !(yv >= hi)) ? g0 : 0.0);
+            }
 #pragma omp simd reduction(+ : a, p)
-          for (int64_t k = 0; k < S; k++) {
-            double gv = ld(g, o + k, dt);
-            a += gv;
-            p += gv * (ld(x, o + k, dt) - mu);
+            for (int64_t k = 0; k < S; k++) {
+              double gv = ld(mk.gm, o + k, dt);
+              a += gv;
+              p += gv * (ld(x, o + k, dt) - mu);
+            }
+          } else {
+#pragma omp simd reduction(+ : a, p)
+            for (int64_t k = 0; k < S; k++) {
+              double gv = ld(g, o + k, dt);
+              a += gv;
+              p += gv * (ld(x, o + k, dt) - mu);
+            }
           }
           sg[c - c0] += a;
           sgx[c - c0] += p;
         }
+    const void *gd = mk.y ? mk.gm : g; /* the gradient the dx pass reads */
     for (int64_t c = c0; c < c1; c++) {
       if (gw) st(gw, c, pdt, sgx[c - c0] * invstd[c]);
       if (gb) st(gb, c, pdt, sg[c - c0]);
@@ -502,36 +594,26 @@ INLINE void bn_backward(vtl_dtype dt, const void *g, const void *x, int64_t N, i
           q = k * invstd[c] * invstd[c] * sgx[c - c0] / M;
           d = q * mean[c] - k * sg[c - c0] / M;
         }
+        if (training) {
 #pragma omp simd
-        for (int64_t i = 0; i < S; i++) st(dx, o + i, dt, k * ld(g, o + i, dt) - q * ld(x, o + i, dt) + d);
+          for (int64_t i = 0; i < S; i++) st(dx, o + i, dt, k * ld(gd, o + i, dt) - q * ld(x, o + i, dt) + d);
+        } else { /* eval: dx = k g, x not read (an infinite x must not make 0 * inf) */
+#pragma omp simd
+          for (int64_t i = 0; i < S; i++) st(dx, o + i, dt, k * ld(gd, o + i, dt));
+        }
       }
   }
 }
 
-/* gm = g where the clamped output y passes the activation's gradient (inside (cmin, cmax); an
-   infinite cmax bounds nothing; NaN passes), else 0 */
-INLINE void bn_grad_mask(vtl_dtype dt, const void *g, const void *y, void *gm, double cmin, double cmax, int64_t lo,
-                         int64_t hi) {
-  bool top = cmax < INFINITY;
-#pragma omp simd
-  for (int64_t i = lo; i < hi; i++) {
-    double v = ld(y, i, dt);
-    st(gm, i, dt, v <= cmin || (top && v >= cmax) ? 0 : ld(g, i, dt));
-  }
-}
-
-void vtl_cpu_batch_norm_grad_mask(vtl_dtype dt, const void *g, const void *y, void *gm, int64_t n, double cmin,
-                                  double cmax) {
-  DISPATCH_RANGE_HALF(dt, n, n, bn_grad_mask, g, y, gm, cmin, cmax);
-}
-
 vtl_status vtl_cpu_batch_norm_backward(vtl_dtype dt, const void *g, const void *x, int64_t N, int64_t C, int64_t S,
                                        const double *mean, const double *invstd, const void *w, bool training,
-                                       void *dx, void *gw, void *gb) {
-  if (S == 1 && bn_rows_backward(dt, g, x, N, C, mean, invstd, w, training, dx, gw, gb)) return VTL_OK;
+                                       void *dx, void *gw, void *gb, const void *y, void *gm, double cmin,
+                                       double cmax) {
+  bn_mask mk = {y, gm, cmin, cmax};
+  if (S == 1 && bn_rows_backward(dt, g, x, N, C, mean, invstd, w, training, dx, gw, gb, y ? &mk : NULL)) return VTL_OK;
   int64_t CB = bn_block(S);
   DISPATCH_RANGE_HALF(dt, (C + CB - 1) / CB, N * C * S, bn_backward, g, x, N, C, S, mean, invstd, w, training, dx, gw,
-                      gb);
+                      gb, mk);
   return VTL_OK;
 }
 

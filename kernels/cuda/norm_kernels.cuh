@@ -209,7 +209,8 @@ __global__ void bn_lines(const T *x, const T *g, T *out, int64_t outer, int64_t 
 #pragma unroll
       for (int v = 0; v < V; v++) {
         if (rows) cf.bwd(c0 + v, w, &k, &q, &d);
-        r.e[v] = from_d<T>(k * ld(gv.e[v]) - q * ld(xv.e[v]) + d);
+        // eval mode has q = 0: x is not read, so an infinite x does not make 0 * inf
+        r.e[v] = from_d<T>(k * ld(gv.e[v]) - (q != 0 ? q * ld(xv.e[v]) : 0.0) + d);
       }
     } else {
       double sc, sh;
