@@ -1,6 +1,7 @@
 -- Normalisation layers: BatchNorm1d/2d, LayerNorm, GroupNorm (PyTorch names and defaults).
 local core = require "vtl.core"
 local Module = require("vtl.nn.module").Module
+local is_module = require("vtl.nn.module").is_module
 local F = require "vtl.nn.functional"
 
 local M = {}
@@ -124,6 +125,14 @@ end
 ---@param add vtl.Tensor|nil
 ---@return vtl.Tensor
 function M.norm_act(norm, act, x, add)
+  if not is_module(norm) then error("norm_act: norm must be a module, got " .. type(norm), 2) end
+  if not core.is_tensor(x) then error("norm_act: x must be a tensor, got " .. type(x), 2) end
+  if add ~= nil and not core.is_tensor(add) then error("norm_act: add must be a tensor or nil, got " .. type(add), 2) end
+  if type(act) == "string" then
+    if type(F[act]) ~= "function" then error(("norm_act: unknown activation '%s'"):format(act), 2) end
+  elseif act ~= nil and not is_module(act) then
+    error("norm_act: act must be a module, an activation's name or nil, got " .. type(act), 2)
+  end
   local name = fused_act_name(act)
   local bn_hooks = rawget(norm, "_forward_hooks")
   if FUSE and name ~= false and getmetatable(norm) and norm.forward == BatchNorm.forward and not (bn_hooks and bn_hooks[1])
