@@ -13,6 +13,14 @@ end
 
 local function shape_str(t) return "{" .. table.concat(t.shape, ",") .. "}" end
 
+-- whether a and b have the same shape (no strings built: nn.norm_act asks on every call)
+local function same_shape(a, b)
+  local sa, sb = a.shape, b.shape
+  if #sa ~= #sb then return false end
+  for i = 1, #sa do if sa[i] ~= sb[i] then return false end end
+  return true
+end
+
 -- ---- batch norm ----
 
 ---Batch normalisation over the channel dim (2) with running statistics. Fine-tuning modes
@@ -136,7 +144,7 @@ function M.norm_act(norm, act, x, add)
   local name = fused_act_name(act)
   local bn_hooks = rawget(norm, "_forward_hooks")
   if FUSE and name ~= false and getmetatable(norm) and norm.forward == BatchNorm.forward and not (bn_hooks and bn_hooks[1])
-     and not Module._profiling() and (add == nil or (add.dtype == x.dtype and shape_str(add) == shape_str(x))) then
+     and not Module._profiling() and (add == nil or (add.dtype == x.dtype and same_shape(add, x))) then
     return norm:_normalize(x, {add = add, act = name})
   end
   local y = norm(x)
